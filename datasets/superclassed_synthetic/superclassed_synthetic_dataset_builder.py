@@ -1,0 +1,79 @@
+"""superclassed_synthetic: procedurally drawn shapes in a two-level hierarchy, fully offline.
+
+super-sub's embedded default dataset: superclasses are shape families, subclasses differ
+in a finer attribute (see `super_sub.synthetic`). Deterministic for a config's seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from super_sub import hierarchy as hierarchy_lib
+from super_sub import synthetic
+
+
+@dataclasses.dataclass
+class SyntheticConfig(tfds.core.BuilderConfig):
+  """Image size, examples per subclass per split, and the generator's seed."""
+  image_size: int = 32
+  train_per_class: int = 150
+  validation_per_class: int = 50
+  seed: int = 0
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """DatasetBuilder for superclassed_synthetic."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      SyntheticConfig(name="32px", description="32x32 RGB, 150 train and 50 validation "
+                      "images per subclass."),
+      SyntheticConfig(name="64px", description="64x64 RGB, 300 train and 100 validation "
+                      "images per subclass.", image_size=64, train_per_class=300,
+                      validation_per_class=100),
+  ]
+  DEFAULT_CONFIG_NAME = "32px"
+
+  @property
+  def hierarchy(self) -> hierarchy_lib.Hierarchy:
+    """The hierarchy that `label` and `superclass` follow."""
+    return synthetic.load_hierarchy()
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    h = self.hierarchy
+    size = self.builder_config.image_size
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(size, size, 3)),
+            "label": tfds.features.ClassLabel(names=h.subclass_names),
+            "superclass": tfds.features.ClassLabel(names=h.superclass_names),
+            "subclass": np.int64,
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://arxiv.org/abs/2201.08098",
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # Nothing to download: every image is drawn on the fly.
+    cfg = self.builder_config
+    return {
+        "train": self._generate_examples("train", cfg.train_per_class),
+        "validation": self._generate_examples("validation", cfg.validation_per_class),
+    }
+
+  def _generate_examples(self, split: str, per_class: int):
+    h = self.hierarchy
+    cfg = self.builder_config
+    for key, image, label in synthetic.generate(split, per_class, cfg.image_size, cfg.seed):
+      yield key, {
+          "image": image,
+          "label": label,
+          "superclass": int(h.superclass_of[label]),
+          "subclass": int(h.index_in_superclass[label]),
+          "file_name": key,
+      }

@@ -1,0 +1,80 @@
+"""Prepares super-sub's TFDS datasets and summarises them level by level.
+
+The summary counts examples per superclass and subclass from the `label` and
+`superclass` features only (images are not decoded), and checks on the way that
+every example's superclass is the hierarchy's superclass of its label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import super_sub.datasets  # pylint: disable=unused-import  (registers the builders)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSummary:
+  """Counts of one split: per global subclass label and per superclass."""
+  name: str
+  num_examples: int
+  label_counts: np.ndarray
+  superclass_counts: np.ndarray
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None
+            ) -> tfds.core.DatasetBuilder:
+  """Builds dataset `name` (e.g. "superclassed_synthetic/32px") if needed and returns its builder."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def summarize(builder: tfds.core.DatasetBuilder) -> list[SplitSummary]:
+  """Counts every split by label and superclass.
+
+  Raises:
+    ValueError: if an example's `superclass` is not the hierarchy's superclass of its `label`.
+  """
+  h = builder.hierarchy
+  summaries = []
+  for split in sorted(builder.info.splits):
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: (ex["label"], ex["superclass"]), num_parallel_calls=tf.data.AUTOTUNE)
+    labels = np.zeros(0, np.int64)
+    supers = np.zeros(0, np.int64)
+    for label, sup in ds.batch(4096).as_numpy_iterator():
+      labels = np.concatenate([labels, label])
+      supers = np.concatenate([supers, sup])
+    wrong = np.nonzero(supers != h.superclass_of[labels])[0]
+    if wrong.size:
+      i = wrong[0]
+      raise ValueError(f"{builder.name} split {split!r}: {wrong.size} examples carry a superclass "
+                       f"other than their label's, e.g. label {h.subclass_names[labels[i]]!r} "
+                       f"with superclass {h.superclass_names[supers[i]]!r}")
+    summaries.append(SplitSummary(
+        split, len(labels), np.bincount(labels, minlength=h.num_subclasses),
+        np.bincount(supers, minlength=h.num_superclasses)))
+  return summaries
+
+
+def format_summary(builder: tfds.core.DatasetBuilder, summaries: list[SplitSummary]) -> str:
+  """A plain-text table: one row per superclass with its subclasses and split counts."""
+  h = builder.hierarchy
+  shape = builder.info.features["image"].shape
+  lines = [f"{builder.info.full_name}  ({builder.data_dir})",
+           f"image {shape}, {h.num_superclasses} superclasses, {h.num_subclasses} subclasses "
+           f"(hierarchy {h.name!r})",
+           "splits: " + ", ".join(f"{s.name}={s.num_examples}" for s in summaries), ""]
+  header = f"{'superclass':<16}{'#sub':>5}" + "".join(f"{s.name:>12}" for s in summaries)
+  lines += [header + "  subclasses", "-" * (len(header) + 12)]
+  for k, sup in enumerate(h.superclasses):
+    names = [s.name for s in sup.subclasses]
+    shown = ", ".join(names[:5]) + (f", ... (+{len(names) - 5})" if len(names) > 5 else "")
+    counts = "".join(f"{int(s.superclass_counts[k]):>12}" for s in summaries)
+    lines.append(f"{sup.name:<16}{len(names):>5}{counts}  {shown}")
+  return "\n".join(lines)

@@ -1,0 +1,94 @@
+r"""Derives a Super-Sub hierarchy from WordNet superclasses and writes it as JSON.
+
+The shipped super_sub/hierarchies/superclassed_imagenet.json was made with:
+
+  super-sub-hierarchy --wordnet_dir=/usr/share/wordnet \
+    --superclasses=n01503061,n02958343,n02121620,n02084071,n13134947,n12992868,n02159955,n02484322,n01726692,watercraft=n04530566 \
+    --name=superclassed_imagenet --output=super_sub/hierarchies/superclassed_imagenet.json
+
+(WordNet 3.0 from Debian's wordnet-base; the class list defaults to TFDS's imagenet2012
+labels.txt.) Classes under two superclasses are refused unless --resolve says how, e.g.
+--resolve=nearest, or --resolve=n03770679=n02958343 to put minivan under car, not truck.
+"""
+
+import importlib.util
+import os
+
+from absl import app
+from absl import flags
+
+from super_sub import wordnet
+
+_WORDNET_DIR = flags.DEFINE_string(
+    "wordnet_dir", None, "Directory holding WordNet 3.0's data.noun, e.g. /usr/share/wordnet "
+    "(Debian wordnet-base) or nltk_data/corpora/wordnet.")
+_CLASS_LIST = flags.DEFINE_string(
+    "class_list", None, "Text file of wnids, line k = source label k. Default: the "
+    "imagenet2012 labels.txt shipped inside tensorflow_datasets (nothing is downloaded).")
+_SUPERCLASSES = flags.DEFINE_list(
+    "superclasses", None, "Superclasses in order, each a wnid (named by its first WordNet "
+    "lemma) or NAME=WNID.")
+_RESOLVE = flags.DEFINE_string(
+    "resolve", "", "How to settle classes under several superclasses, comma separated: a "
+    "rule (nearest | first | drop) and/or CLASS_WNID=SUPERCLASS_WNID or CLASS_WNID=drop. "
+    "Empty: overlaps are an error that lists them.")
+_NAME = flags.DEFINE_string("name", None, "Hierarchy name; default: --output's file stem.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the hierarchy JSON.")
+
+
+def default_class_list() -> str:
+  """Path of TFDS's ImageNet-1k labels.txt, found without importing tensorflow_datasets."""
+  spec = importlib.util.find_spec("tensorflow_datasets")
+  roots = list(spec.submodule_search_locations or []) if spec else []
+  # TFDS >= 4.9 keeps it beside the builder; older releases in image_classification/.
+  places = [os.path.join(r, p) for r in roots for p in (
+      os.path.join("datasets", "imagenet2012", "labels.txt"),
+      os.path.join("image_classification", "imagenet2012_labels.txt"))]
+  for path in places:
+    if os.path.isfile(path):
+      return path
+  raise app.UsageError("--class_list not given and no imagenet2012 labels.txt in "
+                       f"tensorflow_datasets (looked for {places or 'an installed package'})")
+
+
+def parse_superclasses(items: list[str]) -> list[tuple[str | None, str]]:
+  """["n01503061", "boat=n02858304"] -> [(None, "n01503061"), ("boat", "n02858304")]."""
+  out = []
+  for item in items:
+    name, _, wnid = item.rpartition("=")
+    out.append((name.strip() or None, wnid.strip()))
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for flag in (_WORDNET_DIR, _SUPERCLASSES, _OUTPUT):
+    if not flag.value:
+      raise app.UsageError(f"--{flag.name} is required")
+  class_list = _CLASS_LIST.value or default_class_list()
+  name = _NAME.value or os.path.splitext(os.path.basename(_OUTPUT.value))[0]
+  try:
+    hierarchy = wordnet.derive(
+        parse_superclasses(_SUPERCLASSES.value), wordnet.read_class_list(class_list),
+        wordnet.read(_WORDNET_DIR.value), name, wordnet.Resolution.parse(_RESOLVE.value))
+  except wordnet.WordNetError as e:
+    # A data problem, not a usage one: print the message without absl's usage banner.
+    raise SystemExit(f"derive_hierarchy: {e}") from None
+  hierarchy.to_json(_OUTPUT.value)
+
+  width = max(len(s.name) for s in hierarchy.superclasses)
+  print(f"{'superclass':<{width}}  wnid       subclasses")
+  for sup in hierarchy.superclasses:
+    print(f"{sup.name:<{width}}  {sup.wnid}  {len(sup.subclasses):10d}")
+  print(f"{'total':<{width}}  {'':9}  {hierarchy.num_subclasses:10d} of "
+        f"{hierarchy.num_source_labels} classes in {class_list}")
+  print(f"wrote {_OUTPUT.value}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
