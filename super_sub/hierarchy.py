@@ -13,10 +13,11 @@ import functools
 import importlib.resources
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from super_sub import files
 
 _TOP_KEYS = {"name", "superclasses", "num_source_labels"}
 _SUPER_KEYS = {"name", "wnid", "subclasses"}
@@ -200,18 +201,7 @@ class Hierarchy:
 
   def to_json(self, path: str | os.PathLike) -> None:
     """Writes the hierarchy atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-      os.chmod(tmp, 0o644)  # mkstemp creates 0600; a hierarchy is meant to be shared
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(self.to_dict(), f, indent=1, ensure_ascii=False)
-        f.write("\n")
-      os.replace(tmp, path)
-    except BaseException:
-      os.unlink(tmp)
-      raise
+    files.write_json(path, self.to_dict())
 
 
 def shipped_hierarchies() -> list[str]:

@@ -36,7 +36,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       "images per subclass.", image_size=64, train_per_class=300,
                       validation_per_class=100),
   ]
-  DEFAULT_CONFIG_NAME = "32px"
+  DEFAULT_BUILDER_CONFIG_NAME = "32px"
 
   @property
   def hierarchy(self) -> hierarchy_lib.Hierarchy:
