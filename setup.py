@@ -43,6 +43,7 @@ setuptools.setup(
         "tf-keras>=2.16,<2.22",
         "tensorflow-model-optimization>=0.8.0",
         "tensorflow-datasets>=4.9.4,<4.10",
+        "tensorboard>=2.16",  # the TensorBoard callback of training runs
         "absl-py>=1.0",
         "numpy>=1.24",
         "pillow>=9.0",  # re-encoding ImageNet's CMYK/PNG-as-JPEG files; synthetic images
@@ -57,5 +58,8 @@ setuptools.setup(
     entry_points={"console_scripts": [
         "super-sub-hierarchy=super_sub.train.derive_hierarchy:run",
         "super-sub-build=super_sub.train.build_dataset:run",
+        "super-sub-train=super_sub.train.train:run",
+        "super-sub-eval=super_sub.train.evaluate:run",
+        "super-sub-demo=super_sub.train.demo:run",
     ]},
 )

@@ -35,6 +35,7 @@ def main(argv):
 
 
 def run():
+  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
   app.run(main)
 
 

@@ -35,6 +35,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticConfig(name="64px", description="64x64 RGB, 300 train and 100 validation "
                       "images per subclass.", image_size=64, train_per_class=300,
                       validation_per_class=100),
+      SyntheticConfig(name="smoke", description="16x16 RGB, 8 train and 4 validation images "
+                      "per subclass: a run of every stage in seconds, for tests.",
+                      image_size=16, train_per_class=8, validation_per_class=4),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "32px"
 

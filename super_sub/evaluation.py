@@ -1,0 +1,154 @@
+"""Evaluates a trained run: flat vs generalist + specialists, and where the errors fall.
+
+Writes `<model_dir>/eval.json` and one predictions file per model under
+`<model_dir>/predictions/` (NPZ, plain arrays, loadable with `np.load` and no pickle):
+
+  labels       int64 [N]     true class (global subclass index; superclass for generalist.npz)
+  predictions  int64 [N]     predicted class, same label space
+  top5         int64 [N, 5]  the five most probable classes, most probable first
+  probs        float32 [N, C] class probabilities (softmax of the logits; for two-stage
+                             routing the combined probabilities, see super_sub.routing)
+  file_names   str [N]       the dataset's file_name of each example
+  label_space  str []        "subclass" or "superclass"
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from super_sub import files
+from super_sub import hierarchy as hierarchy_lib
+from super_sub import input_pipeline
+from super_sub import models
+from super_sub import routing
+from super_sub import training
+
+
+def error_counts(labels: np.ndarray, predictions: np.ndarray,
+                 hierarchy: hierarchy_lib.Hierarchy) -> dict[str, int]:
+  """Wrong predictions, split by whether the predicted subclass is in the true superclass."""
+  wrong = labels != predictions
+  within = wrong & (hierarchy.superclass_of[predictions] == hierarchy.superclass_of[labels])
+  return {"total": int(wrong.sum()), "within_superclass": int(within.sum()),
+          "across_superclass": int((wrong & ~within).sum())}
+
+
+def per_superclass_accuracy(labels: np.ndarray, predictions: np.ndarray,
+                            hierarchy: hierarchy_lib.Hierarchy) -> dict[str, float | None]:
+  """Top-1 over the examples of each true superclass (None when it has no examples)."""
+  supers = hierarchy.superclass_of[labels]
+  out = {}
+  for k, name in enumerate(hierarchy.superclass_names):
+    mask = supers == k
+    out[name] = float(np.mean(labels[mask] == predictions[mask])) if mask.any() else None
+  return out
+
+
+def topk(probs: np.ndarray, k: int = 5) -> np.ndarray:
+  """Indices of the k largest entries per row, largest first."""
+  k = min(k, probs.shape[1])
+  return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def evaluate(config: training.TrainConfig, split: str | None = None, soft_k: int = 2,
+             batch_size: int = 256, log: Callable[[str], None] = print) -> dict:
+  """Runs every trained model of `config.model_dir` over `split` and writes the results.
+
+  Args:
+    config: the run's config (as saved in model_dir/config.json).
+    split: dataset split; default the validation split ("test" for Fashion-MNIST).
+    soft_k: how many superclasses soft routing combines.
+  Returns:
+    The eval.json content.
+  """
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  h = builder.hierarchy
+  split = split or training.evaluation_split(builder)
+  flat = training.load_model(config, builder, "flat")
+  generalist = training.load_model(config, builder, "generalist")
+  specialists = {k: training.load_model(config, builder, f"specialist_{k}")
+                 for k in models.specialist_superclasses(h)}
+  two_stage = routing.TwoStage(generalist, specialists, h)
+
+  spec = input_pipeline.InputSpec(role="flat", batch_size=batch_size,
+                                  image_size=config.image_size, augment="none")
+  ds = input_pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
+  parts: dict[str, list[np.ndarray]] = {}
+  for images, labels, meta in tfds.as_numpy(ds):
+    hard = two_stage.predict(images, mode="hard")
+    soft = two_stage.predict(images, mode="soft", k=soft_k)
+    oracle = two_stage.oracle(images, meta["superclass"])
+    batch = {
+        "labels": labels, "file_names": meta["file_name"],
+        "flat": routing.softmax(flat.predict_on_batch(images)),
+        "generalist": hard["superclass_probs"],
+        "two_stage_hard": hard["label_probs"], "two_stage_soft": soft["label_probs"],
+        "oracle_specialists": oracle["label_probs"],
+    }
+    for key, value in batch.items():
+      parts.setdefault(key, []).append(np.asarray(value))
+  if not parts:
+    raise ValueError(f"split {split!r} of {builder.name} is empty")
+  got = {k: np.concatenate(v) for k, v in parts.items()}
+  labels = got["labels"].astype(np.int64)
+  supers = h.superclass_of[labels]
+  file_names = np.array([f.decode("utf-8") if isinstance(f, bytes) else str(f)
+                         for f in got["file_names"]])
+  predictions = {k: got[k].argmax(axis=1) for k in
+                 ("flat", "generalist", "two_stage_hard", "two_stage_soft",
+                  "oracle_specialists")}
+
+  def top1(key, truth=labels):
+    return float(np.mean(predictions[key] == truth))
+
+  result = {
+      "dataset": builder.info.full_name, "split": split, "num_examples": int(len(labels)),
+      "hierarchy": h.name,
+      "flat": {"top1": top1("flat"),
+               "top5": float(np.mean((topk(got["flat"]) == labels[:, None]).any(axis=1))),
+               "errors": error_counts(labels, predictions["flat"], h)},
+      "generalist": {"superclass_top1": top1("generalist", supers)},
+      "oracle_specialists": {
+          "top1": top1("oracle_specialists"),
+          "per_superclass": per_superclass_accuracy(labels, predictions["oracle_specialists"],
+                                                    h)},
+      "flat_per_superclass": per_superclass_accuracy(labels, predictions["flat"], h),
+      "two_stage": {
+          "hard": {"top1": top1("two_stage_hard"),
+                   "errors": error_counts(labels, predictions["two_stage_hard"], h)},
+          "soft": {"top1": top1("two_stage_soft"), "k": soft_k,
+                   "errors": error_counts(labels, predictions["two_stage_soft"], h)}},
+  }
+  with files.atomic_dir(os.path.join(config.model_dir, "predictions")) as folder:
+    for key, probs in ((k, got[k]) for k in predictions):
+      truth, space = (supers, "superclass") if key == "generalist" else (labels, "subclass")
+      np.savez_compressed(os.path.join(folder, f"{key}.npz"), labels=truth,
+                          predictions=predictions[key], top5=topk(probs),
+                          probs=probs.astype(np.float32), file_names=file_names,
+                          label_space=np.array(space))
+  files.write_json(os.path.join(config.model_dir, "eval.json"), result)
+  log(format_table(result))
+  return result
+
+
+def format_table(result: dict) -> str:
+  """The demo's summary: flat vs two-stage top-1, superclass accuracy, where errors fall."""
+  def share(errors):
+    return errors["within_superclass"] / errors["total"] if errors["total"] else 0.0
+  flat, hard, soft = result["flat"], result["two_stage"]["hard"], result["two_stage"]["soft"]
+  rows = [
+      ("flat (one network, all subclasses)", flat["top1"], share(flat["errors"])),
+      ("two-stage, hard routing", hard["top1"], share(hard["errors"])),
+      (f"two-stage, soft routing (k={soft['k']})", soft["top1"], share(soft["errors"])),
+      ("oracle specialists (true superclass)", result["oracle_specialists"]["top1"], None),
+  ]
+  lines = [f"{result['dataset']} / {result['split']}: {result['num_examples']} examples",
+           f"{'model':<40}{'top-1':>8}{'errors within superclass':>27}"]
+  for name, acc, within in rows:
+    lines.append(f"{name:<40}{acc:>8.2%}{'' if within is None else f'{within:>27.1%}'}")
+  lines.append(f"generalist superclass top-1: {result['generalist']['superclass_top1']:.2%}")
+  return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""Training and evaluation end to end on the synthetic `smoke` config (16 px, 8 images a class)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from super_sub import evaluation
+from super_sub import hierarchy as hierarchy_lib
+from super_sub import synthetic
+from super_sub import training
+from super_sub.compat import keras
+
+SMOKE = "superclassed_synthetic/smoke"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(model_dir, data_dir, **overrides):
+  base = dict(model_dir=str(model_dir), dataset=SMOKE, data_dir=data_dir, epochs=1,
+              batch_size=16, learning_rate=1e-3)
+  return training.TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  """One run of every stage (5 specialists: every synthetic superclass has >= 4 subclasses)."""
+  model_dir = tmp_path_factory.mktemp("run")
+  config = training.train(_config(model_dir, data_dir))
+  return config
+
+
+def test_every_stage_leaves_weights_and_metrics(trained):
+  h = synthetic.load_hierarchy()
+  run = trained.model_dir
+  expected = ["flat", "generalist"] + [
+      f"specialists/{k}_{sup.name}" for k, sup in enumerate(h.superclasses)]
+  for stage in expected:
+    with open(os.path.join(run, stage, "metrics.json"), encoding="utf-8") as f:
+      metrics = json.load(f)
+    assert metrics["epochs"] == 1
+    assert 0.0 <= metrics["final"]["val_top1"] <= 1.0
+    assert os.path.exists(os.path.join(run, stage, "weights", "model.index"))
+    assert not os.path.exists(os.path.join(run, stage, "backup"))  # removed when finished
+  with open(os.path.join(run, "specialists/4_dots/metrics.json"), encoding="utf-8") as f:
+    dots = json.load(f)
+  # The dots specialist saw only its superclass: 5 subclasses x 8 images = 40, batch 16.
+  assert (dots["superclass_name"], dots["steps_per_epoch"]) == ("dots", 3)
+  with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert (saved["image_size"], saved["augment"], saved["hierarchy"]) == (
+      16, "crop", "superclassed_synthetic")
+
+
+def test_specialist_starts_from_generalist(trained, data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder(SMOKE, data_dir=data_dir)
+  config = dataclasses.replace(trained, freeze_stages=0)
+  generalist = training.load_model(config, builder, "generalist")
+  specialist = training.load_model(config, builder, "specialist_0")
+  assert specialist.output_shape == (None, 4)
+  # Same architecture below the head; fine-tuning moved the weights away from the generalist.
+  assert len(generalist.weights) == len(specialist.weights)
+
+
+def test_rerun_skips_finished_stages(trained):
+  lines = []
+  training.train(dataclasses.replace(trained), log=lines.append)
+  assert all("already trained" in line for line in lines), lines
+  assert len(lines) == 7
+
+
+def test_evaluation_writes_eval_json_and_predictions(trained):
+  result = evaluation.evaluate(trained, log=lambda _: None)
+  h = synthetic.load_hierarchy()
+  with open(os.path.join(trained.model_dir, "eval.json"), encoding="utf-8") as f:
+    assert json.load(f) == result
+  n = 4 * h.num_subclasses
+  assert (result["split"], result["num_examples"]) == ("validation", n)
+  for errors in (result["flat"]["errors"], result["two_stage"]["hard"]["errors"]):
+    assert errors["within_superclass"] + errors["across_superclass"] == errors["total"]
+  assert errors["total"] == round((1 - result["two_stage"]["hard"]["top1"]) * n)
+  assert set(result["oracle_specialists"]["per_superclass"]) == set(h.superclass_names)
+  assert set(result["flat_per_superclass"]) == set(h.superclass_names)
+  assert result["two_stage"]["soft"]["k"] == 2
+  for name in ("flat", "generalist", "two_stage_hard", "two_stage_soft", "oracle_specialists"):
+    with np.load(os.path.join(trained.model_dir, "predictions", f"{name}.npz"),
+                 allow_pickle=False) as npz:
+      assert npz["labels"].shape == (n,)
+      assert npz["top5"].shape == (n, 5)
+      np.testing.assert_array_equal(npz["top5"][:, 0], npz["predictions"])
+      total = npz["probs"].sum(axis=1)
+      if name == "two_stage_soft":  # P(super) x P(sub | super) over the top-2 superclasses only
+        assert np.all((total > 0) & (total <= 1 + 1e-4))
+      else:
+        np.testing.assert_allclose(total, 1.0, atol=1e-4)
+      assert npz["file_names"][0].startswith("validation/")
+  with np.load(os.path.join(trained.model_dir, "predictions", "flat.npz")) as npz:
+    assert np.mean(npz["labels"] == npz["predictions"]) == pytest.approx(result["flat"]["top1"])
+
+
+def test_other_backbone_in_same_model_dir_is_refused(trained):
+  config_path = os.path.join(trained.model_dir, "config.json")
+  before = open(config_path, encoding="utf-8").read()
+  with pytest.raises(ValueError, match="backbone: model_dir has 'small_resnet', asked for "
+                     "'mobilenet_v2'"):
+    training.train(dataclasses.replace(trained, backbone="mobilenet_v2"))
+  assert open(config_path, encoding="utf-8").read() == before
+
+
+def test_specialists_need_a_generalist(tmp_path, data_dir):
+  with pytest.raises(FileNotFoundError, match="stage 'generalist' has not finished"):
+    training.train(_config(tmp_path, data_dir, stage="specialists"))
+
+
+class _Interrupt(Exception):
+  pass
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+  def on_epoch_end(self, epoch, logs=None):
+    raise _Interrupt()
+
+
+class _RecordStart(keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.starts = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.starts.append((epoch, int(self.model.optimizer.iterations.numpy())))
+
+
+def test_interrupted_stage_resumes_epoch_and_optimizer(tmp_path, data_dir):
+  config = _config(tmp_path, data_dir, stage="flat", epochs=3)
+  with pytest.raises(_Interrupt):
+    training.train(config, callbacks=[_StopAfterFirstEpoch()])
+  assert os.path.isdir(tmp_path / "flat" / "backup")
+  assert not (tmp_path / "flat" / "metrics.json").exists()
+  recorder = _RecordStart()
+  training.train(config, callbacks=[recorder])
+  steps = 168 // 16 + 1  # 21 subclasses x 8 images, last batch partial
+  assert recorder.starts == [(1, steps), (2, 2 * steps)]
+  with open(tmp_path / "flat" / "metrics.json", encoding="utf-8") as f:
+    metrics = json.load(f)
+  assert len(metrics["history"]["loss"]) == 3
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, data_dir):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run(
+      [sys.executable, "-m", "super_sub.train.train", f"--model_dir={tmp_path}",
+       f"--dataset={SMOKE}", f"--data_dir={data_dir}", "--stage=flat", "--epochs=1",
+       "--batch_size=8", "--strategy=mirrored", "--cpu_devices=2"],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "flat" / "metrics.json", encoding="utf-8") as f:
+    metrics = json.load(f)
+  assert metrics["global_batch_size"] == 16  # 8 per replica x 2 replicas
+  assert "2 replica(s)" in out.stdout + out.stderr
+
+
+def test_error_counts_hand_computed():
+  h = hierarchy_lib.load("fashion_mnist")  # global: 0-3 tops, 4-6 footwear, 7 trouser, ...
+  labels = np.array([0, 0, 1, 4, 5, 7, 9])
+  preds = np.array([0, 3, 1, 6, 0, 8, 9])
+  assert evaluation.error_counts(labels, preds, h) == {
+      "total": 4, "within_superclass": 2, "across_superclass": 2}
+  per = evaluation.per_superclass_accuracy(labels, preds, h)
+  assert per == {"tops": 2 / 3, "footwear": 0.0, "trouser": 0.0, "dress": None, "bag": 1.0}
+
+
+def test_specialist_for_missing_superclass_is_refused(tmp_path, data_dir):
+  with pytest.raises(ValueError, match=r"superclass\(es\) \[7\].* superclasses 0..4"):
+    training.train(_config(tmp_path, data_dir, specialists=(7,)))
+  assert not (tmp_path / "flat").exists()  # refused before anything was trained
+
+
+def test_demo_command_end_to_end(tmp_path, data_dir):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run(
+      [sys.executable, "-m", "super_sub.train.demo", f"--model_dir={tmp_path}",
+       f"--dataset={SMOKE}", f"--data_dir={data_dir}", "--epochs=1", "--specialist_epochs=1"],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "two-stage, hard routing" in out.stdout
+  assert "generalist superclass top-1" in out.stdout
+  assert (tmp_path / "eval.json").exists()

@@ -1,0 +1,36 @@
+"""super-sub-eval: evaluates a trained run and writes eval.json and predictions/.
+
+  super-sub-eval --model_dir=runs/fmnist
+"""
+
+from absl import app
+from absl import flags
+
+from super_sub import evaluation
+from super_sub import training
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Folder of a run made by super-sub-train.",
+                                 required=True)
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: validation, or test "
+                             "where there is no validation split).")
+_SOFT_K = flags.DEFINE_integer("soft_k", 2, "Superclasses combined by soft routing.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the one used "
+                                "for training.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = training.load_config(_MODEL_DIR.value)
+  if _DATA_DIR.value:
+    config.data_dir = _DATA_DIR.value
+  evaluation.evaluate(config, split=_SPLIT.value, soft_k=_SOFT_K.value)
+
+
+def run():
+  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
