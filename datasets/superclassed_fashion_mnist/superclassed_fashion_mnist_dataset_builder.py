@@ -16,6 +16,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from super_sub import features
 from super_sub import hierarchy as hierarchy_lib
 
 _URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -48,13 +49,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     h = self.hierarchy
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(names=h.subclass_names),
-            "superclass": tfds.features.ClassLabel(names=h.superclass_names),
-            "subclass": np.int64,
-            "file_name": tfds.features.Text(),
-        }),
+        features=features.features(h, tfds.features.Image(shape=(28, 28, 1))),
         supervised_keys=("image", "label"),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
     )
@@ -80,13 +75,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     labels = h.source_to_global[source_labels]
     for index, (image, label) in enumerate(zip(images, labels)):
       name = f"{split}/{index:05d}"
-      yield name, {
-          "image": image[..., None],
-          "label": int(label),
-          "superclass": int(h.superclass_of[label]),
-          "subclass": int(h.index_in_superclass[label]),
-          "file_name": name,
-      }
+      yield name, {"image": image[..., None], "file_name": name, **features.labels(h, label)}
 
 
 def _manual_files(dl_manager) -> dict[str, object] | None:

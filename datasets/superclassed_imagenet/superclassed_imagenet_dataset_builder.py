@@ -15,10 +15,10 @@ from typing import Iterator
 
 from absl import logging
 from etils import epath
-import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from super_sub import features
 from super_sub import hierarchy as hierarchy_lib
 
 _TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -98,15 +98,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     h = self.hierarchy
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3),
-                                         encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names=h.subclass_names),
-            "superclass": tfds.features.ClassLabel(names=h.superclass_names),
-            "subclass": tfds.features.Scalar(np.int64, doc="Index of label in its superclass."),
-            "file_name": tfds.features.Text(),  # e.g. n01530575_10018.JPEG
-            "wnid": tfds.features.Text(),  # e.g. n01530575
-        }),
+        features=features.features(
+            h, tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3),
+                                   encoding_format="jpeg"),
+            wnid=tfds.features.Text()),  # file_name e.g. n01530575_10018.JPEG, wnid n01530575
         supervised_keys=("image", "label"),
         homepage="https://arxiv.org/abs/2201.08098",
         # Saved with the data, so a prepared dataset carries its own hierarchy.
@@ -164,14 +159,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       seen.add(wnid)
       file_names.add(file_name)
       label = by_wnid[wnid]
-      yield key, {
-          "image": image,
-          "label": label,
-          "superclass": int(h.superclass_of[label]),
-          "subclass": int(h.index_in_superclass[label]),
-          "file_name": file_name,
-          "wnid": wnid,
-      }
+      yield key, {"image": image, "file_name": file_name, "wnid": wnid,
+                  **features.labels(h, label)}
     # Counted, so that a partial copy of ImageNet shows up in the logs.
     logging.info("superclassed_imagenet: %d images from %s, %d of them odd files (CMYK, "
                  "PNG, ...) re-encoded as RGB JPEG.", len(file_names), source, odd)

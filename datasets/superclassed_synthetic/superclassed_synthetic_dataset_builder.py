@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import tensorflow_datasets as tfds
 
+from super_sub import features
 from super_sub import hierarchy as hierarchy_lib
 from super_sub import synthetic
 
@@ -50,13 +50,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     h = self.hierarchy
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3)),
-            "label": tfds.features.ClassLabel(names=h.subclass_names),
-            "superclass": tfds.features.ClassLabel(names=h.superclass_names),
-            "subclass": np.int64,
-            "file_name": tfds.features.Text(),
-        }),
+        features=features.features(h, tfds.features.Image(shape=(size, size, 3))),
         supervised_keys=("image", "label"),
         homepage="https://arxiv.org/abs/2201.08098",
     )
@@ -73,10 +67,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     h = self.hierarchy
     cfg = self.builder_config
     for key, image, label in synthetic.generate(split, per_class, cfg.image_size, cfg.seed):
-      yield key, {
-          "image": image,
-          "label": label,
-          "superclass": int(h.superclass_of[label]),
-          "subclass": int(h.index_in_superclass[label]),
-          "file_name": key,
-      }
+      yield key, {"image": image, "file_name": key, **features.labels(h, label)}

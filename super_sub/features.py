@@ -1,0 +1,31 @@
+"""The features every super-sub TFDS dataset shares, so all builders label alike.
+
+`label` is the hierarchy's global subclass index, `superclass` its superclass and
+`subclass` its index within that superclass; `file_name` names the source image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from super_sub import hierarchy as hierarchy_lib
+
+
+def features(hierarchy: hierarchy_lib.Hierarchy, image: tfds.features.Image,
+             **extra: tfds.features.FeatureConnector) -> tfds.features.FeaturesDict:
+  """`image`, `label`, `superclass`, `subclass`, `file_name`, plus dataset-specific `extra`."""
+  return tfds.features.FeaturesDict({
+      "image": image,
+      "label": tfds.features.ClassLabel(names=hierarchy.subclass_names),
+      "superclass": tfds.features.ClassLabel(names=hierarchy.superclass_names),
+      "subclass": tfds.features.Scalar(np.int64, doc="Index of label within its superclass."),
+      "file_name": tfds.features.Text(),
+      **extra,
+  })
+
+
+def labels(hierarchy: hierarchy_lib.Hierarchy, label: int) -> dict[str, int]:
+  """The three label fields of an example whose global subclass index is `label`."""
+  return {"label": int(label), "superclass": int(hierarchy.superclass_of[label]),
+          "subclass": int(hierarchy.index_in_superclass[label])}
