@@ -69,7 +69,7 @@ def evaluate(config: training.TrainConfig, split: str | None = None, soft_k: int
   h = builder.hierarchy
   split = split or training.evaluation_split(builder)
   flat = training.load_model(config, builder, "flat")
-  generalist = training.load_model(config, builder, "generalist")
+  generalist = training.load_model(config, builder, training.generalist_key(config))
   specialists = {k: training.load_model(config, builder, f"specialist_{k}")
                  for k in models.specialist_superclasses(h)}
   two_stage = routing.TwoStage(generalist, specialists, h)

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from super_sub import compression
 from super_sub import data
 from super_sub import files
 from super_sub import hierarchy as hierarchy_lib
@@ -37,7 +38,7 @@ STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
-IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy")
+IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
 
 
 @dataclasses.dataclass
@@ -65,6 +66,12 @@ class TrainConfig:
   strategy: str = "default"
   steps_per_epoch: int | None = None    # None: one pass over the data (smoke runs cap it)
   specialists: tuple[int, ...] | None = None  # None: every superclass with >= 2 subclasses
+  # Cheap specialists (super_sub.compression): see train/train.py's flags for the trade-offs.
+  delta_l1: float = 1e-4                # proximal L1 step on W - W_base; 0: dense deltas
+  freeze_bn: bool = True                # specialists keep the generalist's BatchNorm
+  qat: bool = False                     # quantization-aware generalist_qat + specialists
+  qat_epochs: int = 2
+  qat_learning_rate: float | None = None  # None: learning_rate / 10
   hierarchy: str | None = None          # filled in from the dataset
 
   def __post_init__(self):
@@ -153,6 +160,8 @@ def stage_dirs(config: TrainConfig, hierarchy: hierarchy_lib.Hierarchy) -> dict[
   """Stage key -> its folder, e.g. {"flat": ".../flat", "specialist_0": ".../specialists/0_tops"}."""
   dirs = {"flat": os.path.join(config.model_dir, "flat"),
           "generalist": os.path.join(config.model_dir, "generalist")}
+  if config.qat:
+    dirs["generalist_qat"] = os.path.join(config.model_dir, "generalist_qat")
   for k in models.specialist_superclasses(hierarchy):
     name = hierarchy.superclasses[k].name.replace("/", "_").replace(" ", "_")
     dirs[f"specialist_{k}"] = os.path.join(config.model_dir, "specialists", f"{k}_{name}")
@@ -168,19 +177,27 @@ def image_shape(config: TrainConfig, builder: tfds.core.DatasetBuilder) -> tuple
   return (config.image_size, config.image_size, channels)
 
 
+def generalist_key(config: TrainConfig) -> str:
+  """The stage whose model routes images and is the specialists' base."""
+  return "generalist_qat" if config.qat else "generalist"
+
+
 def build_model(config: TrainConfig, builder: tfds.core.DatasetBuilder, key: str,
                 weights: str | None = None) -> keras.Model:
-  """The untrained model of stage `key` ("flat", "generalist" or "specialist_<k>")."""
+  """The untrained model of stage `key` ("flat", "generalist[_qat]" or "specialist_<k>")."""
   h = builder.hierarchy
   shape = image_shape(config, builder)
+  if key == "generalist_qat":
+    return compression.quantize(build_model(config, builder, "generalist"))
   if key in ("flat", "generalist"):
     num_classes = h.num_subclasses if key == "flat" else h.num_superclasses
     backbone = models.build_backbone(config.backbone, shape, weights=weights)
     return models.build_classifier(backbone, shape, num_classes, role=key, name=key)
   k = int(key.split("_")[1])
-  generalist = build_model(config, builder, "generalist")
-  return models.make_specialist(generalist, len(h.superclasses[k].subclasses), name=key,
-                                freeze_stages=config.freeze_stages)
+  specialist = models.make_specialist(build_model(config, builder, "generalist"),
+                                      len(h.superclasses[k].subclasses), name=key,
+                                      freeze_stages=config.freeze_stages)
+  return compression.quantize(specialist) if config.qat else specialist
 
 
 def load_model(config: TrainConfig, builder: tfds.core.DatasetBuilder, key: str) -> keras.Model:
@@ -218,7 +235,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
   dirs = stage_dirs(config, builder.hierarchy)
   specialist_keys = _specialist_keys(config, builder.hierarchy)  # fails before any training
   for stage in config.stages():
-    keys = specialist_keys if stage == "specialists" else [stage]
+    keys = {"specialists": specialist_keys,
+            "generalist": ["generalist"] + (["generalist_qat"] if config.qat else [])
+            }.get(stage, [stage])
     for key in keys:
       if is_done(dirs[key]):
         log(f"[{key}] already trained in {dirs[key]}; skipping")
@@ -243,10 +262,14 @@ def _specialist_keys(config: TrainConfig, hierarchy: hierarchy_lib.Hierarchy) ->
 
 def _train_stage(config, builder, key, stage_dir, strategy, log, callbacks) -> None:
   h = builder.hierarchy
-  role = key.split("_")[0]
+  role = key.split("_")[0]  # flat, generalist (also generalist_qat) or specialist
   superclass = int(key.split("_")[1]) if role == "specialist" else None
-  epochs = config.specialist_epochs if role == "specialist" else config.epochs
-  lr = config.specialist_learning_rate if role == "specialist" else config.learning_rate
+  if role == "specialist":
+    epochs, lr = config.specialist_epochs, config.specialist_learning_rate
+  elif key == "generalist_qat":
+    epochs, lr = config.qat_epochs, config.qat_learning_rate or config.learning_rate / 10
+  else:
+    epochs, lr = config.epochs, config.learning_rate
   replicas = strategy.num_replicas_in_sync
   global_batch = config.batch_size * replicas
 
@@ -267,11 +290,19 @@ def _train_stage(config, builder, key, stage_dir, strategy, log, callbacks) -> N
   if steps <= 0:
     raise ValueError(f"stage {key!r} has no training examples in the train split")
 
+  callbacks = list(callbacks)
+  base = None
   with strategy.scope():
     if role == "specialist":
-      model = load_model(config, builder, "generalist")  # starts from the trained generalist
-      model = models.make_specialist(model, len(h.superclasses[superclass].subclasses),
-                                     name=key, freeze_stages=config.freeze_stages)
+      # Starts from the trained generalist and stays a sparse delta over it.
+      model = build_model(config, builder, key)
+      models.copy_backbone_weights(load_model(config, builder, generalist_key(config)), model)
+      if config.freeze_bn:
+        compression.freeze_batchnorm(model)
+      base = [v.numpy() for v in compression.backbone_variables(model)]
+      callbacks.append(compression.DeltaToBase(base, config.delta_l1, config.freeze_bn))
+    elif key == "generalist_qat":
+      model = compression.quantize(load_model(config, builder, "generalist"))
     else:
       model = build_model(config, builder, key, weights=config.weights)
       if key == "generalist" and config.generalist_init == "flat":
@@ -313,6 +344,7 @@ def _train_stage(config, builder, key, stage_dir, strategy, log, callbacks) -> N
       "superclass_name": h.superclasses[superclass].name if superclass is not None else None,
       "epochs": epochs, "steps_per_epoch": steps, "global_batch_size": global_batch,
       "num_params": int(model.count_params()),
+      "delta": compression.delta_stats(model, base) if base is not None else None,
       "wall_time_s_this_run": round(wall, 2),
       "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
       "history": history,

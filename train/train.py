@@ -58,6 +58,20 @@ CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this ma
                                    "devices (to try --strategy=mirrored without GPUs).")
 SPECIALISTS = flags.DEFINE_list("specialists", None, "Superclass indices whose specialists "
                                 "to train (default: all with >= 2 subclasses).")
+DELTA_L1 = flags.DEFINE_float(
+    "delta_l1", _D["delta_l1"].default, "Specialists: after every step, "
+    "soft-threshold W - W_generalist by this much (a proximal L1 step). Larger: sparser, "
+    "smaller deltas, less room to specialise; 0: dense deltas (plain fine-tuning).")
+FREEZE_BN = flags.DEFINE_boolean(
+    "freeze_bn", True, "Specialists keep the generalist's BatchNorm (parameters and "
+    "statistics): smaller deltas, and subset statistics hurt accuracy in our measurements.")
+QAT = flags.DEFINE_boolean(
+    "qat", False, "Quantization-aware training (tfmot): after the float generalist, a "
+    "generalist_qat stage fine-tunes its QAT version; specialists start from it with its "
+    "quantizer ranges pinned, so their int8 weights differ from the base's in few places.")
+QAT_EPOCHS = flags.DEFINE_integer("qat_epochs", 2, "Epochs of the generalist_qat stage.")
+QAT_LR = flags.DEFINE_float("qat_learning_rate", None, "Peak learning rate of the "
+                            "generalist_qat stage (default: --learning_rate / 10).")
 STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None, "Cap the steps of an epoch "
                                        "(smoke runs).")
 
@@ -75,6 +89,8 @@ def config_from_flags() -> training.TrainConfig:
       weight_decay=WEIGHT_DECAY.value,
       freeze_stages=FREEZE_STAGES.value, augment=AUGMENT.value, seed=SEED.value,
       strategy=STRATEGY.value, steps_per_epoch=STEPS_PER_EPOCH.value,
+      delta_l1=DELTA_L1.value, freeze_bn=FREEZE_BN.value, qat=QAT.value,
+      qat_epochs=QAT_EPOCHS.value, qat_learning_rate=QAT_LR.value,
       specialists=(tuple(int(k) for k in SPECIALISTS.value)
                    if SPECIALISTS.value is not None else None))
 

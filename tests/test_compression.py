@@ -1,0 +1,92 @@
+"""Specialists as sparse deltas: proximal steps, pinned BatchNorm and pinned QAT ranges."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from super_sub import compression
+from super_sub import models
+from super_sub import training
+
+SMOKE = "superclassed_synthetic/smoke"
+
+
+def test_proximal_step_hand_computed():
+  model = models.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "specialist_0")
+  variables = compression.backbone_variables(model)
+  base = [v.numpy() for v in variables]
+  k = next(i for i, v in enumerate(variables) if compression.is_kernel(v))
+  g = next(i for i, v in enumerate(variables) if "gamma" in v.name)
+  moved = base[k].copy()
+  moved.flat[:3] += np.array([0.5, -0.05, 0.0004], np.float32)
+  variables[k].assign(moved)
+  variables[g].assign(base[g] + 1.0)
+  compression.DeltaToBase(base, threshold=0.001, pin_batchnorm=True).apply(model)
+  delta = variables[k].numpy() - base[k]
+  np.testing.assert_allclose(delta.flat[:3], [0.499, -0.049, 0.0], atol=1e-6)
+  assert np.count_nonzero(delta) == 2  # the below-threshold change snapped back exactly
+  np.testing.assert_array_equal(variables[g].numpy(), base[g])  # BatchNorm pinned
+
+
+def test_delta_to_base_refuses_another_model():
+  a = models.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "a")
+  b = models.build_classifier("resnet18", (32, 32, 3), 3, "specialist", "b")
+  base = [v.numpy() for v in compression.backbone_variables(a)]
+  with pytest.raises(ValueError, match="not the model this delta was made for"):
+    compression.DeltaToBase(base, 1e-4).apply(b)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _train(model_dir, data_dir, **overrides):
+  config = training.TrainConfig(model_dir=str(model_dir), dataset=SMOKE, data_dir=data_dir,
+                                epochs=1, specialist_epochs=2, batch_size=16,
+                                specialists=(4,), **overrides)
+  return training.train(config, log=lambda _: None)
+
+
+def _stage(config, data_dir, key):
+  builder = tfds.builder(SMOKE, data_dir=data_dir)
+  return training.load_model(config, builder, key)
+
+
+def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
+  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=3e-3, learning_rate=3e-3)
+  dense = _train(tmp_path / "dense", data_dir, delta_l1=0.0, freeze_bn=False,
+                 learning_rate=3e-3)
+  fractions = {}
+  for name, config in (("sparse", sparse), ("dense", dense)):
+    generalist = _stage(config, data_dir, "generalist")
+    specialist = _stage(config, data_dir, "specialist_4")
+    base = [v.numpy() for v in compression.backbone_variables(generalist)]
+    fractions[name] = compression.delta_stats(specialist, base)["changed_fraction"]
+    bn = [(v.numpy(), b) for v, b in zip(compression.backbone_variables(specialist), base)
+          if "moving_mean" in v.name]
+    pinned = all(np.array_equal(v, b) for v, b in bn)
+    assert pinned == (name == "sparse")
+  assert fractions["dense"] > 0.99
+  assert fractions["sparse"] < 0.5 * fractions["dense"]
+
+
+def test_qat_specialists_keep_the_base_quantizer_ranges(tmp_path, data_dir):
+  config = _train(tmp_path, data_dir, qat=True, qat_epochs=1)
+  base = _stage(config, data_dir, "generalist_qat")
+  specialist = _stage(config, data_dir, "specialist_4")
+  assert specialist.output_shape == (None, 5)
+  pairs = list(zip(compression.backbone_variables(specialist),
+                   compression.backbone_variables(base)))
+  ranges = [(s, b) for s, b in pairs if s.name.split("/")[-1].startswith(("kernel_m", "output_m"))]
+  assert len(ranges) > 10
+  for s, b in ranges:
+    np.testing.assert_array_equal(s.numpy(), b.numpy(), err_msg=s.name)
+  with open(tmp_path / "specialists" / "4_dots" / "metrics.json", encoding="utf-8") as f:
+    assert '"delta"' in f.read()
+
+
+def test_qat_flag_is_part_of_the_model_dir_identity(tmp_path, data_dir):
+  _train(tmp_path, data_dir, stage="flat")
+  with pytest.raises(ValueError, match="qat: model_dir has False, asked for True"):
+    _train(tmp_path, data_dir, stage="flat", qat=True)
