@@ -47,6 +47,11 @@ setuptools.setup(
         "absl-py>=1.0",
         "numpy>=1.24",
         "pillow>=9.0",  # re-encoding ImageNet's CMYK/PNG-as-JPEG files; synthetic images
+        "matplotlib>=3.5",  # the misclassification report's pictures (super_sub.analysis)
+        # The edge runtime (super_sub.runtime): LiteRT interpreter and TFLite flatbuffer
+        # parsing, no TensorFlow needed.
+        "ai-edge-litert>=2.0",
+        "flatbuffers>=24.3",
     ],
     extras_require={
         # `tfds build` (the TFDS command line) imports apache_beam and mlcroissant in TFDS 4.9.10
@@ -61,5 +66,8 @@ setuptools.setup(
         "super-sub-train=super_sub.train.train:run",
         "super-sub-eval=super_sub.train.evaluate:run",
         "super-sub-demo=super_sub.train.demo:run",
+        "super-sub-export=super_sub.export.export:run",
+        "super-sub-analyze=super_sub.train.analyze:run",
+        "super-sub-predict=super_sub.export.predict:run",
     ]},
 )

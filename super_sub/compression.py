@@ -58,26 +58,28 @@ _BATCHNORM = ("gamma", "beta", "moving_mean", "moving_variance")
 class DeltaToBase(keras.callbacks.Callback):
   """Keeps a specialist's backbone a sparse delta over the base after every training step.
 
-  Kernels: W <- base + soft_threshold(W - base, threshold), a proximal L1 step (threshold 0
-  leaves them free). BatchNorm parameters and statistics: pinned to the base when
-  `pin_batchnorm`. Quantizer ranges (tfmot's min/max variables): always pinned. tfmot's
-  QuantizeWrapperV2 lists its layer's weights as trainable even when the layer is frozen
-  (notes, trap 5), so pinning, not `.trainable`, is what holds them.
+  Kernels: W <- base + soft_threshold(W - base, l1 x learning rate), the proximal step of an
+  L1 penalty l1 * |W - base| (l1 = 0 leaves them free). Adam moves a weight by about the
+  learning rate per step, so l1 < 1 lets consistent gradients through and snaps noise back.
+  BatchNorm parameters and statistics: pinned to the base when `pin_batchnorm`. Quantizer
+  ranges (tfmot's min/max variables): always pinned. tfmot's QuantizeWrapperV2 lists its
+  layer's weights as trainable even when the layer is frozen (notes, trap 5), so pinning,
+  not `.trainable`, is what holds them.
   """
 
-  def __init__(self, base: list[np.ndarray], threshold: float, pin_batchnorm: bool = True):
+  def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True):
     """`base`: values of `backbone_variables(model)` when the specialist was made."""
     super().__init__()
     self.base = base
-    self.threshold = float(threshold)
+    self.l1 = float(l1)
     self.pin_batchnorm = pin_batchnorm
 
   def on_train_batch_end(self, batch, logs=None):
     del batch, logs
-    self.apply(self.model)
+    self.project(self.model, self.l1 * float(self.model.optimizer.learning_rate))
 
-  def apply(self, model: keras.Model) -> None:
-    """One proximal / pinning step on `model`'s backbone variables."""
+  def project(self, model: keras.Model, threshold: float) -> None:
+    """Soft-thresholds kernel deltas by `threshold` and pins the rest of the backbone."""
     variables = backbone_variables(model)
     if len(variables) != len(self.base):
       raise ValueError(f"model has {len(variables)} backbone variables, the base "
@@ -85,9 +87,9 @@ class DeltaToBase(keras.callbacks.Callback):
     for var, base in zip(variables, self.base):
       short = var.name.split("/")[-1].split(":")[0]
       if is_kernel(var):
-        if self.threshold > 0:
+        if threshold > 0:
           delta = var.numpy() - base
-          shrunk = np.sign(delta) * np.maximum(np.abs(delta) - self.threshold, 0.0)
+          shrunk = np.sign(delta) * np.maximum(np.abs(delta) - threshold, 0.0)
           var.assign(base + shrunk.astype(base.dtype))
       elif short in _BATCHNORM:
         if self.pin_batchnorm:

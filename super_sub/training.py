@@ -67,7 +67,7 @@ class TrainConfig:
   steps_per_epoch: int | None = None    # None: one pass over the data (smoke runs cap it)
   specialists: tuple[int, ...] | None = None  # None: every superclass with >= 2 subclasses
   # Cheap specialists (super_sub.compression): see train/train.py's flags for the trade-offs.
-  delta_l1: float = 1e-4                # proximal L1 step on W - W_base; 0: dense deltas
+  delta_l1: float = 0.5                 # L1 weight on W - W_base (proximal); 0: dense deltas
   freeze_bn: bool = True                # specialists keep the generalist's BatchNorm
   qat: bool = False                     # quantization-aware generalist_qat + specialists
   qat_epochs: int = 2
@@ -148,8 +148,10 @@ def check_model_dir(config: TrainConfig) -> None:
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-    clashes = [f"{k}: model_dir has {saved.get(k)!r}, asked for {getattr(config, k)!r}"
-               for k in IDENTITY_KEYS if saved.get(k) != getattr(config, k)]
+    fields = TrainConfig.__dataclass_fields__
+    held = {k: saved.get(k, fields[k].default) for k in IDENTITY_KEYS}  # older runs lack keys
+    clashes = [f"{k}: model_dir has {held[k]!r}, asked for {getattr(config, k)!r}"
+               for k in IDENTITY_KEYS if held[k] != getattr(config, k)]
     if clashes:
       raise ValueError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
                        "Use another --model_dir; nothing was changed.")

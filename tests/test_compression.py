@@ -21,7 +21,7 @@ def test_proximal_step_hand_computed():
   moved.flat[:3] += np.array([0.5, -0.05, 0.0004], np.float32)
   variables[k].assign(moved)
   variables[g].assign(base[g] + 1.0)
-  compression.DeltaToBase(base, threshold=0.001, pin_batchnorm=True).apply(model)
+  compression.DeltaToBase(base, l1=0.5, pin_batchnorm=True).project(model, threshold=0.001)
   delta = variables[k].numpy() - base[k]
   np.testing.assert_allclose(delta.flat[:3], [0.499, -0.049, 0.0], atol=1e-6)
   assert np.count_nonzero(delta) == 2  # the below-threshold change snapped back exactly
@@ -33,7 +33,7 @@ def test_delta_to_base_refuses_another_model():
   b = models.build_classifier("resnet18", (32, 32, 3), 3, "specialist", "b")
   base = [v.numpy() for v in compression.backbone_variables(a)]
   with pytest.raises(ValueError, match="not the model this delta was made for"):
-    compression.DeltaToBase(base, 1e-4).apply(b)
+    compression.DeltaToBase(base, 0.5).project(b, 1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def _stage(config, data_dir, key):
 
 
 def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
-  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=3e-3, learning_rate=3e-3)
+  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=0.5, learning_rate=3e-3)
   dense = _train(tmp_path / "dense", data_dir, delta_l1=0.0, freeze_bn=False,
                  learning_rate=3e-3)
   fractions = {}

@@ -193,3 +193,6 @@ def test_demo_command_end_to_end(tmp_path, data_dir):
   assert "two-stage, hard routing" in out.stdout
   assert "generalist superclass top-1" in out.stdout
   assert (tmp_path / "eval.json").exists()
+  assert "same prediction as Keras for" in out.stdout
+  assert "x one fp32 network" in out.stdout
+  assert (tmp_path / "export" / "tflite" / "manifest.json").exists()

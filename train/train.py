@@ -59,9 +59,10 @@ CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this ma
 SPECIALISTS = flags.DEFINE_list("specialists", None, "Superclass indices whose specialists "
                                 "to train (default: all with >= 2 subclasses).")
 DELTA_L1 = flags.DEFINE_float(
-    "delta_l1", _D["delta_l1"].default, "Specialists: after every step, "
-    "soft-threshold W - W_generalist by this much (a proximal L1 step). Larger: sparser, "
-    "smaller deltas, less room to specialise; 0: dense deltas (plain fine-tuning).")
+    "delta_l1", _D["delta_l1"].default, "Specialists: L1 penalty weight on "
+    "W - W_generalist, applied as a proximal step after every update (soft threshold = this x "
+    "learning rate). Larger: sparser, smaller deltas, less room to specialise; 0: dense "
+    "deltas (plain fine-tuning).")
 FREEZE_BN = flags.DEFINE_boolean(
     "freeze_bn", True, "Specialists keep the generalist's BatchNorm (parameters and "
     "statistics): smaller deltas, and subset statistics hurt accuracy in our measurements.")

@@ -1,0 +1,44 @@
+"""super-sub-export: writes a trained run's deployable bundle.
+
+  super-sub-export --model_dir=runs/fmnist --export_dir=exports/fmnist
+
+export_dir/tflite/ can be copied to a device on its own and run with super-sub-predict
+(numpy + ai-edge-litert, no TensorFlow); export_dir/manifest.json gives its size against
+one fp32 network.
+"""
+
+from absl import app
+from absl import flags
+
+from super_sub import export_lib
+from super_sub import training
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A run made by super-sub-train.",
+                                 required=True)
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder (replaced atomically).",
+                                  required=True)
+_REPRESENTATIVE = flags.DEFINE_string(
+    "representative_dataset", None, "Images for full-integer calibration: an .npy array or "
+    ".npz with 'images' [N, H, W, C] (uint8, or float in [0, 1]). Default: 256 images of the "
+    "run's training split.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the training one.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = training.load_config(_MODEL_DIR.value)
+  if _DATA_DIR.value:
+    config.data_dir = _DATA_DIR.value
+  representative = (export_lib.load_representative(_REPRESENTATIVE.value)
+                    if _REPRESENTATIVE.value else None)
+  export_lib.export(config, _EXPORT_DIR.value, representative=representative)
+
+
+def run():
+  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,22 @@
+"""The edge runtime: runs a `tflite/` bundle with numpy, ai-edge-litert and Pillow, no TensorFlow.
+
+  runtime = super_sub.runtime.TwoStageLite("export/tflite")
+  out = runtime.predict(super_sub.runtime.load_images(["shoe.jpg"], runtime.input_shape))
+
+The bundle writer lives here too (it needs no TensorFlow either), so the exporter and the runtime
+share one definition of the format.
+"""
+
+from super_sub.runtime.bundle import Bundle, BundleError, load_bundle, write_tflite_bundle
+from super_sub.runtime.delta import DeltaError, apply_delta, make_delta
+from super_sub.runtime.images import ImageError, load_images
+from super_sub.runtime.predictor import TwoStageLite
+
+__all__ = [
+    # running a bundle
+    "TwoStageLite", "load_images", "load_bundle", "Bundle",
+    # writing one (the exporter) and its deltas
+    "write_tflite_bundle", "make_delta", "apply_delta",
+    # errors
+    "BundleError", "DeltaError", "ImageError",
+]

@@ -1,0 +1,289 @@
+"""The `tflite/` bundle: a generalist, its specialists as deltas over it, the hierarchy, a manifest.
+
+Layout (everything but manifest.json is listed in it with its byte count and sha256):
+  manifest.json
+  generalist.tflite                      the generalist, and also THE shared base of every
+                                         specialist: each delta is a difference from these bytes
+  specialists/<k>_<name>.skeleton.tflite superclass k's specialist minus the buffers the delta holds
+  specialists/<k>_<name>.delta.npz       plain numpy arrays (super_sub.runtime.delta), no pickle
+  hierarchy.json                         super_sub.Hierarchy.to_dict()
+  labels.txt                             one subclass name per global subclass index
+
+`load_bundle` reads every listed file into memory and checks its size and sha256 before anything
+parses it, so an interpreter only ever sees verified bytes (and never re-reads the disk).
+Needs only numpy, flatbuffers and ai_edge_litert: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from super_sub import files
+from super_sub import hierarchy as hierarchy_lib
+from super_sub.runtime import delta as delta_lib
+
+FORMAT = "super-sub-tflite"
+VERSION = 1
+MANIFEST = "manifest.json"
+_KEYS = ("format", "version", "input", "generalist", "specialists", "hierarchy", "labels", "files")
+
+
+class BundleError(ValueError):
+  """A bundle that is malformed, incomplete or altered; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+  """A loaded, verified bundle. All bytes here passed their manifest checksum.
+
+  Attributes:
+    path: the bundle folder.
+    manifest: the parsed manifest.json.
+    hierarchy: the bundle's hierarchy.
+    input_shape: (H, W, C) of the images the models take.
+    input_range: (lo, hi): images in [0, 1] are mapped linearly onto it before the models.
+    generalist: the generalist's .tflite bytes (the base of every specialist).
+    skeletons: superclass index -> specialist skeleton .tflite bytes.
+    deltas: superclass index -> delta .npz bytes, kept compressed and decompressed only while
+      that specialist is rebuilt (a dense delta is as large as the network it rebuilds).
+  """
+  path: str
+  manifest: dict[str, Any]
+  hierarchy: hierarchy_lib.Hierarchy
+  input_shape: tuple[int, int, int]
+  input_range: tuple[float, float]
+  generalist: bytes
+  skeletons: dict[int, bytes]
+  deltas: dict[int, bytes]
+
+  def specialist(self, k: int) -> bytes:
+    """Rebuilds superclass k's specialist .tflite bytes (bit-exact) from the base and its delta."""
+    try:
+      with np.load(io.BytesIO(self.deltas[k]), allow_pickle=False) as npz:
+        return delta_lib.apply_delta(self.generalist, self.skeletons[k], npz)
+    except ValueError as e:  # a DeltaError, or an object array that would need unpickling
+      raise BundleError(f"{self.path}: specialist {k} "
+                        f"({self.hierarchy.superclasses[k].name!r}): {e}") from None
+
+
+def specialist_superclasses(h: hierarchy_lib.Hierarchy) -> list[int]:
+  """Superclasses that have a specialist: those with at least 2 subclasses."""
+  return [k for k in range(h.num_superclasses) if len(h.subclass_range(k)) >= 2]
+
+
+def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
+                        generalist: bytes, specialists: Mapping[int, bytes],
+                        input_info: Mapping[str, Any]) -> dict[str, Any]:
+  """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
+
+  Args:
+    out_dir: the bundle folder; replaced if it exists.
+    hierarchy: the hierarchy the models were trained on.
+    generalist: the generalist's .tflite bytes; every specialist is stored as a delta over them.
+    specialists: superclass index -> .tflite bytes, for exactly the superclasses with >= 2
+      subclasses, each converted from a model fine-tuned from the generalist.
+    input_info: {"shape": [H, W, C], "dtype": "float32", "range": [lo, hi]}: what the models take;
+      the runtime maps images in [0, 1] linearly onto `range`.
+
+  Returns:
+    The manifest written to manifest.json.
+
+  Raises:
+    BundleError: specialists missing or extra, bad input_info, or a subclass name with a newline.
+    DeltaError: a model that cannot be stored as a bit-exact delta.
+  """
+  h = hierarchy
+  specialists = {int(k): v for k, v in specialists.items()}
+  expected = specialist_superclasses(h)
+  if sorted(specialists) != expected:
+    raise BundleError(f"specialists must be given for exactly the superclasses with >= 2 "
+                      f"subclasses {expected}; got {sorted(specialists)}")
+  shape, lo_hi = _check_input(dict(input_info), "input_info")
+  if any("\n" in n or "\r" in n for n in h.subclass_names):
+    raise BundleError("subclass names must not contain line breaks (labels.txt is one per line)")
+  manifest: dict[str, Any] = {
+      "format": FORMAT, "version": VERSION,
+      "input": {**dict(input_info), "shape": list(shape), "range": list(lo_hi)},
+      "generalist": "generalist.tflite", "specialists": {},
+      "hierarchy": "hierarchy.json", "labels": "labels.txt", "files": {}}
+  delta_lib.parse_model(generalist, "generalist")
+  with files.atomic_dir(out_dir) as tmp:
+    _write(tmp, "generalist.tflite", bytes(generalist))
+    for k, model in sorted(specialists.items()):
+      skeleton, arrays = delta_lib.make_delta(generalist, model)
+      stem = f"specialists/{k}_{_safe(h.superclasses[k].name)}"
+      _write(tmp, f"{stem}.skeleton.tflite", skeleton)
+      buf = io.BytesIO()
+      np.savez_compressed(buf, **arrays)
+      _write(tmp, f"{stem}.delta.npz", buf.getvalue())
+      manifest["specialists"][str(k)] = {"skeleton": f"{stem}.skeleton.tflite",
+                                         "delta": f"{stem}.delta.npz",
+                                         "superclass": h.superclasses[k].name}
+    files.write_json(os.path.join(tmp, "hierarchy.json"), h.to_dict())
+    _write(tmp, "labels.txt", "".join(n + "\n" for n in h.subclass_names).encode("utf-8"))
+    for root, _, names in os.walk(tmp):
+      for name in names:
+        rel = os.path.relpath(os.path.join(root, name), tmp).replace(os.sep, "/")
+        with open(os.path.join(tmp, rel), "rb") as f:
+          data = f.read()
+        manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    files.write_json(os.path.join(tmp, MANIFEST), manifest)
+  return manifest
+
+
+def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
+  """Reads and verifies a bundle: every listed file's size and sha256, before anything parses it.
+
+  Raises:
+    BundleError: naming the file, when manifest.json is missing, does not parse or lacks keys;
+      a listed file is missing, truncated or changed; the manifest refers to a file it does not
+      checksum; an unlisted .tflite or .npz lies in the bundle; or the parts do not fit together.
+  """
+  path = os.fspath(bundle_dir)
+  manifest = _read_manifest(path)
+  listed = manifest["files"]
+  data = {}
+  for rel, entry in listed.items():
+    where = os.path.join(path, rel)
+    if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) or not isinstance(
+        entry.get("sha256"), str):
+      raise BundleError(f"{path}/{MANIFEST}: files[{rel!r}] must be {{'bytes': int, "
+                        f"'sha256': str}}; got {entry!r}")
+    try:
+      with open(where, "rb") as f:
+        content = f.read()
+    except FileNotFoundError:
+      raise BundleError(f"{where}: listed in the manifest but missing") from None
+    if len(content) != entry["bytes"]:
+      how = "truncated" if len(content) < entry["bytes"] else "grown or replaced"
+      raise BundleError(f"{where}: {len(content)} bytes, the manifest says {entry['bytes']} "
+                        f"({how})")
+    if hashlib.sha256(content).hexdigest() != entry["sha256"].lower():
+      raise BundleError(f"{where}: sha256 differs from the manifest's (the file was changed)")
+    data[rel] = content
+  unlisted = sorted(rel for rel in _walk(path)
+                    if rel not in listed and rel.endswith((".tflite", ".npz")))
+  if unlisted:
+    raise BundleError(f"{path}: model files not listed in the manifest: {', '.join(unlisted)}; "
+                      f"refusing a bundle that mixes unverified models in")
+
+  # Everything below reads only verified bytes.
+  try:
+    h = hierarchy_lib.Hierarchy.from_dict(json.loads(data[manifest["hierarchy"]]),
+                                          where=f"{path}/{manifest['hierarchy']}")
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise BundleError(f"{path}/{manifest['hierarchy']}: not valid JSON ({e})") from None
+  except hierarchy_lib.HierarchyError as e:
+    raise BundleError(str(e)) from None
+  labels = data[manifest["labels"]].decode("utf-8").splitlines()
+  if labels != h.subclass_names:
+    raise BundleError(f"{path}/{manifest['labels']}: does not list the hierarchy's "
+                      f"{h.num_subclasses} subclass names in order")
+  specs = {}
+  for key, entry in manifest["specialists"].items():
+    if not key.isdigit() or not 0 <= int(key) < h.num_superclasses:
+      raise BundleError(f"{path}/{MANIFEST}: specialists key {key!r} is not a superclass index")
+    specs[int(key)] = entry
+  if sorted(specs) != specialist_superclasses(h):
+    raise BundleError(f"{path}/{MANIFEST}: specialists {sorted(specs)} do not match the "
+                      f"superclasses with >= 2 subclasses {specialist_superclasses(h)}")
+  skeletons, deltas = {}, {}
+  for k, entry in sorted(specs.items()):
+    if entry["superclass"] != h.superclasses[k].name:
+      raise BundleError(f"{path}/{MANIFEST}: specialist {k} is for {entry['superclass']!r} but "
+                        f"superclass {k} is {h.superclasses[k].name!r}")
+    skeletons[k] = data[entry["skeleton"]]
+    deltas[k] = data[entry["delta"]]
+    try:  # lists the members only; arrays are decompressed when the specialist is rebuilt
+      with np.load(io.BytesIO(deltas[k]), allow_pickle=False) as npz:
+        names = set(npz.files)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+      raise BundleError(f"{path}/{entry['delta']}: not an .npz archive ({e})") from None
+    if not {"version", "sha256", "buffers"} <= names:
+      raise BundleError(f"{path}/{entry['delta']}: not a super-sub delta (members: "
+                        f"{sorted(names)})")
+  shape, lo_hi = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
+  return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
+                generalist=data[manifest["generalist"]], skeletons=skeletons, deltas=deltas)
+
+
+# --- internals ------------------------------------------------------------------------------------
+def _write(folder: str, rel: str, data: bytes) -> None:
+  target = os.path.join(folder, rel)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  with open(target, "wb") as f:
+    f.write(data)
+
+
+def _safe(name: str) -> str:
+  """A file-name-safe form of a superclass name (the index prefix keeps names unique)."""
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "superclass"
+
+
+def _walk(path: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(path):
+    out += [os.path.relpath(os.path.join(root, n), path).replace(os.sep, "/") for n in names]
+  return out
+
+
+def _check_input(info: Any, where: str) -> tuple[tuple[int, int, int], tuple[float, float]]:
+  shape = info.get("shape") if isinstance(info, dict) else None
+  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+      or not all(isinstance(d, int) and d > 0 for d in shape) or shape[2] not in (1, 3)):
+    raise BundleError(f"{where}: 'shape' must be [H, W, C] with positive ints and C 1 or 3; "
+                      f"got {shape!r}")
+  lo_hi = info.get("range", [0, 1])
+  if (not isinstance(lo_hi, (list, tuple)) or len(lo_hi) != 2
+      or not all(isinstance(v, (int, float)) for v in lo_hi) or not lo_hi[0] < lo_hi[1]):
+    raise BundleError(f"{where}: 'range' must be [lo, hi] with lo < hi; got {lo_hi!r}")
+  return tuple(shape), (float(lo_hi[0]), float(lo_hi[1]))
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+  where = os.path.join(path, MANIFEST)
+  try:
+    with open(where, "rb") as f:
+      manifest = json.loads(f.read().decode("utf-8"))
+  except FileNotFoundError:
+    raise BundleError(f"{where} not found: {path} is not a super-sub TFLite bundle") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise BundleError(f"{where}: does not parse as JSON ({e})") from None
+  if not isinstance(manifest, dict):
+    raise BundleError(f"{where}: expected a JSON object at the top level")
+  missing = [k for k in _KEYS if k not in manifest]
+  if missing:
+    raise BundleError(f"{where}: missing key(s) {missing}; a bundle manifest has {list(_KEYS)}")
+  if manifest["format"] != FORMAT or manifest["version"] != VERSION:
+    raise BundleError(f"{where}: format {manifest['format']!r} version {manifest['version']!r}; "
+                      f"this runtime reads {FORMAT!r} version {VERSION}")
+  listed = manifest["files"]
+  if not isinstance(listed, dict):
+    raise BundleError(f"{where}: 'files' must map relative paths to {{bytes, sha256}}")
+  for rel in listed:
+    norm = os.path.normpath(rel).replace(os.sep, "/")
+    if os.path.isabs(rel) or norm != rel or rel.startswith("../") or rel == MANIFEST:
+      raise BundleError(f"{where}: files entry {rel!r} is not a plain relative path inside the "
+                        f"bundle")
+  specs = manifest["specialists"]
+  if not isinstance(specs, dict) or not all(isinstance(e, dict) and {
+      "skeleton", "delta", "superclass"} <= set(e) for e in specs.values()):
+    raise BundleError(f"{where}: 'specialists' must map superclass indices to "
+                      f"{{skeleton, delta, superclass}}")
+  refs = [manifest["generalist"], manifest["hierarchy"], manifest["labels"]]
+  refs += [e[key] for e in specs.values() for key in ("skeleton", "delta")]
+  for ref in refs:
+    if not isinstance(ref, str) or ref not in listed:
+      raise BundleError(f"{where}: refers to {ref!r} but does not list its size and sha256 under "
+                        f"'files'; refusing to use an unverified file")
+  return manifest

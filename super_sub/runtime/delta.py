@@ -1,0 +1,308 @@
+"""A TFLite specialist as a lossless delta over the generalist it was fine-tuned from.
+
+Every specialist buffer for which the base has a buffer of the same byte length is stored as a
+difference from its best-matching base buffer and emptied in the specialist's *skeleton*: a TFLite
+flatbuffer keeping the graph, tensor metadata, the quantization parameters that differ from the
+base's, and the buffers that stay whole (e.g. the head, whose shape differs). The match is usually
+the buffer at the same index, but not always: in a 680k-parameter ResNet whose specialist's layers
+were auto-numbered differently (conv2d_34.. instead of conv2d_8..), three equal-length kernels came
+out of the converter permuted. So each buffer takes, among the base's buffers of its length, the one
+it differs from in the fewest bytes (the same index on ties), and the delta records the pairing.
+Quantization parameters equal to the paired base tensor's (QAT with the base's ranges frozen keeps
+them so; per-channel scales and zero points were ~80% of that ResNet's skeleton) are copied back
+from the base too. `apply_delta` repacks the skeleton with everything restored and gives back the
+specialist byte for byte: the flatbuffers object API round-trips converter output exactly, and both
+directions check it (the delta stores the sha256 of the base and of the specialist).
+
+Delta arrays (plain numpy, so `np.load(allow_pickle=False)` reads them; few arrays, because each
+member of an .npz costs ~180 bytes of headers):
+  version  int64 scalar, 1
+  sha256   uint8 [2, 32]: the base's and the specialist's sha256
+  buffers  uint32 [B, 3]: (specialist buffer index, base buffer index, byte length) of each
+           buffer rebuilt from the base, in ascending specialist index
+  quant    uint32 [Q, 3]: (subgraph, specialist tensor, base tensor) whose quantization parameters
+           the skeleton leaves out because they equal the base tensor's
+  The B paired buffers, concatenated, form one byte stream; its difference
+  d = (specialist - base) mod 256 is stored in one of two lossless encodings (by default whichever
+  np.savez_compressed makes smaller):
+  sparse: gaps uint8 [4, n], the little-endian bytes of the uint32 gaps between successive nonzero
+          positions of d (the first gap is the first position), one byte plane per row (the high
+          planes are nearly all zero and compress to almost nothing); values uint8 [n], d there.
+  dense:  diff uint8 [stream length], d itself (wins when most bytes changed).
+This module needs only numpy, flatbuffers and ai_edge_litert's schema: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+FORMAT_VERSION = 1
+FILE_IDENTIFIER = b"TFL3"  # as tensorflow/lite/tools/flatbuffer_utils.py writes it
+_MAX_BYTES = 2**31 - 1  # larger models keep buffers outside the flatbuffer (offset/size fields)
+
+
+class DeltaError(ValueError):
+  """A model or delta that cannot be diffed or rebuilt; the message says which and why."""
+
+
+def parse_model(model: bytes, what: str = "model") -> schema.ModelT:
+  """Unpacks a TFLite flatbuffer into the object API (buffers as uint8 numpy arrays).
+
+  Raises:
+    DeltaError: not a TFLite flatbuffer, or one that keeps buffers outside the flatbuffer
+      (models over 2 GB, which this format does not support).
+  """
+  if len(model) < 8 or bytes(model[4:8]) != FILE_IDENTIFIER:
+    raise DeltaError(f"{what} is not a TFLite flatbuffer (no {FILE_IDENTIFIER!r} identifier at "
+                     f"bytes 4..8)")
+  if len(model) > _MAX_BYTES:
+    raise DeltaError(f"{what} is {len(model)} bytes: models over 2 GB keep their buffers outside "
+                     f"the flatbuffer, which super-sub deltas do not support")
+  try:
+    obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+  except Exception as e:  # flatbuffers raises assorted errors on corrupt input
+    raise DeltaError(f"{what} does not parse as a TFLite flatbuffer: {e!r}") from None
+  # TFLite's own reader treats offset 0 and 1 as "data inline" (1 is a placeholder).
+  for i, buf in enumerate(obj.buffers or []):
+    if buf.offset > 1:
+      raise DeltaError(f"{what}: buffer {i} is stored at offset {buf.offset} outside the "
+                       f"flatbuffer (a >2 GB model layout); super-sub deltas support only "
+                       f"models whose buffers are inline")
+  for sg in obj.subgraphs or []:
+    for op in sg.operators or []:
+      if op.largeCustomOptionsOffset > 1:
+        raise DeltaError(f"{what}: an operator keeps custom options outside the flatbuffer (a "
+                         f">2 GB model layout); super-sub deltas do not support it")
+  return obj
+
+
+def pack_model(obj: schema.ModelT) -> bytes:
+  """Packs an object-API model back into TFLite flatbuffer bytes."""
+  builder = flatbuffers.Builder(1024)
+  builder.Finish(obj.Pack(builder), file_identifier=FILE_IDENTIFIER)
+  return bytes(builder.Output())
+
+
+def make_delta(base: bytes, specialist: bytes,
+               encoding: str = "auto") -> tuple[bytes, dict[str, np.ndarray]]:
+  """Splits `specialist` into a skeleton and a difference against `base`.
+
+  Args:
+    base: the generalist's .tflite bytes (the shared base of every specialist).
+    specialist: a specialist's .tflite bytes, converted the same way from a model fine-tuned from
+      the generalist.
+    encoding: "sparse", "dense", or "auto" (whichever np.savez_compressed stores smaller).
+
+  Returns:
+    (skeleton, arrays): the skeleton .tflite bytes (buffers covered by the delta emptied) and the
+    delta arrays described in the module docstring, ready for `np.savez_compressed`.
+    `apply_delta(base, skeleton, arrays) == specialist` (checked before returning).
+
+  Raises:
+    DeltaError: either model does not parse, or the specialist does not survive an object-API
+      round trip byte for byte (so no delta could rebuild it exactly).
+    ValueError: an unknown encoding.
+  """
+  if encoding not in ("auto", "sparse", "dense"):
+    raise ValueError(f"encoding must be 'auto', 'sparse' or 'dense'; got {encoding!r}")
+  base_obj = parse_model(base, "base model")
+  spec_obj = parse_model(specialist, "specialist model")
+  if pack_model(spec_obj) != bytes(specialist):
+    raise DeltaError("the specialist model does not round-trip through the TFLite object API "
+                     "byte for byte, so it cannot be stored as a bit-exact delta")
+  base_bufs, spec_bufs = base_obj.buffers or [], spec_obj.buffers or []
+  by_length: dict[int, list[int]] = {}
+  for j, buf in enumerate(base_bufs):
+    if buf.data is not None and len(buf.data):
+      by_length.setdefault(len(buf.data), []).append(j)
+  pairs, chunks_base, chunks_spec = [], [], []
+  for i, spec_buf in enumerate(spec_bufs):
+    if spec_buf.data is None or len(spec_buf.data) not in by_length:
+      continue
+    data = np.asarray(spec_buf.data, np.uint8)
+    # Fewest differing bytes; the same index first, so ties keep the converter's alignment.
+    candidates = sorted(by_length[len(data)], key=lambda j: j != i)
+    j = min(candidates, key=lambda j: np.count_nonzero(base_bufs[j].data != data))
+    pairs.append((i, j, len(data)))
+    chunks_base.append(np.asarray(base_bufs[j].data, np.uint8))
+    chunks_spec.append(data)
+    spec_buf.data = None  # emptied in the skeleton; apply_delta puts it back
+  quant = _strip_shared_quantization(base_obj, spec_obj, {i: j for i, j, _ in pairs})
+  skeleton = pack_model(spec_obj)
+  stream_base = np.concatenate(chunks_base) if chunks_base else np.zeros(0, np.uint8)
+  stream_spec = np.concatenate(chunks_spec) if chunks_spec else np.zeros(0, np.uint8)
+  diff = stream_spec - stream_base  # uint8 arithmetic wraps: (specialist - base) mod 256
+  arrays = {
+      "version": np.array(FORMAT_VERSION, np.int64),
+      "sha256": np.stack([_digest(base), _digest(specialist)]),
+      "buffers": np.array(pairs, np.uint32).reshape(-1, 3),
+      "quant": np.array(quant, np.uint32).reshape(-1, 3),
+  }
+  arrays.update(_encode(diff, encoding))
+  if apply_delta(base, skeleton, arrays) != bytes(specialist):  # also guards the encoders
+    raise DeltaError("internal error: the delta does not rebuild the specialist bit-exactly")
+  return skeleton, arrays
+
+
+def apply_delta(base: bytes, skeleton: bytes, arrays) -> bytes:
+  """Rebuilds a specialist's .tflite bytes from the base, its skeleton and its delta arrays.
+
+  Args:
+    base: the base .tflite bytes the delta was made against.
+    skeleton: the specialist's skeleton .tflite bytes.
+    arrays: a mapping of the delta arrays (a dict, or an `np.load` result of a .npz).
+
+  Returns:
+    The specialist's .tflite bytes, bit-identical to the model the delta was made from.
+
+  Raises:
+    DeltaError: missing or malformed arrays, a base other than the one the delta was made
+      against (sha256 or a buffer's length differs), or a result whose sha256 is not the recorded
+      specialist's.
+  """
+  arrays = _read_arrays(arrays)
+  if bytes(_digest(base)) != bytes(arrays["sha256"][0]):
+    raise DeltaError("this delta was made against a different base model (the generalist's "
+                     "sha256 does not match the one recorded in the delta)")
+  base_obj = parse_model(base, "base model")
+  spec_obj = parse_model(skeleton, "specialist skeleton")
+  base_bufs, spec_bufs = base_obj.buffers or [], spec_obj.buffers or []
+  triples = arrays["buffers"].astype(np.int64).tolist()
+  for i, j, n in triples:  # check the layout before decoding anything
+    if i >= len(spec_bufs) or j >= len(base_bufs):
+      raise DeltaError(f"delta pairs skeleton buffer {i} with base buffer {j}, but the skeleton "
+                       f"has {len(spec_bufs)} buffers and the base {len(base_bufs)}")
+    got = 0 if base_bufs[j].data is None else len(base_bufs[j].data)
+    if got != n:
+      raise DeltaError(f"delta buffer {i} records {n} bytes but the base's buffer {j} has {got}: "
+                       f"the delta does not belong to this base")
+    if spec_bufs[i].data is not None:
+      raise DeltaError(f"skeleton buffer {i} is not empty although the delta rebuilds it")
+  for g, ti, tj in arrays["quant"].astype(np.int64).tolist():
+    spec_t, base_t = _tensor(spec_obj, g, ti), _tensor(base_obj, g, tj)
+    if spec_t is None or base_t is None or spec_t.quantization is not None:
+      raise DeltaError(f"delta copies quantization parameters from base tensor {tj} to skeleton "
+                       f"tensor {ti} of subgraph {g}, which do not fit (missing, or not empty)")
+    spec_t.quantization = base_t.quantization
+  diff = _decode(arrays, sum(n for _, _, n in triples))
+  start = 0
+  for i, j, n in triples:
+    spec_bufs[i].data = np.asarray(base_bufs[j].data, np.uint8) + diff[start:start + n]
+    start += n
+  out = pack_model(spec_obj)
+  if bytes(_digest(out)) != bytes(arrays["sha256"][1]):
+    raise DeltaError("the rebuilt specialist's sha256 differs from the one recorded in the delta "
+                     "(skeleton and delta do not belong together)")
+  return out
+
+
+def delta_nbytes(arrays) -> int:
+  """Bytes of `arrays` written with np.savez_compressed (what a bundle stores)."""
+  f = io.BytesIO()
+  np.savez_compressed(f, **arrays)
+  return len(f.getvalue())
+
+
+# --- internals ------------------------------------------------------------------------------------
+_COMMON = ("version", "sha256", "buffers", "quant")
+
+
+def _digest(data: bytes) -> np.ndarray:
+  return np.frombuffer(hashlib.sha256(data).digest(), np.uint8).copy()
+
+
+def _strip_shared_quantization(base_obj, spec_obj, buffer_pairs: dict[int, int]) -> list:
+  """Empties the specialist tensors' quantization that equals their base tensor's.
+
+  A tensor's base counterpart is the base tensor reading the paired buffer (weights), else the
+  base tensor at the same index (activations). Returns (subgraph, tensor, base tensor) triples.
+  """
+  out = []
+  for g, (spec_sg, base_sg) in enumerate(zip(spec_obj.subgraphs or [], base_obj.subgraphs or [])):
+    base_tensors = base_sg.tensors or []
+    reads = {t.buffer: j for j, t in reversed(list(enumerate(base_tensors))) if t.buffer}
+    for i, tensor in enumerate(spec_sg.tensors or []):
+      key = _quant_key(tensor.quantization)
+      if key is None:
+        continue
+      candidates = [reads.get(buffer_pairs.get(tensor.buffer, -1)), i]
+      for j in candidates:
+        if j is not None and j < len(base_tensors) and _quant_key(
+            base_tensors[j].quantization) == key:
+          out.append((g, i, j))
+          tensor.quantization = None
+          break
+  return out
+
+
+def _quant_key(q):
+  """What a QuantizationParameters table packs, comparable; None when there is nothing to share."""
+  if q is None or q.details is not None or all(
+      v is None for v in (q.min, q.max, q.scale, q.zeroPoint)):
+    return None
+  arrays = tuple(None if v is None else (np.asarray(v).dtype.str, np.asarray(v).tobytes())
+                 for v in (q.min, q.max, q.scale, q.zeroPoint))
+  return arrays + (q.detailsType, q.quantizedDimension)
+
+
+def _tensor(obj, g: int, t: int):
+  subgraphs = obj.subgraphs or []
+  tensors = (subgraphs[g].tensors or []) if g < len(subgraphs) else []
+  return tensors[t] if t < len(tensors) else None
+
+
+def _encode(diff: np.ndarray, encoding: str) -> dict[str, np.ndarray]:
+  """`diff` in the given lossless encoding; "auto" keeps whichever .npz is smaller."""
+  if len(diff) >= 2**32:
+    raise DeltaError("delta streams of 4 GiB or more are not supported")
+  positions = np.flatnonzero(diff)
+  gaps = np.diff(positions, prepend=0).astype("<u4")
+  sparse = {"gaps": gaps.view(np.uint8).reshape(-1, 4).T.copy(), "values": diff[positions]}
+  dense = {"diff": diff}
+  if encoding != "auto":
+    return sparse if encoding == "sparse" else dense
+  return min((sparse, dense), key=delta_nbytes)
+
+
+def _read_arrays(arrays) -> dict[str, np.ndarray]:
+  names = set(arrays.keys()) if hasattr(arrays, "keys") else set()
+  encoding = ("diff",) if "diff" in names else ("gaps", "values")
+  missing = [n for n in _COMMON + encoding if n not in names]
+  if missing:
+    raise DeltaError(f"delta arrays lack {missing}; expected {list(_COMMON)} plus either 'diff' "
+                     f"(dense) or 'gaps' and 'values' (sparse); got {sorted(names)}")
+  out = {name: np.asarray(arrays[name]) for name in _COMMON + encoding}
+  if out["version"].shape != () or int(out["version"]) != FORMAT_VERSION:
+    raise DeltaError(f"delta version {out['version']} is not supported (this runtime reads "
+                     f"{FORMAT_VERSION})")
+  if (out["sha256"].shape != (2, 32) or out["buffers"].ndim != 2 or out["buffers"].shape[1] != 3
+      or out["quant"].ndim != 2 or out["quant"].shape[1] != 3):
+    raise DeltaError(f"delta arrays have the wrong shapes: sha256 {out['sha256'].shape} (want "
+                     f"(2, 32)), buffers {out['buffers'].shape} (want (B, 3)), quant "
+                     f"{out['quant'].shape} (want (Q, 3))")
+  return out
+
+
+def _decode(arrays: dict[str, np.ndarray], total: int) -> np.ndarray:
+  """The difference stream d of `total` bytes."""
+  if "diff" in arrays:
+    diff = arrays["diff"].astype(np.uint8, copy=False)
+    if diff.shape != (total,):
+      raise DeltaError(f"dense delta has {diff.size} bytes; its buffers need {total}")
+    return diff
+  planes, values = arrays["gaps"], arrays["values"]
+  if planes.ndim != 2 or planes.shape[0] != 4 or planes.shape[1] != values.shape[0]:
+    raise DeltaError(f"sparse delta arrays do not fit together: gaps {planes.shape}, "
+                     f"values {values.shape}")
+  gaps = np.ascontiguousarray(planes.T, np.uint8).view("<u4").reshape(-1)
+  positions = np.cumsum(gaps, dtype=np.uint64)
+  if positions.size and positions[-1] >= total:
+    raise DeltaError(f"sparse delta points at byte {positions[-1]}; its buffers hold {total}")
+  diff = np.zeros(total, np.uint8)
+  diff[positions] = values
+  return diff

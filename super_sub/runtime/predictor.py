@@ -1,0 +1,230 @@
+"""Two-stage inference on a `tflite/` bundle with LiteRT: the edge twin of routing.TwoStage.
+
+The generalist stays loaded; a specialist is rebuilt from the base + its delta only when a batch
+routes rows to it, and at most `cache_size` rebuilt specialists are kept (least recently used
+dropped first), so memory stays about one network at the default of 1. Rows are grouped by routed
+superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
+dimension is resized to the group), and never on zero rows. Semantics and outputs match
+TwoStage.predict exactly (see its class docstring). Needs only numpy and ai_edge_litert.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+from ai_edge_litert import interpreter as litert
+
+from super_sub.runtime import bundle as bundle_lib
+
+MODES = ("hard", "soft")
+
+
+class TwoStageLite:
+  """A verified bundle's generalist and specialists, run with LiteRT.
+
+  Attributes:
+    bundle: the loaded `Bundle` (hierarchy, manifest, verified bytes).
+    hierarchy: the bundle's hierarchy.
+    input_shape: (H, W, C) of the images `predict` takes.
+    cache_size: how many rebuilt specialists stay in memory.
+    num_rebuilds: how many times a specialist has been rebuilt from base + delta so far.
+  """
+
+  def __init__(self, bundle_dir: str | os.PathLike | bundle_lib.Bundle, cache_size: int = 1,
+               num_threads: int | None = None):
+    """Loads and verifies the bundle (every checksum before any interpreter exists).
+
+    Args:
+      bundle_dir: a `tflite/` bundle folder, or an already loaded `Bundle`.
+      cache_size: rebuilt specialists kept in memory (>= 1).
+      num_threads: LiteRT threads per interpreter (None: LiteRT's default).
+
+    Raises:
+      BundleError: the bundle does not verify or its models do not fit its hierarchy.
+      ValueError: a bad cache_size.
+    """
+    if not isinstance(cache_size, (int, np.integer)) or cache_size < 1:
+      raise ValueError(f"cache_size must be a positive integer; got {cache_size!r}")
+    self.bundle = (bundle_dir if isinstance(bundle_dir, bundle_lib.Bundle)
+                   else bundle_lib.load_bundle(bundle_dir))
+    self.hierarchy = self.bundle.hierarchy
+    self.input_shape = self.bundle.input_shape
+    self.cache_size = int(cache_size)
+    self.num_threads = num_threads
+    self.num_rebuilds = 0
+    self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
+    self.generalist = _LiteModel(self.bundle.generalist, num_threads, "generalist")
+    self._check(self.generalist, self.hierarchy.num_superclasses)
+
+  def predict(self, images: np.ndarray, mode: str = "hard", k: int = 2,
+              batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Classifies images through the generalist and the routed specialists.
+
+    Args:
+      images: [N, H, W, C] float with values in [0, 1], or uint8 (divided by 255).
+      mode: "hard" sends each image to its argmax superclass's specialist only; "soft" to the
+        specialists of its k most probable superclasses, scoring subclasses by
+        P(superclass) * P(subclass | superclass).
+      k: superclasses soft routing follows (capped at the superclass count); ignored when hard.
+      batch_size: images per generalist call; each specialist runs at most once per batch.
+
+    Returns:
+      {"superclass": [N] int64, "superclass_probs": [N, S] float32, "label": [N] int64 global
+      subclass index, "label_probs": [N, num_subclasses] float32}, as TwoStage.predict.
+
+    Raises:
+      ValueError: a bad mode, k, batch_size, or image shape (naming expected vs got).
+      TypeError: images that are neither floating point nor uint8.
+    """
+    if mode not in MODES:
+      raise ValueError(f"unknown routing mode {mode!r}; choose one of {', '.join(MODES)}")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f"k must be a positive integer; got {k!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    images = self._check_images(images)
+    h = self.hierarchy
+    k = 1 if mode == "hard" else min(int(k), h.num_superclasses)
+    parts = []
+    for start in range(0, len(images), batch_size):
+      x = images[start:start + batch_size]
+      super_probs = softmax(self.generalist(x))
+      order = np.argsort(-super_probs, axis=1, kind="stable")[:, :k]
+      weights = (np.ones(order.shape, np.float32) if mode == "hard"
+                 else np.take_along_axis(super_probs, order, axis=1))
+      parts.append((order[:, 0], super_probs, self._route(x, order, weights)))
+    if not parts:  # no images: never call a model on an empty batch
+      return {"superclass": np.zeros(0, np.int64),
+              "superclass_probs": np.zeros((0, h.num_superclasses), np.float32),
+              "label": np.zeros(0, np.int64),
+              "label_probs": np.zeros((0, h.num_subclasses), np.float32)}
+    supers, super_probs, label_probs = (np.concatenate(p) for p in zip(*parts))
+    return {"superclass": supers.astype(np.int64),
+            "superclass_probs": super_probs.astype(np.float32),
+            "label": np.argmax(label_probs, axis=1).astype(np.int64),
+            "label_probs": label_probs}
+
+  def specialist(self, k: int) -> "_LiteModel":
+    """Superclass k's specialist interpreter, rebuilt from base + delta unless cached."""
+    if k in self._cache:
+      self._cache.move_to_end(k)
+      return self._cache[k]
+    while len(self._cache) >= self.cache_size:  # free before building: peak stays ~cache_size
+      self._cache.popitem(last=False)
+    model = _LiteModel(self.bundle.specialist(k), self.num_threads,
+                       f"specialist {k} ({self.hierarchy.superclasses[k].name!r})")
+    self._check(model, len(self.hierarchy.subclass_range(k)))
+    self.num_rebuilds += 1
+    self._cache[k] = model
+    return model
+
+  # --- internals -------------------------------------------------------------------------------
+  def _route(self, x: np.ndarray, order: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """label_probs [n, num_subclasses]: sum over j of weights[:, j] * P(sub | order[:, j])."""
+    h = self.hierarchy
+    label_probs = np.zeros((len(x), h.num_subclasses), np.float32)
+    routed = np.unique(order).tolist()
+    # Cached specialists run first, before a rebuild evicts them: fewer rebuilds, same result.
+    routed.sort(key=lambda sup: sup not in self._cache)
+    for sup in routed:
+      rows, slot = np.nonzero(order == sup)  # each superclass appears at most once per row
+      lo, hi = h.superclass_offsets[sup], h.superclass_offsets[sup + 1]
+      if hi - lo >= 2:
+        conditional = softmax(self.specialist(sup)(x[rows]))
+      else:
+        conditional = np.ones((len(rows), 1), np.float32)
+      label_probs[rows, lo:hi] = weights[rows, slot][:, None] * conditional
+    return label_probs
+
+  def _check(self, model: "_LiteModel", width: int) -> None:
+    if model.input_shape != self.input_shape:
+      raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} takes inputs of shape "
+                                   f"{model.input_shape}; the manifest says {self.input_shape}")
+    if model.width != width:
+      raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} outputs {model.width} "
+                                   f"logits; the hierarchy needs {width}")
+
+  def _check_images(self, images) -> np.ndarray:
+    images = np.asarray(images)
+    want = self.input_shape
+    if images.ndim != 4 or images.shape[1:] != want:
+      got_c = images.shape[-1] if images.ndim == 4 else None
+      hint = (f" ({want[2]}-channel images expected, got {got_c} channels)"
+              if images.ndim == 4 and images.shape[1:3] == want[:2] else "")
+      raise ValueError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}) for this "
+                       f"bundle; got {images.shape}{hint}")
+    if images.dtype == np.uint8:
+      images = images.astype(np.float32) / 255.0
+    elif not np.issubdtype(images.dtype, np.floating):
+      raise TypeError(f"images must be floating point in [0, 1] or uint8; got {images.dtype}")
+    lo, hi = self.bundle.input_range
+    images = images.astype(np.float32, copy=False)
+    return images if (lo, hi) == (0.0, 1.0) else (lo + images * (hi - lo)).astype(np.float32)
+
+
+class _LiteModel:
+  """One LiteRT interpreter: float images in, float32 logits out, any batch size."""
+
+  def __init__(self, model: bytes, num_threads: int | None, name: str):
+    self.name = name
+    self._interpreter = litert.Interpreter(model_content=model, num_threads=num_threads)
+    self._interpreter.allocate_tensors()
+    (self._in,), (self._out,) = self._details()
+    self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
+    self.width = int(self._out["shape"][-1])
+    # A batch dimension of -1 in the signature can be resized to each group's size; a fixed one
+    # (a model converted with a fixed batch) is fed in chunks of that size, the last one padded.
+    self._resizable = int(self._in["shape_signature"][0]) == -1
+    self._batch = int(self._in["shape"][0])
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    """Logits [n, width] for x [n, H, W, C] (n >= 1)."""
+    if self._resizable:
+      return self._invoke(x)
+    step = self._batch
+    outs = []
+    for start in range(0, len(x), step):
+      chunk = x[start:start + step]
+      pad = np.zeros((step - len(chunk),) + chunk.shape[1:], chunk.dtype)
+      outs.append(self._invoke(np.concatenate([chunk, pad]))[:len(chunk)])
+    return np.concatenate(outs)
+
+  def _details(self):
+    return self._interpreter.get_input_details(), self._interpreter.get_output_details()
+
+  def _invoke(self, x: np.ndarray) -> np.ndarray:
+    it = self._interpreter
+    if self._resizable and int(self._in["shape"][0]) != len(x):
+      it.resize_tensor_input(self._in["index"], [len(x), *self.input_shape])
+      it.allocate_tensors()
+      (self._in,), (self._out,) = self._details()
+    it.set_tensor(self._in["index"], _quantize(x, self._in))
+    it.invoke()
+    return _dequantize(it.get_tensor(self._out["index"]), self._out)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+  """x as the input tensor's dtype: float as is; int8/uint8 with its quantization parameters."""
+  dtype = np.dtype(detail["dtype"])
+  if np.issubdtype(dtype, np.floating):
+    return x.astype(dtype, copy=False)
+  scale, zero_point = detail["quantization"]
+  info = np.iinfo(dtype)
+  return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+  """Output as float32 logits: quantized outputs scaled back with their parameters."""
+  if np.issubdtype(y.dtype, np.floating):
+    return y.astype(np.float32)
+  scale, zero_point = detail["quantization"]
+  return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Row-wise softmax of logits [N, C], computed in float64, returned as float32."""
+  z = logits.astype(np.float64)
+  z = np.exp(z - z.max(axis=1, keepdims=True))
+  return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)

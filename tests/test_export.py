@@ -1,0 +1,105 @@
+"""super-sub-export on a tiny trained run: files, byte counts, checksums and refusals."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from super_sub import evaluation
+from super_sub import export_lib
+from super_sub import training
+from super_sub.runtime import bundle as bundle_lib
+
+SMOKE = "superclassed_synthetic/smoke"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config = training.TrainConfig(model_dir=str(tmp_path_factory.mktemp("run")), dataset=SMOKE,
+                                data_dir=data_dir, epochs=1, specialist_epochs=1,
+                                batch_size=16)
+  return training.train(config, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+  export_dir = str(tmp_path_factory.mktemp("export") / "bundle")
+  return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
+
+
+def test_manifest_counts_match_the_files(exported):
+  export_dir, manifest = exported
+  with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
+    assert json.load(f) == manifest
+  on_disk = set()
+  for root, _, names in os.walk(export_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), export_dir)
+      if rel != "manifest.json":
+        on_disk.add(rel)
+  assert set(manifest["files"]) == on_disk
+  for rel, entry in manifest["files"].items():
+    data = open(os.path.join(export_dir, rel), "rb").read()
+    assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+  sizes = manifest["bytes"]
+  assert sizes["tflite_bundle"] == sum(v["bytes"] for k, v in manifest["files"].items()
+                                       if k.startswith("tflite/"))
+  assert manifest["storage_ratio"] == sizes["tflite_bundle"] / sizes["single_fp32_network"]
+  assert manifest["num_specialists"] == 5 and manifest["num_superclasses"] == 5
+  # Five specialists differ from the generalist only in their heads' width: (N+1) x params.
+  assert sizes["naive_fp32_bundle"] > 5 * sizes["single_fp32_network"]
+
+
+def test_bundle_is_smaller_than_separate_int8_files(exported):
+  _, manifest = exported
+  sizes = manifest["bytes"]
+  assert sizes["tflite_bundle"] < sizes["tflite_naive_int8"]
+
+
+def test_bundle_verifies_and_rebuilds_every_specialist(exported):
+  export_dir, manifest = exported
+  bundle = bundle_lib.load_bundle(os.path.join(export_dir, "tflite"))
+  assert sorted(bundle.skeletons) == [0, 1, 2, 3, 4]
+  for k in bundle.skeletons:
+    assert bundle.specialist(k)[4:8] == b"TFL3"
+
+
+def test_parity_with_keras_two_stage(run, exported):
+  evaluation.evaluate(run, log=lambda _: None)
+  result = export_lib.tflite_parity(run, exported[0], log=lambda _: None)
+  assert result["num_examples"] == 84
+  with open(os.path.join(run.model_dir, "eval.json"), encoding="utf-8") as f:
+    assert result["keras_top1"] == pytest.approx(json.load(f)["two_stage"]["hard"]["top1"])
+  assert 0 <= result["agreement_with_keras"] <= 1
+
+
+def test_float_model_needs_representative_images(run):
+  builder = tfds.builder(SMOKE, data_dir=run.data_dir)
+  model = training.load_model(run, builder, "generalist")
+  with pytest.raises(ValueError, match="needs representative images"):
+    export_lib.to_tflite(model, None)
+  with pytest.raises(ValueError, match=r"representative images have shape \(8, 8, 3\)"):
+    export_lib.to_tflite(model, np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_missing_stage_leaves_export_dir_untouched(run, tmp_path):
+  export_dir = tmp_path / "bundle"
+  export_dir.mkdir()
+  (export_dir / "keep.txt").write_text("old export")
+  partial = training.TrainConfig(**{**run.__dict__, "model_dir": str(tmp_path / "empty")})
+  with pytest.raises(FileNotFoundError, match="stage 'generalist' has not finished"):
+    export_lib.export(partial, str(export_dir), log=lambda _: None)
+  assert [p.name for p in export_dir.iterdir()] == ["keep.txt"]
+
+
+def test_representative_file_errors(tmp_path):
+  path = tmp_path / "images.npz"
+  np.savez(path, pictures=np.zeros((2, 4, 4, 3), np.uint8))
+  with pytest.raises(ValueError, match="an .npz with an 'images' array"):
+    export_lib.load_representative(str(path))
+  np.savez(path, images=np.full((2, 4, 4, 3), 255, np.uint8))
+  np.testing.assert_array_equal(export_lib.load_representative(str(path)), 1.0)

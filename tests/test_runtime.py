@@ -1,0 +1,505 @@
+"""Tests of the TFLite bundle (deltas, writer, checksums) and the TensorFlow-free edge runtime."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from super_sub.compat import keras  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
+
+from ai_edge_litert import interpreter as litert
+from super_sub import hierarchy as hierarchy_lib
+from super_sub import routing
+from super_sub import runtime
+from super_sub.runtime import delta as delta_lib
+from super_sub.runtime import predictor
+
+SHAPE = (12, 12, 1)
+HIERARCHY = hierarchy_lib.from_groups("tiny", [
+    ("shoes", [("sneaker", 0), ("boot", 1)]),
+    ("tops", [("shirt", 2), ("coat", 3), ("tee", 4), ("pullover", 5)]),
+    ("bags", [("bag", 6)]),  # one subclass: no specialist
+])
+INPUT_INFO = {"shape": list(SHAPE), "dtype": "float32", "range": [0, 1]}
+CHANGED_WEIGHTS = 20
+
+
+def _net(width: int) -> keras.Model:
+  inputs = keras.Input(SHAPE)
+  x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+  x = keras.layers.MaxPool2D()(x)
+  x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+  x = keras.layers.Flatten()(x)
+  x = keras.layers.Dense(64, activation="relu")(x)
+  return keras.Model(inputs, keras.layers.Dense(width)(x), name="net")
+
+
+def _fine_tuned(generalist: keras.Model, width: int, rng) -> keras.Model:
+  """The generalist's trunk with CHANGED_WEIGHTS weights of one layer moved: a sparse fine-tune.
+
+  Only small weights move, by less than the smallest per-channel max, so every int8 scale (and
+  hence every other byte of the converted trunk) stays the base's.
+  """
+  model = _net(width)
+  for src, dst in zip(generalist.layers[:-1], model.layers[:-1]):
+    dst.set_weights(src.get_weights())
+  kernel, bias = model.layers[-2].get_weights()
+  small = 0.3 * np.abs(kernel).max(axis=0).min()
+  candidates = np.flatnonzero(np.abs(kernel) < small)
+  chosen = rng.choice(candidates, CHANGED_WEIGHTS, replace=False)
+  kernel.reshape(-1)[chosen] += np.where(rng.random(CHANGED_WEIGHTS) < 0.5, -small, small) / 3
+  model.layers[-2].set_weights([kernel, bias])
+  return model
+
+
+def _convert(model: keras.Model, integer_io: bool = False) -> bytes:
+  calibration = np.random.default_rng(1).random((16, *SHAPE), dtype=np.float32)
+  converter = tf.lite.TFLiteConverter.from_keras_model(model)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+  if integer_io:
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+  return converter.convert()
+
+
+@pytest.fixture(scope="module")
+def models():
+  """int8 TFLite bytes: generalist (3 superclasses); shoes (int8 in/out) and tops specialists."""
+  keras.utils.set_random_seed(0)
+  rng = np.random.default_rng(0)
+  generalist = _net(3)
+  return {"generalist": _convert(generalist),
+          0: _convert(_fine_tuned(generalist, 2, rng), integer_io=True),
+          1: _convert(_fine_tuned(generalist, 4, rng))}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(models, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("export") / "tflite")
+  runtime.write_tflite_bundle(out, HIERARCHY, models["generalist"],
+                              {0: models[0], 1: models[1]}, INPUT_INFO)
+  return out
+
+
+@pytest.fixture(scope="module")
+def images(models):
+  """9 images, 3 routed (by the generalist's argmax) to each superclass."""
+  rng = np.random.default_rng(2)
+  pool = (rng.random((200, *SHAPE)) ** rng.uniform(0.2, 5, (200, 1, 1, 1))).astype(np.float32)
+  routed = np.argmax(_logits(models["generalist"], pool), axis=1)
+  chosen = [np.flatnonzero(routed == sup)[:3] for sup in range(HIERARCHY.num_superclasses)]
+  assert all(len(c) == 3 for c in chosen), np.bincount(routed)
+  return pool[np.concatenate(chosen)]
+
+
+def _logits(model: bytes, x: np.ndarray) -> np.ndarray:
+  """A model's float logits, one image at a time (no batching, no grouping)."""
+  it = litert.Interpreter(model_content=model)
+  it.allocate_tensors()
+  (inp,), (out,) = it.get_input_details(), it.get_output_details()
+  rows = []
+  for image in x:
+    if inp["dtype"] == np.int8:
+      scale, zero = inp["quantization"]
+      image = np.clip(np.round(image / scale) + zero, -128, 127).astype(np.int8)
+    it.set_tensor(inp["index"], image[None])
+    it.invoke()
+    y = it.get_tensor(out["index"])[0]
+    if out["dtype"] == np.int8:
+      scale, zero = out["quantization"]
+      y = (y.astype(np.float32) - zero) * scale
+    rows.append(y)
+  return np.array(rows, np.float32)
+
+
+def _direct(models, x, mode, k):
+  """label_probs computed row by row from each model's own outputs, by the routing definition."""
+  super_probs = routing.softmax(_logits(models["generalist"], x))
+  label_probs = np.zeros((len(x), HIERARCHY.num_subclasses), np.float32)
+  for i in range(len(x)):
+    top = np.argsort(-super_probs[i], kind="stable")[:1 if mode == "hard" else k]
+    for sup in top:
+      weight = 1.0 if mode == "hard" else super_probs[i, sup]
+      span = HIERARCHY.subclass_range(sup)
+      cond = (routing.softmax(_logits(models[sup], x[i:i + 1]))[0] if len(span) > 1
+              else np.ones(1, np.float32))
+      label_probs[i, span.start:span.stop] = weight * cond
+  return super_probs, label_probs
+
+
+# --- deltas --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["auto", "sparse", "dense"])
+@pytest.mark.parametrize("k", [0, 1])
+def test_delta_rebuilds_specialist_bit_exactly(models, images, k, encoding):
+  skeleton, arrays = runtime.make_delta(models["generalist"], models[k], encoding=encoding)
+  if encoding != "auto":
+    assert ("diff" in arrays) == (encoding == "dense")
+  saved = io.BytesIO()
+  np.savez_compressed(saved, **arrays)
+  saved.seek(0)
+  with np.load(saved, allow_pickle=False) as loaded:
+    rebuilt = runtime.apply_delta(models["generalist"], skeleton, loaded)
+  assert rebuilt == models[k]
+  np.testing.assert_array_equal(_logits(rebuilt, images), _logits(models[k], images))
+
+
+def test_delta_of_a_sparse_fine_tune_is_small(models):
+  skeleton, arrays = runtime.make_delta(models["generalist"], models[1])
+  stored = delta_lib.delta_nbytes(arrays)
+  # 20 changed int8 weights (+ 8 bytes of conversion metadata) of a 29 KB model: the delta is
+  # ~1.3 KB, mostly .npz headers and two sha256; the skeleton keeps the graph and the head (3 KB).
+  assert stored < 1400, stored
+  assert stored + len(skeleton) < 0.2 * len(models[1]), (stored, len(skeleton))
+  assert len(arrays["quant"]) > 0  # the trunk's quantization parameters come from the base
+  assert int(np.count_nonzero(arrays.get("values", arrays.get("diff")))) <= CHANGED_WEIGHTS + 16
+
+
+def test_delta_pairs_buffers_the_converter_permuted(models, images):
+  """Equal-length buffers in another order (as differently named layers get) still pair up."""
+  obj = delta_lib.parse_model(models[1])
+  sizes = [0 if b.data is None else len(b.data) for b in obj.buffers]
+  a, b = sorted(range(len(sizes)), key=sizes.__getitem__)[-2:]  # the two largest kernels
+  obj.buffers[a], obj.buffers[b] = obj.buffers[b], obj.buffers[a]
+  for tensor in obj.subgraphs[0].tensors:
+    tensor.buffer = {a: b, b: a}.get(tensor.buffer, tensor.buffer)
+  permuted = delta_lib.pack_model(obj)
+  np.testing.assert_array_equal(_logits(permuted, images), _logits(models[1], images))
+  skeleton, arrays = runtime.make_delta(models["generalist"], permuted)
+  assert runtime.apply_delta(models["generalist"], skeleton, arrays) == permuted
+  assert {(a, b), (b, a)} <= {(int(i), int(j)) for i, j, _ in arrays["buffers"]}
+  assert delta_lib.delta_nbytes(arrays) < 1400 and len(skeleton) < 0.25 * len(permuted)
+
+
+def test_apply_delta_refuses_a_base_it_was_not_made_for(models):
+  skeleton, arrays = runtime.make_delta(models["generalist"], models[1])
+  with pytest.raises(runtime.DeltaError, match="different base"):
+    runtime.apply_delta(models[0], skeleton, arrays)
+  bad = dict(arrays, buffers=arrays["buffers"] + np.array([0, 0, 1], np.uint32))
+  with pytest.raises(runtime.DeltaError, match=r"records \d+ bytes but the base's buffer"):
+    runtime.apply_delta(models["generalist"], skeleton, bad)
+  with pytest.raises(runtime.DeltaError, match="lack"):
+    runtime.apply_delta(models["generalist"], skeleton, {"version": arrays["version"]})
+
+
+def test_make_delta_refuses_buffers_outside_the_flatbuffer(models):
+  obj = delta_lib.parse_model(models[1])
+  obj.buffers[-1].data, obj.buffers[-1].offset, obj.buffers[-1].size = None, 4096, 16
+  with pytest.raises(runtime.DeltaError, match="outside the flatbuffer"):
+    runtime.make_delta(models["generalist"], delta_lib.pack_model(obj))
+  with pytest.raises(runtime.DeltaError, match="not a TFLite flatbuffer"):
+    runtime.make_delta(models["generalist"], b"not a model at all")
+
+
+# --- the bundle ----------------------------------------------------------------------------------
+def test_bundle_layout_and_manifest(bundle_dir):
+  with open(os.path.join(bundle_dir, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  assert manifest["format"] == "super-sub-tflite" and manifest["version"] == 1
+  assert manifest["input"]["shape"] == list(SHAPE)
+  assert manifest["specialists"] == {
+      "0": {"skeleton": "specialists/0_shoes.skeleton.tflite",
+            "delta": "specialists/0_shoes.delta.npz", "superclass": "shoes"},
+      "1": {"skeleton": "specialists/1_tops.skeleton.tflite",
+            "delta": "specialists/1_tops.delta.npz", "superclass": "tops"}}
+  on_disk = {os.path.relpath(os.path.join(root, n), bundle_dir)
+             for root, _, names in os.walk(bundle_dir) for n in names}
+  assert set(manifest["files"]) == on_disk - {"manifest.json"}
+  for rel, entry in manifest["files"].items():
+    path = os.path.join(bundle_dir, rel)
+    assert entry["bytes"] == os.path.getsize(path), rel
+    with open(path, "rb") as f:
+      assert entry["sha256"] == hashlib.sha256(f.read()).hexdigest(), rel
+  with open(os.path.join(bundle_dir, "labels.txt"), encoding="utf-8") as f:
+    assert f.read().splitlines() == HIERARCHY.subclass_names
+  with np.load(os.path.join(bundle_dir, "specialists/1_tops.delta.npz"),
+               allow_pickle=False) as npz:
+    assert set(npz.files) <= {"version", "sha256", "buffers", "quant", "gaps", "values", "diff"}
+  bundle = runtime.load_bundle(bundle_dir)
+  assert bundle.hierarchy == HIERARCHY and bundle.input_shape == SHAPE
+
+
+def test_writer_leaves_nothing_behind_on_error(models, tmp_path):
+  out = tmp_path / "tflite"
+  with pytest.raises(runtime.BundleError, match="exactly the superclasses"):
+    runtime.write_tflite_bundle(out, HIERARCHY, models["generalist"], {1: models[1]}, INPUT_INFO)
+  with pytest.raises(runtime.DeltaError):
+    runtime.write_tflite_bundle(out, HIERARCHY, models["generalist"],
+                                {0: b"garbage!" * 4, 1: models[1]}, INPUT_INFO)
+  assert os.listdir(tmp_path) == []
+
+
+def _corrupt(path, how):
+  if how == "changed byte":
+    with open(path, "r+b") as f:
+      f.seek(100)
+      byte = f.read(1)
+      f.seek(100)
+      f.write(bytes([byte[0] ^ 1]))
+  elif how == "missing":
+    os.remove(path)
+  else:  # truncated
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) - 7)
+
+
+@pytest.mark.parametrize("how", ["changed byte", "missing", "truncated"])
+@pytest.mark.parametrize("rel", ["generalist.tflite", "specialists/1_tops.delta.npz",
+                                 "specialists/0_shoes.skeleton.tflite"])
+def test_altered_files_are_refused_before_any_interpreter(bundle_dir, tmp_path, how, rel):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  _corrupt(os.path.join(copy, rel), how)
+  with mock.patch.object(predictor.litert, "Interpreter") as interpreter:
+    with pytest.raises(runtime.BundleError, match=rel.replace(".", r"\.")):
+      runtime.TwoStageLite(copy)
+  interpreter.assert_not_called()
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"format": "super-sub-tflite", ', "does not parse as JSON"),
+    ('{"format": "super-sub-tflite"}', "missing key"),
+    ('[1, 2]', "JSON object"),
+])
+def test_bad_manifest_is_refused(bundle_dir, tmp_path, text, match):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
+    f.write(text)
+  with mock.patch.object(predictor.litert, "Interpreter") as interpreter:
+    with pytest.raises(runtime.BundleError, match=match):
+      runtime.TwoStageLite(copy)
+  interpreter.assert_not_called()
+
+
+def test_manifest_must_checksum_every_file_it_uses(bundle_dir, tmp_path):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  del manifest["files"]["specialists/0_shoes.skeleton.tflite"]
+  os.remove(os.path.join(copy, "specialists/0_shoes.skeleton.tflite"))
+  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  with pytest.raises(runtime.BundleError, match="0_shoes.skeleton.tflite.*does not list"):
+    runtime.load_bundle(copy)
+
+
+def test_pickled_delta_is_never_unpickled(bundle_dir, tmp_path, images):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  rel = "specialists/1_tops.delta.npz"
+  with np.load(os.path.join(copy, rel)) as npz:
+    arrays = {name: npz[name] for name in npz.files}
+  arrays["buffers"] = np.array([{"a": 1}, None], dtype=object)  # would need pickle to load
+  np.savez(os.path.join(copy, rel), **arrays)
+  with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  with open(os.path.join(copy, rel), "rb") as f:  # a consistent manifest: only pickle refuses
+    data = f.read()
+  manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  lite = runtime.TwoStageLite(copy)
+  with mock.patch("pickle.loads") as loads, mock.patch("pickle.load") as load:
+    with pytest.raises(runtime.BundleError, match="specialist 1 .'tops'.*allow_pickle"):
+      lite.predict(images, mode="soft", k=3)
+  loads.assert_not_called()
+  load.assert_not_called()
+
+
+def test_unlisted_model_file_is_refused(bundle_dir, tmp_path):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  shutil.copy(os.path.join(copy, "generalist.tflite"), os.path.join(copy, "specialists/x.tflite"))
+  with pytest.raises(runtime.BundleError, match="not listed in the manifest: specialists/x"):
+    runtime.load_bundle(copy)
+
+
+# --- prediction ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,k", [("hard", 2), ("soft", 2), ("soft", 3)])
+def test_predict_matches_direct_computation_and_keras_router(models, bundle_dir, images, mode, k):
+  lite = runtime.TwoStageLite(bundle_dir, num_threads=1)
+  out = lite.predict(images, mode=mode, k=k, batch_size=4)
+  super_probs, label_probs = _direct(models, images, mode, k)
+  np.testing.assert_allclose(out["superclass_probs"], super_probs, atol=1e-6)
+  np.testing.assert_allclose(out["label_probs"], label_probs, atol=1e-6)
+  np.testing.assert_array_equal(out["superclass"], np.argmax(super_probs, axis=1))
+  np.testing.assert_array_equal(out["label"], np.argmax(label_probs, axis=1))
+  assert {key: v.dtype for key, v in out.items()} == {
+      "superclass": np.int64, "superclass_probs": np.float32, "label": np.int64,
+      "label_probs": np.float32}
+  # The same interpreters behind super_sub.routing.TwoStage: the semantics are the router's.
+  router = routing.TwoStage(_AsKeras(models["generalist"]),
+                            {s: _AsKeras(models[s]) for s in (0, 1)}, HIERARCHY)
+  reference = router.predict(images, mode=mode, k=k, batch_size=4)
+  for key in reference:
+    np.testing.assert_allclose(out[key], reference[key], atol=1e-6, err_msg=key)
+
+
+class _AsKeras:
+  """Just enough of a Keras model for routing.TwoStage, backed by a LiteRT interpreter."""
+
+  def __init__(self, model: bytes):
+    self._model = model
+    self.name = "lite"
+    self.input_shape = (None, *SHAPE)
+    self.output_shape = (None, _logits(model, np.zeros((1, *SHAPE), np.float32)).shape[1])
+
+  def __call__(self, x, training=False):
+    del training
+    return mock.Mock(numpy=lambda: _logits(self._model, np.asarray(x)))
+
+
+def test_predict_uint8_batches_and_empty(bundle_dir, images):
+  lite = runtime.TwoStageLite(bundle_dir)
+  as_uint8 = np.round(images * 255).astype(np.uint8)
+  a = lite.predict(as_uint8, mode="soft", k=3, batch_size=256)
+  b = lite.predict(as_uint8.astype(np.float32) / 255, mode="soft", k=3, batch_size=2)
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+  empty = lite.predict(np.zeros((0, *SHAPE), np.float32))
+  assert empty["label_probs"].shape == (0, HIERARCHY.num_subclasses)
+
+
+def test_cache_holds_at_most_cache_size_specialists(bundle_dir, images):
+  constructed = []
+  real = predictor.litert.Interpreter
+
+  def spy(*args, **kwargs):
+    constructed.append(1)
+    return real(*args, **kwargs)
+
+  with mock.patch.object(predictor.litert, "Interpreter", side_effect=spy):
+    one = runtime.TwoStageLite(bundle_dir, cache_size=1)
+    one.predict(images, mode="soft", k=3)  # every row goes to both specialists
+    assert one.num_rebuilds == 2 and len(one._cache) == 1  # pylint: disable=protected-access
+    one.predict(images, mode="soft", k=3)  # the cached one runs first: one rebuild, not two
+    assert one.num_rebuilds == 3
+    two = runtime.TwoStageLite(bundle_dir, cache_size=2)
+    two.predict(images, mode="soft", k=3)
+    two.predict(images, mode="soft", k=3)
+    assert two.num_rebuilds == 2 and len(two._cache) == 2  # pylint: disable=protected-access
+  assert len(constructed) == 2 + 3 + 2  # generalists + rebuilt specialists
+
+
+def test_fixed_batch_models_run_in_padded_chunks(images):
+  keras.utils.set_random_seed(3)
+  inputs = keras.Input(SHAPE, batch_size=2)
+  x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+  fixed = _convert(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x))))
+  model = predictor._LiteModel(fixed, None, "fixed")  # pylint: disable=protected-access
+  assert not model._resizable  # pylint: disable=protected-access
+  np.testing.assert_allclose(model(images[:5]), _logits_fixed(fixed, images[:5], 2), atol=1e-6)
+
+
+def _logits_fixed(model: bytes, x: np.ndarray, batch: int) -> np.ndarray:
+  it = litert.Interpreter(model_content=model)
+  it.allocate_tensors()
+  (inp,), (out,) = it.get_input_details(), it.get_output_details()
+  rows = []
+  for image in x:
+    it.set_tensor(inp["index"], np.repeat(image[None], batch, axis=0))
+    it.invoke()
+    rows.append(it.get_tensor(out["index"])[0])
+  return np.array(rows)
+
+
+def test_wrong_image_shape_names_expected_and_got(bundle_dir):
+  lite = runtime.TwoStageLite(bundle_dir)
+  with pytest.raises(ValueError, match=r"1-channel images expected, got 3 channels"):
+    lite.predict(np.zeros((2, 12, 12, 3), np.float32))
+  with pytest.raises(ValueError, match=r"\(N, 12, 12, 1\).*got \(12, 12, 1\)"):
+    lite.predict(np.zeros((12, 12, 1), np.float32))
+  with pytest.raises(TypeError, match="int64"):
+    lite.predict(np.zeros((1, 12, 12, 1), np.int64))
+
+
+def test_load_images(tmp_path):
+  rgb = tmp_path / "photo.png"
+  Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(rgb)
+  bad = tmp_path / "broken.jpg"
+  bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+  loaded = runtime.load_images([rgb, rgb], SHAPE)
+  assert loaded.shape == (2, *SHAPE) and loaded.dtype == np.uint8 and (loaded == 200).all()
+  assert runtime.load_images([rgb], (8, 8, 3)).shape == (1, 8, 8, 3)
+  with pytest.raises(runtime.ImageError, match="broken.jpg: cannot decode"):
+    runtime.load_images([rgb, bad], SHAPE)
+  with pytest.raises(runtime.ImageError, match="nothing.png: no such image file"):
+    runtime.load_images([tmp_path / "nothing.png"], SHAPE)
+
+
+# --- no TensorFlow -------------------------------------------------------------------------------
+_NO_TF = textwrap.dedent("""
+    import sys
+    class _Block:  # makes `import tensorflow` fail, as on a device without TensorFlow
+      def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0].startswith(("tensorflow", "tf_keras")):
+          raise ImportError(f"{name} is blocked in this test")
+    if BLOCK:
+      sys.meta_path.insert(0, _Block())
+""")
+
+
+def _child(code: str, block: bool) -> subprocess.CompletedProcess:
+  script = _NO_TF.replace("BLOCK", str(block)) + textwrap.dedent(code) + textwrap.dedent("""
+      loaded = sorted(m for m in sys.modules
+                      if m.split(".")[0].startswith(("tensorflow", "tf_keras")))
+      print("TF_MODULES", loaded, file=sys.stderr)
+  """)
+  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=120, check=False)
+
+
+def test_runtime_and_cli_never_import_tensorflow(bundle_dir, tmp_path):
+  paths = []
+  for i, value in enumerate((30, 220)):
+    paths.append(str(tmp_path / f"image{i}.png"))
+    Image.fromarray(np.full((28, 28, 3), value, np.uint8)).save(paths[-1])
+
+  api = _child(f"""
+      import super_sub.runtime as rt
+      lite = rt.TwoStageLite({bundle_dir!r})
+      out = lite.predict(rt.load_images({paths!r}, lite.input_shape), mode="soft")
+      print(out["label"].tolist())
+  """, block=False)  # TensorFlow installed but never imported
+  assert api.returncode == 0, api.stderr
+  assert "TF_MODULES []" in api.stderr, api.stderr
+
+  cli = _child(f"""
+      import runpy
+      sys.argv = ["super-sub-predict", "--bundle={bundle_dir}", "--json", *{paths!r}]
+      try:
+        runpy.run_module("super_sub.export.predict", run_name="__main__")
+      except SystemExit as e:
+        assert not e.code, e.code
+  """, block=True)  # TensorFlow absent
+  assert cli.returncode == 0, cli.stderr
+  assert "TF_MODULES []" in cli.stderr, cli.stderr
+  rows = [json.loads(line) for line in cli.stdout.splitlines()]
+  assert [r["image"] for r in rows] == paths
+  for r in rows:
+    assert r["label"] in HIERARCHY.subclass_names
+    assert HIERARCHY.superclass_of[r["label_index"]] == r["superclass_index"]
+    assert 0 < r["label_prob"] <= 1
+
+
+def test_cli_reports_a_broken_bundle(bundle_dir, tmp_path):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  _corrupt(os.path.join(copy, "generalist.tflite"), "truncated")
+  image = str(tmp_path / "a.png")
+  Image.fromarray(np.zeros((12, 12), np.uint8)).save(image)
+  result = subprocess.run([sys.executable, "-m", "super_sub.export.predict", f"--bundle={copy}",
+                           image], capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1
+  assert "generalist.tflite" in result.stderr and "truncated" in result.stderr
