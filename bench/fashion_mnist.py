@@ -165,7 +165,7 @@ def markdown(report):
     lines.append(f"| {stage} | {v['wall_time_s']:.0f} |")
   t = report["throughput"]
   lines += ["", "Training throughput of small_resnet, batch 64 (images/s):", "",
-            f"| TFDS pipeline | in-memory arrays | pipeline slower by |", "|---|---|---|",
+            "| TFDS pipeline | in-memory arrays | pipeline slower by |", "|---|---|---|",
             f"| {t['tfds_pipeline']:.0f} | {t['in_memory']:.0f} | "
             f"{100 * t['pipeline_slowdown']:.1f} % |"]
   return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ one fp32 network.
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import export_lib
 from super_sub import training
 
@@ -36,8 +37,7 @@ def main(argv):
 
 
 def run():
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

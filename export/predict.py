@@ -10,6 +10,7 @@ import sys
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import runtime
 
 _BUNDLE = flags.DEFINE_string("bundle", None, "A tflite/ bundle folder (written by "
@@ -50,7 +51,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from super_sub import analysis
 from super_sub import files
 from super_sub import hierarchy as hierarchy_lib
 from super_sub import input_pipeline
@@ -30,22 +31,21 @@ from super_sub import training
 
 def error_counts(labels: np.ndarray, predictions: np.ndarray,
                  hierarchy: hierarchy_lib.Hierarchy) -> dict[str, int]:
-  """Wrong predictions, split by whether the predicted subclass is in the true superclass."""
-  wrong = labels != predictions
-  within = wrong & (hierarchy.superclass_of[predictions] == hierarchy.superclass_of[labels])
-  return {"total": int(wrong.sum()), "within_superclass": int(within.sum()),
-          "across_superclass": int((wrong & ~within).sum())}
+  """Wrong predictions, split by whether the predicted subclass is in the true superclass.
+
+  `super_sub.analysis.error_counts` without its outside-the-hierarchy count, which is 0
+  for predictions that are all subclasses.
+  """
+  counts = analysis.error_counts(labels, predictions, hierarchy)
+  del counts["outside_hierarchy"]
+  return counts
 
 
 def per_superclass_accuracy(labels: np.ndarray, predictions: np.ndarray,
                             hierarchy: hierarchy_lib.Hierarchy) -> dict[str, float | None]:
   """Top-1 over the examples of each true superclass (None when it has no examples)."""
-  supers = hierarchy.superclass_of[labels]
-  out = {}
-  for k, name in enumerate(hierarchy.superclass_names):
-    mask = supers == k
-    out[name] = float(np.mean(labels[mask] == predictions[mask])) if mask.any() else None
-  return out
+  per = analysis.report.per_superclass(labels, predictions, hierarchy)
+  return {name: stats["top1"] for name, stats in per.items()}
 
 
 def topk(probs: np.ndarray, k: int = 5) -> np.ndarray:
@@ -132,6 +132,16 @@ def evaluate(config: training.TrainConfig, split: str | None = None, soft_k: int
                           label_space=np.array(space))
   files.write_json(os.path.join(config.model_dir, "eval.json"), result)
   log(format_table(result))
+  # A misclassification report per subclass-level model (super_sub.analysis; no images).
+  for key in ("flat", "two_stage_hard", "two_stage_soft", "oracle_specialists"):
+    analysis.write_report(
+        os.path.join(config.model_dir, "reports", key),
+        analysis.Predictions(labels, predictions[key], top5=topk(got[key]), probs=got[key],
+                             file_names=file_names,
+                             source=os.path.join(config.model_dir, "predictions",
+                                                 f"{key}.npz")),
+        h, title=f"{builder.info.full_name} / {split}: {key}")
+  log(f"reports: {os.path.join(config.model_dir, 'reports', '<model>', 'index.html')}")
   return result
 
 

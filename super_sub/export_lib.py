@@ -1,8 +1,10 @@
-"""Exports a trained run for deployment: an int8 TFLite bundle with one shared base.
+"""Exports a trained run for deployment, with the base weights stored once per bundle.
 
 `export(config, export_dir)` writes, atomically (temporary folder, then rename):
-  export_dir/tflite/        the edge bundle (super_sub.runtime.bundle): the generalist, which
-                            is also the base, and each specialist as a delta over it
+  export_dir/saved_model/   for servers (super_sub.saved_model_lib): base + sparse deltas,
+                            hard two-stage routing in `serving_default`
+  export_dir/tflite/        the edge bundle (super_sub.runtime.bundle): the int8 generalist,
+                            which is also the base, and each specialist as a delta over it
   export_dir/manifest.json  sizes against the paper's unit (one fp32 network) and checksums
 """
 
@@ -19,6 +21,7 @@ import tensorflow_datasets as tfds
 from super_sub import files
 from super_sub import input_pipeline
 from super_sub import models
+from super_sub import saved_model_lib
 from super_sub import training
 from super_sub.compat import keras
 from super_sub.runtime import bundle as bundle_lib
@@ -101,11 +104,15 @@ def export(config: training.TrainConfig, export_dir: str,
   specialist_tflite = {k: to_tflite(m, representative) for k, m in specialists.items()}
   fp32_network = 4 * training.build_model(config, builder, "generalist").count_params()
   with files.atomic_dir(export_dir) as tmp:
+    saved_model_lib.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
+                                       specialists, h)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0]})
     listing = _listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))
+    saved_model_bytes = sum(v["bytes"] for p, v in listing.items()
+                            if p.startswith("saved_model/"))
     manifest = {
         "num_superclasses": h.num_superclasses, "num_specialists": len(specialists),
         "hierarchy": h.to_dict(),
@@ -113,6 +120,7 @@ def export(config: training.TrainConfig, export_dir: str,
             "single_fp32_network": fp32_network,
             "naive_fp32_bundle": 4 * (generalist.count_params() + sum(
                 m.count_params() for m in specialists.values())),
+            "saved_model": saved_model_bytes,
             "tflite_bundle": tflite_bytes,
             "tflite_naive_int8": len(generalist_tflite) + sum(
                 len(b) for b in specialist_tflite.values()),

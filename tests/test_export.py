@@ -48,6 +48,9 @@ def test_manifest_counts_match_the_files(exported):
   sizes = manifest["bytes"]
   assert sizes["tflite_bundle"] == sum(v["bytes"] for k, v in manifest["files"].items()
                                        if k.startswith("tflite/"))
+  assert sizes["saved_model"] == sum(v["bytes"] for k, v in manifest["files"].items()
+                                     if k.startswith("saved_model/"))
+  assert "saved_model/saved_model.pb" in manifest["files"]
   assert manifest["storage_ratio"] == sizes["tflite_bundle"] / sizes["single_fp32_network"]
   assert manifest["num_specialists"] == 5 and manifest["num_superclasses"] == 5
   # Five specialists differ from the generalist only in their heads' width: (N+1) x params.

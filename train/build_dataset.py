@@ -11,6 +11,7 @@ import time
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import data
 
 _DATASET = flags.DEFINE_string(
@@ -35,8 +36,7 @@ def main(argv):
 
 
 def run():
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import evaluation
 from super_sub import export_lib
 from super_sub import training
@@ -45,8 +46,7 @@ def main(argv):
 
 
 def run():
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

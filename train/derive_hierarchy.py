@@ -17,6 +17,7 @@ import os
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import wordnet
 
 _WORDNET_DIR = flags.DEFINE_string(
@@ -87,7 +88,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import evaluation
 from super_sub import training
 
@@ -28,8 +29,7 @@ def main(argv):
 
 
 def run():
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ a file; `--helpfull` lists them all.
 from absl import app
 from absl import flags
 
+from super_sub import cli
 from super_sub import training
 
 _D = training.TrainConfig.__dataclass_fields__  # defaults live in one place: the config
@@ -105,8 +106,7 @@ def main(argv):
 
 
 def run():
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: TFDS's INFO lines drown the progress
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""One SavedModel for servers: the base weights once, each specialist as a sparse delta.
+
+The serving function runs the generalist, then, one routed superclass after another, adds
+that specialist's delta to the base inside the graph and runs it on the rows routed to it.
+Only one specialist's weights exist at a time, so memory stays close to one network, and
+the SavedModel needs nothing but TensorFlow to load (`tf.saved_model.load`).
+
+The network is evaluated from the weights by a small interpreter of the backbone's Keras
+graph (the layer types super_sub.models builds), in float32. Quantization-aware models are
+exported with their float weights: outputs then differ from the QAT Keras model by its
+fake-quantization noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from super_sub import hierarchy as hierarchy_lib
+from super_sub.compat import keras
+
+
+def _unwrap(layer):
+  """The layer a tfmot QuantizeWrapper wraps (or the layer itself)."""
+  return getattr(layer, "layer", layer)
+
+
+def _weights(layer) -> list[tf.Variable]:
+  """The variables the float computation of `layer` needs, in `layer.get_weights()` order."""
+  return list(_unwrap(layer).weights)
+
+
+class _Graph:
+  """The float computation of a `build_classifier` model as a function of its weights."""
+
+  def __init__(self, model: keras.Model):
+    self.input_shape = tuple(model.input_shape[1:])
+    self.steps = []  # (layer name, layer, inbound names)
+    for layer in model.layers:
+      inner = _unwrap(layer)
+      inbound = [n.name for node in layer._inbound_nodes  # pylint: disable=protected-access
+                 for n in tf.nest.flatten(node.inbound_layers)]
+      self.steps.append((layer.name, inner, inbound))
+    self.output = model.layers[-1].name
+
+  def __call__(self, x: tf.Tensor, weights: list[list[tf.Tensor]]) -> tf.Tensor:
+    values: dict[str, tf.Tensor] = {}
+    for (name, layer, inbound), w in zip(self.steps, weights):
+      args = [values[n] for n in inbound] or [x]
+      values[name] = _apply(layer, args, w)
+    return values[self.output]
+
+
+def _apply(layer, args, w):  # pylint: disable=too-many-return-statements
+  """One layer's float output from its inputs and weights."""
+  kind = type(layer).__name__
+  x = args[0]
+  cfg = layer.get_config()
+  if kind in ("InputLayer", "QuantizeLayer"):
+    return x
+  if kind == "Conv2D":
+    y = tf.nn.conv2d(x, w[0], strides=cfg["strides"], padding=cfg["padding"].upper(),
+                     dilations=cfg["dilation_rate"])
+    return _activation(y + w[1] if cfg["use_bias"] else y, cfg["activation"])
+  if kind == "DepthwiseConv2D":
+    s = cfg["strides"]
+    y = tf.nn.depthwise_conv2d(x, w[0], strides=(1, s[0], s[1], 1),
+                               padding=cfg["padding"].upper(), dilations=cfg["dilation_rate"])
+    return _activation(y + w[1] if cfg["use_bias"] else y, cfg["activation"])
+  if kind == "BatchNormalization":
+    gamma, beta, mean, var = w
+    return tf.nn.batch_normalization(x, mean, var, beta, gamma, cfg["epsilon"])
+  if kind == "ReLU":
+    y = tf.nn.relu(x) if not cfg.get("negative_slope") else tf.nn.leaky_relu(
+        x, cfg["negative_slope"])
+    return y if cfg.get("max_value") is None else tf.minimum(y, cfg["max_value"])
+  if kind == "Activation":
+    return _activation(x, cfg["activation"])
+  if kind == "Add":
+    return tf.add_n(args)
+  if kind == "ZeroPadding2D":
+    (top, bottom), (left, right) = cfg["padding"]
+    return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+  if kind == "MaxPooling2D":
+    return tf.nn.max_pool2d(x, cfg["pool_size"], cfg["strides"], cfg["padding"].upper())
+  if kind == "GlobalAveragePooling2D":
+    return tf.reduce_mean(x, axis=(1, 2))
+  if kind == "Dense":
+    return _activation(tf.matmul(x, w[0]) + w[1], cfg["activation"])
+  raise ValueError(f"layer {layer.name!r} of type {kind} is not supported by the SavedModel "
+                   "export; super_sub.models' backbones only use Conv2D, DepthwiseConv2D, "
+                   "BatchNormalization, ReLU, Add, padding, pooling and Dense")
+
+
+def _activation(x, name):
+  if name in (None, "linear"):
+    return x
+  if name == "relu":
+    return tf.nn.relu(x)
+  if name == "relu6":
+    return tf.nn.relu6(x)
+  raise ValueError(f"activation {name!r} is not supported by the SavedModel export")
+
+
+class SuperSubModule(tf.Module):
+  """Generalist + specialists stored as base + sparse deltas, served as one function."""
+
+  def __init__(self, generalist: keras.Model, specialists: dict[int, keras.Model],
+               hierarchy: hierarchy_lib.Hierarchy):
+    super().__init__(name="super_sub")
+    self._graph = _Graph(generalist)
+    self._h = hierarchy
+    base = [[v.numpy() for v in _weights(layer)] for layer in generalist.layers]
+    self.base = [[tf.Variable(v, trainable=False) for v in layer] for layer in base]
+    self.deltas = {}
+    self.heads = {}
+    self._order = sorted(specialists)
+    for k, model in specialists.items():
+      layers = model.layers
+      if len(layers) != len(generalist.layers):
+        raise ValueError(f"specialist {k} has {len(layers)} layers, the generalist "
+                         f"{len(generalist.layers)}: its backbone does not match the base")
+      sparse = []
+      for i, layer in enumerate(layers[:-1]):
+        for j, v in enumerate(_weights(layer)):
+          diff = (v.numpy() - base[i][j]).reshape(-1)
+          if diff.shape[0] != base[i][j].size:
+            raise ValueError(f"specialist {k}: weight {v.name} has shape {v.shape}, the base "
+                             f"{base[i][j].shape}: its backbone does not match the base")
+          where = np.flatnonzero(diff)
+          if where.size:
+            sparse.append((i, j, tf.Variable(where.astype(np.int64), trainable=False),
+                           tf.Variable(diff[where], trainable=False)))
+      self.deltas[str(k)] = sparse
+      self.heads[str(k)] = [tf.Variable(v.numpy(), trainable=False)
+                            for v in _weights(layers[-1])]
+
+  def _specialist_weights(self, k: int) -> list[list[tf.Tensor]]:
+    weights = [[tf.convert_to_tensor(v) for v in layer] for layer in self.base[:-1]]
+    for i, j, where, values in self.deltas[str(k)]:
+      flat = tf.reshape(weights[i][j], [-1])
+      flat = tf.tensor_scatter_nd_add(flat, where[:, None], values)
+      weights[i][j] = tf.reshape(flat, tf.shape(self.base[i][j]))
+    return weights + [[tf.convert_to_tensor(v) for v in self.heads[str(k)]]]
+
+  def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Hard two-stage routing; see export_saved_model for the signature."""
+    h = self._h
+    super_probs = tf.nn.softmax(self._graph(images, self.base))
+    superclass = tf.argmax(super_probs, axis=1, output_type=tf.int64)
+    n = tf.shape(images)[0]
+    label_probs = tf.zeros([n, h.num_subclasses])
+    previous = label_probs
+    for k in range(h.num_superclasses):
+      rows = tf.where(tf.equal(superclass, k))[:, 0]
+      lo, hi = int(h.superclass_offsets[k]), int(h.superclass_offsets[k + 1])
+      if k not in self._order:  # one subclass: routing to it is the answer
+        part = tf.ones([tf.size(rows), 1])
+      else:
+        with tf.control_dependencies([previous]):  # one specialist's weights at a time
+          part = tf.cond(
+              tf.size(rows) > 0,  # never run a convolution on zero rows (oneDNN trap)
+              lambda k=k, rows=rows: tf.nn.softmax(
+                  self._graph(tf.gather(images, rows), self._specialist_weights(k))),
+              lambda lo=lo, hi=hi: tf.zeros([0, hi - lo]))
+      previous = part
+      cols = tf.range(lo, hi, dtype=tf.int64)
+      grid = tf.stack(tf.meshgrid(rows, cols, indexing="ij"), axis=-1)
+      label_probs = tf.tensor_scatter_nd_update(label_probs, tf.reshape(grid, [-1, 2]),
+                                                tf.reshape(part, [-1]))
+    return {"superclass": superclass, "superclass_probs": super_probs,
+            "label": tf.argmax(label_probs, axis=1, output_type=tf.int64),
+            "label_probs": label_probs}
+
+
+def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int, keras.Model],
+                       hierarchy: hierarchy_lib.Hierarchy) -> None:
+  """Saves the module with a `serving_default` signature.
+
+  Signature: `images` float32 [batch, H, W, C] with values in [0, 1] ->
+  `superclass` int64 [batch], `superclass_probs` float32 [batch, S], `label` int64 [batch]
+  (global subclass index), `label_probs` float32 [batch, num_subclasses] (hard routing:
+  P(subclass | routed superclass) in that superclass's columns, 0 elsewhere).
+  """
+  module = SuperSubModule(generalist, specialists, hierarchy)
+  spec = tf.TensorSpec([None, *generalist.input_shape[1:]], tf.float32, name="images")
+  serve = tf.function(module.serve, input_signature=[spec])
+  tf.saved_model.save(module, path, signatures={"serving_default": serve})

@@ -1,0 +1,90 @@
+"""The SavedModel bundle: base + sparse deltas reproduce the Keras two-stage, TF alone loads it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from super_sub import hierarchy as hierarchy_lib
+from super_sub import models
+from super_sub import routing
+from super_sub import saved_model_lib
+
+
+@pytest.fixture(scope="module")
+def models_and_path(tmp_path_factory):
+  h = hierarchy_lib.load("fashion_mnist")  # specialists for tops and footwear only
+  rng = np.random.default_rng(0)
+  generalist = models.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
+                                       "generalist", "generalist")
+  for v in generalist.weights:  # non-trivial BatchNorm statistics and weights
+    if "moving_variance" in v.name:
+      v.assign(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
+    elif "moving_mean" in v.name or "beta" in v.name:
+      v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32))
+  specialists = {}
+  for k in models.specialist_superclasses(h):
+    s = models.make_specialist(generalist, len(h.superclasses[k].subclasses), f"specialist_{k}")
+    kernel = s.layers[1].weights[0]  # the stem conv: change a few weights, as fine-tuning would
+    values = kernel.numpy()
+    values.flat[rng.choice(values.size, 20, replace=False)] += 0.3
+    kernel.assign(values)
+    specialists[k] = s
+  path = str(tmp_path_factory.mktemp("sm") / "saved_model")
+  saved_model_lib.export_saved_model(path, generalist, specialists, h)
+  return h, generalist, specialists, path
+
+
+def test_deltas_hold_only_the_changed_weights(models_and_path):
+  h, generalist, specialists, _ = models_and_path
+  module = saved_model_lib.SuperSubModule(generalist, specialists, h)
+  for k in specialists:
+    stored = sum(int(where.shape[0]) for _, _, where, _ in module.deltas[str(k)])
+    assert stored <= 20
+
+
+def test_matches_keras_two_stage_in_a_fresh_process(models_and_path, tmp_path):
+  h, generalist, specialists, path = models_and_path
+  images = np.random.default_rng(1).uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+  np.save(tmp_path / "images.npy", images)
+  child = f"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load({path!r})
+out = model.signatures["serving_default"](images=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
+np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("super_sub"))))
+"""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH="")
+  done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert json.loads(done.stdout.strip().splitlines()[-1]) == []  # no super-sub code needed
+  expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
+  with np.load(tmp_path / "out.npz") as got:
+    np.testing.assert_array_equal(got["superclass"], expected["superclass"])
+    np.testing.assert_array_equal(got["label"], expected["label"])
+    np.testing.assert_allclose(got["superclass_probs"], expected["superclass_probs"], atol=1e-5)
+    np.testing.assert_allclose(got["label_probs"], expected["label_probs"], atol=1e-5)
+
+
+def test_signature_is_documented_shape(models_and_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  *_, path = models_and_path
+  serving = tf.saved_model.load(path).signatures["serving_default"]
+  assert list(serving.structured_input_signature[1]) == ["images"]
+  assert set(serving.structured_outputs) == {"superclass", "superclass_probs", "label",
+                                             "label_probs"}
+  out = serving(images=tf.zeros([1, 28, 28, 1]))  # batch 1: most specialists get no rows
+  assert out["label_probs"].shape == (1, 10)
+
+
+def test_backbone_mismatch_is_refused(models_and_path):
+  h, generalist, specialists, _ = models_and_path
+  other = models.build_classifier("resnet18", (32, 32, 3), 4, "specialist", "specialist_0")
+  with pytest.raises(ValueError, match="does not match the base"):
+    saved_model_lib.SuperSubModule(generalist, {**specialists, 0: other}, h)
