@@ -67,8 +67,8 @@ class TrainConfig:
   steps_per_epoch: int | None = None    # None: one pass over the data (smoke runs cap it)
   specialists: tuple[int, ...] | None = None  # None: every superclass with >= 2 subclasses
   # Cheap specialists (super_sub.compression): see train/train.py's flags for the trade-offs.
-  delta_l1: float = 0.5                 # L1 weight on W - W_base (proximal); 0: dense deltas
-  freeze_bn: bool = True                # specialists keep the generalist's BatchNorm
+  delta_l1: float = 0.0                 # L1 weight on W - W_base (proximal); 0: dense deltas
+  freeze_bn: bool = False               # specialists keep the generalist's BatchNorm
   qat: bool = False                     # quantization-aware generalist_qat + specialists
   qat_epochs: int = 2
   qat_learning_rate: float | None = None  # None: learning_rate / 10

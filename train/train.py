@@ -65,8 +65,8 @@ DELTA_L1 = flags.DEFINE_float(
     "learning rate). Larger: sparser, smaller deltas, less room to specialise; 0: dense "
     "deltas (plain fine-tuning).")
 FREEZE_BN = flags.DEFINE_boolean(
-    "freeze_bn", True, "Specialists keep the generalist's BatchNorm (parameters and "
-    "statistics): smaller deltas, and subset statistics hurt accuracy in our measurements.")
+    "freeze_bn", False, "Specialists keep the generalist's BatchNorm (parameters and "
+    "statistics): smaller deltas, since re-estimated statistics change every folded weight.")
 QAT = flags.DEFINE_boolean(
     "qat", False, "Quantization-aware training (tfmot): after the float generalist, a "
     "generalist_qat stage fine-tunes its QAT version; specialists start from it with its "
