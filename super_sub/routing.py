@@ -14,6 +14,8 @@ import numpy as np
 from super_sub import hierarchy as hierarchy_lib
 from super_sub import models
 from super_sub.compat import keras
+from super_sub.runtime import outputs
+from super_sub.runtime.outputs import softmax  # also public here
 
 MODES = ("hard", "soft")
 
@@ -100,7 +102,7 @@ class TwoStage:
       weights = (np.ones(order.shape, np.float32) if mode == "hard"
                  else np.take_along_axis(super_probs, order, axis=1))
       parts.append((order[:, 0], super_probs, self._route(x, order, weights)))
-    return self._assemble(parts)
+    return outputs.assemble(parts, self.hierarchy)
 
   def oracle(self, images: np.ndarray, superclasses: np.ndarray,
              batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -135,7 +137,7 @@ class TwoStage:
       x, s = images[start:start + batch_size], supers[start:start + batch_size].astype(np.int64)
       one_hot = np.eye(num, dtype=np.float32)[s]
       parts.append((s, one_hot, self._route(x, s[:, None], np.ones((len(s), 1), np.float32))))
-    return self._assemble(parts)
+    return outputs.assemble(parts, self.hierarchy)
 
   # --- internals -------------------------------------------------------------------------------
   def _route(self, x: np.ndarray, order: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -157,19 +159,6 @@ class TwoStage:
     """One eager call on a non-empty batch (`_route` only visits superclasses with rows)."""
     return model(x, training=False).numpy()
 
-  def _assemble(self, parts) -> dict[str, np.ndarray]:
-    h = self.hierarchy
-    if not parts:  # no images: never call a model on an empty batch
-      return {"superclass": np.zeros(0, np.int64),
-              "superclass_probs": np.zeros((0, h.num_superclasses), np.float32),
-              "label": np.zeros(0, np.int64),
-              "label_probs": np.zeros((0, h.num_subclasses), np.float32)}
-    supers, super_probs, label_probs = (np.concatenate(p) for p in zip(*parts))
-    return {"superclass": supers.astype(np.int64),
-            "superclass_probs": super_probs.astype(np.float32),
-            "label": np.argmax(label_probs, axis=1).astype(np.int64),
-            "label_probs": label_probs}
-
   def _check_images(self, images) -> np.ndarray:
     images = np.asarray(images)
     if not np.issubdtype(images.dtype, np.floating):
@@ -180,13 +169,6 @@ class TwoStage:
       raise ValueError(f"images must have shape (N, {', '.join(map(str, self.input_shape))}) to "
                        f"fit the models; got {images.shape}")
     return images.astype(np.float32, copy=False)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """Row-wise softmax of logits [N, C], computed in float64, returned as float32."""
-  z = logits.astype(np.float64)
-  z = np.exp(z - z.max(axis=1, keepdims=True))
-  return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _check_width(model: keras.Model, width: int, where: str) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 from ai_edge_litert import interpreter as litert
 
 from super_sub.runtime import bundle as bundle_lib
+from super_sub.runtime import outputs
+from super_sub.runtime.outputs import softmax
 
 MODES = ("hard", "soft")
 
@@ -95,16 +97,7 @@ class TwoStageLite:
       weights = (np.ones(order.shape, np.float32) if mode == "hard"
                  else np.take_along_axis(super_probs, order, axis=1))
       parts.append((order[:, 0], super_probs, self._route(x, order, weights)))
-    if not parts:  # no images: never call a model on an empty batch
-      return {"superclass": np.zeros(0, np.int64),
-              "superclass_probs": np.zeros((0, h.num_superclasses), np.float32),
-              "label": np.zeros(0, np.int64),
-              "label_probs": np.zeros((0, h.num_subclasses), np.float32)}
-    supers, super_probs, label_probs = (np.concatenate(p) for p in zip(*parts))
-    return {"superclass": supers.astype(np.int64),
-            "superclass_probs": super_probs.astype(np.float32),
-            "label": np.argmax(label_probs, axis=1).astype(np.int64),
-            "label_probs": label_probs}
+    return outputs.assemble(parts, h)
 
   def specialist(self, k: int) -> "_LiteModel":
     """Superclass k's specialist interpreter, rebuilt from base + delta unless cached."""
@@ -221,10 +214,3 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return y.astype(np.float32)
   scale, zero_point = detail["quantization"]
   return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """Row-wise softmax of logits [N, C], computed in float64, returned as float32."""
-  z = logits.astype(np.float64)
-  z = np.exp(z - z.max(axis=1, keepdims=True))
-  return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
