@@ -54,7 +54,8 @@ def _stage(config, data_dir, key):
 
 
 def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
-  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=0.5, learning_rate=3e-3)
+  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=0.5, freeze_bn=True,
+                  learning_rate=3e-3)
   dense = _train(tmp_path / "dense", data_dir, delta_l1=0.0, freeze_bn=False,
                  learning_rate=3e-3)
   fractions = {}
