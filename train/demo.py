@@ -22,7 +22,7 @@ _DATASET = flags.DEFINE_string("dataset", "superclassed_synthetic", "Dataset (th
                                "one by default; superclassed_synthetic/smoke runs in seconds).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder (default: TFDS's).")
 _EPOCHS = flags.DEFINE_integer("epochs", 12, "Epochs of flat and generalist training.")
-_SPECIALIST_EPOCHS = flags.DEFINE_integer("specialist_epochs", 20, "Epochs of each specialist "
+_SPECIALIST_EPOCHS = flags.DEFINE_integer("specialist_epochs", 12, "Epochs of each specialist "
                                           "(each sees only its superclass: ~1/5 of the data).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
