@@ -54,7 +54,7 @@ def _stage(config, data_dir, key):
 
 
 def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
-  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=0.5, freeze_bn=True,
+  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=1.0, freeze_bn=True,
                   learning_rate=3e-3)
   dense = _train(tmp_path / "dense", data_dir, delta_l1=0.0, freeze_bn=False,
                  learning_rate=3e-3)
@@ -69,7 +69,7 @@ def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
     pinned = all(np.array_equal(v, b) for v, b in bn)
     assert pinned == (name == "sparse")
   assert fractions["dense"] > 0.99
-  assert fractions["sparse"] < 0.5 * fractions["dense"]
+  assert fractions["sparse"] < 0.2 * fractions["dense"]
 
 
 def test_qat_specialists_keep_the_base_quantizer_ranges(tmp_path, data_dir):
