@@ -28,9 +28,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = training.load_config(_MODEL_DIR.value)
-  if _DATA_DIR.value:
-    config.data_dir = _DATA_DIR.value
+  config = training.load_config(_MODEL_DIR.value, data_dir=_DATA_DIR.value)
   representative = (export_lib.load_representative(_REPRESENTATIVE.value)
                     if _REPRESENTATIVE.value else None)
   export_lib.export(config, _EXPORT_DIR.value, representative=representative)

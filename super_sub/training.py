@@ -112,8 +112,8 @@ def split_cpu(num_devices: int) -> None:
       cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
 
 
-def load_config(model_dir: str) -> TrainConfig:
-  """The resolved config a run saved in its model_dir."""
+def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
+  """The resolved config a run saved in its model_dir (`data_dir` overrides the saved one)."""
   path = os.path.join(model_dir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a super-sub-train run")
@@ -122,7 +122,7 @@ def load_config(model_dir: str) -> TrainConfig:
   unknown = set(saved) - set(TrainConfig.__dataclass_fields__)
   if unknown:
     raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
-  return TrainConfig(**saved)
+  return TrainConfig(**{**saved, **({"data_dir": data_dir} if data_dir else {})})
 
 
 def resolve(config: TrainConfig, builder: tfds.core.DatasetBuilder) -> TrainConfig:

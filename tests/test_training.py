@@ -196,3 +196,22 @@ def test_demo_command_end_to_end(tmp_path, data_dir):
   assert "same prediction as Keras for" in out.stdout
   assert "x one fp32 network" in out.stdout
   assert (tmp_path / "export" / "tflite" / "manifest.json").exists()
+
+
+def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
+  assert training.load_config(trained.model_dir) == trained
+  moved = training.load_config(trained.model_dir, data_dir=str(tmp_path))
+  assert moved.data_dir == str(tmp_path) and moved.backbone == trained.backbone
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run(
+      [sys.executable, "-m", "super_sub.train.evaluate", f"--model_dir={trained.model_dir}",
+       f"--data_dir={data_dir}", "--soft_k=3"],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(trained.model_dir, "eval.json"), encoding="utf-8") as f:
+    assert json.load(f)["two_stage"]["soft"]["k"] == 3
+
+
+def test_load_config_of_a_folder_that_is_no_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is not a super-sub-train run"):
+    training.load_config(str(tmp_path))
