@@ -26,8 +26,15 @@ def _unwrap(layer):
 
 
 def _weights(layer) -> list[tf.Variable]:
-  """The variables the float computation of `layer` needs, in `layer.get_weights()` order."""
-  return list(_unwrap(layer).weights)
+  """The variables the float computation of `layer` needs, in `layer.get_weights()` order.
+
+  A tfmot wrapper lists its layer's variables and then its own quantizer variables (named
+  under the wrapper); the wrapped layer's `.weights` are not usable after wrapping (notes,
+  trap 5), so the wrapper's list is filtered.
+  """
+  if _unwrap(layer) is layer:
+    return list(layer.weights)
+  return [v for v in layer.weights if not v.name.startswith(layer.name + "/")]
 
 
 class _Graph:
@@ -93,6 +100,12 @@ def _apply(layer, args, w):  # pylint: disable=too-many-return-statements
 
 
 def _activation(x, name):
+  if isinstance(name, dict):  # tfmot replaces a wrapped layer's activation by a wrapper
+    if name.get("class_name") == "QuantizeAwareActivation":
+      return _activation(x, name["config"]["activation"])
+    if name.get("class_name") == "NoOpActivation":
+      return x
+    name = name.get("class_name", "").lower()
   if name in (None, "linear"):
     return x
   if name == "relu":

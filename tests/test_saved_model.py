@@ -88,3 +88,17 @@ def test_backbone_mismatch_is_refused(models_and_path):
   other = models.build_classifier("resnet18", (32, 32, 3), 4, "specialist", "specialist_0")
   with pytest.raises(ValueError, match="does not match the base"):
     saved_model_lib.SuperSubModule(generalist, {**specialists, 0: other}, h)
+
+
+def test_quantization_aware_models_export_with_their_float_weights(models_and_path, tmp_path):
+  from super_sub import compression  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  h, generalist, specialists, _ = models_and_path
+  qat = {k: compression.quantize(m) for k, m in specialists.items()}
+  path = str(tmp_path / "qat_saved_model")
+  saved_model_lib.export_saved_model(path, compression.quantize(generalist), qat, h)
+  images = np.random.default_rng(2).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+  out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+  # Same float weights as the models above, so the same answers as their float two-stage.
+  expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
+  np.testing.assert_allclose(out["label_probs"].numpy(), expected["label_probs"], atol=1e-5)
