@@ -1,6 +1,10 @@
 """Cheap specialists: train each one as a small, sparse delta over the generalist.
 
-Three things make a specialist's delta small (measured in shared/notes/qat-delta-facts.md):
+Four things make a specialist's delta small (measured in shared/notes/qat-delta-facts.md
+and BENCHMARKS.md):
+  * a budget: gradual magnitude pruning of W - W_base (Zhu & Gupta, 2017) keeps only the
+    largest changes, counted in int8 quantization steps, and the last third of the epochs
+    recovers with that mask fixed;
   * a proximal L1 step after every optimizer step soft-thresholds W - W_base, so most
     backbone weights end exactly equal to the base (an L1 loss term never reaches zero
     with Adam);
@@ -55,42 +59,109 @@ def freeze_batchnorm(model: keras.Model) -> None:
 _BATCHNORM = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
+def keep_schedule(epoch: int, epochs: int, keep: float) -> float:
+  """Fraction of kernel weights a specialist may change during `epoch` (0-based).
+
+  All of them in the first epoch (the delta first learns where it matters), then a cubic
+  ramp down to `keep` by two thirds of the epochs (Zhu & Gupta's gradual pruning), then
+  `keep` while the remaining epochs recover from the pruning (a one-epoch training has
+  the budget from the start: the last epoch always ends within it).
+  """
+  end = min(epochs - 1, max(1, round(epochs * 2 / 3)))
+  if epoch >= end:
+    return keep
+  return keep + (1.0 - keep) * (1.0 - epoch / end) ** 3
+
+
+def quantization_steps(delta: np.ndarray, base: np.ndarray) -> np.ndarray:
+  """|delta| in units of the base kernel's int8 step per output channel (max |W| / 127).
+
+  TFLite quantizes each output channel (the last axis) symmetrically with that step, after
+  folding BatchNorm's per-channel factor, which cancels here: a change of < 0.5 steps does
+  not change the stored int8 weight at all.
+  """
+  axes = tuple(range(base.ndim - 1))
+  step = np.abs(base).max(axis=axes, keepdims=True) / 127.0
+  return np.abs(delta) / np.maximum(step, 1e-12)
+
+
+def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
+                 keep: float) -> dict[int, np.ndarray]:
+  """Per kernel (by index), where W - base may stay nonzero: the `keep` fraction of all
+  kernel weights whose changes are largest in quantization steps (one global ranking)."""
+  kernels = [i for i, v in enumerate(variables) if is_kernel(v)]
+  sizes = {i: quantization_steps(variables[i].numpy() - base[i], base[i]) for i in kernels}
+  total = sum(s.size for s in sizes.values())
+  budget = int(keep * total)
+  if budget >= total:
+    return {i: np.ones_like(s, dtype=bool) for i, s in sizes.items()}
+  flat = np.concatenate([s.ravel() for s in sizes.values()])
+  threshold = np.partition(flat, total - budget - 1)[total - budget - 1] if budget else np.inf
+  return {i: s > threshold for i, s in sizes.items()}
+
+
 class DeltaToBase(keras.callbacks.Callback):
   """Keeps a specialist's backbone a sparse delta over the base after every training step.
 
   Kernels: W <- base + soft_threshold(W - base, l1 x learning rate), the proximal step of an
   L1 penalty l1 * |W - base| (l1 = 0 leaves them free). Adam moves a weight by about the
   learning rate per step, so l1 < 1 lets consistent gradients through and snaps noise back.
+  With a `keep` budget, the changes outside the epoch's mask (`budget_masks` at the
+  `keep_schedule` fraction, recomputed from the weights at every epoch start, so a resumed
+  run gets the same mask) are reset to the base as well.
   BatchNorm parameters and statistics: pinned to the base when `pin_batchnorm`. Quantizer
   ranges (tfmot's min/max variables): always pinned. tfmot's QuantizeWrapperV2 lists its
   layer's weights as trainable even when the layer is frozen (notes, trap 5), so pinning,
   not `.trainable`, is what holds them.
   """
 
-  def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True):
-    """`base`: values of `backbone_variables(model)` when the specialist was made."""
+  def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True,
+               keep: float | None = None, epochs: int = 1):
+    """`base`: values of `backbone_variables(model)` when the specialist was made;
+    `keep`: the budget (fraction of kernel weights that may differ), None for no budget;
+    `epochs`: the length of the training, which `keep_schedule` spreads the pruning over."""
     super().__init__()
+    if keep is not None and not 0.0 <= keep <= 1.0:
+      raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
     self.base = base
     self.l1 = float(l1)
     self.pin_batchnorm = pin_batchnorm
+    self.keep = keep
+    self.epochs = epochs
+    self.masks: dict[int, np.ndarray] | None = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    del logs
+    if self.keep is not None:
+      self.masks = budget_masks(self._variables(self.model), self.base,
+                                keep_schedule(epoch, self.epochs, self.keep))
+      self.project(self.model, threshold=0.0)
 
   def on_train_batch_end(self, batch, logs=None):
     del batch, logs
     self.project(self.model, self.l1 * float(self.model.optimizer.learning_rate))
 
-  def project(self, model: keras.Model, threshold: float) -> None:
-    """Soft-thresholds kernel deltas by `threshold` and pins the rest of the backbone."""
+  def _variables(self, model: keras.Model) -> list[tf.Variable]:
     variables = backbone_variables(model)
     if len(variables) != len(self.base):
       raise ValueError(f"model has {len(variables)} backbone variables, the base "
                        f"{len(self.base)}: not the model this delta was made for")
-    for var, base in zip(variables, self.base):
+    return variables
+
+  def project(self, model: keras.Model, threshold: float) -> None:
+    """Soft-thresholds kernel deltas by `threshold`, applies the budget's masks and pins
+    the rest of the backbone."""
+    for i, (var, base) in enumerate(zip(self._variables(model), self.base)):
       short = var.name.split("/")[-1].split(":")[0]
       if is_kernel(var):
-        if threshold > 0:
+        mask = self.masks.get(i) if self.masks is not None else None
+        if threshold > 0 or mask is not None:
           delta = var.numpy() - base
-          shrunk = np.sign(delta) * np.maximum(np.abs(delta) - threshold, 0.0)
-          var.assign(base + shrunk.astype(base.dtype))
+          if threshold > 0:
+            delta = np.sign(delta) * np.maximum(np.abs(delta) - threshold, 0.0)
+          if mask is not None:
+            delta = np.where(mask, delta, 0.0)
+          var.assign(base + delta.astype(base.dtype))
       elif short in _BATCHNORM:
         if self.pin_batchnorm:
           var.assign(base)

@@ -68,6 +68,7 @@ class TrainConfig:
   specialists: tuple[int, ...] | None = None  # None: every superclass with >= 2 subclasses
   # Cheap specialists (super_sub.compression): see train/train.py's flags for the trade-offs.
   delta_l1: float = 0.0                 # L1 weight on W - W_base (proximal); 0: dense deltas
+  delta_keep: float | None = None       # budget: fraction of kernel weights that may change
   freeze_bn: bool = False               # specialists keep the generalist's BatchNorm
   qat: bool = False                     # quantization-aware generalist_qat + specialists
   qat_epochs: int = 2
@@ -84,6 +85,9 @@ class TrainConfig:
                        f"got {self.generalist_init!r}")
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError("epochs and batch_size must be positive")
+    if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
+      raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
+                       f"change, in [0, 1]; got {self.delta_keep}")
 
   def stages(self) -> tuple[str, ...]:
     return STAGES if self.stage == "all" else (self.stage,)
@@ -302,7 +306,8 @@ def _train_stage(config, builder, key, stage_dir, strategy, log, callbacks) -> N
       if config.freeze_bn:
         compression.freeze_batchnorm(model)
       base = [v.numpy() for v in compression.backbone_variables(model)]
-      callbacks.append(compression.DeltaToBase(base, config.delta_l1, config.freeze_bn))
+      callbacks.append(compression.DeltaToBase(base, config.delta_l1, config.freeze_bn,
+                                               keep=config.delta_keep, epochs=epochs))
     elif key == "generalist_qat":
       model = compression.quantize(load_model(config, builder, "generalist"))
     else:

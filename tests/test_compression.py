@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from super_sub import compression
@@ -34,6 +35,29 @@ def test_delta_to_base_refuses_another_model():
   base = [v.numpy() for v in compression.backbone_variables(a)]
   with pytest.raises(ValueError, match="not the model this delta was made for"):
     compression.DeltaToBase(base, 0.5).project(b, 1e-4)
+
+
+def test_keep_schedule_ramps_down_then_holds():
+  values = [compression.keep_schedule(e, 12, 0.02) for e in range(12)]
+  assert values[0] == 1.0
+  assert values[4] == pytest.approx(0.02 + 0.98 * 0.5 ** 3)
+  assert values[8:] == [0.02] * 4
+  assert all(a >= b for a, b in zip(values, values[1:]))
+  assert compression.keep_schedule(0, 1, 0.1) == 0.1  # one epoch: the budget at once
+
+
+def test_budget_keeps_the_largest_changes_in_quantization_steps():
+  base = [np.array([[1.0, 2.0], [-1.0, 4.0]], np.float32), np.array([[2.0, 2.0]], np.float32)]
+  moved = [base[0] + np.array([[0.02, 0.04], [0.0, 0.01]], np.float32),
+           base[1] + np.array([[0.03, 0.0]], np.float32)]
+  variables = [tf.Variable(moved[0], name="conv/kernel"), tf.Variable(moved[1], name="d/kernel")]
+  # In int8 steps (column max / 127): 2.54, 1.27, 0, 0.32 and 1.91, 0. The raw sizes would
+  # rank 0.04 first; its column's larger range makes it the smaller change in int8.
+  masks = compression.budget_masks(variables, base, keep=2 / 6)
+  np.testing.assert_array_equal(masks[0], [[True, False], [False, False]])
+  np.testing.assert_array_equal(masks[1], [[True, False]])
+  assert not any(m.any() for m in compression.budget_masks(variables, base, 0.0).values())
+  assert all(m.all() for m in compression.budget_masks(variables, base, 1.0).values())
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +94,20 @@ def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
     assert pinned == (name == "sparse")
   assert fractions["dense"] > 0.99
   assert fractions["sparse"] < 0.2 * fractions["dense"]
+
+
+def test_budget_bounds_the_changed_fraction(tmp_path, data_dir):
+  config = _train(tmp_path, data_dir, delta_keep=0.01, freeze_bn=True, learning_rate=3e-3)
+  generalist = _stage(config, data_dir, "generalist")
+  specialist = _stage(config, data_dir, "specialist_4")
+  base = [v.numpy() for v in compression.backbone_variables(generalist)]
+  stats = compression.delta_stats(specialist, base)
+  assert 0 < stats["changed"] <= 0.01 * stats["kernel_weights"]
+
+
+def test_delta_keep_must_be_a_fraction(tmp_path):
+  with pytest.raises(ValueError, match=r"delta_keep .* in \[0, 1\]; got 2"):
+    training.TrainConfig(model_dir=str(tmp_path), delta_keep=2)
 
 
 def test_qat_specialists_keep_the_base_quantizer_ranges(tmp_path, data_dir):

@@ -64,6 +64,12 @@ DELTA_L1 = flags.DEFINE_float(
     "W - W_generalist, applied as a proximal step after every update (soft threshold = this x "
     "learning rate). Larger: sparser, smaller deltas, less room to specialise; 0: dense "
     "deltas (plain fine-tuning).")
+DELTA_KEEP = flags.DEFINE_float(
+    "delta_keep", None, "Specialists: budget, the fraction of backbone kernel weights that "
+    "may differ from the generalist's (e.g. 0.02). The largest changes (in int8 steps) are "
+    "kept by gradual magnitude pruning over the first two thirds of the epochs, the rest "
+    "recovers with the mask fixed. Pair with --freeze_bn: free BatchNorm statistics change "
+    "every folded weight anyway. Default: no budget.")
 FREEZE_BN = flags.DEFINE_boolean(
     "freeze_bn", False, "Specialists keep the generalist's BatchNorm (parameters and "
     "statistics): smaller deltas, since re-estimated statistics change every folded weight.")
@@ -91,7 +97,8 @@ def config_from_flags() -> training.TrainConfig:
       weight_decay=WEIGHT_DECAY.value,
       freeze_stages=FREEZE_STAGES.value, augment=AUGMENT.value, seed=SEED.value,
       strategy=STRATEGY.value, steps_per_epoch=STEPS_PER_EPOCH.value,
-      delta_l1=DELTA_L1.value, freeze_bn=FREEZE_BN.value, qat=QAT.value,
+      delta_l1=DELTA_L1.value, delta_keep=DELTA_KEEP.value, freeze_bn=FREEZE_BN.value,
+      qat=QAT.value,
       qat_epochs=QAT_EPOCHS.value, qat_learning_rate=QAT_LR.value,
       specialists=(tuple(int(k) for k in SPECIALISTS.value)
                    if SPECIALISTS.value is not None else None))

@@ -1,0 +1,256 @@
+r"""Parity, storage, memory and latency of an exported Super-Sub bundle.
+
+  .venv/bin/super-sub-demo --model_dir=runs/demo          # or train + eval + export a run
+  .venv/bin/python bench/bundle.py --model_dir=runs/demo --out=bench/results/bundle_demo
+
+Needs a run that super-sub-eval has evaluated (model_dir/predictions) and super-sub-export
+has exported (default model_dir/export). Measures, on the evaluation split:
+
+  parity   top-1 of the Keras two-stage (from super-sub-eval), the SavedModel bundle and the
+           TFLite bundle, and how often each bundle predicts what Keras predicts; the flat
+           network in Keras and as a post-training int8 TFLite file (the edge baseline);
+  storage  the TFLite bundle's bytes as a + b * N specialists, in units of one fp32 network
+           (least squares over the bundles holding the first 0..N specialists), per file kind;
+  runtime  peak resident memory and latency per image (batch 1 and 32) of the two-stage
+           TFLite runtime (default cache of 1 specialist, and every specialist cached)
+           against the flat int8 network, each in a fresh process that imports only numpy,
+           LiteRT and super_sub.runtime. Images arrive in a shuffled order, so a cache of 1
+           rebuilds a specialist whenever the routed superclass changes.
+
+Writes <out>.json and <out>.md.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A trained, evaluated, exported run.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Its export (default model_dir/export).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder (default: the run's).")
+_OUT = flags.DEFINE_string("out", "bench/results/bundle", "Output path without suffix.")
+_IMAGES = flags.DEFINE_integer("latency_images", 320, "Images per latency measurement.")
+_THREADS = flags.DEFINE_integer("num_threads", 2, "LiteRT threads per interpreter.")
+# Internal: the runtime measurement of one configuration, in a fresh process.
+_WORKER = flags.DEFINE_enum("worker", None, ["flat", "two_stage", "two_stage_cache_all"],
+                            "(internal) measure one runtime and print JSON.")
+_WORKER_MODEL = flags.DEFINE_string("worker_model", None, "(internal) .tflite or bundle dir.")
+_WORKER_IMAGES = flags.DEFINE_string("worker_images", None, "(internal) .npy images.")
+
+
+def _rss_kb(field: str) -> int:
+  """VmRSS (now) or VmHWM (peak) of this process in KiB."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
+  """One runtime's memory and latency; runs in its own process (no TensorFlow imported)."""
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+  from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
+  images = np.load(images_path, allow_pickle=False)
+  rss_before = _rss_kb("VmRSS")
+  if kind == "flat":
+    with open(model, "rb") as f:
+      run = predictor._LiteModel(f.read(), num_threads, "flat")  # pylint: disable=protected-access
+    rebuilds = lambda: 0  # noqa: E731
+  else:
+    lite = predictor.TwoStageLite(model, num_threads=num_threads,
+                                  cache_size=1 if kind == "two_stage" else 1 << 20)
+    run = lambda x: lite.predict(x, mode="hard")  # noqa: E731
+    rebuilds = lambda: lite.num_rebuilds  # noqa: E731
+  del litert
+  run(images[:1])  # warm-up: allocation and the first specialist
+  result = {"kind": kind, "num_images": len(images)}
+  for batch in (1, 32):
+    start_rebuilds = rebuilds()
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+      run(images[i:i + batch])
+    seconds = time.perf_counter() - start
+    result[f"batch_{batch}"] = {"ms_per_image": 1000 * seconds / len(images),
+                                "specialist_rebuilds": rebuilds() - start_rebuilds}
+  result["rss_after_imports_mb"] = rss_before / 1024
+  result["peak_rss_mb"] = _rss_kb("VmHWM") / 1024
+  result["model_rss_mb"] = result["peak_rss_mb"] - result["rss_after_imports_mb"]
+  return result
+
+
+def storage(manifest: dict) -> dict:
+  """The TFLite bundle as shared part a + b per specialist, in units of one fp32 network."""
+  unit = manifest["bytes"]["single_fp32_network"]
+  files = {p[len("tflite/"):]: v["bytes"] for p, v in manifest["files"].items()
+           if p.startswith("tflite/")}
+  per_specialist = {}
+  for path, size in files.items():
+    if path.startswith("specialists/"):
+      name, kind = os.path.basename(path).split(".", 1)
+      per_specialist.setdefault(name, {})[kind.split(".")[0]] = size
+  shared = sum(s for p, s in files.items() if not p.startswith("specialists/"))
+  sizes = [sum(v.values()) for _, v in sorted(per_specialist.items())]
+  n = np.arange(len(sizes) + 1)
+  total = shared + np.concatenate([[0], np.cumsum(sizes)])
+  b, a = np.polyfit(n, total / unit, 1) if len(sizes) else (0.0, shared / unit)
+  return {
+      "single_fp32_network_bytes": unit,
+      "tflite_bundle_bytes": manifest["bytes"]["tflite_bundle"],
+      "tflite_naive_int8_bytes": manifest["bytes"]["tflite_naive_int8"],
+      "storage_ratio": manifest["storage_ratio"],
+      "shared_bytes": shared,
+      "specialists": per_specialist,
+      "fit": {"a": float(a), "b": float(b), "ratio_at_n10": float(a + 10 * b)},
+  }
+
+
+def _saved_model_parity(export_dir, config, builder, split, keras_pred) -> dict:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from super_sub import input_pipeline  # pylint: disable=import-outside-toplevel
+  serve = tf.saved_model.load(os.path.join(export_dir, "saved_model")).signatures[
+      "serving_default"]
+  spec = input_pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
+                                  augment="none", cache=False)
+  ds = input_pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
+  correct = agree = total = 0
+  for images, labels, meta in tfds.as_numpy(ds):
+    predicted = serve(images=tf.constant(images))["label"].numpy()
+    names = [n.decode("utf-8") for n in meta["file_name"]]
+    correct += int(np.sum(predicted == labels))
+    agree += int(sum(int(p) == keras_pred[n] for p, n in zip(predicted, names)))
+    total += len(labels)
+  return {"saved_model_top1": correct / total, "saved_model_agreement_with_keras": agree / total}
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    print(json.dumps(worker(_WORKER.value, _WORKER_MODEL.value, _WORKER_IMAGES.value,
+                            _THREADS.value)))
+    return
+  if not _MODEL_DIR.value:
+    raise app.UsageError("--model_dir is required")
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from super_sub import export_lib  # pylint: disable=import-outside-toplevel
+  from super_sub import files  # pylint: disable=import-outside-toplevel
+  from super_sub import input_pipeline  # pylint: disable=import-outside-toplevel
+  from super_sub import training  # pylint: disable=import-outside-toplevel
+  from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
+
+  config = training.load_config(_MODEL_DIR.value, _DATA_DIR.value)
+  export_dir = _EXPORT_DIR.value or os.path.join(config.model_dir, "export")
+  with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  with open(os.path.join(config.model_dir, "eval.json"), encoding="utf-8") as f:
+    evaluation = json.load(f)
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  split = training.evaluation_split(builder)
+  result = {"command": " ".join(["python"] + sys.argv), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "config": {k: getattr(config, k) for k in (
+                "dataset", "backbone", "epochs", "specialist_epochs", "qat", "delta_l1",
+                "delta_keep", "freeze_bn", "freeze_stages")}}
+
+  print("parity: TFLite bundle")
+  parity = export_lib.tflite_parity(config, export_dir, split)
+  with np.load(os.path.join(config.model_dir, "predictions", "two_stage_hard.npz"),
+               allow_pickle=False) as run:
+    keras_pred = dict(zip(run["file_names"].tolist(), run["predictions"].tolist()))
+  print("parity: SavedModel bundle")
+  parity.update(_saved_model_parity(export_dir, config, builder, split, keras_pred))
+
+  print("parity: flat network as int8 TFLite (the edge baseline)")
+  flat = training.load_model(config, builder, "flat")
+  flat_tflite = export_lib.to_tflite(flat, export_lib.representative_images(config, builder))
+  spec = input_pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
+                                  augment="none", cache=False)
+  ds = input_pipeline.make_dataset(builder, split, spec, training=False)
+  images, labels = map(np.concatenate, zip(*tfds.as_numpy(ds)))
+  flat_lite = predictor._LiteModel(flat_tflite, _THREADS.value, "flat")  # pylint: disable=protected-access
+  parity["flat_keras_top1"] = evaluation["flat"]["top1"]
+  parity["flat_int8_top1"] = float(np.mean(np.argmax(flat_lite(images), -1) == labels))
+  parity["two_stage_keras_top1"] = evaluation["two_stage"]["hard"]["top1"]
+  parity["oracle_specialists_keras_top1"] = evaluation["oracle_specialists"]["top1"]
+  result["parity"] = parity
+  result["storage"] = storage(manifest)
+
+  order = np.random.default_rng(0).permutation(len(images))[:_IMAGES.value]
+  with tempfile.TemporaryDirectory() as tmp:
+    flat_path = os.path.join(tmp, "flat_int8.tflite")
+    with open(flat_path, "wb") as f:
+      f.write(flat_tflite)
+    images_path = os.path.join(tmp, "images.npy")
+    np.save(images_path, images[order])
+    result["runtime"] = {}
+    for kind, model in (("flat", flat_path), ("two_stage", os.path.join(export_dir, "tflite")),
+                        ("two_stage_cache_all", os.path.join(export_dir, "tflite"))):
+      print(f"runtime: {kind}")
+      out = subprocess.run(
+          [sys.executable, os.path.abspath(__file__), f"--worker={kind}",
+           f"--worker_model={model}", f"--worker_images={images_path}",
+           f"--num_threads={_THREADS.value}"],
+          check=True, capture_output=True, text=True)
+      result["runtime"][kind] = json.loads(out.stdout.strip().splitlines()[-1])
+  result["runtime"]["flat_int8_bytes"] = len(flat_tflite)
+  flat_rt = result["runtime"]["flat"]
+  for kind in ("two_stage", "two_stage_cache_all"):
+    rt = result["runtime"][kind]
+    rt["vs_flat"] = {
+        "peak_rss": rt["peak_rss_mb"] / flat_rt["peak_rss_mb"],
+        "model_rss": rt["model_rss_mb"] / max(flat_rt["model_rss_mb"], 1e-9),
+        "latency_batch_1": rt["batch_1"]["ms_per_image"] / flat_rt["batch_1"]["ms_per_image"],
+        "latency_batch_32": (rt["batch_32"]["ms_per_image"]
+                             / flat_rt["batch_32"]["ms_per_image"])}
+
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  files.write_json(_OUT.value + ".json", result)
+  markdown = to_markdown(result)
+  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
+    f.write(markdown)
+  print(markdown)
+
+
+def to_markdown(r: dict) -> str:
+  """The tables BENCHMARKS.md quotes."""
+  p, s, rt = r["parity"], r["storage"], r["runtime"]
+  lines = [f"`{r['command']}`", "", f"config: {json.dumps(r['config'])}", "",
+           "| model | top-1 | same prediction as Keras two-stage |", "|---|---|---|",
+           f"| flat, Keras fp32 | {p['flat_keras_top1']:.2%} | |",
+           f"| flat, int8 TFLite | {p['flat_int8_top1']:.2%} | |",
+           f"| two-stage, Keras | {p['two_stage_keras_top1']:.2%} | |",
+           f"| two-stage, SavedModel bundle | {p['saved_model_top1']:.2%} | "
+           f"{p['saved_model_agreement_with_keras']:.2%} |",
+           f"| two-stage, TFLite bundle (int8) | {p['tflite_top1']:.2%} | "
+           f"{p['agreement_with_keras']:.2%} |", "",
+           f"Storage (one fp32 network = {s['single_fp32_network_bytes']:,} bytes): TFLite "
+           f"bundle {s['tflite_bundle_bytes']:,} bytes = {s['storage_ratio']:.3f}; fit "
+           f"a + b N with a = {s['fit']['a']:.3f}, b = {s['fit']['b']:.4f} (N = 10: "
+           f"{s['fit']['ratio_at_n10']:.2f}); separate int8 files "
+           f"{s['tflite_naive_int8_bytes']:,} bytes.", "",
+           "| specialist | skeleton bytes | delta bytes |", "|---|---|---|"]
+  for name, v in sorted(s["specialists"].items()):
+    lines.append(f"| {name} | {v.get('skeleton', 0):,} | {v.get('delta', 0):,} |")
+  lines += ["", "| runtime | peak RSS MB (model part) | ms/image batch 1 | ms/image batch 32 "
+            "| specialist rebuilds (batch 1) |", "|---|---|---|---|---|"]
+  for kind in ("flat", "two_stage", "two_stage_cache_all"):
+    x = rt[kind]
+    lines.append(f"| {kind} | {x['peak_rss_mb']:.1f} ({x['model_rss_mb']:.1f}) | "
+                 f"{x['batch_1']['ms_per_image']:.3f} | {x['batch_32']['ms_per_image']:.3f} | "
+                 f"{x['batch_1']['specialist_rebuilds']} |")
+  for kind in ("two_stage", "two_stage_cache_all"):
+    v = rt[kind]["vs_flat"]
+    lines.append(f"\n{kind} vs flat: peak RSS {v['peak_rss']:.2f}x, latency batch 1 "
+                 f"{v['latency_batch_1']:.2f}x, batch 32 {v['latency_batch_32']:.2f}x")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  app.run(main)
