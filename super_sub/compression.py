@@ -43,6 +43,13 @@ def backbone_variables(model: keras.Model) -> list[tf.Variable]:
   return [v for layer in model.layers[:-1] for v in layer.weights]
 
 
+def frozen_variables(model: keras.Model) -> list[bool]:
+  """For each of `backbone_variables(model)`: whether its layer is frozen (also inside a
+  tfmot wrapper, whose own weight lists ignore the wrapped layer's `trainable`)."""
+  return [not (layer.trainable and getattr(layer, "layer", layer).trainable)
+          for layer in model.layers[:-1] for _ in layer.weights]
+
+
 def is_kernel(variable: tf.Variable) -> bool:
   """Convolution and dense kernels: the weights a specialist may change (sparsely)."""
   return variable.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")
@@ -110,7 +117,8 @@ class DeltaToBase(keras.callbacks.Callback):
   `keep_schedule` fraction, recomputed from the weights at every epoch start, so a resumed
   run gets the same mask) are reset to the base as well.
   BatchNorm parameters and statistics: pinned to the base when `pin_batchnorm`. Quantizer
-  ranges (tfmot's min/max variables): always pinned. tfmot's QuantizeWrapperV2 lists its
+  ranges (tfmot's min/max variables) and every variable of a frozen layer
+  (`--freeze_stages`): always pinned. tfmot's QuantizeWrapperV2 lists its
   layer's weights as trainable even when the layer is frozen (notes, trap 5), so pinning,
   not `.trainable`, is what holds them.
   """
@@ -151,9 +159,12 @@ class DeltaToBase(keras.callbacks.Callback):
   def project(self, model: keras.Model, threshold: float) -> None:
     """Soft-thresholds kernel deltas by `threshold`, applies the budget's masks and pins
     the rest of the backbone."""
+    frozen = frozen_variables(model)
     for i, (var, base) in enumerate(zip(self._variables(model), self.base)):
       short = var.name.split("/")[-1].split(":")[0]
-      if is_kernel(var):
+      if frozen[i]:
+        var.assign(base)
+      elif is_kernel(var):
         mask = self.masks.get(i) if self.masks is not None else None
         if threshold > 0 or mask is not None:
           delta = var.numpy() - base

@@ -4,7 +4,9 @@
   export_dir/saved_model/   for servers (super_sub.saved_model_lib): base + sparse deltas,
                             hard two-stage routing in `serving_default`
   export_dir/tflite/        the edge bundle (super_sub.runtime.bundle): the int8 generalist,
-                            which is also the base, and each specialist as a delta over it
+                            which is also the base, and each specialist as a delta over it;
+                            with --freeze_stages=K, the first K stages once as a shared trunk
+                            (super_sub.trunk) and the generalist and specialists as tails
   export_dir/manifest.json  sizes against the paper's unit (one fp32 network) and checksums
 """
 
@@ -22,6 +24,7 @@ from super_sub import files
 from super_sub import input_pipeline
 from super_sub import models
 from super_sub import saved_model_lib
+from super_sub import trunk as trunk_lib
 from super_sub import training
 from super_sub.compat import keras
 from super_sub.runtime import bundle as bundle_lib
@@ -99,16 +102,33 @@ def export(config: training.TrainConfig, export_dir: str,
   if representative is None:
     representative = representative_images(config, builder)
 
-  log(f"converting the generalist and {len(specialists)} specialists to int8 TFLite")
-  generalist_tflite = to_tflite(generalist, representative)
-  specialist_tflite = {k: to_tflite(m, representative) for k, m in specialists.items()}
+  shared = config.freeze_stages
+  log(f"converting the generalist and {len(specialists)} specialists to int8 TFLite"
+      + (f", the first {shared} stages as a shared trunk" if shared else ""))
+  trunk_tflite = None
+  if shared:
+    for m in specialists.values():
+      trunk_lib.check_shared(generalist, m, shared)
+    trunk, generalist_tail = trunk_lib.split(generalist, shared)
+    trunk_tflite = to_tflite(trunk, representative)
+    features = trunk.predict(representative, batch_size=64, verbose=0)
+    generalist_tflite = to_tflite(generalist_tail, features)
+    specialist_tflite = {k: to_tflite(trunk_lib.split(m, shared)[1], features)
+                         for k, m in specialists.items()}
+  else:
+    generalist_tflite = to_tflite(generalist, representative)
+    specialist_tflite = {k: to_tflite(m, representative) for k, m in specialists.items()}
+  # N + 1 separate int8 networks; with a trunk, each would carry its own copy of it.
+  naive_int8 = len(generalist_tflite) + sum(len(b) for b in specialist_tflite.values()) + (
+      (len(specialists) + 1) * len(trunk_tflite) if trunk_tflite else 0)
   fp32_network = 4 * training.build_model(config, builder, "generalist").count_params()
   with files.atomic_dir(export_dir) as tmp:
     saved_model_lib.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
                                        specialists, h)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
-        {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0]})
+        {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0]},
+        trunk=trunk_tflite)
     listing = _listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))
     saved_model_bytes = sum(v["bytes"] for p, v in listing.items()
@@ -122,8 +142,7 @@ def export(config: training.TrainConfig, export_dir: str,
                 m.count_params() for m in specialists.values())),
             "saved_model": saved_model_bytes,
             "tflite_bundle": tflite_bytes,
-            "tflite_naive_int8": len(generalist_tflite) + sum(
-                len(b) for b in specialist_tflite.values()),
+            "tflite_naive_int8": naive_int8,
         },
         "storage_ratio": tflite_bytes / fp32_network,
         "files": listing,

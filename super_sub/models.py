@@ -380,6 +380,19 @@ def copy_backbone_weights(source: keras.Model, target: keras.Model) -> None:
       b.set_weights(values)
 
 
+def inbound_node(model: keras.Model, layer: keras.layers.Layer):
+  """The node through which `layer` takes part in `model`'s graph.
+
+  A layer that also serves another model (super_sub.trunk's tails call the same layers)
+  has one inbound node per call; only one belongs to `model`.
+  """
+  nodes = layer._inbound_nodes  # pylint: disable=protected-access
+  for i, node in enumerate(nodes):
+    if f"{layer.name}_ib-{i}" in model._network_nodes:  # pylint: disable=protected-access
+      return node
+  raise ValueError(f"layer {layer.name!r} is not part of model {model.name!r}")
+
+
 def make_specialist(generalist: keras.Model, num_subclasses: int, name: str,
                     freeze_stages: int = 0,  # pylint: disable=redefined-outer-name
                     head_init: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:

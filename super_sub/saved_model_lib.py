@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub import models
 from super_sub.compat import keras
 
 
@@ -45,8 +46,8 @@ class _Graph:
     self.steps = []  # (layer name, layer, inbound names)
     for layer in model.layers:
       inner = _unwrap(layer)
-      inbound = [n.name for node in layer._inbound_nodes  # pylint: disable=protected-access
-                 for n in tf.nest.flatten(node.inbound_layers)]
+      node = models.inbound_node(model, layer)
+      inbound = [n.name for n in tf.nest.flatten(node.inbound_layers)]
       self.steps.append((layer.name, inner, inbound))
     self.output = model.layers[-1].name
 

@@ -2,6 +2,8 @@
 
 Layout (everything but manifest.json is listed in it with its byte count and sha256):
   manifest.json
+  trunk.tflite                           optional: the stages every model shares (images in,
+                                         features out); the models below then take its output
   generalist.tflite                      the generalist, and also THE shared base of every
                                          specialist: each delta is a difference from these bytes
   specialists/<k>_<name>.skeleton.tflite superclass k's specialist minus the buffers the delta holds
@@ -51,6 +53,8 @@ class Bundle:
     hierarchy: the bundle's hierarchy.
     input_shape: (H, W, C) of the images the models take.
     input_range: (lo, hi): images in [0, 1] are mapped linearly onto it before the models.
+    trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
+      generalist and the specialists take images themselves.
     generalist: the generalist's .tflite bytes (the base of every specialist).
     skeletons: superclass index -> specialist skeleton .tflite bytes.
     deltas: superclass index -> delta .npz bytes, kept compressed and decompressed only while
@@ -64,6 +68,7 @@ class Bundle:
   generalist: bytes
   skeletons: dict[int, bytes]
   deltas: dict[int, bytes]
+  trunk: bytes | None = None
   _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
 
@@ -92,7 +97,8 @@ def specialist_superclasses(h: hierarchy_lib.Hierarchy) -> list[int]:
 
 def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
                         generalist: bytes, specialists: Mapping[int, bytes],
-                        input_info: Mapping[str, Any]) -> dict[str, Any]:
+                        input_info: Mapping[str, Any],
+                        trunk: bytes | None = None) -> dict[str, Any]:
   """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
 
   Args:
@@ -103,6 +109,8 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
       subclasses, each converted from a model fine-tuned from the generalist.
     input_info: {"shape": [H, W, C], "dtype": "float32", "range": [lo, hi]}: what the models take;
       the runtime maps images in [0, 1] linearly onto `range`.
+    trunk: optional .tflite bytes of stages shared by every model (super_sub.trunk): it takes
+      the images, and the generalist and the specialists take its output.
 
   Returns:
     The manifest written to manifest.json.
@@ -123,10 +131,15 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
   manifest: dict[str, Any] = {
       "format": FORMAT, "version": VERSION,
       "input": {**dict(input_info), "shape": list(shape), "range": list(lo_hi)},
+      "trunk": "trunk.tflite" if trunk is not None else None,
       "generalist": "generalist.tflite", "specialists": {},
       "hierarchy": "hierarchy.json", "labels": "labels.txt", "files": {}}
   delta_lib.parse_model(generalist, "generalist")
+  if trunk is not None:
+    delta_lib.parse_model(trunk, "trunk")
   with files.atomic_dir(out_dir) as tmp:
+    if trunk is not None:
+      _write(tmp, "trunk.tflite", bytes(trunk))
     _write(tmp, "generalist.tflite", bytes(generalist))
     for k, model in sorted(specialists.items()):
       skeleton, arrays = delta_lib.make_delta(generalist, model)
@@ -224,7 +237,8 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                         f"{sorted(names)})")
   shape, lo_hi = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
   return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
-                generalist=data[manifest["generalist"]], skeletons=skeletons, deltas=deltas)
+                generalist=data[manifest["generalist"]], skeletons=skeletons, deltas=deltas,
+                trunk=data[manifest["trunk"]] if manifest.get("trunk") is not None else None)
 
 
 # --- internals ------------------------------------------------------------------------------------
@@ -291,6 +305,7 @@ def _read_manifest(path: str) -> dict[str, Any]:
     raise BundleError(f"{where}: 'specialists' must map superclass indices to "
                       f"{{skeleton, delta, superclass}}")
   refs = [manifest["generalist"], manifest["hierarchy"], manifest["labels"]]
+  refs += [manifest["trunk"]] if manifest.get("trunk") is not None else []
   refs += [e[key] for e in specs.values() for key in ("skeleton", "delta")]
   for ref in refs:
     if not isinstance(ref, str) or ref not in listed:

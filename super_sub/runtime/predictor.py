@@ -4,7 +4,9 @@ The generalist stays loaded; a specialist is rebuilt from the base + its delta o
 routes rows to it, and at most `cache_size` rebuilt specialists are kept (least recently used
 dropped first), so memory stays about one network at the default of 1. Rows are grouped by routed
 superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
-dimension is resized to the group), and never on zero rows. Semantics and outputs match
+dimension is resized to the group), and never on zero rows. A bundle with a trunk (stages every
+model shares, super_sub.trunk) runs it once per image and feeds its output to the generalist and
+the specialists. Semantics and outputs match
 TwoStage.predict exactly (see its class docstring). Needs only numpy and ai_edge_litert.
 """
 
@@ -57,6 +59,14 @@ class TwoStageLite:
     self.num_threads = num_threads
     self.num_rebuilds = 0
     self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
+    # With a trunk, it takes the images and every other model takes its output (features).
+    self.trunk = (_LiteModel(self.bundle.trunk, num_threads, "trunk")
+                  if self.bundle.trunk is not None else None)
+    if self.trunk is not None and self.trunk.input_shape != self.input_shape:
+      raise bundle_lib.BundleError(f"{self.bundle.path}: the trunk takes inputs of shape "
+                                   f"{self.trunk.input_shape}; the manifest says "
+                                   f"{self.input_shape}")
+    self._model_input = self.trunk.output_shape if self.trunk is not None else self.input_shape
     self.generalist = _LiteModel(self.bundle.generalist, num_threads, "generalist")
     self._check(self.generalist, self.hierarchy.num_superclasses)
 
@@ -92,6 +102,8 @@ class TwoStageLite:
     parts = []
     for start in range(0, len(images), batch_size):
       x = images[start:start + batch_size]
+      if self.trunk is not None:
+        x = self.trunk(x)
       super_probs = softmax(self.generalist(x))
       order = np.argsort(-super_probs, axis=1, kind="stable")[:, :k]
       weights = (np.ones(order.shape, np.float32) if mode == "hard"
@@ -132,9 +144,10 @@ class TwoStageLite:
     return label_probs
 
   def _check(self, model: "_LiteModel", width: int) -> None:
-    if model.input_shape != self.input_shape:
+    if model.input_shape != self._model_input:
+      what = "the trunk's output" if self.trunk is not None else "the manifest's input"
       raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} takes inputs of shape "
-                                   f"{model.input_shape}; the manifest says {self.input_shape}")
+                                   f"{model.input_shape}; {what} has {self._model_input}")
     if model.width != width:
       raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} outputs {model.width} "
                                    f"logits; the hierarchy needs {width}")
@@ -158,7 +171,7 @@ class TwoStageLite:
 
 
 class _LiteModel:
-  """One LiteRT interpreter: float images in, float32 logits out, any batch size."""
+  """One LiteRT interpreter: float inputs in, float32 outputs out, any batch size."""
 
   def __init__(self, model: bytes, num_threads: int | None, name: str):
     self.name = name
@@ -166,6 +179,7 @@ class _LiteModel:
     self._interpreter.allocate_tensors()
     (self._in,), (self._out,) = self._details()
     self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
+    self.output_shape = tuple(int(d) for d in self._out["shape"][1:])
     self.width = int(self._out["shape"][-1])
     # A batch dimension of -1 in the signature can be resized to each group's size; a fixed one
     # (a model converted with a fixed batch) is fed in chunks of that size, the last one padded.
@@ -173,7 +187,7 @@ class _LiteModel:
     self._batch = int(self._in["shape"][0])
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
-    """Logits [n, width] for x [n, H, W, C] (n >= 1)."""
+    """Outputs [n, ...] (logits, or a trunk's features) for x [n, ...] (n >= 1)."""
     if self._resizable:
       return self._invoke(x)
     step = self._batch
