@@ -10,7 +10,7 @@ has exported (default model_dir/export). Measures, on the evaluation split:
            TFLite bundle, and how often each bundle predicts what Keras predicts; the flat
            network in Keras and as a post-training int8 TFLite file (the edge baseline);
   storage  the TFLite bundle's bytes as a + b * N specialists, in units of one fp32 network
-           (least squares over the bundles holding the first 0..N specialists), per file kind;
+           (export_lib.storage_fit), per file kind;
   runtime  peak resident memory and latency per image (batch 1 and 32) of the two-stage
            TFLite runtime (default cache of 1 specialist, and every specialist cached)
            against the flat int8 network, each in a fresh process that imports only numpy,
@@ -86,32 +86,6 @@ def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
   return result
 
 
-def storage(manifest: dict) -> dict:
-  """The TFLite bundle as shared part a + b per specialist, in units of one fp32 network."""
-  unit = manifest["bytes"]["single_fp32_network"]
-  files = {p[len("tflite/"):]: v["bytes"] for p, v in manifest["files"].items()
-           if p.startswith("tflite/")}
-  per_specialist = {}
-  for path, size in files.items():
-    if path.startswith("specialists/"):
-      name, kind = os.path.basename(path).split(".", 1)
-      per_specialist.setdefault(name, {})[kind.split(".")[0]] = size
-  shared = sum(s for p, s in files.items() if not p.startswith("specialists/"))
-  sizes = [sum(v.values()) for _, v in sorted(per_specialist.items())]
-  n = np.arange(len(sizes) + 1)
-  total = shared + np.concatenate([[0], np.cumsum(sizes)])
-  b, a = np.polyfit(n, total / unit, 1) if len(sizes) else (0.0, shared / unit)
-  return {
-      "single_fp32_network_bytes": unit,
-      "tflite_bundle_bytes": manifest["bytes"]["tflite_bundle"],
-      "tflite_naive_int8_bytes": manifest["bytes"]["tflite_naive_int8"],
-      "storage_ratio": manifest["storage_ratio"],
-      "shared_bytes": shared,
-      "specialists": per_specialist,
-      "fit": {"a": float(a), "b": float(b), "ratio_at_n10": float(a + 10 * b)},
-  }
-
-
 def _saved_model_parity(export_dir, config, builder, split, keras_pred) -> dict:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -180,7 +154,7 @@ def main(argv):
   parity["two_stage_keras_top1"] = evaluation["two_stage"]["hard"]["top1"]
   parity["oracle_specialists_keras_top1"] = evaluation["oracle_specialists"]["top1"]
   result["parity"] = parity
-  result["storage"] = storage(manifest)
+  result["storage"] = export_lib.storage_fit(manifest)
 
   order = np.random.default_rng(0).permutation(len(images))[:_IMAGES.value]
   with tempfile.TemporaryDirectory() as tmp:
@@ -231,9 +205,9 @@ def to_markdown(r: dict) -> str:
            f"| two-stage, TFLite bundle (int8) | {p['tflite_top1']:.2%} | "
            f"{p['agreement_with_keras']:.2%} |", "",
            f"Storage (one fp32 network = {s['single_fp32_network_bytes']:,} bytes): TFLite "
-           f"bundle {s['tflite_bundle_bytes']:,} bytes = {s['storage_ratio']:.3f}; fit "
-           f"a + b N with a = {s['fit']['a']:.3f}, b = {s['fit']['b']:.4f} (N = 10: "
-           f"{s['fit']['ratio_at_n10']:.2f}); separate int8 files "
+           f"bundle {s['tflite_bundle_bytes']:,} bytes = {s['storage_ratio']:.3f} = a + b N with "
+           f"a = {s['a']:.3f}, b = {s['b']:.4f} ({s['b_min']:.4f}-{s['b_max']:.4f}; N = 10: "
+           f"{s['ratio_at_n10']:.2f}); separate int8 files "
            f"{s['tflite_naive_int8_bytes']:,} bytes.", "",
            "| specialist | skeleton bytes | delta bytes |", "|---|---|---|"]
   for name, v in sorted(s["specialists"].items()):

@@ -106,3 +106,16 @@ def test_representative_file_errors(tmp_path):
     export_lib.load_representative(str(path))
   np.savez(path, images=np.full((2, 4, 4, 3), 255, np.uint8))
   np.testing.assert_array_equal(export_lib.load_representative(str(path)), 1.0)
+
+
+def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
+  _, manifest = exported
+  fit = export_lib.storage_fit(manifest)
+  unit = manifest["bytes"]["single_fp32_network"]
+  files = manifest["files"]
+  shared = sum(files[f"tflite/{n}"]["bytes"]
+               for n in ("generalist.tflite", "hierarchy.json", "labels.txt", "manifest.json"))
+  assert fit["a"] == shared / unit
+  assert len(fit["specialists"]) == 5
+  assert fit["a"] + 5 * fit["b"] == pytest.approx(manifest["storage_ratio"])
+  assert fit["b_min"] <= fit["b"] <= fit["b_max"]
