@@ -58,6 +58,7 @@ class TrainConfig:
   learning_rate: float = 2e-3
   specialist_learning_rate: float | None = None  # None: same as learning_rate
   generalist_init: str = "scratch"      # "flat": start from the trained flat network
+  generalist_freeze_stages: int = 0     # with "flat": keep the flat network's first K stages
   warmup_epochs: float = 1.0
   weight_decay: float = 1e-4
   freeze_stages: int = 0
@@ -83,6 +84,9 @@ class TrainConfig:
     if self.generalist_init not in GENERALIST_INITS:
       raise ValueError(f"generalist_init must be one of {GENERALIST_INITS}, "
                        f"got {self.generalist_init!r}")
+    if self.generalist_freeze_stages and self.generalist_init != "flat":
+      raise ValueError("generalist_freeze_stages keeps stages of the flat network, so it "
+                       "needs generalist_init='flat'")
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError("epochs and batch_size must be positive")
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
@@ -315,6 +319,9 @@ def _train_stage(config, builder, key, stage_dir, strategy, log, callbacks) -> N
       if key == "generalist" and config.generalist_init == "flat":
         # Fine labels teach features that superclass labels alone learn slowly.
         models.copy_backbone_weights(load_model(config, builder, "flat"), model)
+        # Frozen flat features keep what tells subclasses apart, so the specialists, which
+        # start from the generalist, need smaller deltas.
+        models.freeze_stages(model, config.generalist_freeze_stages)
     num_classes = model.output_shape[-1]
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps),

@@ -129,3 +129,20 @@ def test_qat_flag_is_part_of_the_model_dir_identity(tmp_path, data_dir):
   _train(tmp_path, data_dir, stage="flat")
   with pytest.raises(ValueError, match="qat: model_dir has False, asked for True"):
     _train(tmp_path, data_dir, stage="flat", qat=True)
+
+
+def test_generalist_can_keep_the_flat_backbone(tmp_path, data_dir):
+  config = _train(tmp_path, data_dir, stage="flat")
+  config = _train(tmp_path, data_dir, stage="generalist", generalist_init="flat",
+                  generalist_freeze_stages=4)
+  flat = _stage(config, data_dir, "flat")
+  generalist = _stage(config, data_dir, "generalist")
+  for a, b in zip(compression.backbone_variables(flat),
+                  compression.backbone_variables(generalist)):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+  assert generalist.output_shape == (None, 5)
+
+
+def test_generalist_freeze_stages_needs_the_flat_init(tmp_path):
+  with pytest.raises(ValueError, match="needs generalist_init='flat'"):
+    training.TrainConfig(model_dir=str(tmp_path), generalist_freeze_stages=2)

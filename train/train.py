@@ -38,6 +38,11 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", _D["batch_size"].default, "Batch
                                   "REPLICA; the global batch is this times the replicas.")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", _D["learning_rate"].default, "Peak "
                                    "learning rate of AdamW: linear warm-up, then cosine decay.")
+GENERALIST_FREEZE_STAGES = flags.DEFINE_integer(
+    "generalist_freeze_stages", 0, "With --generalist_init=flat: the generalist keeps the flat "
+    "network's first K stages frozen (K = stages + 1: the whole backbone, only the superclass "
+    "head trains). Its features then still separate subclasses, so specialists fine-tuned "
+    "from it need smaller deltas.")
 SPECIALIST_LR = flags.DEFINE_float("specialist_learning_rate", None, "Peak learning rate of "
                                    "specialist fine-tuning (default: --learning_rate).")
 GENERALIST_INIT = flags.DEFINE_enum(
@@ -93,6 +98,7 @@ def config_from_flags() -> training.TrainConfig:
       epochs=EPOCHS.value, specialist_epochs=SPECIALIST_EPOCHS.value,
       batch_size=BATCH_SIZE.value, learning_rate=LEARNING_RATE.value,
       specialist_learning_rate=SPECIALIST_LR.value, generalist_init=GENERALIST_INIT.value,
+      generalist_freeze_stages=GENERALIST_FREEZE_STAGES.value,
       warmup_epochs=WARMUP_EPOCHS.value,
       weight_decay=WEIGHT_DECAY.value,
       freeze_stages=FREEZE_STAGES.value, augment=AUGMENT.value, seed=SEED.value,
