@@ -110,17 +110,20 @@ def test_delta_keep_must_be_a_fraction(tmp_path):
     training.TrainConfig(model_dir=str(tmp_path), delta_keep=2)
 
 
-def test_qat_specialists_keep_the_base_quantizer_ranges(tmp_path, data_dir):
+def test_qat_specialists_keep_weight_ranges_and_adapt_activation_ranges(tmp_path, data_dir):
   config = _train(tmp_path, data_dir, qat=True, qat_epochs=1)
   base = _stage(config, data_dir, "generalist_qat")
   specialist = _stage(config, data_dir, "specialist_4")
   assert specialist.output_shape == (None, 5)
   pairs = list(zip(compression.backbone_variables(specialist),
                    compression.backbone_variables(base)))
-  ranges = [(s, b) for s, b in pairs if s.name.split("/")[-1].startswith(("kernel_m", "output_m"))]
-  assert len(ranges) > 10
-  for s, b in ranges:
+  short = lambda v: v.name.split("/")[-1]  # noqa: E731
+  weights = [(s, b) for s, b in pairs if short(s).startswith("kernel_m")]
+  activations = [(s, b) for s, b in pairs if short(s).startswith("output_m")]
+  assert len(weights) > 10 and len(activations) > 10
+  for s, b in weights:
     np.testing.assert_array_equal(s.numpy(), b.numpy(), err_msg=s.name)
+  assert any(not np.array_equal(s.numpy(), b.numpy()) for s, b in activations)
   with open(tmp_path / "specialists" / "4_dots" / "metrics.json", encoding="utf-8") as f:
     assert '"delta"' in f.read()
 
