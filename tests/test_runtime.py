@@ -207,9 +207,9 @@ def test_bundle_layout_and_manifest(bundle_dir):
   assert manifest["format"] == "super-sub-tflite" and manifest["version"] == 1
   assert manifest["input"]["shape"] == list(SHAPE)
   assert manifest["specialists"] == {
-      "0": {"skeleton": "specialists/0_shoes.skeleton.tflite",
+      "0": {"skeleton": "specialists/0_shoes.skeleton.tflite.gz",
             "delta": "specialists/0_shoes.delta.npz", "superclass": "shoes"},
-      "1": {"skeleton": "specialists/1_tops.skeleton.tflite",
+      "1": {"skeleton": "specialists/1_tops.skeleton.tflite.gz",
             "delta": "specialists/1_tops.delta.npz", "superclass": "tops"}}
   on_disk = {os.path.relpath(os.path.join(root, n), bundle_dir)
              for root, _, names in os.walk(bundle_dir) for n in names}
@@ -254,7 +254,7 @@ def _corrupt(path, how):
 
 @pytest.mark.parametrize("how", ["changed byte", "missing", "truncated"])
 @pytest.mark.parametrize("rel", ["generalist.tflite", "specialists/1_tops.delta.npz",
-                                 "specialists/0_shoes.skeleton.tflite"])
+                                 "specialists/0_shoes.skeleton.tflite.gz"])
 def test_altered_files_are_refused_before_any_interpreter(bundle_dir, tmp_path, how, rel):
   copy = str(tmp_path / "tflite")
   shutil.copytree(bundle_dir, copy)
@@ -286,11 +286,27 @@ def test_manifest_must_checksum_every_file_it_uses(bundle_dir, tmp_path):
   shutil.copytree(bundle_dir, copy)
   with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
     manifest = json.load(f)
-  del manifest["files"]["specialists/0_shoes.skeleton.tflite"]
-  os.remove(os.path.join(copy, "specialists/0_shoes.skeleton.tflite"))
+  del manifest["files"]["specialists/0_shoes.skeleton.tflite.gz"]
+  os.remove(os.path.join(copy, "specialists/0_shoes.skeleton.tflite.gz"))
   with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
     json.dump(manifest, f)
-  with pytest.raises(runtime.BundleError, match="0_shoes.skeleton.tflite.*does not list"):
+  with pytest.raises(runtime.BundleError, match="0_shoes.skeleton.tflite.gz.*does not list"):
+    runtime.load_bundle(copy)
+
+
+def test_uncompressed_skeleton_is_refused_by_name(bundle_dir, tmp_path, models):
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  rel = "specialists/0_shoes.skeleton.tflite.gz"
+  raw = models[0]  # a checksummed file that is not gzip
+  with open(os.path.join(copy, rel), "wb") as f:
+    f.write(raw)
+  with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  manifest["files"][rel] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  with pytest.raises(runtime.BundleError, match="0_shoes.skeleton.tflite.gz: not a gzip"):
     runtime.load_bundle(copy)
 
 

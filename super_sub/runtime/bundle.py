@@ -6,7 +6,9 @@ Layout (everything but manifest.json is listed in it with its byte count and sha
                                          features out); the models below then take its output
   generalist.tflite                      the generalist, and also THE shared base of every
                                          specialist: each delta is a difference from these bytes
-  specialists/<k>_<name>.skeleton.tflite superclass k's specialist minus the buffers the delta holds
+  specialists/<k>_<name>.skeleton.tflite.gz  superclass k's specialist minus the buffers the delta
+                                         holds, gzip-compressed (the skeleton is mostly tables
+                                         that compress ~4x)
   specialists/<k>_<name>.delta.npz       plain numpy arrays (super_sub.runtime.delta), no pickle
   hierarchy.json                         super_sub.Hierarchy.to_dict()
   labels.txt                             one subclass name per global subclass index
@@ -19,12 +21,14 @@ Needs only numpy, flatbuffers and ai_edge_litert: no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
 import os
 import re
 import zipfile
+import zlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -56,7 +60,7 @@ class Bundle:
     trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
       generalist and the specialists take images themselves.
     generalist: the generalist's .tflite bytes (the base of every specialist).
-    skeletons: superclass index -> specialist skeleton .tflite bytes.
+    skeletons: superclass index -> specialist skeleton .tflite bytes (decompressed).
     deltas: superclass index -> delta .npz bytes, kept compressed and decompressed only while
       that specialist is rebuilt (a dense delta is as large as the network it rebuilds).
   """
@@ -144,11 +148,11 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
     for k, model in sorted(specialists.items()):
       skeleton, arrays = delta_lib.make_delta(generalist, model)
       stem = f"specialists/{k}_{_safe(h.superclasses[k].name)}"
-      _write(tmp, f"{stem}.skeleton.tflite", skeleton)
+      _write(tmp, f"{stem}.skeleton.tflite.gz", gzip.compress(skeleton, 9, mtime=0))
       buf = io.BytesIO()
       np.savez_compressed(buf, **arrays)
       _write(tmp, f"{stem}.delta.npz", buf.getvalue())
-      manifest["specialists"][str(k)] = {"skeleton": f"{stem}.skeleton.tflite",
+      manifest["specialists"][str(k)] = {"skeleton": f"{stem}.skeleton.tflite.gz",
                                          "delta": f"{stem}.delta.npz",
                                          "superclass": h.superclasses[k].name}
     files.write_json(os.path.join(tmp, "hierarchy.json"), h.to_dict())
@@ -195,7 +199,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
       raise BundleError(f"{where}: sha256 differs from the manifest's (the file was changed)")
     data[rel] = content
   unlisted = sorted(rel for rel in _walk(path)
-                    if rel not in listed and rel.endswith((".tflite", ".npz")))
+                    if rel not in listed and rel.endswith((".tflite", ".npz", ".gz")))
   if unlisted:
     raise BundleError(f"{path}: model files not listed in the manifest: {', '.join(unlisted)}; "
                       f"refusing a bundle that mixes unverified models in")
@@ -225,7 +229,11 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     if entry["superclass"] != h.superclasses[k].name:
       raise BundleError(f"{path}/{MANIFEST}: specialist {k} is for {entry['superclass']!r} but "
                         f"superclass {k} is {h.superclasses[k].name!r}")
-    skeletons[k] = data[entry["skeleton"]]
+    try:
+      skeletons[k] = gzip.decompress(data[entry["skeleton"]])
+    except (OSError, EOFError, zlib.error) as e:
+      raise BundleError(f"{path}/{entry['skeleton']}: not a gzip-compressed skeleton "
+                        f"({e})") from None
     deltas[k] = data[entry["delta"]]
     try:  # lists the members only; arrays are decompressed when the specialist is rebuilt
       with np.load(io.BytesIO(deltas[k]), allow_pickle=False) as npz:
