@@ -56,7 +56,6 @@ def _rss_kb(field: str) -> int:
 
 def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
   """One runtime's memory and latency; runs in its own process (no TensorFlow imported)."""
-  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
   from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
   images = np.load(images_path, allow_pickle=False)
   rss_before = _rss_kb("VmRSS")
@@ -69,7 +68,6 @@ def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
                                   cache_size=1 if kind == "two_stage" else 1 << 20)
     run = lambda x: lite.predict(x, mode="hard")  # noqa: E731
     rebuilds = lambda: lite.num_rebuilds  # noqa: E731
-  del litert
   run(images[:1])  # warm-up: allocation and the first specialist
   result = {"kind": kind, "num_images": len(images)}
   for batch in (1, 32):
@@ -84,25 +82,6 @@ def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
   result["peak_rss_mb"] = _rss_kb("VmHWM") / 1024
   result["model_rss_mb"] = result["peak_rss_mb"] - result["rss_after_imports_mb"]
   return result
-
-
-def _saved_model_parity(export_dir, config, builder, split, keras_pred) -> dict:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from super_sub import input_pipeline  # pylint: disable=import-outside-toplevel
-  serve = tf.saved_model.load(os.path.join(export_dir, "saved_model")).signatures[
-      "serving_default"]
-  spec = input_pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
-                                  augment="none", cache=False)
-  ds = input_pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
-  correct = agree = total = 0
-  for images, labels, meta in tfds.as_numpy(ds):
-    predicted = serve(images=tf.constant(images))["label"].numpy()
-    names = [n.decode("utf-8") for n in meta["file_name"]]
-    correct += int(np.sum(predicted == labels))
-    agree += int(sum(int(p) == keras_pred[n] for p, n in zip(predicted, names)))
-    total += len(labels)
-  return {"saved_model_top1": correct / total, "saved_model_agreement_with_keras": agree / total}
 
 
 def main(argv):
@@ -135,11 +114,14 @@ def main(argv):
 
   print("parity: TFLite bundle")
   parity = export_lib.tflite_parity(config, export_dir, split)
-  with np.load(os.path.join(config.model_dir, "predictions", "two_stage_hard.npz"),
-               allow_pickle=False) as run:
-    keras_pred = dict(zip(run["file_names"].tolist(), run["predictions"].tolist()))
   print("parity: SavedModel bundle")
-  parity.update(_saved_model_parity(export_dir, config, builder, split, keras_pred))
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  serve = tf.saved_model.load(os.path.join(export_dir, "saved_model")).signatures[
+      "serving_default"]
+  saved = export_lib.compare_with_keras(
+      config, lambda x: serve(images=tf.constant(x))["label"].numpy(), split)
+  parity["saved_model_top1"] = saved["top1"]
+  parity["saved_model_agreement_with_keras"] = saved["agreement_with_keras"]
 
   print("parity: flat network as int8 TFLite (the edge baseline)")
   flat = training.load_model(config, builder, "flat")

@@ -192,6 +192,27 @@ def tflite_parity(config: training.TrainConfig, export_dir: str, split: str | No
   example (matched by file name), so run the evaluation first.
   """
   from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
+  lite = predictor.TwoStageLite(os.path.join(export_dir, "tflite"))
+  result = compare_with_keras(config, lambda x: lite.predict(x, mode="hard")["label"], split)
+  result = {"num_examples": result["num_examples"], "tflite_top1": result["top1"],
+            "keras_top1": result["keras_top1"],
+            "agreement_with_keras": result["agreement_with_keras"]}
+  log(f"TFLite bundle: top-1 {result['tflite_top1']:.2%} (Keras two-stage "
+      f"{result['keras_top1']:.2%}); same prediction as Keras for "
+      f"{result['agreement_with_keras']:.2%} of {result['num_examples']} images")
+  return result
+
+
+def compare_with_keras(config: training.TrainConfig,
+                       predict: Callable[[np.ndarray], np.ndarray],
+                       split: str | None = None) -> dict[str, float | int]:
+  """Top-1 of `predict` (float images [N, H, W, C] in [0, 1] -> global subclass indices) on
+  the evaluation split, and how often it predicts what the Keras two-stage model predicted
+  (`model_dir/predictions/two_stage_hard.npz` from super-sub-eval, matched by file name).
+
+  Raises:
+    FileNotFoundError: the run has not been evaluated.
+  """
   builder = tfds.builder(config.dataset, data_dir=config.data_dir)
   split = split or training.evaluation_split(builder)
   path = os.path.join(config.model_dir, "predictions", "two_stage_hard.npz")
@@ -204,21 +225,15 @@ def tflite_parity(config: training.TrainConfig, export_dir: str, split: str | No
   spec = input_pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
                                   augment="none", cache=False)
   ds = input_pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
-  lite = predictor.TwoStageLite(os.path.join(export_dir, "tflite"))
   correct = agree = total = 0
   for images, labels, meta in tfds.as_numpy(ds):
-    predicted = lite.predict(images, mode="hard")["label"]
+    predicted = np.asarray(predict(images))
     names = [n.decode("utf-8") for n in meta["file_name"]]
     correct += int(np.sum(predicted == labels))
     agree += int(sum(int(p) == keras_pred[n] for p, n in zip(predicted, names)))
     total += len(labels)
-  result = {"num_examples": total, "tflite_top1": correct / total,
-            "keras_top1": keras_top1,
-            "agreement_with_keras": agree / total}
-  log(f"TFLite bundle: top-1 {result['tflite_top1']:.2%} (Keras two-stage "
-      f"{result['keras_top1']:.2%}); same prediction as Keras for "
-      f"{result['agreement_with_keras']:.2%} of {total} images")
-  return result
+  return {"num_examples": total, "top1": correct / total, "keras_top1": keras_top1,
+          "agreement_with_keras": agree / total}
 
 
 def _listing(folder: str) -> dict[str, dict[str, int | str]]:

@@ -238,6 +238,24 @@ def test_writer_leaves_nothing_behind_on_error(models, tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+def _rewrite_manifest(bundle, edit):
+  """Applies edit(manifest) to the bundle's manifest.json in place."""
+  path = os.path.join(bundle, "manifest.json")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  edit(manifest)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+
+
+def _replace_listed(bundle, rel, data):
+  """Overwrites a bundle file and lists its new size and sha256: only the content is wrong."""
+  with open(os.path.join(bundle, rel), "wb") as f:
+    f.write(data)
+  _rewrite_manifest(bundle, lambda m: m["files"].update(
+      {rel: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}))
+
+
 def _corrupt(path, how):
   if how == "changed byte":
     with open(path, "r+b") as f:
@@ -284,12 +302,8 @@ def test_bad_manifest_is_refused(bundle_dir, tmp_path, text, match):
 def test_manifest_must_checksum_every_file_it_uses(bundle_dir, tmp_path):
   copy = str(tmp_path / "tflite")
   shutil.copytree(bundle_dir, copy)
-  with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
-    manifest = json.load(f)
-  del manifest["files"]["specialists/0_shoes.skeleton.tflite.gz"]
+  _rewrite_manifest(copy, lambda m: m["files"].pop("specialists/0_shoes.skeleton.tflite.gz"))
   os.remove(os.path.join(copy, "specialists/0_shoes.skeleton.tflite.gz"))
-  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
-    json.dump(manifest, f)
   with pytest.raises(runtime.BundleError, match="0_shoes.skeleton.tflite.gz.*does not list"):
     runtime.load_bundle(copy)
 
@@ -297,15 +311,7 @@ def test_manifest_must_checksum_every_file_it_uses(bundle_dir, tmp_path):
 def test_uncompressed_skeleton_is_refused_by_name(bundle_dir, tmp_path, models):
   copy = str(tmp_path / "tflite")
   shutil.copytree(bundle_dir, copy)
-  rel = "specialists/0_shoes.skeleton.tflite.gz"
-  raw = models[0]  # a checksummed file that is not gzip
-  with open(os.path.join(copy, rel), "wb") as f:
-    f.write(raw)
-  with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
-    manifest = json.load(f)
-  manifest["files"][rel] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
-    json.dump(manifest, f)
+  _replace_listed(copy, "specialists/0_shoes.skeleton.tflite.gz", models[0])  # not gzip
   with pytest.raises(runtime.BundleError, match="0_shoes.skeleton.tflite.gz: not a gzip"):
     runtime.load_bundle(copy)
 
@@ -317,14 +323,9 @@ def test_pickled_delta_is_never_unpickled(bundle_dir, tmp_path, images):
   with np.load(os.path.join(copy, rel)) as npz:
     arrays = {name: npz[name] for name in npz.files}
   arrays["buffers"] = np.array([{"a": 1}, None], dtype=object)  # would need pickle to load
-  np.savez(os.path.join(copy, rel), **arrays)
-  with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
-    manifest = json.load(f)
-  with open(os.path.join(copy, rel), "rb") as f:  # a consistent manifest: only pickle refuses
-    data = f.read()
-  manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-  with open(os.path.join(copy, "manifest.json"), "w", encoding="utf-8") as f:
-    json.dump(manifest, f)
+  saved = io.BytesIO()
+  np.savez(saved, **arrays)
+  _replace_listed(copy, rel, saved.getvalue())  # a consistent manifest: only pickle refuses
   lite = runtime.TwoStageLite(copy)
   with mock.patch("pickle.loads") as loads, mock.patch("pickle.load") as load:
     with pytest.raises(runtime.BundleError, match="specialist 1 .'tops'.*allow_pickle"):

@@ -1,6 +1,8 @@
 """Shared trunk: frozen stages cut out once, the generalist and specialists as tails."""
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -58,12 +60,11 @@ def test_frozen_stages_are_exported_once_as_a_trunk(run, exported):
   files = manifest["files"]
   assert "tflite/trunk.tflite" in files
   trunk_bytes = files["tflite/trunk.tflite"]["bytes"]
+  lite = predictor.TwoStageLite(os.path.join(export_dir, "tflite"))
   tails = files["tflite/generalist.tflite"]["bytes"] + sum(
-      len(predictor.TwoStageLite(os.path.join(export_dir, "tflite")).bundle.specialist(k))
-      for k in range(5))
+      len(lite.bundle.specialist(k)) for k in range(5))
   # Six separate int8 networks would each carry the trunk.
   assert manifest["bytes"]["tflite_naive_int8"] == 6 * trunk_bytes + tails
-  lite = predictor.TwoStageLite(os.path.join(export_dir, "tflite"))
   assert lite.trunk is not None and lite.generalist.input_shape == lite.trunk.output_shape
   result = export_lib.tflite_parity(run, export_dir, log=lambda _: None)
   assert result["agreement_with_keras"] >= 0.9
@@ -93,8 +94,6 @@ def test_specialists_left_the_frozen_stages_bit_exact(run):
 
 
 def test_bundle_manifest_must_checksum_the_trunk(exported, tmp_path):
-  import json  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
   copy = tmp_path / "tflite"
   shutil.copytree(os.path.join(exported[0], "tflite"), copy)
   manifest = json.loads((copy / "manifest.json").read_text())

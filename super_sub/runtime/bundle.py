@@ -79,8 +79,8 @@ class Bundle:
   def specialist(self, k: int) -> bytes:
     """Rebuilds superclass k's specialist .tflite bytes (bit-exact) from the base and its delta.
 
-    The first rebuild of each specialist goes through the skeleton (~12 ms for a 300k-parameter
-    network) and leaves a `FastRebuild` of a few KB behind; later ones take ~1 ms.
+    The first rebuild of each specialist goes through the skeleton (12-16 ms for a 300k-parameter
+    network) and leaves a `FastRebuild` of a few KB behind; later ones take 1-3 ms.
     """
     try:
       with np.load(io.BytesIO(self.deltas[k]), allow_pickle=False) as npz:

@@ -205,10 +205,10 @@ def apply_delta(base: bytes, skeleton: bytes, arrays) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class FastRebuild:
-  """Rebuilds one specialist by copying bytes: ~1 ms instead of `apply_delta`'s ~12 ms.
+  """Rebuilds one specialist by copying bytes: 1-3 ms instead of `apply_delta`'s 12-16 ms.
 
   `apply_delta` round-trips through the flatbuffers object API (parse base and skeleton, pack),
-  which costs ~12 ms for a 300k-parameter network, so a runtime that keeps one specialist in
+  which costs 12-16 ms for a 300k-parameter network, so a runtime that keeps one specialist in
   memory and switches superclass often spent most of its time there. The rebuilt bytes differ
   between specialists of one bundle only inside the buffers the delta fills, so after one slow
   rebuild a specialist is kept as a template (its bytes with those buffers zeroed, compressed:

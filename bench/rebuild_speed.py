@@ -1,0 +1,67 @@
+r"""How long the edge runtime takes to rebuild a specialist from the base and its delta.
+
+  .venv/bin/python bench/rebuild_speed.py --bundle=runs/x/export/tflite [--bundle=...] \
+      --out=bench/results/rebuild_speed
+
+The first rebuild of each specialist goes through the flatbuffer object API and leaves a
+template behind (runtime.delta.FastRebuild); later ones copy bytes. Then a LiteRT
+interpreter is made from the bytes, as TwoStageLite does. Needs no TensorFlow.
+Writes <out>.json and <out>.md.
+"""
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from super_sub import files
+from super_sub.runtime import bundle as bundle_lib
+from super_sub.runtime import predictor
+
+_BUNDLES = flags.DEFINE_multi_string("bundle", [], "A tflite/ bundle folder.")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Later rebuilds timed per specialist.")
+_OUT = flags.DEFINE_string("out", "bench/results/rebuild_speed", "Output path without suffix.")
+
+
+def _ms(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return 1000 * (time.perf_counter() - start)
+
+
+def measure(path: str, repeats: int) -> dict:
+  """Mean milliseconds per specialist: first rebuild, later rebuilds, new interpreter."""
+  bundle = bundle_lib.load_bundle(path)
+  ks = sorted(bundle.skeletons)
+  first = [_ms(lambda k=k: bundle.specialist(k)) for k in ks]
+  later = [_ms(lambda k=k: bundle.specialist(k)) for _ in range(repeats) for k in ks]
+  model = bundle.specialist(ks[0])
+  interpreter = [_ms(lambda: predictor._LiteModel(model, 2, "s"))  # pylint: disable=protected-access
+                 for _ in range(repeats)]
+  return {"bundle": path, "num_specialists": len(ks), "specialist_bytes": len(model),
+          "first_rebuild_ms": float(np.mean(first)), "later_rebuild_ms": float(np.mean(later)),
+          "new_interpreter_ms": float(np.mean(interpreter))}
+
+
+def main(argv):
+  del argv
+  if not _BUNDLES.value:
+    raise app.UsageError("give at least one --bundle=DIR")
+  rows = [measure(p, _REPEATS.value) for p in _BUNDLES.value]
+  lines = [f"`python {' '.join(sys.argv)}`", "",
+           "| bundle | first rebuild ms | later rebuilds ms | new interpreter ms |",
+           "|---|---|---|---|"]
+  lines += [f"| {r['bundle']} | {r['first_rebuild_ms']:.1f} | {r['later_rebuild_ms']:.2f} | "
+            f"{r['new_interpreter_ms']:.2f} |" for r in rows]
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  files.write_json(_OUT.value + ".json", {"command": " ".join(sys.argv), "bundles": rows})
+  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
