@@ -22,7 +22,7 @@ import matplotlib
 import numpy as np
 
 from super_sub import analysis
-from super_sub import files
+from super_sub._internal import files
 from super_sub import hierarchy as hierarchy_lib
 
 _EXAMPLES = flags.DEFINE_integer("examples", 50_000, "Number of predictions.")

@@ -10,7 +10,7 @@ has exported (default model_dir/export). Measures, on the evaluation split:
            TFLite bundle, and how often each bundle predicts what Keras predicts; the flat
            network in Keras and as a post-training int8 TFLite file (the edge baseline);
   storage  the TFLite bundle's bytes as a + b * N specialists, in units of one fp32 network
-           (export_lib.storage_fit), per file kind;
+           (super_sub.bundles.storage.storage_fit), per file kind;
   runtime  peak resident memory and latency per image (batch 1 and 32) of the two-stage
            TFLite runtime (default cache of 1 specialist, and every specialist cached)
            against the flat int8 network, each in a fresh process that imports only numpy,
@@ -92,43 +92,47 @@ def main(argv):
     return
   if not _MODEL_DIR.value:
     raise app.UsageError("--model_dir is required")
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from super_sub import export_lib  # pylint: disable=import-outside-toplevel
-  from super_sub import files  # pylint: disable=import-outside-toplevel
-  from super_sub import input_pipeline  # pylint: disable=import-outside-toplevel
-  from super_sub import training  # pylint: disable=import-outside-toplevel
-  from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds
+  from super_sub._internal import files
+  from super_sub.bundles import parity as parity_lib
+  from super_sub.bundles import storage
+  from super_sub.bundles import tflite
+  from super_sub.data import pipeline
+  from super_sub.runtime import predictor
+  from super_sub.training import run as run_lib
+  # pylint: enable=import-outside-toplevel
 
-  config = training.load_config(_MODEL_DIR.value, _DATA_DIR.value)
+  run = run_lib.Run.open(_MODEL_DIR.value, _DATA_DIR.value)
+  config = run.config
   export_dir = _EXPORT_DIR.value or os.path.join(config.model_dir, "export")
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
     manifest = json.load(f)
   with open(os.path.join(config.model_dir, "eval.json"), encoding="utf-8") as f:
     evaluation = json.load(f)
-  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
-  split = training.evaluation_split(builder)
+  split = run.evaluation_split
   result = {"command": " ".join(["python"] + sys.argv), "machine": platform.machine(),
             "cpus": os.cpu_count(), "config": {k: getattr(config, k) for k in (
                 "dataset", "backbone", "epochs", "specialist_epochs", "qat", "delta_l1",
                 "delta_keep", "freeze_bn", "freeze_stages")}}
 
   print("parity: TFLite bundle")
-  parity = export_lib.tflite_parity(config, export_dir, split)
+  parity = parity_lib.tflite_parity(run, export_dir, split)
   print("parity: SavedModel bundle")
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   serve = tf.saved_model.load(os.path.join(export_dir, "saved_model")).signatures[
       "serving_default"]
-  saved = export_lib.compare_with_keras(
-      config, lambda x: serve(images=tf.constant(x))["label"].numpy(), split)
+  saved = parity_lib.compare_with_keras(
+      run, lambda x: serve(images=tf.constant(x))["label"].numpy(), split)
   parity["saved_model_top1"] = saved["top1"]
   parity["saved_model_agreement_with_keras"] = saved["agreement_with_keras"]
 
   print("parity: flat network as int8 TFLite (the edge baseline)")
-  flat = training.load_model(config, builder, "flat")
-  flat_tflite = export_lib.to_tflite(flat, export_lib.representative_images(config, builder))
-  spec = input_pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
-                                  augment="none", cache=False)
-  ds = input_pipeline.make_dataset(builder, split, spec, training=False)
+  flat = run.load_model(run_lib.FLAT)
+  flat_tflite = tflite.to_tflite(flat, tflite.representative_images(run))
+  spec = pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
+                            augment="none", cache=False)
+  ds = pipeline.make_dataset(run.builder, split, spec, training=False)
   images, labels = map(np.concatenate, zip(*tfds.as_numpy(ds)))
   flat_lite = predictor._LiteModel(flat_tflite, _THREADS.value, "flat")  # pylint: disable=protected-access
   parity["flat_keras_top1"] = evaluation["flat"]["top1"]
@@ -136,7 +140,7 @@ def main(argv):
   parity["two_stage_keras_top1"] = evaluation["two_stage"]["hard"]["top1"]
   parity["oracle_specialists_keras_top1"] = evaluation["oracle_specialists"]["top1"]
   result["parity"] = parity
-  result["storage"] = export_lib.storage_fit(manifest)
+  result["storage"] = storage.storage_fit(manifest)
 
   order = np.random.default_rng(0).permutation(len(images))[:_IMAGES.value]
   with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ r"""Accuracy against specialist size: one row per trained, evaluated and exporte
 Each run is LABEL:MODEL_DIR:EXPORT_DIR (super-sub-train, super-sub-eval, super-sub-export).
 Reads eval.json (two-stage and oracle-specialist top-1), the specialists' metrics.json
 (fraction of backbone kernel weights that differ from the generalist's) and the export's
-manifest (b = cost of one specialist in units of one fp32 network, export_lib.storage_fit).
+manifest (b = cost of one specialist in units of one fp32 network, super_sub.bundles.storage.storage_fit).
 Writes <out>.json and <out>.md.
 """
 
@@ -18,9 +18,9 @@ import os
 from absl import app
 from absl import flags
 
-from super_sub import export_lib
-from super_sub import files
-from super_sub import training
+from super_sub._internal import files
+from super_sub.bundles import storage as storage_lib
+from super_sub.training import config as config_lib
 
 _RUNS = flags.DEFINE_multi_string("run", [], "LABEL:MODEL_DIR:EXPORT_DIR, one per run.")
 _OUT = flags.DEFINE_string("out", "bench/results/delta_tradeoff", "Output path without suffix.")
@@ -30,11 +30,11 @@ _KNOBS = ("qat", "delta_l1", "delta_keep", "freeze_bn", "freeze_stages", "specia
 
 def row(label: str, model_dir: str, export_dir: str) -> dict:
   """One run's accuracy, delta sparsity and storage."""
-  config = training.load_config(model_dir)
+  config = config_lib.load_config(model_dir)
   with open(os.path.join(model_dir, "eval.json"), encoding="utf-8") as f:
     result = json.load(f)
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
-    storage = export_lib.storage_fit(json.load(f))
+    storage = storage_lib.storage_fit(json.load(f))
   changed = []
   for path in sorted(glob.glob(os.path.join(model_dir, "specialists", "*", "metrics.json"))):
     with open(path, encoding="utf-8") as f:

@@ -23,13 +23,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from super_sub import data
 from super_sub import evaluation
-from super_sub import files
-from super_sub import input_pipeline
-from super_sub import models
-from super_sub import training
-from super_sub.compat import keras
+from super_sub._internal import files
+from super_sub._internal.compat import keras
+from super_sub.data import pipeline as input_pipeline
+from super_sub.data import prepare as data
+from super_sub.models import classifiers as models
+from super_sub.training import config as config_lib
+from super_sub.training import fit
+from super_sub.training import run as run_lib
 
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs of every network.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; one full set of runs each.")
@@ -46,9 +48,10 @@ _THROUGHPUT_ONLY = flags.DEFINE_boolean(
 DATASET = "superclassed_fashion_mnist"
 
 
-def _flat_eval(config, builder, split):
+def _flat_eval(run, split):
   """Top-1 and error split of a flat-only run (its model_dir has no generalist)."""
-  model = training.load_model(config, builder, "flat")
+  config, builder = run.config, run.builder
+  model = run.load_model(run_lib.FLAT)
   spec = input_pipeline.InputSpec(role="flat", batch_size=512, image_size=config.image_size,
                                   augment="none")
   ds = input_pipeline.make_dataset(builder, split, spec, training=False)
@@ -107,16 +110,15 @@ def run_seed(seed):
   work = os.path.join(_WORK_DIR.value, f"seed{seed}")
   common = dict(dataset=DATASET, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
                 epochs=_EPOCHS.value, seed=seed)
-  config = training.train(training.TrainConfig(model_dir=os.path.join(work, "supersub"),
-                                               **common))
-  result = evaluation.evaluate(config)
-  wide = training.train(training.TrainConfig(
+  config = fit.train(config_lib.TrainConfig(model_dir=os.path.join(work, "supersub"),
+                                            **common))
+  result = evaluation.evaluate(run_lib.Run(config))
+  wide = fit.train(config_lib.TrainConfig(
       model_dir=os.path.join(work, "wide"), stage="flat", backbone="small_resnet_wide",
       **common))
-  builder = tfds.builder(DATASET, data_dir=_DATA_DIR.value)
   return {
       "seed": seed, "eval": result,
-      "wide_flat": _flat_eval(wide, builder, result["split"]),
+      "wide_flat": _flat_eval(run_lib.Run(wide), result["split"]),
       "stages": _stage_times(config.model_dir),
       "wide_stage": _stage_times(wide.model_dir),
   }

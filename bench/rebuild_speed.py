@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from super_sub import files
+from super_sub._internal import files
 from super_sub.runtime import bundle as bundle_lib
 from super_sub.runtime import predictor
 

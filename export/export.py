@@ -10,9 +10,10 @@ one fp32 network.
 from absl import app
 from absl import flags
 
-from super_sub import cli
-from super_sub import export_lib
-from super_sub import training
+from super_sub._internal import cli
+from super_sub.bundles import export as export_lib
+from super_sub.bundles import tflite
+from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A run made by super-sub-train.",
                                  required=True)
@@ -28,10 +29,10 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = training.load_config(_MODEL_DIR.value, data_dir=_DATA_DIR.value)
-  representative = (export_lib.load_representative(_REPRESENTATIVE.value)
+  run = run_lib.Run.open(_MODEL_DIR.value, data_dir=_DATA_DIR.value)
+  representative = (tflite.load_representative(_REPRESENTATIVE.value, run.image_shape)
                     if _REPRESENTATIVE.value else None)
-  export_lib.export(config, _EXPORT_DIR.value, representative=representative)
+  export_lib.export(run, _EXPORT_DIR.value, representative=representative)
 
 
 def run():

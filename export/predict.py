@@ -10,7 +10,7 @@ import sys
 from absl import app
 from absl import flags
 
-from super_sub import cli
+from super_sub._internal import cli
 from super_sub import runtime
 
 _BUNDLE = flags.DEFINE_string("bundle", None, "A tflite/ bundle folder (written by "

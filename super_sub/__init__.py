@@ -1,10 +1,81 @@
 """super-sub: a generalist routes each image to its superclass's specialist.
 
-Importing `super_sub` stays light (numpy only) so the edge runtime works without
-TensorFlow. TFDS builders are registered by `import super_sub.datasets`.
+The public API, grouped by use. Names load lazily: `import super_sub` imports numpy only, so
+the edge runtime works where TensorFlow is absent; a name that needs TensorFlow loads it when
+first used.
+
+  hierarchy   Hierarchy, HierarchyError, Subclass, Superclass, load_hierarchy,
+              shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet
+  datasets    prepare_dataset, summarize_dataset, InputSpec, make_dataset
+              (TFDS builders register with `import super_sub.datasets`)
+  training    TrainConfig, train, Run, Stage, load_config
+  evaluation  evaluate, TwoStage
+  export      export, tflite_parity, storage_fit
+  runtime     TwoStageLite, load_images, load_bundle, BundleError, ImageError
+  analysis    analyze, write_report, Predictions, read_predictions
+
+The pipeline's packages, in the order an image travels: hierarchy -> data -> models ->
+training -> routing -> bundles -> runtime -> analysis (README: "What is in the box").
 """
 
-from super_sub.hierarchy import Hierarchy, HierarchyError, Subclass, Superclass, load as load_hierarchy
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Hierarchy", "HierarchyError", "Subclass", "Superclass", "load_hierarchy"]
+
+# public name -> (module, attribute)
+_API = {
+    # hierarchy
+    "Hierarchy": ("super_sub.hierarchy.tree", "Hierarchy"),
+    "HierarchyError": ("super_sub.hierarchy.tree", "HierarchyError"),
+    "Subclass": ("super_sub.hierarchy.tree", "Subclass"),
+    "Superclass": ("super_sub.hierarchy.tree", "Superclass"),
+    "load_hierarchy": ("super_sub.hierarchy.tree", "load"),
+    "shipped_hierarchies": ("super_sub.hierarchy.tree", "shipped_hierarchies"),
+    "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive"),
+    "read_wordnet": ("super_sub.hierarchy.wordnet", "read"),
+    # datasets
+    "prepare_dataset": ("super_sub.data.prepare", "prepare"),
+    "summarize_dataset": ("super_sub.data.prepare", "summarize"),
+    "InputSpec": ("super_sub.data.pipeline", "InputSpec"),
+    "make_dataset": ("super_sub.data.pipeline", "make_dataset"),
+    # training
+    "TrainConfig": ("super_sub.training.config", "TrainConfig"),
+    "load_config": ("super_sub.training.config", "load_config"),
+    "train": ("super_sub.training.fit", "train"),
+    "Run": ("super_sub.training.run", "Run"),
+    "Stage": ("super_sub.training.run", "Stage"),
+    # evaluation
+    "evaluate": ("super_sub.evaluation", "evaluate"),
+    "TwoStage": ("super_sub.routing.two_stage", "TwoStage"),
+    # export
+    "export": ("super_sub.bundles.export", "export"),
+    "tflite_parity": ("super_sub.bundles.parity", "tflite_parity"),
+    "storage_fit": ("super_sub.bundles.storage", "storage_fit"),
+    # runtime
+    "TwoStageLite": ("super_sub.runtime.predictor", "TwoStageLite"),
+    "load_images": ("super_sub.data.images", "load_images"),
+    "load_bundle": ("super_sub.runtime.bundle", "load_bundle"),
+    "BundleError": ("super_sub.runtime.bundle", "BundleError"),
+    "ImageError": ("super_sub.data.images", "ImageError"),
+    # analysis
+    "analyze": ("super_sub.analysis.report", "analyze"),
+    "write_report": ("super_sub.analysis.writer", "write_report"),
+    "Predictions": ("super_sub.analysis.predictions", "Predictions"),
+    "read_predictions": ("super_sub.analysis.loading", "read_predictions"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+  try:
+    module, attribute = _API[name]
+  except KeyError:
+    raise AttributeError(f"module 'super_sub' has no attribute {name!r}") from None
+  value = getattr(importlib.import_module(module), attribute)
+  globals()[name] = value  # later lookups skip __getattr__
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_API))

@@ -7,7 +7,7 @@ Writes `<model_dir>/eval.json` and one predictions file per model under
   predictions  int64 [N]     predicted class, same label space
   top5         int64 [N, 5]  the five most probable classes, most probable first
   probs        float32 [N, C] class probabilities (softmax of the logits; for two-stage
-                             routing the combined probabilities, see super_sub.routing)
+                             routing the combined probabilities, see super_sub.routing.core)
   file_names   str [N]       the dataset's file_name of each example
   label_space  str []        "subclass" or "superclass"
 """
@@ -21,12 +21,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from super_sub import analysis
-from super_sub import files
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import input_pipeline
-from super_sub import models
-from super_sub import routing
-from super_sub import training
+from super_sub._internal import files
+from super_sub.data import pipeline
+from super_sub.routing import core
+from super_sub.training import run as run_lib
 
 
 def error_counts(labels: np.ndarray, predictions: np.ndarray,
@@ -54,29 +53,25 @@ def topk(probs: np.ndarray, k: int = 5) -> np.ndarray:
   return np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
 
-def evaluate(config: training.TrainConfig, split: str | None = None, soft_k: int = 2,
+def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
              batch_size: int = 256, log: Callable[[str], None] = print) -> dict:
   """Runs every trained model of `config.model_dir` over `split` and writes the results.
 
   Args:
-    config: the run's config (as saved in model_dir/config.json).
+    run: the trained run (`Run.open(model_dir)`).
     split: dataset split; default the validation split ("test" for Fashion-MNIST).
     soft_k: how many superclasses soft routing combines.
   Returns:
     The eval.json content.
   """
-  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
-  h = builder.hierarchy
-  split = split or training.evaluation_split(builder)
-  flat = training.load_model(config, builder, "flat")
-  generalist = training.load_model(config, builder, training.generalist_key(config))
-  specialists = {k: training.load_model(config, builder, f"specialist_{k}")
-                 for k in models.specialist_superclasses(h)}
-  two_stage = routing.TwoStage(generalist, specialists, h)
+  config, builder, h = run.config, run.builder, run.hierarchy
+  split = split or run.evaluation_split
+  flat = run.load_model(run_lib.FLAT)
+  two_stage = run.load_two_stage()
 
-  spec = input_pipeline.InputSpec(role="flat", batch_size=batch_size,
-                                  image_size=config.image_size, augment="none")
-  ds = input_pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
+  spec = pipeline.InputSpec(role="flat", batch_size=batch_size,
+                            image_size=config.image_size, augment="none")
+  ds = pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
   parts: dict[str, list[np.ndarray]] = {}
   for images, labels, meta in tfds.as_numpy(ds):
     hard = two_stage.predict(images, mode="hard")
@@ -84,7 +79,7 @@ def evaluate(config: training.TrainConfig, split: str | None = None, soft_k: int
     oracle = two_stage.oracle(images, meta["superclass"])
     batch = {
         "labels": labels, "file_names": meta["file_name"],
-        "flat": routing.softmax(flat.predict_on_batch(images)),
+        "flat": core.softmax(flat.predict_on_batch(images)),
         "generalist": hard["superclass_probs"],
         "two_stage_hard": hard["label_probs"], "two_stage_soft": soft["label_probs"],
         "oracle_specialists": oracle["label_probs"],

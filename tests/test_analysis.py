@@ -18,7 +18,7 @@ import pytest
 
 from super_sub import analysis
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import wordnet
+from super_sub.hierarchy import wordnet
 from super_sub.analysis import plots
 
 WORDNET = pathlib.Path(__file__).parent / "testdata" / "wordnet"

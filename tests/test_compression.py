@@ -3,17 +3,16 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from super_sub import compression
-from super_sub import models
-from super_sub import training
-
-SMOKE = "superclassed_synthetic/smoke"
+from super_sub.models import classifiers
+from super_sub.training import config as config_lib
+from super_sub.training import deltas as compression
+from super_sub.training import fit
+from super_sub.training import run as run_lib
 
 
 def test_proximal_step_hand_computed():
-  model = models.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "specialist_0")
+  model = classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "specialist_0")
   variables = compression.backbone_variables(model)
   base = [v.numpy() for v in variables]
   k = next(i for i, v in enumerate(variables) if compression.is_kernel(v))
@@ -30,8 +29,8 @@ def test_proximal_step_hand_computed():
 
 
 def test_delta_to_base_refuses_another_model():
-  a = models.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "a")
-  b = models.build_classifier("resnet18", (32, 32, 3), 3, "specialist", "b")
+  a = classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "a")
+  b = classifiers.build_classifier("resnet18", (32, 32, 3), 3, "specialist", "b")
   base = [v.numpy() for v in compression.backbone_variables(a)]
   with pytest.raises(ValueError, match="not the model this delta was made for"):
     compression.DeltaToBase(base, 0.5).project(b, 1e-4)
@@ -61,31 +60,27 @@ def test_budget_keeps_the_largest_changes_in_quantization_steps():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def _train(smoke_config):
+  """Trains a smoke run whose only specialist is superclass 4's ("dots"), for 2 epochs."""
+  def train(model_dir, **overrides):
+    config = smoke_config(model_dir, specialist_epochs=2, specialists=(4,), **overrides)
+    return fit.train(config, log=lambda _: None)
+  return train
 
 
-def _train(model_dir, data_dir, **overrides):
-  config = training.TrainConfig(model_dir=str(model_dir), dataset=SMOKE, data_dir=data_dir,
-                                epochs=1, specialist_epochs=2, batch_size=16,
-                                specialists=(4,), **overrides)
-  return training.train(config, log=lambda _: None)
+def _stage(config, stage):
+  return run_lib.Run(config).load_model(stage)
 
 
-def _stage(config, data_dir, key):
-  builder = tfds.builder(SMOKE, data_dir=data_dir)
-  return training.load_model(config, builder, key)
-
-
-def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
-  sparse = _train(tmp_path / "sparse", data_dir, delta_l1=1.0, freeze_bn=True,
+def test_sparse_delta_vs_dense_fine_tuning(tmp_path, _train):
+  sparse = _train(tmp_path / "sparse", delta_l1=1.0, freeze_bn=True,
                   learning_rate=3e-3)
-  dense = _train(tmp_path / "dense", data_dir, delta_l1=0.0, freeze_bn=False,
+  dense = _train(tmp_path / "dense", delta_l1=0.0, freeze_bn=False,
                  learning_rate=3e-3)
   fractions = {}
   for name, config in (("sparse", sparse), ("dense", dense)):
-    generalist = _stage(config, data_dir, "generalist")
-    specialist = _stage(config, data_dir, "specialist_4")
+    generalist = _stage(config, run_lib.GENERALIST)
+    specialist = _stage(config, run_lib.specialist(4))
     base = [v.numpy() for v in compression.backbone_variables(generalist)]
     fractions[name] = compression.delta_stats(specialist, base)["changed_fraction"]
     bn = [(v.numpy(), b) for v, b in zip(compression.backbone_variables(specialist), base)
@@ -96,10 +91,10 @@ def test_sparse_delta_vs_dense_fine_tuning(tmp_path, data_dir):
   assert fractions["sparse"] < 0.2 * fractions["dense"]
 
 
-def test_budget_bounds_the_changed_fraction(tmp_path, data_dir):
-  config = _train(tmp_path, data_dir, delta_keep=0.01, freeze_bn=True, learning_rate=3e-3)
-  generalist = _stage(config, data_dir, "generalist")
-  specialist = _stage(config, data_dir, "specialist_4")
+def test_budget_bounds_the_changed_fraction(tmp_path, _train):
+  config = _train(tmp_path, delta_keep=0.01, freeze_bn=True, learning_rate=3e-3)
+  generalist = _stage(config, run_lib.GENERALIST)
+  specialist = _stage(config, run_lib.specialist(4))
   base = [v.numpy() for v in compression.backbone_variables(generalist)]
   stats = compression.delta_stats(specialist, base)
   assert 0 < stats["changed"] <= 0.01 * stats["kernel_weights"]
@@ -107,13 +102,13 @@ def test_budget_bounds_the_changed_fraction(tmp_path, data_dir):
 
 def test_delta_keep_must_be_a_fraction(tmp_path):
   with pytest.raises(ValueError, match=r"delta_keep .* in \[0, 1\]; got 2"):
-    training.TrainConfig(model_dir=str(tmp_path), delta_keep=2)
+    config_lib.TrainConfig(model_dir=str(tmp_path), delta_keep=2)
 
 
-def test_qat_specialists_keep_weight_ranges_and_adapt_activation_ranges(tmp_path, data_dir):
-  config = _train(tmp_path, data_dir, qat=True, qat_epochs=1)
-  base = _stage(config, data_dir, "generalist_qat")
-  specialist = _stage(config, data_dir, "specialist_4")
+def test_qat_specialists_keep_weight_ranges_and_adapt_activation_ranges(tmp_path, _train):
+  config = _train(tmp_path, qat=True, qat_epochs=1)
+  base = _stage(config, run_lib.GENERALIST_QAT)
+  specialist = _stage(config, run_lib.specialist(4))
   assert specialist.output_shape == (None, 5)
   pairs = list(zip(compression.backbone_variables(specialist),
                    compression.backbone_variables(base)))
@@ -128,18 +123,18 @@ def test_qat_specialists_keep_weight_ranges_and_adapt_activation_ranges(tmp_path
     assert '"delta"' in f.read()
 
 
-def test_qat_flag_is_part_of_the_model_dir_identity(tmp_path, data_dir):
-  _train(tmp_path, data_dir, stage="flat")
+def test_qat_flag_is_part_of_the_model_dir_identity(tmp_path, _train):
+  _train(tmp_path, stage="flat")
   with pytest.raises(ValueError, match="qat: model_dir has False, asked for True"):
-    _train(tmp_path, data_dir, stage="flat", qat=True)
+    _train(tmp_path, stage="flat", qat=True)
 
 
-def test_generalist_can_keep_the_flat_backbone(tmp_path, data_dir):
-  config = _train(tmp_path, data_dir, stage="flat")
-  config = _train(tmp_path, data_dir, stage="generalist", generalist_init="flat",
+def test_generalist_can_keep_the_flat_backbone(tmp_path, _train):
+  config = _train(tmp_path, stage="flat")
+  config = _train(tmp_path, stage="generalist", generalist_init="flat",
                   generalist_freeze_stages=4)
-  flat = _stage(config, data_dir, "flat")
-  generalist = _stage(config, data_dir, "generalist")
+  flat = _stage(config, run_lib.FLAT)
+  generalist = _stage(config, run_lib.GENERALIST)
   for a, b in zip(compression.backbone_variables(flat),
                   compression.backbone_variables(generalist)):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
@@ -148,4 +143,4 @@ def test_generalist_can_keep_the_flat_backbone(tmp_path, data_dir):
 
 def test_generalist_freeze_stages_needs_the_flat_init(tmp_path):
   with pytest.raises(ValueError, match="needs generalist_init='flat'"):
-    training.TrainConfig(model_dir=str(tmp_path), generalist_freeze_stages=2)
+    config_lib.TrainConfig(model_dir=str(tmp_path), generalist_freeze_stages=2)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from super_sub import data
-from super_sub import synthetic
+from super_sub.data import prepare as data
+from super_sub.data import synthetic
 
 PER_CLASS = {"train": 150, "validation": 50}
 

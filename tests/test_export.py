@@ -1,28 +1,27 @@
 """super-sub-export on a tiny trained run: files, byte counts, checksums and refusals."""
 
+import dataclasses
 import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from super_sub import evaluation
-from super_sub import export_lib
-from super_sub import training
+from super_sub.bundles import export as export_lib
+from super_sub.bundles import parity
+from super_sub.bundles import storage
+from super_sub.bundles import tflite
 from super_sub.runtime import bundle as bundle_lib
-
-SMOKE = "superclassed_synthetic/smoke"
+from super_sub.training import fit
+from super_sub.training import run as run_lib
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config = training.TrainConfig(model_dir=str(tmp_path_factory.mktemp("run")), dataset=SMOKE,
-                                data_dir=data_dir, epochs=1, specialist_epochs=1,
-                                batch_size=16)
-  return training.train(config, log=lambda _: None)
+def run(tmp_path_factory, smoke_config):
+  config = smoke_config(tmp_path_factory.mktemp("run"))
+  return run_lib.Run(fit.train(config, log=lambda _: None))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,7 @@ def test_bundle_verifies_and_rebuilds_every_specialist(exported):
 
 def test_parity_with_keras_two_stage(run, exported):
   evaluation.evaluate(run, log=lambda _: None)
-  result = export_lib.tflite_parity(run, exported[0], log=lambda _: None)
+  result = parity.tflite_parity(run, exported[0], log=lambda _: None)
   assert result["num_examples"] == 84
   with open(os.path.join(run.model_dir, "eval.json"), encoding="utf-8") as f:
     assert result["keras_top1"] == pytest.approx(json.load(f)["two_stage"]["hard"]["top1"])
@@ -81,19 +80,18 @@ def test_parity_with_keras_two_stage(run, exported):
 
 
 def test_float_model_needs_representative_images(run):
-  builder = tfds.builder(SMOKE, data_dir=run.data_dir)
-  model = training.load_model(run, builder, "generalist")
+  model = run.load_model(run_lib.GENERALIST)
   with pytest.raises(ValueError, match="needs representative images"):
-    export_lib.to_tflite(model, None)
+    tflite.to_tflite(model, None)
   with pytest.raises(ValueError, match=r"representative images have shape \(8, 8, 3\)"):
-    export_lib.to_tflite(model, np.zeros((2, 8, 8, 3), np.float32))
+    tflite.to_tflite(model, np.zeros((2, 8, 8, 3), np.float32))
 
 
 def test_missing_stage_leaves_export_dir_untouched(run, tmp_path):
   export_dir = tmp_path / "bundle"
   export_dir.mkdir()
   (export_dir / "keep.txt").write_text("old export")
-  partial = training.TrainConfig(**{**run.__dict__, "model_dir": str(tmp_path / "empty")})
+  partial = run_lib.Run(dataclasses.replace(run.config, model_dir=str(tmp_path / "empty")))
   with pytest.raises(FileNotFoundError, match="stage 'generalist' has not finished"):
     export_lib.export(partial, str(export_dir), log=lambda _: None)
   assert [p.name for p in export_dir.iterdir()] == ["keep.txt"]
@@ -103,19 +101,19 @@ def test_representative_file_errors(tmp_path):
   path = tmp_path / "images.npz"
   np.savez(path, pictures=np.zeros((2, 4, 4, 3), np.uint8))
   with pytest.raises(ValueError, match="an .npz with an 'images' array"):
-    export_lib.load_representative(str(path))
+    tflite.load_representative(str(path))
   np.savez(path, images=np.full((2, 4, 4, 3), 255, np.uint8))
-  np.testing.assert_array_equal(export_lib.load_representative(str(path)), 1.0)
+  np.testing.assert_array_equal(tflite.load_representative(str(path)), 1.0)
 
 
 def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
   _, manifest = exported
-  fit = export_lib.storage_fit(manifest)
+  fitted = storage.storage_fit(manifest)
   unit = manifest["bytes"]["single_fp32_network"]
   files = manifest["files"]
   shared = sum(files[f"tflite/{n}"]["bytes"]
                for n in ("generalist.tflite", "hierarchy.json", "labels.txt", "manifest.json"))
-  assert fit["a"] == shared / unit
-  assert len(fit["specialists"]) == 5
-  assert fit["a"] + 5 * fit["b"] == pytest.approx(manifest["storage_ratio"])
-  assert fit["b_min"] <= fit["b"] <= fit["b_max"]
+  assert fitted["a"] == shared / unit
+  assert len(fitted["specialists"]) == 5
+  assert fitted["a"] + 5 * fitted["b"] == pytest.approx(manifest["storage_ratio"])
+  assert fitted["b_min"] <= fitted["b"] <= fitted["b_max"]

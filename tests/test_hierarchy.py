@@ -152,7 +152,7 @@ def test_fashion_mnist_hierarchy():
 
 
 def test_synthetic_hierarchy_matches_generator():
-  from super_sub import synthetic  # pylint: disable=import-outside-toplevel
+  from super_sub.data import synthetic  # pylint: disable=import-outside-toplevel
   h = synthetic.load_hierarchy()
   assert h.num_superclasses >= 4
   assert all(3 <= len(s.subclasses) <= 8 for s in h.superclasses)

@@ -5,8 +5,9 @@ import pytest
 import tensorflow_model_optimization as tfmot
 
 from super_sub import hierarchy
-from super_sub import models
-from super_sub.compat import keras
+from super_sub._internal.compat import keras
+from super_sub.models import backbones
+from super_sub.models import classifiers
 
 # Parameter counts with a 5-way head (keras count_params; backbone alone in brackets):
 #   small_resnet 28x28x1   308,773 (308,128)  -- the ~0.3M CPU network; 309,349 at 3 channels
@@ -19,9 +20,9 @@ SIZES = {"small_resnet": ((28, 28, 1), 308_773), "resnet18": ((32, 32, 3), 11_18
 
 
 @pytest.fixture(scope="module")
-def classifiers():
+def built():
   """One 5-way classifier per backbone, built once for the module."""
-  return {name: models.build_classifier(name, shape, 5, "flat", "flat")
+  return {name: classifiers.build_classifier(name, shape, 5, "flat", "flat")
           for name, (shape, _) in SIZES.items()}
 
 
@@ -30,46 +31,46 @@ def _images(shape, n=2, seed=0):
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
-def test_backbone_shapes_names_and_size(classifiers, name):
+def test_backbone_shapes_names_and_size(built, name):
   shape, params = SIZES[name]
-  model = classifiers[name]
+  model = built[name]
   assert model(_images(shape), training=False).shape == (2, 5)
   assert model.count_params() == params
   assert model.layers[-1].name == "head" and model.layers[-2].name == "pool"
   assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # flat graph
-  unstaged = [l.name for l in model.layers if models.stage_of(l.name) is None]
+  unstaged = [l.name for l in model.layers if backbones.stage_of(l.name) is None]
   assert unstaged == ["image", "pool", "head"]
-  assert models.num_stages(model) == (3 if name == "small_resnet" else 4)
-  assert models.spec_of(model) == models.ClassifierSpec(name, shape, 5, "flat", "flat")
+  assert backbones.num_stages(model) == (3 if name == "small_resnet" else 4)
+  assert classifiers.spec_of(model) == classifiers.ClassifierSpec(name, shape, 5, "flat", "flat")
 
 
 def test_small_resnet_at_64px_and_rebuild_is_identical():
-  first = models.build_classifier("small_resnet", (64, 64, 3), 3, "generalist", "generalist")
-  spec = models.spec_of(first)
-  second = models.build_classifier(**spec.to_dict())
+  first = classifiers.build_classifier("small_resnet", (64, 64, 3), 3, "generalist", "generalist")
+  spec = classifiers.spec_of(first)
+  second = classifiers.build_classifier(**spec.to_dict())
   assert second(_images((64, 64, 3)), training=False).shape == (2, 3)
   assert [l.name for l in second.layers] == [l.name for l in first.layers]  # no `_1` suffixes
   assert second.get_config() == first.get_config()
 
 
 def test_build_classifier_on_a_backbone_model():
-  backbone = models.build_backbone("small_resnet", (8, 8, 1))
-  model = models.build_classifier(backbone, (8, 8, 1), 3, "generalist", "generalist")
+  backbone = backbones.build_backbone("small_resnet", (8, 8, 1))
+  model = classifiers.build_classifier(backbone, (8, 8, 1), 3, "generalist", "generalist")
   assert model.layers[:-1] == backbone.layers  # the backbone's layers, not a nested Model
-  assert models.spec_of(model) == models.ClassifierSpec("small_resnet", (8, 8, 1), 3,
+  assert classifiers.spec_of(model) == classifiers.ClassifierSpec("small_resnet", (8, 8, 1), 3,
                                                         "generalist", "generalist")
   with pytest.raises(ValueError, match=r"takes images of shape \(8, 8, 1\), not \(9, 9, 1\)"):
-    models.build_classifier(backbone, (9, 9, 1), 3, "generalist", "g")
+    classifiers.build_classifier(backbone, (9, 9, 1), 3, "generalist", "g")
   plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()], name="plain")
   with pytest.raises(ValueError, match="'plain' was not built by build_backbone"):
-    models.build_classifier(plain, (8, 8, 1), 3, "generalist", "g")
+    classifiers.build_classifier(plain, (8, 8, 1), 3, "generalist", "g")
 
 
 @pytest.mark.parametrize("name", ["small_resnet", "mobilenet_v2"])
-def test_quantize_model_accepts(classifiers, name):
-  quantized = tfmot.quantization.keras.quantize_model(classifiers[name])
+def test_quantize_model_accepts(built, name):
+  quantized = tfmot.quantization.keras.quantize_model(built[name])
   assert quantized(_images(SIZES[name][0], n=1), training=False).shape == (1, 5)
-  assert models.num_stages(quantized) == models.num_stages(classifiers[name])  # quant_ prefix
+  assert backbones.num_stages(quantized) == backbones.num_stages(built[name])  # quant_ prefix
 
 
 @pytest.mark.parametrize("name,preprocess", [
@@ -80,7 +81,7 @@ def test_pretrained_weights_load_with_input_scaling(tmp_path, name, preprocess):
 
   Our backbone on [0, 1] images must equal keras.applications' model on its own preprocessing.
   """
-  app = getattr(keras.applications, models.PRETRAINED[name])
+  app = getattr(keras.applications, backbones.PRETRAINED[name])
   reference = app(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
   rng = np.random.default_rng(1)
   for layer in reference.layers:  # non-trivial BatchNorm statistics
@@ -88,7 +89,7 @@ def test_pretrained_weights_load_with_input_scaling(tmp_path, name, preprocess):
       layer.set_weights([w + rng.random(w.shape, dtype=np.float32) for w in layer.get_weights()])
   path = str(tmp_path / f"{name}.h5")
   reference.save_weights(path)
-  ours = models.build_backbone(name, (32, 32, 3), weights=path)
+  ours = backbones.build_backbone(name, (32, 32, 3), weights=path)
   x = _images((32, 32, 3), n=3)
   want = reference(preprocess(x * 255.0), training=False).numpy()
   np.testing.assert_allclose(ours(x, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
@@ -107,32 +108,32 @@ def test_pretrained_weights_load_with_input_scaling(tmp_path, name, preprocess):
 ])
 def test_build_backbone_errors(args, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    models.build_backbone(*args)
+    backbones.build_backbone(*args)
 
 
 def test_build_classifier_errors():
   with pytest.raises(ValueError, match="unknown role 'expert'"):
-    models.build_classifier("small_resnet", (8, 8, 1), 3, "expert", "m")
+    classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "expert", "m")
   with pytest.raises(ValueError, match="num_classes >= 2"):
-    models.build_classifier("small_resnet", (8, 8, 1), 1, "specialist", "m")
+    classifiers.build_classifier("small_resnet", (8, 8, 1), 1, "specialist", "m")
 
 
 def test_stage_of():
-  assert models.stage_of("stem_conv") == 0
-  assert models.stage_of("stage3_block1_add") == 3
-  assert models.stage_of("quant_stage12_x") == 12
-  assert [models.stage_of(n) for n in ("image", "pool", "head", "stagex_y")] == [None] * 4
+  assert backbones.stage_of("stem_conv") == 0
+  assert backbones.stage_of("stage3_block1_add") == 3
+  assert backbones.stage_of("quant_stage12_x") == 12
+  assert [backbones.stage_of(n) for n in ("image", "pool", "head", "stagex_y")] == [None] * 4
 
 
 def test_freeze_stages():
-  model = models.build_classifier("small_resnet", (8, 8, 1), 3, "flat", "flat")
+  model = classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "flat", "flat")
   for k in range(5):  # stem + 3 stages
-    models.freeze_stages(model, k)
+    backbones.freeze_stages(model, k)
     for layer in model.layers:
-      stage = models.stage_of(layer.name)
+      stage = backbones.stage_of(layer.name)
       assert layer.trainable == (stage is None or stage >= k), (k, layer.name)
-  models.freeze_stages(model, 2)
-  frozen = [l for l in model.layers if models.stage_of(l.name) in (0, 1)]
+  backbones.freeze_stages(model, 2)
+  frozen = [l for l in model.layers if backbones.stage_of(l.name) in (0, 1)]
   assert frozen and all(l.weights and not l.trainable_weights for l in frozen if l.weights)
   expected = {w.ref() for l in model.layers if l not in frozen for w in l.trainable_weights}
   assert {w.ref() for w in model.trainable_weights} == expected
@@ -143,28 +144,28 @@ def test_freeze_stages():
   assert not np.array_equal(model.get_layer("stage2_block1_1_bn").moving_mean.numpy(),
                             before["stage2_block1_1_bn"])
   with pytest.raises(ValueError, match=r"in \[0, 4\]"):
-    models.freeze_stages(model, 5)
+    backbones.freeze_stages(model, 5)
 
 
-def test_input_norm_never_trainable(classifiers):
-  model = classifiers["mobilenet_v2"]
-  models.freeze_stages(model, 0)
-  assert not model.get_layer(models.INPUT_NORM_NAME).trainable
-  assert all(l.trainable for l in model.layers if l.name != models.INPUT_NORM_NAME)
+def test_input_norm_never_trainable(built):
+  model = built["mobilenet_v2"]
+  backbones.freeze_stages(model, 0)
+  assert not model.get_layer(backbones.INPUT_NORM_NAME).trainable
+  assert all(l.trainable for l in model.layers if l.name != backbones.INPUT_NORM_NAME)
 
 
 def test_make_specialist_copies_backbone_by_position():
-  generalist = models.build_classifier("small_resnet", (8, 8, 1), 4, "generalist", "generalist")
+  generalist = classifiers.build_classifier("small_resnet", (8, 8, 1), 4, "generalist", "generalist")
   generalist(_images((8, 8, 1)), training=True)  # move BN statistics away from their init
   for layer in generalist.layers:  # as if a second model in the process got `_1` suffixes
     layer._name = layer.name + "_1"  # pylint: disable=protected-access
   kernel = np.arange(128 * 3, dtype=np.float32).reshape(128, 3)
   bias = np.array([1.0, 2.0, 3.0], np.float32)
-  specialist = models.make_specialist(generalist, 3, "specialist_2", freeze_stages=2,
+  specialist = classifiers.make_specialist(generalist, 3, "specialist_2", freeze_stages=2,
                                       head_init=(kernel, bias))
   assert specialist.name == "specialist_2"
   assert specialist.output_shape == (None, 3)
-  assert models.spec_of(specialist).role == "specialist"
+  assert classifiers.spec_of(specialist).role == "specialist"
   assert not any(l.name.endswith("_1") for l in specialist.layers)
   assert len(generalist.layers) == len(specialist.layers)
   for g, s in zip(generalist.layers[:-1], specialist.layers[:-1]):
@@ -176,20 +177,20 @@ def test_make_specialist_copies_backbone_by_position():
   assert not specialist.get_layer("stage1_block1_1_conv").trainable
   assert specialist.get_layer("stage2_block1_1_conv").trainable
   with pytest.raises(ValueError, match=r"expected \(128, 3\), \(3,\)"):
-    models.make_specialist(generalist, 3, "s", head_init=(kernel.T, bias))
+    classifiers.make_specialist(generalist, 3, "s", head_init=(kernel.T, bias))
 
 
 def test_make_specialist_needs_a_built_classifier_and_matching_backbones():
   plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="plain")
-  with pytest.raises(ValueError, match="not built by super_sub.models.build_classifier"):
-    models.make_specialist(plain, 2, "s")
-  small = models.build_classifier("small_resnet", (32, 32, 3), 3, "flat", "a")
-  other = models.build_classifier("resnet18", (32, 32, 3), 3, "flat", "b")
+  with pytest.raises(ValueError, match="not built by super_sub.models.classifiers.build_classifier"):
+    classifiers.make_specialist(plain, 2, "s")
+  small = classifiers.build_classifier("small_resnet", (32, 32, 3), 3, "flat", "a")
+  other = classifiers.build_classifier("resnet18", (32, 32, 3), 3, "flat", "b")
   with pytest.raises(ValueError, match="backbones differ"):
-    models.copy_backbone_weights(small, other)
+    classifiers.copy_backbone_weights(small, other)
 
 
 def test_specialist_superclasses():
   h = hierarchy.from_groups("toy", [("A", [("a0", 0), ("a1", 1)]), ("B", [("b0", 2)]),
                                     ("C", [("c0", 3), ("c1", 4), ("c2", 5)])])
-  assert models.specialist_superclasses(h) == [0, 2]
+  assert h.specialist_superclasses() == [0, 2]

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from super_sub import hierarchy
-from super_sub import models
 from super_sub import routing
-from super_sub.compat import keras
+from super_sub._internal.compat import keras
+from super_sub.models import classifiers
 
 # Superclass A = {a0, a1}, B = {b0, b1, b2}, C = {c0}: global subclass indices 0..5.
 TOY = hierarchy.from_groups("toy", [("A", [("a0", 0), ("a1", 1)]),
@@ -140,8 +140,12 @@ def test_bad_inputs(two_stage):
     two_stage.predict(np.zeros((2, 1, 1, 5), np.float32))
   with pytest.raises(ValueError, match=r"shape \(N, 1, 1, 4\).*got \(2, 4\)"):
     two_stage.predict(np.zeros((2, 4), np.float32))
-  with pytest.raises(TypeError, match="divide uint8 images by 255"):
-    two_stage.predict(np.zeros((2, 1, 1, 4), np.uint8))
+  with pytest.raises(TypeError, match="must be uint8 or floating point"):
+    two_stage.predict(np.zeros((2, 1, 1, 4), np.int32))
+  # uint8 images follow the image contract, as in the runtime: divided by 255.
+  as_uint8 = two_stage.predict(np.full((2, 1, 1, 4), 51, np.uint8))
+  as_float = two_stage.predict(np.full((2, 1, 1, 4), 0.2, np.float32))
+  np.testing.assert_allclose(as_uint8["label_probs"], as_float["label_probs"], rtol=1e-6)
   with pytest.raises(ValueError, match="unknown routing mode 'medium'"):
     two_stage.predict(_images([0]), mode="medium")
   with pytest.raises(ValueError, match="k must be a positive integer"):
@@ -169,10 +173,10 @@ def test_bad_models():
 
 def test_real_conv_models_with_batches_of_one():
   """Conv specialists from make_specialist; batch size 1 leaves most groups empty (trap 6)."""
-  generalist = models.build_classifier("small_resnet", (8, 8, 1), 3, "generalist", "generalist")
-  specialists = {k: models.make_specialist(generalist, len(TOY.subclass_range(k)),
+  generalist = classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "generalist", "generalist")
+  specialists = {k: classifiers.make_specialist(generalist, len(TOY.subclass_range(k)),
                                            f"specialist_{k}")
-                 for k in models.specialist_superclasses(TOY)}
+                 for k in TOY.specialist_superclasses()}
   two_stage = routing.TwoStage(generalist, specialists, TOY)
   images = np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32)
   hard = two_stage.predict(images, mode="hard", batch_size=1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from super_sub.compat import keras  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+from super_sub._internal.compat import keras  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 from ai_edge_litert import interpreter as litert
@@ -23,6 +23,7 @@ from super_sub import routing
 from super_sub import runtime
 from super_sub.runtime import delta as delta_lib
 from super_sub.runtime import predictor
+from super_sub.bundles import tflite
 
 SHAPE = (12, 12, 1)
 HIERARCHY = hierarchy_lib.from_groups("tiny", [

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import models
 from super_sub import routing
-from super_sub import saved_model_lib
+from super_sub.bundles import saved_model as saved_model_lib
+from super_sub.models import classifiers
+from super_sub.training import qat as qat_lib
 
 
 @pytest.fixture(scope="module")
 def models_and_path(tmp_path_factory):
   h = hierarchy_lib.load("fashion_mnist")  # specialists for tops and footwear only
   rng = np.random.default_rng(0)
-  generalist = models.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
+  generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
                                        "generalist", "generalist")
   for v in generalist.weights:  # non-trivial BatchNorm statistics and weights
     if "moving_variance" in v.name:
@@ -26,8 +27,8 @@ def models_and_path(tmp_path_factory):
     elif "moving_mean" in v.name or "beta" in v.name:
       v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32))
   specialists = {}
-  for k in models.specialist_superclasses(h):
-    s = models.make_specialist(generalist, len(h.superclasses[k].subclasses), f"specialist_{k}")
+  for k in h.specialist_superclasses():
+    s = classifiers.make_specialist(generalist, len(h.superclasses[k].subclasses), f"specialist_{k}")
     kernel = s.layers[1].weights[0]  # the stem conv: change a few weights, as fine-tuning would
     values = kernel.numpy()
     values.flat[rng.choice(values.size, 20, replace=False)] += 0.3
@@ -85,18 +86,18 @@ def test_signature_is_documented_shape(models_and_path):
 
 def test_backbone_mismatch_is_refused(models_and_path):
   h, generalist, specialists, _ = models_and_path
-  other = models.build_classifier("resnet18", (32, 32, 3), 4, "specialist", "specialist_0")
+  other = classifiers.build_classifier("resnet18", (32, 32, 3), 4, "specialist", "specialist_0")
   with pytest.raises(ValueError, match="does not match the base"):
     saved_model_lib.SuperSubModule(generalist, {**specialists, 0: other}, h)
 
 
 def test_quantization_aware_models_export_with_their_float_weights(models_and_path, tmp_path):
-  from super_sub import compression  # pylint: disable=import-outside-toplevel
+  from super_sub.training import deltas as compression  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   h, generalist, specialists, _ = models_and_path
-  qat = {k: compression.quantize(m) for k, m in specialists.items()}
+  qat = {k: qat_lib.quantize(m) for k, m in specialists.items()}
   path = str(tmp_path / "qat_saved_model")
-  saved_model_lib.export_saved_model(path, compression.quantize(generalist), qat, h)
+  saved_model_lib.export_saved_model(path, qat_lib.quantize(generalist), qat, h)
   images = np.random.default_rng(2).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
   out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
   # Same float weights as the models above, so the same answers as their float two-stage.

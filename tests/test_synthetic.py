@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from super_sub import synthetic
+from super_sub.data import synthetic
 
 
 def test_deterministic_per_seed_and_split():

@@ -11,29 +11,32 @@ import pytest
 
 from super_sub import evaluation
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import synthetic
-from super_sub import training
-from super_sub.compat import keras
+from super_sub.data import synthetic
+from super_sub._internal.compat import keras
+from super_sub.training import config as config_lib
+from super_sub.training import fit
+from super_sub.training import run as run_lib
 
-SMOKE = "superclassed_synthetic/smoke"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _config(model_dir, data_dir, **overrides):
-  base = dict(model_dir=str(model_dir), dataset=SMOKE, data_dir=data_dir, epochs=1,
-              batch_size=16, learning_rate=1e-3)
-  return training.TrainConfig(**{**base, **overrides})
+from conftest import SMOKE
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
+def data_dir(smoke_data_dir):
+  return smoke_data_dir
+
+
+@pytest.fixture(scope="module")
+def _config(smoke_config):
+  def make(model_dir, data_dir, **overrides):
+    return smoke_config(model_dir, data_dir=data_dir, learning_rate=1e-3, **overrides)
+  return make
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, _config, data_dir):
   """One run of every stage (5 specialists: every synthetic superclass has >= 4 subclasses)."""
   model_dir = tmp_path_factory.mktemp("run")
-  config = training.train(_config(model_dir, data_dir))
+  config = fit.train(_config(model_dir, data_dir))
   return config
 
 
@@ -59,26 +62,29 @@ def test_every_stage_leaves_weights_and_metrics(trained):
       16, "crop", "superclassed_synthetic")
 
 
-def test_specialist_starts_from_generalist(trained, data_dir):
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  builder = tfds.builder(SMOKE, data_dir=data_dir)
-  config = dataclasses.replace(trained, freeze_stages=0)
-  generalist = training.load_model(config, builder, "generalist")
-  specialist = training.load_model(config, builder, "specialist_0")
+def test_specialist_starts_from_generalist(trained):
+  run = run_lib.Run(trained)
+  generalist = run.load_model(run_lib.GENERALIST)
+  specialist = run.load_model(run_lib.specialist(0))
   assert specialist.output_shape == (None, 4)
   # Same architecture below the head; fine-tuning moved the weights away from the generalist.
-  assert len(generalist.weights) == len(specialist.weights)
+  backbone_g = [v.numpy() for v in generalist.weights[:-2]]
+  backbone_s = [v.numpy() for v in specialist.weights[:-2]]
+  assert [w.shape for w in backbone_g] == [w.shape for w in backbone_s]
+  kernels = [i for i, v in enumerate(specialist.weights[:-2]) if "kernel" in v.name]
+  moved = [i for i in kernels if not np.array_equal(backbone_g[i], backbone_s[i])]
+  assert len(moved) == len(kernels)  # every backbone kernel was fine-tuned (no freezing)
 
 
 def test_rerun_skips_finished_stages(trained):
   lines = []
-  training.train(dataclasses.replace(trained), log=lines.append)
+  fit.train(dataclasses.replace(trained), log=lines.append)
   assert all("already trained" in line for line in lines), lines
   assert len(lines) == 7
 
 
 def test_evaluation_writes_eval_json_and_predictions(trained):
-  result = evaluation.evaluate(trained, log=lambda _: None)
+  result = evaluation.evaluate(run_lib.Run(trained), log=lambda _: None)
   h = synthetic.load_hierarchy()
   with open(os.path.join(trained.model_dir, "eval.json"), encoding="utf-8") as f:
     assert json.load(f) == result
@@ -111,13 +117,13 @@ def test_other_backbone_in_same_model_dir_is_refused(trained):
   before = open(config_path, encoding="utf-8").read()
   with pytest.raises(ValueError, match="backbone: model_dir has 'small_resnet', asked for "
                      "'mobilenet_v2'"):
-    training.train(dataclasses.replace(trained, backbone="mobilenet_v2"))
+    fit.train(dataclasses.replace(trained, backbone="mobilenet_v2"))
   assert open(config_path, encoding="utf-8").read() == before
 
 
-def test_specialists_need_a_generalist(tmp_path, data_dir):
+def test_specialists_need_a_generalist(tmp_path, data_dir, _config):
   with pytest.raises(FileNotFoundError, match="stage 'generalist' has not finished"):
-    training.train(_config(tmp_path, data_dir, stage="specialists"))
+    fit.train(_config(tmp_path, data_dir, stage="specialists"))
 
 
 class _Interrupt(Exception):
@@ -138,14 +144,14 @@ class _RecordStart(keras.callbacks.Callback):
     self.starts.append((epoch, int(self.model.optimizer.iterations.numpy())))
 
 
-def test_interrupted_stage_resumes_epoch_and_optimizer(tmp_path, data_dir):
+def test_interrupted_stage_resumes_epoch_and_optimizer(tmp_path, data_dir, _config):
   config = _config(tmp_path, data_dir, stage="flat", epochs=3)
   with pytest.raises(_Interrupt):
-    training.train(config, callbacks=[_StopAfterFirstEpoch()])
+    fit.train(config, callbacks=[_StopAfterFirstEpoch()])
   assert os.path.isdir(tmp_path / "flat" / "backup")
   assert not (tmp_path / "flat" / "metrics.json").exists()
   recorder = _RecordStart()
-  training.train(config, callbacks=[recorder])
+  fit.train(config, callbacks=[recorder])
   steps = 168 // 16 + 1  # 21 subclasses x 8 images, last batch partial
   assert recorder.starts == [(1, steps), (2, 2 * steps)]
   with open(tmp_path / "flat" / "metrics.json", encoding="utf-8") as f:
@@ -177,9 +183,9 @@ def test_error_counts_hand_computed():
   assert per == {"tops": 2 / 3, "footwear": 0.0, "trouser": 0.0, "dress": None, "bag": 1.0}
 
 
-def test_specialist_for_missing_superclass_is_refused(tmp_path, data_dir):
+def test_specialist_for_missing_superclass_is_refused(tmp_path, data_dir, _config):
   with pytest.raises(ValueError, match=r"superclass\(es\) \[7\].* superclasses 0..4"):
-    training.train(_config(tmp_path, data_dir, specialists=(7,)))
+    fit.train(_config(tmp_path, data_dir, specialists=(7,)))
   assert not (tmp_path / "flat").exists()  # refused before anything was trained
 
 
@@ -199,8 +205,8 @@ def test_demo_command_end_to_end(tmp_path, data_dir):
 
 
 def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
-  assert training.load_config(trained.model_dir) == trained
-  moved = training.load_config(trained.model_dir, data_dir=str(tmp_path))
+  assert config_lib.load_config(trained.model_dir) == trained
+  moved = config_lib.load_config(trained.model_dir, data_dir=str(tmp_path))
   assert moved.data_dir == str(tmp_path) and moved.backbone == trained.backbone
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run(
@@ -214,4 +220,4 @@ def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
 
 def test_load_config_of_a_folder_that_is_no_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a super-sub-train run"):
-    training.load_config(str(tmp_path))
+    config_lib.load_config(str(tmp_path))

@@ -29,7 +29,7 @@ import sys
 import pytest
 
 from super_sub import hierarchy
-from super_sub import wordnet
+from super_sub.hierarchy import wordnet
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata" / "wordnet"
 CLASSES = TESTDATA / "classes.txt"

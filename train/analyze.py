@@ -18,10 +18,10 @@ import os
 from absl import app
 from absl import flags
 
-from super_sub import cli
+from super_sub._internal import cli
 from super_sub import analysis
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import wordnet as wordnet_lib
+from super_sub.hierarchy import wordnet as wordnet_lib
 
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "Predictions file: .csv (columns label, prediction; optional "

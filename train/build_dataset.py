@@ -11,8 +11,8 @@ import time
 from absl import app
 from absl import flags
 
-from super_sub import cli
-from super_sub import data
+from super_sub._internal import cli
+from super_sub.data import prepare as data
 
 _DATASET = flags.DEFINE_string(
     "dataset", "superclassed_synthetic",

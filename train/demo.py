@@ -12,10 +12,13 @@ import os
 from absl import app
 from absl import flags
 
-from super_sub import cli
+from super_sub._internal import cli
 from super_sub import evaluation
-from super_sub import export_lib
-from super_sub import training
+from super_sub.bundles import export as export_lib
+from super_sub.bundles import parity
+from super_sub.training import config as config_lib
+from super_sub.training import fit
+from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", "runs/demo", "Folder of the run.")
 _DATASET = flags.DEFINE_string("dataset", "superclassed_synthetic", "Dataset (the synthetic "
@@ -30,16 +33,17 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = training.train(training.TrainConfig(
+  config = fit.train(config_lib.TrainConfig(
       model_dir=_MODEL_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
       epochs=_EPOCHS.value, specialist_epochs=_SPECIALIST_EPOCHS.value, seed=_SEED.value,
       # Superclass labels alone teach the synthetic shapes slowly; the flat network's
       # features make the generalist near perfect (99.8% vs 94.4% from scratch, 12 epochs).
       generalist_init="flat"))
-  evaluation.evaluate(config)
+  run = run_lib.Run(config)
+  evaluation.evaluate(run)
   export_dir = os.path.join(config.model_dir, "export")
-  manifest = export_lib.export(config, export_dir)
-  export_lib.tflite_parity(config, export_dir)
+  manifest = export_lib.export(run, export_dir)
+  parity.tflite_parity(run, export_dir)
   print(f"storage: {manifest['num_specialists']} specialists + generalist in "
         f"{manifest['storage_ratio']:.2f} x one fp32 network "
         f"(N+1 separate fp32 networks: {manifest['num_specialists'] + 1})")

@@ -17,8 +17,8 @@ import os
 from absl import app
 from absl import flags
 
-from super_sub import cli
-from super_sub import wordnet
+from super_sub._internal import cli
+from super_sub.hierarchy import wordnet
 
 _WORDNET_DIR = flags.DEFINE_string(
     "wordnet_dir", None, "Directory holding WordNet 3.0's data.noun, e.g. /usr/share/wordnet "

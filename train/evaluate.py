@@ -6,9 +6,9 @@
 from absl import app
 from absl import flags
 
-from super_sub import cli
 from super_sub import evaluation
-from super_sub import training
+from super_sub._internal import cli
+from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Folder of a run made by super-sub-train.",
                                  required=True)
@@ -22,8 +22,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = training.load_config(_MODEL_DIR.value, data_dir=_DATA_DIR.value)
-  evaluation.evaluate(config, split=_SPLIT.value, soft_k=_SOFT_K.value)
+  evaluation.evaluate(run_lib.Run.open(_MODEL_DIR.value, data_dir=_DATA_DIR.value),
+                       split=_SPLIT.value, soft_k=_SOFT_K.value)
 
 
 def run():

@@ -16,7 +16,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from super_sub import features
+from super_sub.data import features
 from super_sub import hierarchy as hierarchy_lib
 
 _URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

@@ -18,7 +18,7 @@ from etils import epath
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from super_sub import features
+from super_sub.data import features
 from super_sub import hierarchy as hierarchy_lib
 
 _TRAIN_TAR = "ILSVRC2012_img_train.tar"

@@ -10,9 +10,9 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from super_sub import features
+from super_sub.data import features
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import synthetic
+from super_sub.data import synthetic
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from super_sub import synthetic
+from super_sub.data import synthetic
 from super_sub.datasets.superclassed_synthetic import superclassed_synthetic_dataset_builder
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from super_sub import files
+from super_sub._internal import files
 from super_sub import hierarchy as hierarchy_lib
 from super_sub.analysis import images as images_lib
 from super_sub.analysis import page
@@ -94,7 +94,7 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
       os.makedirs(os.path.join(tmp, "superclasses"))
     for k, name in enumerate(hierarchy.superclass_names):
       entry = pics["superclasses"][name] = {"confusion": None, "mistakes": None}
-      stem = f"superclasses/{k:03d}_{_slug(name)}"
+      stem = f"superclasses/{k:03d}_{files.safe_name(name, 40)}"
       if k in matrices:
         entry["confusion"] = f"{stem}_confusion.png"
         plots.superclass_block(os.path.join(tmp, entry["confusion"]), analysis.confusion,
@@ -137,9 +137,6 @@ def _matrix_superclasses(r: dict, hierarchy: hierarchy_lib.Hierarchy) -> set[int
   candidates.sort(key=lambda k: -stats[k]["errors_within"])
   return set(candidates[:MAX_SUPERCLASS_PICTURES])
 
-
-def _slug(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:40] or "superclass"
 
 
 def _grid_examples(analysis: report_lib.Analysis, pairs: list[dict],

@@ -3,13 +3,17 @@
   runtime = super_sub.runtime.TwoStageLite("export/tflite")
   out = runtime.predict(super_sub.runtime.load_images(["shoe.jpg"], runtime.input_shape))
 
+  bundle     the `tflite/` bundle format: writing (the exporter calls it) and verified loading
+  delta      a specialist as a lossless byte delta over the generalist's .tflite
+  predictor  `TwoStageLite`: super_sub.routing.core over LiteRT interpreters
+
 The bundle writer lives here too (it needs no TensorFlow either), so the exporter and the runtime
-share one definition of the format.
+share one definition of the format. Images go in through super_sub.data.images (`load_images`).
 """
 
 from super_sub.runtime.bundle import Bundle, BundleError, load_bundle, write_tflite_bundle
 from super_sub.runtime.delta import DeltaError, apply_delta, make_delta
-from super_sub.runtime.images import ImageError, load_images
+from super_sub.data.images import ImageError, load_images
 from super_sub.runtime.predictor import TwoStageLite
 
 __all__ = [

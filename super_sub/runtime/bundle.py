@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from super_sub import files
+from super_sub._internal import files
 from super_sub import hierarchy as hierarchy_lib
 from super_sub.runtime import delta as delta_lib
 
@@ -94,11 +94,6 @@ class Bundle:
                         f"({self.hierarchy.superclasses[k].name!r}): {e}") from None
 
 
-def specialist_superclasses(h: hierarchy_lib.Hierarchy) -> list[int]:
-  """Superclasses that have a specialist: those with at least 2 subclasses."""
-  return [k for k in range(h.num_superclasses) if len(h.subclass_range(k)) >= 2]
-
-
 def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
                         generalist: bytes, specialists: Mapping[int, bytes],
                         input_info: Mapping[str, Any],
@@ -125,7 +120,7 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
   """
   h = hierarchy
   specialists = {int(k): v for k, v in specialists.items()}
-  expected = specialist_superclasses(h)
+  expected = h.specialist_superclasses()
   if sorted(specialists) != expected:
     raise BundleError(f"specialists must be given for exactly the superclasses with >= 2 "
                       f"subclasses {expected}; got {sorted(specialists)}")
@@ -147,7 +142,7 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
     _write(tmp, "generalist.tflite", bytes(generalist))
     for k, model in sorted(specialists.items()):
       skeleton, arrays = delta_lib.make_delta(generalist, model)
-      stem = f"specialists/{k}_{_safe(h.superclasses[k].name)}"
+      stem = f"specialists/{k}_{files.safe_name(h.superclasses[k].name)}"
       _write(tmp, f"{stem}.skeleton.tflite.gz", gzip.compress(skeleton, 9, mtime=0))
       buf = io.BytesIO()
       np.savez_compressed(buf, **arrays)
@@ -221,9 +216,9 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     if not key.isdigit() or not 0 <= int(key) < h.num_superclasses:
       raise BundleError(f"{path}/{MANIFEST}: specialists key {key!r} is not a superclass index")
     specs[int(key)] = entry
-  if sorted(specs) != specialist_superclasses(h):
+  if sorted(specs) != h.specialist_superclasses():
     raise BundleError(f"{path}/{MANIFEST}: specialists {sorted(specs)} do not match the "
-                      f"superclasses with >= 2 subclasses {specialist_superclasses(h)}")
+                      f"superclasses with >= 2 subclasses {h.specialist_superclasses()}")
   skeletons, deltas = {}, {}
   for k, entry in sorted(specs.items()):
     if entry["superclass"] != h.superclasses[k].name:
@@ -256,10 +251,6 @@ def _write(folder: str, rel: str, data: bytes) -> None:
   with open(target, "wb") as f:
     f.write(data)
 
-
-def _safe(name: str) -> str:
-  """A file-name-safe form of a superclass name (the index prefix keeps names unique)."""
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "superclass"
 
 
 def _walk(path: str) -> list[str]:

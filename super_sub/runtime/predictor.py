@@ -5,9 +5,9 @@ routes rows to it, and at most `cache_size` rebuilt specialists are kept (least 
 dropped first), so memory stays about one network at the default of 1. Rows are grouped by routed
 superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
 dimension is resized to the group), and never on zero rows. A bundle with a trunk (stages every
-model shares, super_sub.trunk) runs it once per image and feeds its output to the generalist and
-the specialists. Semantics and outputs match
-TwoStage.predict exactly (see its class docstring). Needs only numpy and ai_edge_litert.
+model shares, super_sub.models.trunk) runs it once per image and feeds its output to the
+generalist and the specialists. The routing itself is super_sub.routing.core's, so semantics and
+outputs match TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import os
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
+from super_sub.data import images as images_lib
+from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
-from super_sub.runtime import outputs
-from super_sub.runtime.outputs import softmax
-
-MODES = ("hard", "soft")
 
 
 class TwoStageLite:
@@ -88,28 +86,16 @@ class TwoStageLite:
 
     Raises:
       ValueError: a bad mode, k, batch_size, or image shape (naming expected vs got).
-      TypeError: images that are neither floating point nor uint8.
+      TypeError: images that are neither uint8 nor floating point.
     """
-    if mode not in MODES:
-      raise ValueError(f"unknown routing mode {mode!r}; choose one of {', '.join(MODES)}")
-    if not isinstance(k, (int, np.integer)) or k < 1:
-      raise ValueError(f"k must be a positive integer; got {k!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    core.check_options(mode, k, batch_size)
     images = self._check_images(images)
-    h = self.hierarchy
-    k = 1 if mode == "hard" else min(int(k), h.num_superclasses)
-    parts = []
-    for start in range(0, len(images), batch_size):
-      x = images[start:start + batch_size]
-      if self.trunk is not None:
-        x = self.trunk(x)
-      super_probs = softmax(self.generalist(x))
-      order = np.argsort(-super_probs, axis=1, kind="stable")[:, :k]
-      weights = (np.ones(order.shape, np.float32) if mode == "hard"
-                 else np.take_along_axis(super_probs, order, axis=1))
-      parts.append((order[:, 0], super_probs, self._route(x, order, weights)))
-    return outputs.assemble(parts, h)
+    return core.predict(images, self.hierarchy, self.generalist,
+                        lambda sup, x: self.specialist(sup)(x), mode=mode, k=k,
+                        batch_size=batch_size, trunk=self.trunk,
+                        # Cached specialists run first, before a rebuild evicts them: fewer
+                        # rebuilds, same result.
+                        first=lambda sup: sup in self._cache)
 
   def specialist(self, k: int) -> "_LiteModel":
     """Superclass k's specialist interpreter, rebuilt from base + delta unless cached."""
@@ -126,23 +112,6 @@ class TwoStageLite:
     return model
 
   # --- internals -------------------------------------------------------------------------------
-  def _route(self, x: np.ndarray, order: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """label_probs [n, num_subclasses]: sum over j of weights[:, j] * P(sub | order[:, j])."""
-    h = self.hierarchy
-    label_probs = np.zeros((len(x), h.num_subclasses), np.float32)
-    routed = np.unique(order).tolist()
-    # Cached specialists run first, before a rebuild evicts them: fewer rebuilds, same result.
-    routed.sort(key=lambda sup: sup not in self._cache)
-    for sup in routed:
-      rows, slot = np.nonzero(order == sup)  # each superclass appears at most once per row
-      lo, hi = h.superclass_offsets[sup], h.superclass_offsets[sup + 1]
-      if hi - lo >= 2:
-        conditional = softmax(self.specialist(sup)(x[rows]))
-      else:
-        conditional = np.ones((len(rows), 1), np.float32)
-      label_probs[rows, lo:hi] = weights[rows, slot][:, None] * conditional
-    return label_probs
-
   def _check(self, model: "_LiteModel", width: int) -> None:
     if model.input_shape != self._model_input:
       what = "the trunk's output" if self.trunk is not None else "the manifest's input"
@@ -153,20 +122,9 @@ class TwoStageLite:
                                    f"logits; the hierarchy needs {width}")
 
   def _check_images(self, images) -> np.ndarray:
-    images = np.asarray(images)
-    want = self.input_shape
-    if images.ndim != 4 or images.shape[1:] != want:
-      got_c = images.shape[-1] if images.ndim == 4 else None
-      hint = (f" ({want[2]}-channel images expected, got {got_c} channels)"
-              if images.ndim == 4 and images.shape[1:3] == want[:2] else "")
-      raise ValueError(f"images must have shape (N, {want[0]}, {want[1]}, {want[2]}) for this "
-                       f"bundle; got {images.shape}{hint}")
-    if images.dtype == np.uint8:
-      images = images.astype(np.float32) / 255.0
-    elif not np.issubdtype(images.dtype, np.floating):
-      raise TypeError(f"images must be floating point in [0, 1] or uint8; got {images.dtype}")
+    """The image contract's model input, mapped linearly from [0, 1] onto the bundle's range."""
+    images = images_lib.to_model_input(images, self.input_shape)
     lo, hi = self.bundle.input_range
-    images = images.astype(np.float32, copy=False)
     return images if (lo, hi) == (0.0, 1.0) else (lo + images * (hi - lo)).astype(np.float32)
 
 

@@ -2,7 +2,7 @@
 
 Every role reads the same examples and differs only in its target: `label` (flat),
 `superclass` (generalist) or `subclass` (a specialist, which sees only its own
-superclass's examples). Models take float32 images in [0, 1].
+superclass's examples). Images follow super_sub.data.images' contract.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.data import images as images_lib
 
 ROLES = ("flat", "generalist", "specialist")
 AUGMENTATIONS = ("none", "crop", "flip_crop")
@@ -36,7 +37,7 @@ class InputSpec:
     seed: shuffling and augmentation seed.
     drop_remainder: drop the last, smaller batch. Several replicas need it: tf.distribute
       can hand a replica zero rows of a partial batch, and oneDNN's Conv2D fails on empty
-      batches (shared/notes trap 6).
+      batches (see super_sub.routing.core).
   """
   role: str
   batch_size: int
@@ -101,7 +102,9 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
   def decode(ex):  # per example, before the cache: keep uint8 (4x less memory than float)
     image = ex["image"]
     if image.shape[0] != spec.image_size or image.shape[1] != spec.image_size:
-      image = tf.image.resize(image, (spec.image_size, spec.image_size), antialias=True)
+      image = tf.image.resize(image, (spec.image_size, spec.image_size),
+                              method=images_lib.RESIZE_METHOD,
+                              antialias=images_lib.RESIZE_ANTIALIAS)
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     if not with_metadata:
       return image, ex[target_key]

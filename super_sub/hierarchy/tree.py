@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from super_sub import files
+from super_sub._internal import files
 
 _TOP_KEYS = {"name", "superclasses", "num_source_labels"}
 _SUPER_KEYS = {"name", "wnid", "subclasses"}
@@ -115,6 +115,18 @@ class Hierarchy:
     """Global subclass indices belonging to `superclass`."""
     return range(int(self.superclass_offsets[superclass]),
                  int(self.superclass_offsets[superclass + 1]))
+
+  # --- the one rule of which superclasses get a specialist --------------------
+  def has_specialist(self, superclass: int) -> bool:
+    """Whether `superclass` gets a specialist: it has at least 2 subclasses.
+
+    A one-subclass superclass needs none: routing an image to it is the answer.
+    """
+    return len(self.superclasses[superclass].subclasses) >= 2
+
+  def specialist_superclasses(self) -> list[int]:
+    """The superclasses that get a specialist (see `has_specialist`), in index order."""
+    return [k for k in range(self.num_superclasses) if self.has_specialist(k)]
 
   @functools.cached_property
   def source_to_global(self) -> np.ndarray:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from super_sub import models
-from super_sub.compat import keras
+from super_sub._internal.compat import keras
+from super_sub.models import backbones
+from super_sub.models import classifiers
 
 
 def split(model: keras.Model, frozen_stages: int) -> tuple[keras.Model, keras.Model]:
@@ -33,7 +34,7 @@ def split(model: keras.Model, frozen_stages: int) -> tuple[keras.Model, keras.Mo
   features = keras.Input(boundary.shape[1:], name="features")
   tensors = {id(boundary): features}
   for layer in model.layers[cut + 1:]:
-    inputs = models.inbound_node(model, layer).input_tensors
+    inputs = classifiers.inbound_node(model, layer).input_tensors
     try:
       mapped = ([tensors[id(t)] for t in inputs] if isinstance(inputs, (list, tuple))
                 else tensors[id(inputs)])
@@ -64,11 +65,11 @@ def check_shared(base: keras.Model, specialist: keras.Model, frozen_stages: int)
 
 def _cut(model: keras.Model, frozen_stages: int) -> int:
   """Index of the trunk's last layer (the last layer of stage frozen_stages - 1)."""
-  top = models.num_stages(model)
+  top = backbones.num_stages(model)
   if not 1 <= frozen_stages <= top + 1:
     raise ValueError(f"a trunk needs 1 <= frozen_stages <= {top + 1} (stem + {top} stages) "
                      f"for {model.name!r}; got {frozen_stages}")
-  stages = [models.stage_of(layer.name) for layer in model.layers]
+  stages = [backbones.stage_of(layer.name) for layer in model.layers]
   cut = max(i for i, s in enumerate(stages) if s is not None and s < frozen_stages)
   if any(s is not None and s >= frozen_stages for s in stages[:cut]) or any(
       s is not None and s < frozen_stages for s in stages[cut + 1:]):

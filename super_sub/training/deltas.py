@@ -1,7 +1,6 @@
 """Cheap specialists: train each one as a small, sparse delta over the generalist.
 
-Four things make a specialist's delta small (measured in shared/notes/qat-delta-facts.md
-and BENCHMARKS.md):
+Four things make a specialist's delta small (measured in BENCHMARKS.md):
   * a budget: gradual magnitude pruning of W - W_base (Zhu & Gupta, 2017) keeps only the
     largest changes, counted in int8 quantization steps, and the last third of the epochs
     recovers with that mask fixed;
@@ -20,22 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
-from super_sub import models
-from super_sub.compat import keras
-
-
-def quantize(model: keras.Model) -> keras.Model:
-  """The tfmot quantization-aware version of a `build_classifier` model (same spec, same name).
-
-  A fresh QAT model scores at chance until trained: its quantizer ranges start at +-6 and
-  only move in training steps (notes, trap 2).
-  """
-  spec = models.spec_of(model)
-  qat = tfmot.quantization.keras.quantize_model(model)
-  qat.super_sub_spec = spec
-  return qat
+from super_sub._internal.compat import keras
 
 
 def backbone_variables(model: keras.Model) -> list[tf.Variable]:
@@ -125,7 +110,8 @@ class DeltaToBase(keras.callbacks.Callback):
   quantizer ranges (so an unchanged weight keeps its int8 value), the input range, step
   counters and every variable of a frozen layer (`--freeze_stages`): always pinned.
   Activation quantizer ranges follow the specialist's activations. tfmot's QuantizeWrapperV2 lists its
-  layer's weights as trainable even when the layer is frozen (notes, trap 5), so pinning,
+  layer's weights as trainable even when the layer is frozen
+  (tensorflow/model-optimization#1067), so pinning,
   not `.trainable`, is what holds them.
   """
 

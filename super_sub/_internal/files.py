@@ -1,10 +1,12 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash leaves the old one."""
+"""File helpers: atomic writes (a reader never sees a half-written file, a crash leaves the old
+one) and the one rule that turns names into file names."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Iterator
@@ -46,3 +48,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def safe_name(name: str, max_length: int | None = None) -> str:
+  """A file-name-safe form of `name`: runs of characters other than letters, digits, `.`, `_`
+  and `-` become one `_`, leading and trailing dots and underscores go; "unnamed" if nothing
+  is left. Callers that need unique names prefix an index (e.g. `3_dog`)."""
+  safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+  if max_length is not None:
+    safe = safe[:max_length].rstrip("._")
+  return safe or "unnamed"

@@ -10,21 +10,18 @@ All names are explicit, hence identical however many models a process builds.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from super_sub import hierarchy as hierarchy_lib
-from super_sub.compat import keras
+from super_sub._internal.compat import keras
 
 layers = keras.layers
 
 BACKBONES = ("small_resnet", "small_resnet_wide", "resnet18", "resnet50", "mobilenet_v2")
-ROLES = ("flat", "generalist", "specialist")
 INPUT_NAME = "image"
 POOL_NAME = "pool"
 HEAD_NAME = "head"
@@ -35,20 +32,6 @@ INPUT_NORM_NAME = "stem_input_norm"
 PRETRAINED = {"resnet50": "ResNet50", "mobilenet_v2": "MobileNetV2"}  # keras.applications names
 _MIN_SIZE = {"small_resnet": 8, "small_resnet_wide": 8, "resnet18": 32, "resnet50": 32, "mobilenet_v2": 32}
 _STAGE_RE = re.compile(r"^(?:quant_)?(?:stem|stage(\d+))_")  # tfmot wraps layers as quant_<name>
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierSpec:
-  """What `build_classifier` needs to rebuild a model exactly; kept on the model as `super_sub_spec`."""
-  backbone: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  role: str
-  name: str
-
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-ready form; `build_classifier(**spec.to_dict())` rebuilds the model."""
-    return {**dataclasses.asdict(self), "image_shape": list(self.image_shape)}
 
 
 # --- stages --------------------------------------------------------------------------------------
@@ -76,7 +59,7 @@ def freeze_stages(model: keras.Model, k: int) -> None:
   backbone. The head, `pool` and the fixed input normalisation are never changed. Frozen
   BatchNormalization layers run in inference mode even in training (Keras 2 semantics of
   `trainable=False`). Recompile a compiled model afterwards. On a tfmot-quantized model note
-  that `QuantizeWrapperV2.trainable_weights` ignores `.trainable` (see the QAT notes).
+  that `QuantizeWrapperV2.trainable_weights` ignores `.trainable` (tensorflow/model-optimization#1067).
 
   Raises:
     ValueError: if k is not in [0, num_stages + 1].
@@ -296,141 +279,3 @@ def _load_pretrained(model: keras.Model, name: str, image_shape: tuple[int, int,
     raise RuntimeError(f"pretrained {name}: no weights for layers {missed}")
 
 
-# --- classifiers and roles -------------------------------------------------------------------
-def build_classifier(backbone: str | keras.Model, image_shape: Sequence[int], num_classes: int,
-                     role: str, name: str, weights: str | None = None) -> keras.Model:
-  """Backbone + Dense(num_classes) logits head named "head", as one flat functional model.
-
-  The result depends only on the arguments (layer names included), so a model can be rebuilt
-  from its `super_sub_spec` and a checkpoint restored into it.
-
-  Args:
-    backbone: one of BACKBONES, or a model from `build_backbone` (whose layers then become the
-      classifier's: give each backbone model to one classifier only).
-    image_shape: (height, width, channels) of the [0, 1] float input images.
-    num_classes: width of the logits (>= 2).
-    role: "flat" (all subclasses), "generalist" (superclasses) or "specialist" (the subclasses
-      of one superclass); recorded, it does not change the graph.
-    name: the Keras model name, e.g. "generalist" or "specialist_3" (it ends up in TFLite files).
-    weights: as in `build_backbone` when `backbone` is a name (None when it is a model); the
-      head is always freshly initialised.
-
-  Returns:
-    The model, with a `ClassifierSpec` as its `super_sub_spec` attribute.
-
-  Raises:
-    ValueError: on an unknown role, fewer than 2 classes, an empty name, a backbone model not
-      from `build_backbone` or not of `image_shape`, or as `build_backbone`.
-  """
-  if role not in ROLES:
-    raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-  if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-    raise ValueError(f"a {role} classifier needs num_classes >= 2; got {num_classes!r}")
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"name must be a non-empty string; got {name!r}")
-  if isinstance(backbone, keras.Model):
-    base = backbone
-    if getattr(base, "super_sub_backbone", None) not in BACKBONES:
-      raise ValueError(f"backbone model {base.name!r} was not built by build_backbone")
-    if weights is not None:
-      raise ValueError("weights go to build_backbone; this backbone model is already built")
-    if tuple(base.input.shape[1:]) != tuple(image_shape):
-      raise ValueError(f"backbone model {base.name!r} takes images of shape "
-                       f"{tuple(base.input.shape[1:])}, not {tuple(image_shape)}")
-  else:
-    base = build_backbone(backbone, image_shape, weights)
-  logits = layers.Dense(int(num_classes), name=HEAD_NAME)(base.output)
-  model = keras.Model(base.input, logits, name=name)
-  model.super_sub_spec = ClassifierSpec(base.super_sub_backbone, tuple(base.input.shape[1:]),
-                                        int(num_classes), role, name)
-  return model
-
-
-def spec_of(model: keras.Model) -> ClassifierSpec:
-  """The `ClassifierSpec` that `build_classifier` attached to `model`.
-
-  Raises:
-    ValueError: if the model was not built by `build_classifier`.
-  """
-  spec = getattr(model, "super_sub_spec", None)
-  if not isinstance(spec, ClassifierSpec):
-    raise ValueError(f"model {model.name!r} was not built by super_sub.models.build_classifier "
-                     f"(no super_sub_spec); build it that way and restore its checkpoint")
-  return spec
-
-
-def copy_backbone_weights(source: keras.Model, target: keras.Model) -> None:
-  """Copies every weight except the head's (the last layer) from source to target.
-
-  Layers are matched by position, not name (names may differ, e.g. by `_1` suffixes).
-
-  Raises:
-    ValueError: if the two models' backbones differ in layer count, layer type or weight shapes.
-  """
-  src, dst = source.layers[:-1], target.layers[:-1]
-  if len(src) != len(dst):
-    raise ValueError(f"backbones differ: {source.name!r} has {len(src)} layers before its head, "
-                     f"{target.name!r} {len(dst)}")
-  for i, (a, b) in enumerate(zip(src, dst)):
-    values = a.get_weights()
-    if type(a) is not type(b) or [v.shape for v in values] != [w.shape for w in b.weights]:
-      raise ValueError(f"backbones differ at layer {i}: {a.name!r} ({type(a).__name__}) in "
-                       f"{source.name!r} vs {b.name!r} ({type(b).__name__}) in {target.name!r}")
-    if values:
-      b.set_weights(values)
-
-
-def inbound_node(model: keras.Model, layer: keras.layers.Layer):
-  """The node through which `layer` takes part in `model`'s graph.
-
-  A layer that also serves another model (super_sub.trunk's tails call the same layers)
-  has one inbound node per call; only one belongs to `model`.
-  """
-  nodes = layer._inbound_nodes  # pylint: disable=protected-access
-  for i, node in enumerate(nodes):
-    if f"{layer.name}_ib-{i}" in model._network_nodes:  # pylint: disable=protected-access
-      return node
-  raise ValueError(f"layer {layer.name!r} is not part of model {model.name!r}")
-
-
-def make_specialist(generalist: keras.Model, num_subclasses: int, name: str,
-                    freeze_stages: int = 0,  # pylint: disable=redefined-outer-name
-                    head_init: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
-  """A specialist: the generalist's backbone (architecture and weights) with a fresh head.
-
-  Args:
-    generalist: a model from `build_classifier` (any role); its head is not used.
-    num_subclasses: width of the new head (the superclass's subclass count, >= 2).
-    name: the specialist's model name, e.g. "specialist_3".
-    freeze_stages: as `freeze_stages(model, k)`, applied to the specialist.
-    head_init: optional (kernel [features, num_subclasses], bias [num_subclasses]) for the head,
-      e.g. the columns of a flat model's head for this superclass's subclasses.
-
-  Returns:
-    The specialist, built by `build_classifier(..., role="specialist", name=name)`.
-
-  Raises:
-    ValueError: on a generalist not built by `build_classifier`, or a mis-shaped head_init.
-  """
-  spec = spec_of(generalist)
-  specialist = build_classifier(spec.backbone, spec.image_shape, num_subclasses, "specialist",
-                                name)
-  copy_backbone_weights(generalist, specialist)
-  if head_init is not None:
-    head = specialist.layers[-1]
-    kernel, bias = (np.asarray(v, np.float32) for v in head_init)
-    want = [tuple(w.shape) for w in head.weights]
-    if [kernel.shape, bias.shape] != want:
-      raise ValueError(f"head_init shapes {kernel.shape}, {bias.shape} do not fit the head of "
-                       f"{name!r}: expected {want[0]}, {want[1]}")
-    head.set_weights([kernel, bias])
-  _freeze_stages(specialist, freeze_stages)
-  return specialist
-
-
-_freeze_stages = freeze_stages  # make_specialist's argument shadows the function's name
-
-
-def specialist_superclasses(hierarchy: hierarchy_lib.Hierarchy) -> list[int]:
-  """Superclasses that get a specialist: those with at least 2 subclasses."""
-  return [k for k in range(hierarchy.num_superclasses) if len(hierarchy.subclass_range(k)) >= 2]

@@ -6,7 +6,7 @@ Only one specialist's weights exist at a time, so memory stays close to one netw
 the SavedModel needs nothing but TensorFlow to load (`tf.saved_model.load`).
 
 The network is evaluated from the weights by a small interpreter of the backbone's Keras
-graph (the layer types super_sub.models builds), in float32. Quantization-aware models are
+graph (the layer types super_sub.models.backbones builds), in float32. Quantization-aware models are
 exported with their float weights: outputs then differ from the QAT Keras model by its
 fake-quantization noise.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from super_sub import hierarchy as hierarchy_lib
-from super_sub import models
-from super_sub.compat import keras
+from super_sub._internal.compat import keras
+from super_sub.models import classifiers
 
 
 def _unwrap(layer):
@@ -30,8 +30,8 @@ def _weights(layer) -> list[tf.Variable]:
   """The variables the float computation of `layer` needs, in `layer.get_weights()` order.
 
   A tfmot wrapper lists its layer's variables and then its own quantizer variables (named
-  under the wrapper); the wrapped layer's `.weights` are not usable after wrapping (notes,
-  trap 5), so the wrapper's list is filtered.
+  under the wrapper); the wrapped layer's own `.kernel` is a symbolic tensor after wrapping,
+  so the wrapper's list is filtered.
   """
   if _unwrap(layer) is layer:
     return list(layer.weights)
@@ -46,7 +46,7 @@ class _Graph:
     self.steps = []  # (layer name, layer, inbound names)
     for layer in model.layers:
       inner = _unwrap(layer)
-      node = models.inbound_node(model, layer)
+      node = classifiers.inbound_node(model, layer)
       inbound = [n.name for n in tf.nest.flatten(node.inbound_layers)]
       self.steps.append((layer.name, inner, inbound))
     self.output = model.layers[-1].name
@@ -128,7 +128,9 @@ class SuperSubModule(tf.Module):
     self.base = [[tf.Variable(v, trainable=False) for v in layer] for layer in base]
     self.deltas = {}
     self.heads = {}
-    self._order = sorted(specialists)
+    if sorted(specialists) != hierarchy.specialist_superclasses():
+      raise ValueError(f"specialists must be given for exactly the superclasses that have one "
+                       f"{hierarchy.specialist_superclasses()}; got {sorted(specialists)}")
     for k, model in specialists.items():
       layers = model.layers
       if len(layers) != len(generalist.layers):
@@ -159,32 +161,52 @@ class SuperSubModule(tf.Module):
 
   def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """Hard two-stage routing; see export_saved_model for the signature."""
-    h = self._h
-    super_probs = tf.nn.softmax(self._graph(images, self.base))
-    superclass = tf.argmax(super_probs, axis=1, output_type=tf.int64)
-    n = tf.shape(images)[0]
-    label_probs = tf.zeros([n, h.num_subclasses])
-    previous = label_probs
-    for k in range(h.num_superclasses):
-      rows = tf.where(tf.equal(superclass, k))[:, 0]
-      lo, hi = int(h.superclass_offsets[k]), int(h.superclass_offsets[k + 1])
-      if k not in self._order:  # one subclass: routing to it is the answer
-        part = tf.ones([tf.size(rows), 1])
-      else:
-        with tf.control_dependencies([previous]):  # one specialist's weights at a time
-          part = tf.cond(
-              tf.size(rows) > 0,  # never run a convolution on zero rows (oneDNN trap)
-              lambda k=k, rows=rows: tf.nn.softmax(
-                  self._graph(tf.gather(images, rows), self._specialist_weights(k))),
-              lambda lo=lo, hi=hi: tf.zeros([0, hi - lo]))
-      previous = part
-      cols = tf.range(lo, hi, dtype=tf.int64)
-      grid = tf.stack(tf.meshgrid(rows, cols, indexing="ij"), axis=-1)
-      label_probs = tf.tensor_scatter_nd_update(label_probs, tf.reshape(grid, [-1, 2]),
-                                                tf.reshape(part, [-1]))
-    return {"superclass": superclass, "superclass_probs": super_probs,
-            "label": tf.argmax(label_probs, axis=1, output_type=tf.int64),
-            "label_probs": label_probs}
+    return two_stage_graph(images, self._h, lambda x: self._graph(x, self.base),
+                           lambda k, x: self._graph(x, self._specialist_weights(k)))
+
+
+def two_stage_graph(images: tf.Tensor, hierarchy: hierarchy_lib.Hierarchy,
+                    generalist, specialists) -> dict[str, tf.Tensor]:
+  """Hard routing of super_sub.routing.core, as TensorFlow graph operations.
+
+  The same outputs as `core.predict(..., mode="hard")` (tested on the same cases): the
+  generalist's argmax superclass (ties: the lower index), its softmax, and label_probs with
+  P(subclass | routed superclass) in that superclass's columns, 1 for a superclass without a
+  specialist. Specialists run one after another, each on just its routed rows and never on
+  zero rows, so only one specialist's weights exist at a time.
+
+  Args:
+    images: [batch, ...] float32 model inputs.
+    hierarchy: the label tree.
+    generalist: images -> superclass logits.
+    specialists: (superclass, images) -> that specialist's logits; called for the
+      superclasses that have one (`Hierarchy.has_specialist`).
+  """
+  h = hierarchy
+  super_probs = tf.nn.softmax(generalist(images))
+  superclass = tf.argmax(super_probs, axis=1, output_type=tf.int64)
+  n = tf.shape(images)[0]
+  label_probs = tf.zeros([n, h.num_subclasses])
+  previous = label_probs
+  for k in range(h.num_superclasses):
+    rows = tf.where(tf.equal(superclass, k))[:, 0]
+    lo, hi = int(h.superclass_offsets[k]), int(h.superclass_offsets[k + 1])
+    if not h.has_specialist(k):  # routing to it is the answer
+      part = tf.ones([tf.size(rows), 1])
+    else:
+      with tf.control_dependencies([previous]):  # one specialist's weights at a time
+        part = tf.cond(
+            tf.size(rows) > 0,  # never a convolution on zero rows (super_sub.routing.core)
+            lambda k=k, rows=rows: tf.nn.softmax(specialists(k, tf.gather(images, rows))),
+            lambda lo=lo, hi=hi: tf.zeros([0, hi - lo]))
+    previous = part
+    cols = tf.range(lo, hi, dtype=tf.int64)
+    grid = tf.stack(tf.meshgrid(rows, cols, indexing="ij"), axis=-1)
+    label_probs = tf.tensor_scatter_nd_update(label_probs, tf.reshape(grid, [-1, 2]),
+                                              tf.reshape(part, [-1]))
+  return {"superclass": superclass, "superclass_probs": super_probs,
+          "label": tf.argmax(label_probs, axis=1, output_type=tf.int64),
+          "label_probs": label_probs}
 
 
 def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int, keras.Model],

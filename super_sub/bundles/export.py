@@ -1,0 +1,100 @@
+"""Exports a trained run for deployment, with the base weights stored once per bundle.
+
+`export(run, export_dir)` writes, atomically (temporary folder, then rename):
+  export_dir/saved_model/   for servers (super_sub.bundles.saved_model): base + sparse deltas,
+                            hard two-stage routing in `serving_default`
+  export_dir/tflite/        the edge bundle (super_sub.runtime.bundle): the int8 generalist,
+                            which is also the base, and each specialist as a delta over it;
+                            with --freeze_stages=K, the first K stages once as a shared trunk
+                            (super_sub.models.trunk) and the generalist and specialists as tails
+  export_dir/manifest.json  sizes against the paper's unit (one fp32 network) and checksums
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from super_sub._internal import files
+from super_sub.bundles import saved_model
+from super_sub.bundles import storage
+from super_sub.bundles import tflite
+from super_sub.models import trunk as trunk_lib
+from super_sub.runtime import bundle as bundle_lib
+from super_sub.training import run as run_lib
+
+
+def export(run: run_lib.Run, export_dir: str,
+           representative: np.ndarray | None = None,
+           log: Callable[[str], None] = print) -> dict:
+  """Writes export_dir/tflite and export_dir/manifest.json for a trained run.
+
+  Args:
+    run: the trained run (`Run.open(model_dir)`).
+    export_dir: the output folder; replaced as a whole only once everything is written.
+    representative: images for full-integer calibration; default 256 training images.
+  Returns:
+    The top-level manifest.
+  Raises:
+    FileNotFoundError: a stage the bundle needs has not finished training.
+  """
+  h = run.hierarchy
+  generalist = run.load_model(run.generalist)
+  specialists = {k: run.load_model(stage) for k, stage in run.specialists().items()}
+  if representative is None:
+    representative = tflite.representative_images(run)
+
+  shared = run.config.freeze_stages
+  log(f"converting the generalist and {len(specialists)} specialists to int8 TFLite"
+      + (f", the first {shared} stages as a shared trunk" if shared else ""))
+  trunk_tflite = None
+  if shared:
+    for m in specialists.values():
+      trunk_lib.check_shared(generalist, m, shared)
+    trunk, generalist_tail = trunk_lib.split(generalist, shared)
+    trunk_tflite = tflite.to_tflite(trunk, representative)
+    features = trunk.predict(representative, batch_size=64, verbose=0)
+    generalist_tflite = tflite.to_tflite(generalist_tail, features)
+    specialist_tflite = {k: tflite.to_tflite(trunk_lib.split(m, shared)[1], features)
+                         for k, m in specialists.items()}
+  else:
+    generalist_tflite = tflite.to_tflite(generalist, representative)
+    specialist_tflite = {k: tflite.to_tflite(m, representative) for k, m in specialists.items()}
+  # N + 1 separate int8 networks; with a trunk, each would carry its own copy of it.
+  naive_int8 = len(generalist_tflite) + sum(len(b) for b in specialist_tflite.values()) + (
+      (len(specialists) + 1) * len(trunk_tflite) if trunk_tflite else 0)
+  # The paper's unit: one float network, counted from the float generalist's parameters.
+  fp32_network = 4 * run.metrics(run_lib.GENERALIST)["num_params"]
+  with files.atomic_dir(export_dir) as tmp:
+    saved_model.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
+                                       specialists, h)
+    bundle_lib.write_tflite_bundle(
+        os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
+        {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0]},
+        trunk=trunk_tflite)
+    listing = storage.listing(tmp)
+    tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))
+    saved_model_bytes = sum(v["bytes"] for p, v in listing.items()
+                            if p.startswith("saved_model/"))
+    manifest = {
+        "num_superclasses": h.num_superclasses, "num_specialists": len(specialists),
+        "hierarchy": h.to_dict(),
+        "bytes": {
+            "single_fp32_network": fp32_network,
+            "naive_fp32_bundle": 4 * (generalist.count_params() + sum(
+                m.count_params() for m in specialists.values())),
+            "saved_model": saved_model_bytes,
+            "tflite_bundle": tflite_bytes,
+            "tflite_naive_int8": naive_int8,
+        },
+        "storage_ratio": tflite_bytes / fp32_network,
+        "files": listing,
+    }
+    files.write_json(os.path.join(tmp, "manifest.json"), manifest)
+  log(f"wrote {export_dir}: TFLite bundle {tflite_bytes:,} bytes = "
+      f"{manifest['storage_ratio']:.3f} x one fp32 network ({fp32_network:,} bytes); "
+      f"{len(specialists) + 1} separate int8 files would take "
+      f"{manifest['bytes']['tflite_naive_int8']:,}")
+  return manifest

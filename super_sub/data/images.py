@@ -1,0 +1,108 @@
+"""The image contract: what every super-sub model takes, and how images become that.
+
+  dtype and range   float32 in [0, 1] (uint8 images are divided by 255), shape [N, H, W, C]
+  resize            bilinear (a triangle filter), antialiased when shrinking: in TensorFlow
+                    `tf.image.resize(method="bilinear", antialias=True)` (the input pipeline),
+                    without it Pillow's `Image.Resampling.BILINEAR` (the runtime), which is the
+                    same filter; the two agree to within a grey level or two (tested)
+
+Training and evaluation (super_sub.data.pipeline), export calibration (super_sub.bundles) and
+both routers (super_sub.routing, super_sub.runtime) take images through this module. Needs
+only numpy and Pillow: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+DTYPE = np.float32
+RANGE = (0.0, 1.0)
+RESIZE_METHOD = "bilinear"  # the `method` of tf.image.resize
+RESIZE_ANTIALIAS = True     # tf.image.resize's `antialias`; Pillow always antialiases shrinking
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR}
+_MODES = {1: "L", 3: "RGB"}
+
+
+class ImageError(ValueError):
+  """An image file that cannot be read or decoded; the message names the file."""
+
+
+def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int]) -> np.ndarray:
+  """Decodes image files, converts them to the models' channels and resizes them.
+
+  Images are converted to grayscale ("L") for C == 1 or RGB for C == 3 (alpha is dropped), then
+  resized to H x W by the contract's method (`resize`).
+
+  Args:
+    paths: image files in any format Pillow decodes (JPEG, PNG, BMP, GIF's first frame, ...).
+    shape: (H, W, C) of the bundle's input, C 1 or 3.
+
+  Returns:
+    uint8 array [len(paths), H, W, C]; `to_model_input` divides it by 255.
+
+  Raises:
+    ImageError: naming the file, when it is missing, unreadable or does not decode.
+    ValueError: a shape whose channel count is not 1 or 3.
+  """
+  height, width, channels = (int(d) for d in shape)
+  if channels not in _MODES:
+    raise ValueError(f"images can be loaded as 1 (grayscale) or 3 (RGB) channels; the shape "
+                     f"asks for {channels}")
+  out = np.zeros((len(paths), height, width, channels), np.uint8)
+  for i, path in enumerate(paths):
+    try:
+      with Image.open(path) as img:
+        img = img.convert(_MODES[channels])  # decodes the whole file: errors surface here
+    except FileNotFoundError:
+      raise ImageError(f"{os.fspath(path)}: no such image file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+      # Pillow reports undecodable data as UnidentifiedImageError (an OSError), truncated data
+      # as OSError, and some corrupt headers as ValueError or SyntaxError.
+      raise ImageError(f"{os.fspath(path)}: cannot decode as an image ({e})") from None
+    out[i] = resize(np.asarray(img, np.uint8).reshape(img.size[1], img.size[0], channels),
+                    (height, width))
+  return out
+
+
+def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """A uint8 image [H, W, C] (C 1 or 3) resized to `size` (height, width) by the contract's
+  method; returned unchanged when it already has that size."""
+  height, width = (int(d) for d in size)
+  if image.shape[:2] == (height, width):
+    return image
+  channels = image.shape[2]
+  img = Image.fromarray(image[..., 0] if channels == 1 else image)
+  img = img.resize((width, height), _PIL_FILTERS[RESIZE_METHOD])
+  return np.asarray(img, np.uint8).reshape(height, width, channels)
+
+
+def to_model_input(images, shape: Sequence[int | None]) -> np.ndarray:
+  """Images as the models take them: float32 [N, *shape] in [0, 1].
+
+  Args:
+    images: array-like [N, H, W, C], uint8 (divided by 255) or floating point in [0, 1].
+    shape: (H, W, C) the models take (None matches any size).
+
+  Raises:
+    ValueError: images of another shape, naming expected against got.
+    TypeError: images that are neither uint8 nor floating point.
+  """
+  images = np.asarray(images)
+  want = tuple(shape)
+  if images.ndim != len(want) + 1 or any(
+      w is not None and g != w for g, w in zip(images.shape[1:], want)):
+    hint = ""
+    if images.ndim == 4 and len(want) == 3 and images.shape[1:3] == want[:2]:
+      hint = f" ({want[2]}-channel images expected, got {images.shape[3]} channels)"
+    raise ValueError(f"images must have shape (N, {', '.join(map(str, want))}) to fit the "
+                     f"models; got {images.shape}{hint}")
+  if images.dtype == np.uint8:
+    return images.astype(DTYPE) / DTYPE(255.0)
+  if not np.issubdtype(images.dtype, np.floating):
+    raise TypeError(f"images must be uint8 or floating point with values in [0, 1]; got "
+                    f"{images.dtype}")
+  return images.astype(DTYPE, copy=False)

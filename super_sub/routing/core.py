@@ -1,0 +1,178 @@
+"""The two-stage algorithm, written once in numpy: every router runs it on its own models.
+
+A generalist's logits pick superclasses; the specialists of the picked superclasses score
+their subclasses. Within a batch the rows are grouped by routed superclass, so each
+specialist runs once per batch on just its rows, and never on an empty group (on this stack
+oneDNN's CPU Conv2D rejects a zero-row batch with InvalidArgumentError, as cuDNN's did in
+tensorflow/tensorflow#14657). The Keras router
+(`super_sub.routing.TwoStage`) and the LiteRT runtime (`super_sub.runtime.TwoStageLite`)
+call `predict` and `oracle` with their own model-calling functions; the SavedModel's graph
+(`super_sub.bundles.saved_model`) mirrors hard routing and is tested on the same cases.
+
+Output of `predict` and `oracle`: a dict of numpy arrays over the N images,
+  superclass [N] int64: the generalist's argmax (for `oracle`, the given superclasses);
+  superclass_probs [N, S] float32: the generalist's softmax (for `oracle`, one-hot);
+  label [N] int64: the predicted global subclass index, argmax of label_probs;
+  label_probs [N, num_subclasses] float32, which depends on the routing:
+    hard / oracle: P(subclass | routed superclass) in the routed superclass's columns and 0
+      elsewhere (each row sums to 1; a one-subclass superclass gives its subclass 1);
+    soft: P(superclass) * P(subclass | superclass) for each of the top-k superclasses, 0 for
+      the others. Not renormalised, so a row sums to the top-k superclasses' total
+      probability (<= 1): the product is the model's joint estimate and the lost mass says
+      how much the truncation left out. The argmax is the same either way.
+Needs only numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from super_sub.hierarchy import tree as hierarchy_lib
+
+MODES = ("hard", "soft")
+
+# (features [n, ...]) -> logits [n, C]; n >= 1.
+Model = Callable[[np.ndarray], np.ndarray]
+# (superclass, features [n, ...]) -> that specialist's logits [n, subclasses]; n >= 1.
+Specialists = Callable[[int, np.ndarray], np.ndarray]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Row-wise softmax of logits [N, C], computed in float64, returned as float32."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=1, keepdims=True))
+  return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def check_options(mode: str, k: int, batch_size: int) -> None:
+  """Raises ValueError naming the bad routing option."""
+  if mode not in MODES:
+    raise ValueError(f"unknown routing mode {mode!r}; choose one of {', '.join(MODES)}")
+  if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    raise ValueError(f"k must be a positive integer; got {k!r}")
+  if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or (
+      batch_size < 1):
+    raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+
+
+def top_superclasses(super_probs: np.ndarray, mode: str, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Which superclasses each row goes to, and with what weight.
+
+  Returns:
+    order [n, k'] int: the k' most probable superclasses, most probable first (ties: the lower
+      index first, as `np.argmax` and `tf.argmax` break them); k' = 1 for hard routing, else
+      min(k, S).
+    weights [n, k'] float32: 1 for hard routing, else the superclasses' probabilities.
+  """
+  k = 1 if mode == "hard" else min(int(k), super_probs.shape[1])
+  order = np.argsort(-super_probs, axis=1, kind="stable")[:, :k]
+  weights = (np.ones(order.shape, np.float32) if mode == "hard"
+             else np.take_along_axis(super_probs, order, axis=1).astype(np.float32))
+  return order, weights
+
+
+def route(x: np.ndarray, order: np.ndarray, weights: np.ndarray,
+          hierarchy: hierarchy_lib.Hierarchy, specialists: Specialists,
+          first: Callable[[int], bool] | None = None) -> np.ndarray:
+  """label_probs [n, num_subclasses]: the sum over j of weights[:, j] * P(sub | order[:, j]).
+
+  Each routed superclass's specialist runs once, on just the rows routed to it. `first`
+  (optional) says which superclasses to visit before the others (the runtime visits cached
+  specialists first, so a rebuild does not evict one that this batch still needs).
+  """
+  h = hierarchy
+  label_probs = np.zeros((len(x), h.num_subclasses), np.float32)
+  routed = [int(s) for s in np.unique(order)]
+  if first is not None:
+    routed.sort(key=lambda sup: not first(sup))
+  for sup in routed:
+    rows, slot = np.nonzero(order == sup)  # each superclass appears at most once per row
+    lo, hi = h.superclass_offsets[sup], h.superclass_offsets[sup + 1]
+    if h.has_specialist(sup):
+      conditional = softmax(specialists(sup, x[rows]))
+    else:
+      conditional = np.ones((len(rows), 1), np.float32)
+    label_probs[rows, lo:hi] = weights[rows, slot][:, None] * conditional
+  return label_probs
+
+
+def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: Model,
+            specialists: Specialists, mode: str = "hard", k: int = 2, batch_size: int = 256,
+            trunk: Model | None = None,
+            first: Callable[[int], bool] | None = None) -> dict[str, np.ndarray]:
+  """Two-stage classification of model-ready images (see the module docstring's output).
+
+  Args:
+    images: [N, ...] as the models take them (`super_sub.data.images.to_model_input`).
+    hierarchy: the label tree the models were trained on.
+    generalist: images (or the trunk's features) -> superclass logits.
+    specialists: (superclass, images or features) -> that specialist's subclass logits.
+    mode: "hard" (the argmax superclass's specialist) or "soft" (the top-k superclasses'
+      specialists, subclasses scored by P(superclass) * P(subclass | superclass)).
+    k: superclasses soft routing follows (capped at the superclass count); hard ignores it.
+    batch_size: images per generalist call; each specialist runs at most once per batch.
+    trunk: optional stages every model shares, run once per image before the others.
+    first: as in `route`.
+
+  Raises:
+    ValueError: a bad mode, k or batch_size.
+  """
+  check_options(mode, k, batch_size)
+  parts = []
+  for start in range(0, len(images), batch_size):
+    x = images[start:start + batch_size]
+    if trunk is not None:
+      x = trunk(x)
+    super_probs = softmax(generalist(x))
+    order, weights = top_superclasses(super_probs, mode, k)
+    parts.append((order[:, 0], super_probs,
+                  route(x, order, weights, hierarchy, specialists, first)))
+  return assemble(parts, hierarchy)
+
+
+def oracle(images: np.ndarray, superclasses: np.ndarray, hierarchy: hierarchy_lib.Hierarchy,
+           specialists: Specialists, batch_size: int = 256,
+           trunk: Model | None = None) -> dict[str, np.ndarray]:
+  """Routes each image to the specialist of its given (e.g. true) superclass; no generalist.
+
+  Measures the specialists alone: its label accuracy bounds hard routing's from above.
+
+  Raises:
+    ValueError: superclasses of the wrong shape, type or range, or a bad batch_size.
+  """
+  check_options("hard", 1, batch_size)
+  supers = np.asarray(superclasses)
+  num = hierarchy.num_superclasses
+  if supers.shape != (len(images),) or not np.issubdtype(supers.dtype, np.integer):
+    raise ValueError(f"superclasses must be an integer array of shape ({len(images)},); got "
+                     f"{supers.dtype} {supers.shape}")
+  if supers.size and (supers.min() < 0 or supers.max() >= num):
+    raise ValueError(f"superclasses must lie in [0, {num}); got values in "
+                     f"[{supers.min()}, {supers.max()}]")
+  parts = []
+  for start in range(0, len(images), batch_size):
+    x = images[start:start + batch_size]
+    if trunk is not None:
+      x = trunk(x)
+    s = supers[start:start + batch_size].astype(np.int64)
+    one_hot = np.eye(num, dtype=np.float32)[s]
+    parts.append((s, one_hot, route(x, s[:, None], np.ones((len(s), 1), np.float32),
+                                    hierarchy, specialists)))
+  return assemble(parts, hierarchy)
+
+
+def assemble(parts, hierarchy: hierarchy_lib.Hierarchy) -> dict[str, np.ndarray]:
+  """Joins per-batch (superclass, superclass_probs, label_probs) into the routers' output."""
+  if not parts:  # no images: never call a model on an empty batch
+    return {"superclass": np.zeros(0, np.int64),
+            "superclass_probs": np.zeros((0, hierarchy.num_superclasses), np.float32),
+            "label": np.zeros(0, np.int64),
+            "label_probs": np.zeros((0, hierarchy.num_subclasses), np.float32)}
+  supers, super_probs, label_probs = (np.concatenate(p) for p in zip(*parts))
+  return {"superclass": supers.astype(np.int64),
+          "superclass_probs": super_probs.astype(np.float32),
+          "label": np.argmax(label_probs, axis=1).astype(np.int64),
+          "label_probs": label_probs}

@@ -1,0 +1,156 @@
+"""`TrainConfig`: everything that defines a training run, saved as model_dir/config.json.
+
+Each field carries its own help text and choices (field metadata): `super-sub-train` derives
+its flags from them, so a default or a description lives here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+STAGES = ("flat", "generalist", "specialists")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+GENERALIST_INITS = ("scratch", "flat")
+AUGMENTATIONS = ("none", "crop", "flip_crop")
+# Keys that define what a model_dir holds; a re-run must agree on all of them.
+IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
+
+
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin
+           flag: bool = True):
+  """A config field with its flag's help text (and choices, for enum flags)."""
+  return dataclasses.field(default=default,
+                           metadata={"help": help, "choices": choices, "flag": flag})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Everything that defines a training run (saved as model_dir/config.json)."""
+  model_dir: str = dataclasses.field(metadata={
+      "help": "Folder of the run (created; resumed if it exists).", "choices": None,
+      "flag": True})
+  dataset: str = _field("superclassed_synthetic", "TFDS name[/config], e.g. "
+                        "superclassed_synthetic, superclassed_fashion_mnist, "
+                        "superclassed_imagenet/64x64.")
+  data_dir: str | None = _field(None, "TFDS data folder (default: TFDS's).")
+  manual_dir: str | None = _field(None, "Folder of manually downloaded source files "
+                                  "(ImageNet, Fashion-MNIST).")
+  stage: str = _field("all", "What to train; `all` trains flat, generalist, then every "
+                      "specialist.", STAGES + ("all",))
+  backbone: str = _field("small_resnet", "small_resnet, small_resnet_wide, resnet18, resnet50 "
+                         "or mobilenet_v2.")
+  image_size: int | None = _field(None, "Image side fed to the network (default: the "
+                                  "dataset's).")
+  weights: str | None = _field(None, "Backbone initialisation: none (random), imagenet where "
+                               "Keras offers it (downloads once), or an .h5 file of the "
+                               "keras.applications model.")
+  epochs: int = _field(10, "Epochs of flat and generalist.")
+  specialist_epochs: int | None = _field(None, "Epochs of each specialist (default: --epochs).")
+  batch_size: int = _field(64, "Batch size PER REPLICA; the global batch is this times the "
+                           "replicas.")
+  learning_rate: float = _field(2e-3, "Peak learning rate of AdamW: linear warm-up, then "
+                                "cosine decay.")
+  specialist_learning_rate: float | None = _field(
+      None, "Peak learning rate of specialist fine-tuning (default: --learning_rate).")
+  generalist_init: str = _field(
+      "scratch", "Initialise the generalist from scratch (the paper) or from the trained flat "
+      "network's backbone (--stage=all trains flat first).", GENERALIST_INITS)
+  generalist_freeze_stages: int = _field(
+      0, "With --generalist_init=flat: the generalist keeps the flat network's first K stages "
+      "frozen (K = stages + 1: the whole backbone, only the superclass head trains). Its "
+      "features then still separate subclasses, so specialists fine-tuned from it need "
+      "smaller deltas.")
+  warmup_epochs: float = _field(1.0, "Epochs of linear learning-rate warm-up.")
+  weight_decay: float = _field(1e-4, "AdamW decoupled weight decay.")
+  freeze_stages: int = _field(0, "Specialists keep the first K stages of the generalist frozen "
+                              "(0: fine-tune everything).")
+  augment: str | None = _field(None, "Augmentation (default: crop for synthetic data, "
+                               "flip_crop otherwise).", AUGMENTATIONS)
+  seed: int = _field(0, "Seed of initialisation, shuffling and augmentation.")
+  strategy: str = _field("default", "tf.distribute strategy; multi_worker reads TF_CONFIG.",
+                         STRATEGIES)
+  steps_per_epoch: int | None = _field(None, "Cap the steps of an epoch (smoke runs).")
+  specialists: tuple[int, ...] | None = _field(
+      None, "Superclass indices whose specialists to train (default: all with >= 2 "
+      "subclasses).")
+  # Cheap specialists (super_sub.training.deltas).
+  delta_l1: float = _field(
+      0.0, "Specialists: L1 penalty weight on W - W_generalist, applied as a proximal step "
+      "after every update (soft threshold = this x learning rate). Larger: sparser, smaller "
+      "deltas, less room to specialise; 0: dense deltas (plain fine-tuning).")
+  delta_keep: float | None = _field(
+      None, "Specialists: budget, the fraction of backbone kernel weights that may differ from "
+      "the generalist's (e.g. 0.02). The largest changes (in int8 steps) are kept by gradual "
+      "magnitude pruning over the first two thirds of the epochs, the rest recovers with the "
+      "mask fixed. Pair with --freeze_bn: free BatchNorm statistics change every folded "
+      "weight anyway. Default: no budget.")
+  freeze_bn: bool = _field(
+      False, "Specialists keep the generalist's BatchNorm (parameters and statistics): smaller "
+      "deltas, since re-estimated statistics change every folded weight.")
+  qat: bool = _field(
+      False, "Quantization-aware training (tfmot): after the float generalist, a "
+      "generalist_qat stage fine-tunes its QAT version; specialists start from it with its "
+      "weight quantizer ranges pinned, so their int8 weights differ from the base's in few "
+      "places.")
+  qat_epochs: int = _field(2, "Epochs of the generalist_qat stage.")
+  qat_learning_rate: float | None = _field(None, "Peak learning rate of the generalist_qat "
+                                           "stage (default: --learning_rate / 10).")
+  hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
+
+  def __post_init__(self):
+    for name in ("stage", "strategy", "generalist_init", "augment"):
+      choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
+      value = getattr(self, name)
+      if value is not None and value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    if self.generalist_freeze_stages and self.generalist_init != "flat":
+      raise ValueError("generalist_freeze_stages keeps stages of the flat network, so it "
+                       "needs generalist_init='flat'")
+    if self.epochs < 1 or self.batch_size < 1:
+      raise ValueError("epochs and batch_size must be positive")
+    if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
+      raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
+                       f"change, in [0, 1]; got {self.delta_keep}")
+    if self.specialists is not None:
+      self.specialists = tuple(int(k) for k in self.specialists)
+
+  def stages(self) -> tuple[str, ...]:
+    return STAGES if self.stage == "all" else (self.stage,)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
+  """The resolved config a run saved in its model_dir (`data_dir` overrides the saved one).
+
+  Raises:
+    FileNotFoundError: model_dir holds no config.json.
+    ValueError: config.json has unknown keys.
+  """
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a super-sub-train run")
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  unknown = set(saved) - set(TrainConfig.__dataclass_fields__)
+  if unknown:
+    raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
+  return TrainConfig(**{**saved, **({"data_dir": data_dir} if data_dir else {})})
+
+
+def resolve(config: TrainConfig, builder) -> TrainConfig:
+  """Fills the fields left to the dataset (image size, augmentation, hierarchy)."""
+  from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
+  hierarchy = builder.hierarchy
+  pipeline.check_hierarchy_matches(builder, hierarchy)
+  return dataclasses.replace(
+      config,
+      image_size=config.image_size or builder.info.features["image"].shape[0],
+      augment=config.augment or ("crop" if "synthetic" in builder.name else "flip_crop"),
+      specialist_epochs=config.specialist_epochs or config.epochs,
+      specialist_learning_rate=config.specialist_learning_rate or config.learning_rate,
+      hierarchy=hierarchy.name)

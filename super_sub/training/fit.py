@@ -1,0 +1,195 @@
+"""Trains the flat baseline, the generalist and the specialists with Keras `fit`.
+
+`train(config)` trains the stages a run asks for in its model_dir (layout: super_sub.training.run).
+Re-running the same command resumes an interrupted stage at its last finished epoch
+(weights, optimizer state and epoch count) and skips finished stages.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from typing import Callable, Sequence
+
+from super_sub._internal import files
+from super_sub._internal.compat import keras
+from super_sub.data import pipeline
+from super_sub.data import prepare
+from super_sub.models import backbones
+from super_sub.models import classifiers
+from super_sub.training import deltas
+from super_sub.training import distribute
+from super_sub.training import qat as qat_lib
+from super_sub.training import run as run_lib
+from super_sub.training.config import TrainConfig, resolve
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainConfig:
+  """Trains the stages `config.stage` asks for, resuming or skipping what is done.
+
+  Args:
+    config: the run.
+    log: where progress lines go.
+    callbacks: extra Keras callbacks for every stage, run after super-sub's own
+      (BackupAndRestore has saved an epoch before they see its end).
+
+  Returns:
+    The resolved config (image size, augmentation and hierarchy filled in).
+  Raises:
+    ValueError: the model_dir holds another run, or the dataset has no super-sub hierarchy.
+    FileNotFoundError: specialists asked for before the generalist is trained.
+  """
+  builder = prepare.prepare(config.dataset, config.data_dir, config.manual_dir)
+  config = resolve(config, builder)
+  run = run_lib.Run.create(config, builder)
+  keras.utils.set_random_seed(config.seed)
+  strategy = distribute.make_strategy(config.strategy)
+  chosen = _specialists(run)  # fails before any training
+  for name in config.stages():
+    stages = {"flat": [run_lib.FLAT],
+              "generalist": [run_lib.GENERALIST] + ([run_lib.GENERALIST_QAT] if config.qat
+                                                    else []),
+              "specialists": chosen}[name]
+    for stage in stages:
+      if run.is_done(stage):
+        log(f"[{stage}] already trained in {run.stage_dir(stage)}; skipping")
+        continue
+      _train_stage(run, stage, strategy, log, callbacks)
+  return config
+
+
+def _specialists(run: run_lib.Run) -> list[run_lib.Stage]:
+  """The specialist stages to train; refuses superclasses that cannot have one."""
+  h = run.hierarchy
+  trainable = h.specialist_superclasses()
+  chosen = trainable if run.config.specialists is None else list(run.config.specialists)
+  bad = [k for k in chosen if k not in trainable]
+  if bad:
+    raise ValueError(
+        f"no specialist can be trained for superclass(es) {bad}: hierarchy {h.name!r} "
+        f"has superclasses 0..{h.num_superclasses - 1}, and those with >= 2 "
+        f"subclasses are {trainable} "
+        f"({', '.join(h.superclasses[k].name for k in trainable)})")
+  return [run_lib.specialist(k) for k in chosen]
+
+
+def _schedule(config: TrainConfig, stage: run_lib.Stage) -> tuple[int, float]:
+  """(epochs, peak learning rate) of a stage."""
+  if stage.role == "specialist":
+    return config.specialist_epochs, config.specialist_learning_rate
+  if stage.qat:
+    return config.qat_epochs, config.qat_learning_rate or config.learning_rate / 10
+  return config.epochs, config.learning_rate
+
+
+def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks) -> None:
+  config, h, builder = run.config, run.hierarchy, run.builder
+  stage_dir = run.stage_dir(stage)
+  epochs, lr = _schedule(config, stage)
+  replicas = strategy.num_replicas_in_sync
+  global_batch = config.batch_size * replicas
+
+  def spec(training):
+    return pipeline.InputSpec(role=stage.role, batch_size=global_batch,
+                              image_size=config.image_size, superclass=stage.superclass,
+                              augment=config.augment if training else "none",
+                              seed=config.seed,
+                              # With several replicas a partial batch can leave one
+                              # empty, which oneDNN's Conv2D cannot take. The epoch-end
+                              # validation then skips < 1 global batch; super-sub-eval
+                              # always scores the whole split.
+                              drop_remainder=replicas > 1)
+  train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
+  val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
+  steps = config.steps_per_epoch or int(train_ds.cardinality())
+  if steps <= 0:
+    raise ValueError(f"stage {stage.key!r} has no training examples in the train split")
+
+  callbacks = list(callbacks)
+  base = None
+  with strategy.scope():
+    if stage.role == "specialist":
+      # Starts from the trained generalist and stays a sparse delta over it.
+      model = run.build_model(stage)
+      classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
+      if config.freeze_bn:
+        deltas.freeze_batchnorm(model)
+      base = [v.numpy() for v in deltas.backbone_variables(model)]
+      callbacks.append(deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
+                                          keep=config.delta_keep, epochs=epochs))
+    elif stage.qat:
+      model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
+    else:
+      model = run.build_model(stage, weights=config.weights)
+      if stage.role == "generalist" and config.generalist_init == "flat":
+        # Fine labels teach features that superclass labels alone learn slowly.
+        classifiers.copy_backbone_weights(run.load_model(run_lib.FLAT), model)
+        # Frozen flat features keep what tells subclasses apart, so the specialists, which
+        # start from the generalist, need smaller deltas.
+        backbones.freeze_stages(model, config.generalist_freeze_stages)
+    num_classes = model.output_shape[-1]
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps),
+        warmup_target=lr, warmup_steps=int(config.warmup_epochs * steps))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule,
+                                         weight_decay=config.weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
+        + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
+           if num_classes > 5 else []))
+
+  os.makedirs(stage_dir, exist_ok=True)
+  log(f"[{stage}] training {epochs} epochs of {steps} steps (global batch {global_batch}, "
+      f"{strategy.num_replicas_in_sync} replica(s)) in {stage_dir}")
+  start = time.perf_counter()
+  history_path = os.path.join(stage_dir, "history.csv")
+  backup_dir = os.path.join(stage_dir, "backup")
+  model.fit(
+      train_ds.repeat() if config.steps_per_epoch else train_ds,
+      epochs=epochs, steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
+      verbose=2,
+      callbacks=[
+          keras.callbacks.BackupAndRestore(backup_dir),
+          keras.callbacks.CSVLogger(history_path, append=True),
+          keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
+          *callbacks,
+      ])
+  wall = time.perf_counter() - start
+  _save_weights(model, os.path.join(stage_dir, "weights"))
+  history = _read_history(history_path)
+  files.write_json(os.path.join(stage_dir, "metrics.json"), {
+      "stage": stage.key, "role": stage.role, "superclass": stage.superclass,
+      "superclass_name": (h.superclasses[stage.superclass].name
+                          if stage.superclass is not None else None),
+      "epochs": epochs, "steps_per_epoch": steps, "global_batch_size": global_batch,
+      "num_params": int(model.count_params()),
+      "delta": deltas.delta_stats(model, base) if base is not None else None,
+      "wall_time_s_this_run": round(wall, 2),
+      "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
+      "history": history,
+  })
+  shutil.rmtree(backup_dir, ignore_errors=True)  # Keras empties it but leaves the folder.
+  log(f"[{stage}] done in {wall:.1f} s: " + ", ".join(
+      f"{k}={v[-1]:.4f}" for k, v in history.items() if k.startswith("val_")))
+
+
+def _save_weights(model: keras.Model, folder: str) -> None:
+  """Saves a TF checkpoint (h5 fails on QAT models) into `folder` atomically."""
+  with files.atomic_dir(folder) as tmp:
+    model.save_weights(os.path.join(tmp, "model"))
+
+
+def _read_history(path: str) -> dict[str, list[float]]:
+  """Per-epoch metrics from CSVLogger's file, last row per epoch (resumed runs append)."""
+  rows: dict[int, dict[str, str]] = {}
+  with open(path, encoding="utf-8") as f:
+    for row in csv.DictReader(f):
+      if row.get("epoch", "epoch") != "epoch":
+        rows[int(row["epoch"])] = row
+  ordered = [rows[e] for e in sorted(rows)]
+  keys = [k for k in (ordered[0] if ordered else {}) if k]
+  return {k: [float(r[k]) for r in ordered] for k in keys}

@@ -1,0 +1,219 @@
+"""A run: one model_dir, opened once, and everything training, evaluation and export read from it.
+
+  model_dir/config.json                 the resolved TrainConfig (identity checked on re-runs)
+  model_dir/<stage>/backup/             BackupAndRestore state while a stage is unfinished
+  model_dir/<stage>/weights/            final weights (TF checkpoint), written atomically
+  model_dir/<stage>/metrics.json        written last: a stage with it is done
+  model_dir/<stage>/history.csv, logs/  per-epoch metrics and TensorBoard logs
+
+with <stage> one of `flat`, `generalist`, `generalist_qat` (with --qat) and
+`specialists/<k>_<superclass name>`. Stages are named by typed `Stage` values, never by
+parsing strings; `Stage.key` is only what logs and metrics.json print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import tensorflow_datasets as tfds
+
+from super_sub import hierarchy as hierarchy_lib
+from super_sub._internal import files
+from super_sub._internal.compat import keras
+from super_sub.models import backbones
+from super_sub.models import classifiers
+from super_sub.training import config as config_lib
+from super_sub.training import qat as qat_lib
+
+import super_sub.datasets  # pylint: disable=unused-import,wrong-import-order  (registers the builders)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One trained model of a run.
+
+  Attributes:
+    role: "flat" (all subclasses), "generalist" (superclasses) or "specialist".
+    superclass: the specialist's superclass; None for the other roles.
+    qat: the quantization-aware generalist (stage `generalist_qat`).
+  """
+  role: str
+  superclass: int | None = None
+  qat: bool = False
+
+  def __post_init__(self):
+    if self.role not in classifiers.ROLES:
+      raise ValueError(f"role must be one of {classifiers.ROLES}; got {self.role!r}")
+    if (self.role == "specialist") != (self.superclass is not None):
+      raise ValueError("a superclass is required for, and only for, a specialist stage")
+    if self.qat and self.role != "generalist":
+      raise ValueError("only the generalist has a separate quantization-aware stage")
+
+  @property
+  def key(self) -> str:
+    """The stage's name in logs, metrics.json and Keras model names: `flat`, `generalist`,
+    `generalist_qat` or `specialist_<k>`."""
+    if self.role == "specialist":
+      return f"specialist_{self.superclass}"
+    return f"{self.role}_qat" if self.qat else self.role
+
+  def __str__(self) -> str:
+    return self.key
+
+
+FLAT = Stage("flat")
+GENERALIST = Stage("generalist")
+GENERALIST_QAT = Stage("generalist", qat=True)
+
+
+def specialist(superclass: int) -> Stage:
+  return Stage("specialist", int(superclass))
+
+
+class Run:
+  """A model_dir and what it holds: its config, dataset, hierarchy, stages and their models.
+
+  Attributes:
+    config: the run's resolved TrainConfig.
+    model_dir: the run's folder.
+  """
+
+  def __init__(self, config: config_lib.TrainConfig,
+               builder: tfds.core.DatasetBuilder | None = None):
+    """A run of `config` (resolved: image size and hierarchy filled in); `builder` is the
+    prepared dataset, opened from the config when not given."""
+    self.config = config
+    self.model_dir = config.model_dir
+    if builder is not None:
+      self.__dict__["builder"] = builder  # fills the cached property
+
+  @classmethod
+  def open(cls, model_dir: str, data_dir: str | None = None) -> "Run":
+    """The run saved in `model_dir` (`data_dir` overrides the saved TFDS folder).
+
+    Raises:
+      FileNotFoundError: model_dir is not a super-sub-train run.
+    """
+    return cls(config_lib.load_config(model_dir, data_dir))
+
+  @classmethod
+  def create(cls, config: config_lib.TrainConfig,
+             builder: tfds.core.DatasetBuilder) -> "Run":
+    """Writes the resolved `config` into a new model_dir, or checks that an existing one holds
+    the same run (dataset, backbone, image size, hierarchy, QAT) and updates it.
+
+    Raises:
+      ValueError: naming each identity key where the model_dir holds something else; nothing
+        is written then.
+    """
+    path = os.path.join(config.model_dir, "config.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+      fields = config_lib.TrainConfig.__dataclass_fields__
+      held = {k: saved.get(k, fields[k].default) for k in config_lib.IDENTITY_KEYS}
+      clashes = [f"{k}: model_dir has {held[k]!r}, asked for {getattr(config, k)!r}"
+                 for k in config_lib.IDENTITY_KEYS if held[k] != getattr(config, k)]
+      if clashes:
+        raise ValueError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
+                         "Use another --model_dir; nothing was changed.")
+    files.write_json(path, config.to_dict())
+    return cls(config, builder)
+
+  # --- the dataset ---------------------------------------------------------------------------
+  @functools.cached_property
+  def builder(self) -> tfds.core.DatasetBuilder:
+    """The run's TFDS builder (the dataset must be prepared)."""
+    return tfds.builder(self.config.dataset, data_dir=self.config.data_dir)
+
+  @property
+  def hierarchy(self) -> hierarchy_lib.Hierarchy:
+    return self.builder.hierarchy
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of the images the run's models take."""
+    channels = self.builder.info.features["image"].shape[-1]
+    return (self.config.image_size, self.config.image_size, channels)
+
+  @property
+  def evaluation_split(self) -> str:
+    """"validation" where the dataset has it, else "test" (Fashion-MNIST).
+
+    Raises:
+      ValueError: the dataset lacks a train split or both evaluation splits.
+    """
+    splits = set(self.builder.info.splits)
+    split = "validation" if "validation" in splits else "test"
+    if "train" not in splits or split not in splits:
+      raise ValueError(f"{self.builder.name} needs a train split and a validation or test "
+                       f"split; it has {sorted(splits)}")
+    return split
+
+  # --- stages and folders --------------------------------------------------------------------
+  @property
+  def generalist(self) -> Stage:
+    """The stage whose model routes images and is the specialists' base."""
+    return GENERALIST_QAT if self.config.qat else GENERALIST
+
+  def specialists(self) -> dict[int, Stage]:
+    """Superclass -> specialist stage, for every superclass that has a specialist."""
+    return {k: specialist(k) for k in self.hierarchy.specialist_superclasses()}
+
+  def stage_dir(self, stage: Stage) -> str:
+    if stage.role == "specialist":
+      name = self.hierarchy.superclasses[stage.superclass].name
+      return os.path.join(self.model_dir, "specialists",
+                          f"{stage.superclass}_{files.safe_name(name)}")
+    return os.path.join(self.model_dir, stage.key)
+
+  def is_done(self, stage: Stage) -> bool:
+    return os.path.exists(os.path.join(self.stage_dir(stage), "metrics.json"))
+
+  def metrics(self, stage: Stage) -> dict:
+    """A finished stage's metrics.json."""
+    with open(os.path.join(self._finished(stage), "metrics.json"), encoding="utf-8") as f:
+      return json.load(f)
+
+  # --- models --------------------------------------------------------------------------------
+  def build_model(self, stage: Stage, weights: str | None = None) -> keras.Model:
+    """The untrained model of `stage` (`weights`: the backbone's initialisation)."""
+    h, shape = self.hierarchy, self.image_shape
+    if stage.qat:
+      return qat_lib.quantize(self.build_model(GENERALIST))
+    if stage.role in ("flat", "generalist"):
+      num_classes = h.num_subclasses if stage.role == "flat" else h.num_superclasses
+      backbone = backbones.build_backbone(self.config.backbone, shape, weights=weights)
+      return classifiers.build_classifier(backbone, shape, num_classes, role=stage.role,
+                                          name=stage.key)
+    model = classifiers.make_specialist(
+        self.build_model(GENERALIST), len(h.superclasses[stage.superclass].subclasses),
+        name=stage.key, freeze_stages=self.config.freeze_stages)
+    return qat_lib.quantize(model) if self.config.qat else model
+
+  def load_model(self, stage: Stage) -> keras.Model:
+    """A finished stage's model, from its final weights.
+
+    Raises:
+      FileNotFoundError: the stage has not finished training.
+    """
+    model = self.build_model(stage)
+    model.load_weights(os.path.join(self._finished(stage), "weights", "model")).expect_partial()
+    return model
+
+  def load_two_stage(self):
+    """The routing generalist and every specialist as a `super_sub.routing.TwoStage`."""
+    from super_sub.routing import two_stage  # pylint: disable=import-outside-toplevel
+    return two_stage.TwoStage(self.load_model(self.generalist),
+                              {k: self.load_model(s) for k, s in self.specialists().items()},
+                              self.hierarchy)
+
+  def _finished(self, stage: Stage) -> str:
+    folder = self.stage_dir(stage)
+    if not self.is_done(stage):
+      raise FileNotFoundError(f"stage {stage.key!r} has not finished training in {folder}; run "
+                              f"super-sub-train with --model_dir={self.model_dir} first")
+    return folder
