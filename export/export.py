@@ -7,23 +7,30 @@ export_dir/tflite/ can be copied to a device on its own and run with super-sub-p
 one fp32 network.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 
 from super_sub._internal import cli
+from super_sub._internal import files
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A run made by super-sub-train.",
                                  required=True)
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder (replaced atomically).",
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder: written atomically; an "
+                                  "earlier export there is replaced.",
                                   required=True)
 _REPRESENTATIVE = flags.DEFINE_string(
     "representative_dataset", None, "Images for full-integer calibration: an .npy array or "
     ".npz with 'images' [N, H, W, C] (uint8, or float in [0, 1]). Default: 256 images of the "
     "run's training split.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the training one.")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Replace --export_dir even when it is not an earlier super-sub export "
+    "(without it, a folder holding anything else is refused and left untouched).")
 
 
 def main(argv):
@@ -32,7 +39,11 @@ def main(argv):
   run = run_lib.Run.open(_MODEL_DIR.value, data_dir=_DATA_DIR.value)
   representative = (tflite.load_representative(_REPRESENTATIVE.value, run.image_shape)
                     if _REPRESENTATIVE.value else None)
-  export_lib.export(run, _EXPORT_DIR.value, representative=representative)
+  try:
+    export_lib.export(run, _EXPORT_DIR.value, representative=representative,
+                      overwrite=_OVERWRITE.value)
+  except files.OutputDirError as e:
+    sys.exit(f"super-sub-export: {e}")
 
 
 def run():

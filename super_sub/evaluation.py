@@ -118,7 +118,8 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
           "soft": {"top1": top1("two_stage_soft"), "k": soft_k,
                    "errors": error_counts(labels, predictions["two_stage_soft"], h)}},
   }
-  with files.atomic_dir(os.path.join(config.model_dir, "predictions")) as folder:
+  with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
+                        "two_stage_hard.npz") as folder:
     for key, probs in ((k, got[k]) for k in predictions):
       truth, space = (supers, "superclass") if key == "generalist" else (labels, "subclass")
       np.savez_compressed(os.path.join(folder, f"{key}.npz"), labels=truth,

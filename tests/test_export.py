@@ -4,11 +4,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from super_sub import evaluation
+from super_sub._internal import files
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import parity
 from super_sub.bundles import storage
@@ -36,7 +42,7 @@ def test_manifest_counts_match_the_files(exported):
     assert json.load(f) == manifest
   on_disk = set()
   for root, _, names in os.walk(export_dir):
-    for name in names:
+    for name in names:  # the export's own manifest is the only file it does not list
       rel = os.path.relpath(os.path.join(root, name), export_dir)
       if rel != "manifest.json":
         on_disk.add(rel)
@@ -52,8 +58,11 @@ def test_manifest_counts_match_the_files(exported):
   assert "saved_model/saved_model.pb" in manifest["files"]
   assert manifest["storage_ratio"] == sizes["tflite_bundle"] / sizes["single_fp32_network"]
   assert manifest["num_specialists"] == 5 and manifest["num_superclasses"] == 5
-  # Five specialists differ from the generalist only in their heads' width: (N+1) x params.
-  assert sizes["naive_fp32_bundle"] > 5 * sizes["single_fp32_network"]
+  # Five specialists differ from the generalist only in their heads' width: N + 1 backbones
+  # (small_resnet pools 128 features) plus 5 + 21 head columns of 128 weights and a bias.
+  backbone = sizes["single_fp32_network"] // 4 - 129 * 5
+  assert sizes["naive_fp32_bundle"] == 4 * (6 * backbone + 129 * (5 + 21))
+  assert manifest["format"] == "super-sub-export" and manifest["version"] == 1
 
 
 def test_bundle_is_smaller_than_separate_int8_files(exported):
@@ -117,3 +126,63 @@ def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
   assert len(fitted["specialists"]) == 5
   assert fitted["a"] + 5 * fitted["b"] == pytest.approx(manifest["storage_ratio"])
   assert fitted["b_min"] <= fitted["b"] <= fitted["b_max"]
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path):
+  """`--export_dir=.` or `~/models` must not lose the user's files: refused, untouched."""
+  mine = tmp_path / "models"
+  mine.mkdir()
+  (mine / "thesis.tex").write_text("years of work")
+  (mine / "manifest.json").write_text('{"not": "ours"}')  # another tool's manifest
+  with pytest.raises(files.OutputDirError, match=r"models exists and is not an export folder.*"
+                     r"manifest.json, thesis.tex.*--overwrite"):
+    export_lib.export(run, str(mine), log=lambda _: None)
+  assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "thesis.tex"]
+  assert not [p for p in tmp_path.iterdir() if "super-sub-tmp" in p.name]
+  # The command line says the same and exits non-zero.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run([sys.executable, "-m", "super_sub.export.export",
+                        f"--model_dir={run.model_dir}", f"--export_dir={mine}"],
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode != 0 and "is not an export folder" in out.stderr
+  assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_export_replaces_an_earlier_export_and_overwrite_replaces_anything(run, tmp_path):
+  target = tmp_path / "bundle"
+  export_lib.export(run, str(target), log=lambda _: None)
+  (target / "stale.txt").write_text("left by an older export")
+  export_lib.export(run, str(target), log=lambda _: None)  # an earlier export: replaced
+  assert not (target / "stale.txt").exists()
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("scratch")
+  export_lib.export(run, str(other), log=lambda _: None, overwrite=True)
+  assert not (other / "notes.txt").exists()
+  bundle_lib.load_bundle(str(other / "tflite"))
+
+
+def test_killed_export_leaves_the_previous_export_intact(run, exported, tmp_path):
+  """kill -9 during a re-export: the old export still verifies, file for file."""
+  export_dir = tmp_path / "bundle"
+  shutil.copytree(exported[0], export_dir)
+  before = {p: p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.Popen([sys.executable, "-m", "super_sub.export.export",
+                           f"--model_dir={run.model_dir}", f"--export_dir={export_dir}"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 300
+    # The temporary sibling appears once conversion is done and writing has begun.
+    while not list(tmp_path.glob(".bundle.super-sub-tmp-*/saved_model")):
+      assert proc.poll() is None, "export finished before it could be killed"
+      assert time.monotonic() < deadline, "export never started writing"
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  after = {p: p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
+  assert after == before
+  bundle_lib.load_bundle(str(export_dir / "tflite"))

@@ -4,23 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from super_sub import hierarchy
 from super_sub import routing
 from super_sub._internal.compat import keras
 from super_sub.models import classifiers
 
-# Superclass A = {a0, a1}, B = {b0, b1, b2}, C = {c0}: global subclass indices 0..5.
-TOY = hierarchy.from_groups("toy", [("A", [("a0", 0), ("a1", 1)]),
-                                    ("B", [("b0", 2), ("b1", 3), ("b2", 4)]),
-                                    ("C", [("c0", 5)])])
-# Image i is the one-hot vector e_i (shape 1x1x4); each model's output for it is row i below.
-NUM_IMAGES = 4
-GENERALIST = [[0.50, 0.40, 0.10],   # img0: A first, B close behind
-              [0.10, 0.20, 0.70],   # img1: C (one subclass, no specialist)
-              [0.30, 0.60, 0.10],   # img2: B
-              [0.20, 0.05, 0.75]]   # img3: C
-SPEC_A = [[0.55, 0.45], [0.50, 0.50], [0.20, 0.80], [0.60, 0.40]]
-SPEC_B = [[0.90, 0.05, 0.05], [0.20, 0.30, 0.50], [0.10, 0.10, 0.80], [1 / 3, 1 / 3, 1 / 3]]
+from routing_cases import (GENERALIST, HARD_LABEL, HARD_LABEL_PROBS, HARD_SUPERCLASS,
+                           NUM_IMAGES, SOFT2_LABEL, SOFT2_LABEL_PROBS, SPEC_A, SPEC_B, TOY)
 
 
 class _Recorder(keras.layers.Layer):
@@ -64,27 +53,17 @@ def _images(indices):
 
 def test_hard_routing(two_stage):
   out = two_stage.predict(_images(range(4)), mode="hard", batch_size=4)
-  np.testing.assert_array_equal(out["superclass"], [0, 2, 1, 2])
+  np.testing.assert_array_equal(out["superclass"], HARD_SUPERCLASS)
   np.testing.assert_allclose(out["superclass_probs"], GENERALIST, atol=1e-6)
-  # img0 -> A: a0 (0.55); img1 -> C: c0; img2 -> B: b2 (0.8); img3 -> C: c0.
-  np.testing.assert_array_equal(out["label"], [0, 5, 4, 5])
-  np.testing.assert_allclose(out["label_probs"], [[0.55, 0.45, 0, 0, 0, 0],
-                                                  [0, 0, 0, 0, 0, 1],
-                                                  [0, 0, 0.10, 0.10, 0.80, 0],
-                                                  [0, 0, 0, 0, 0, 1]], atol=1e-6)
+  np.testing.assert_array_equal(out["label"], HARD_LABEL)
+  np.testing.assert_allclose(out["label_probs"], HARD_LABEL_PROBS, atol=1e-6)
 
 
 def test_soft_routing_differs_from_hard(two_stage):
   out = two_stage.predict(_images(range(4)), mode="soft", k=2, batch_size=4)
-  np.testing.assert_array_equal(out["superclass"], [0, 2, 1, 2])
-  # img0: A 0.5 x (0.55, 0.45), B 0.4 x (0.9, 0.05, 0.05): b0 = 0.36 beats a0 = 0.275, whereas
-  # hard routing answered a0.
-  np.testing.assert_allclose(out["label_probs"], [
-      [0.275, 0.225, 0.36, 0.02, 0.02, 0],
-      [0, 0, 0.04, 0.06, 0.10, 0.70],         # C 0.7, B 0.2
-      [0.06, 0.24, 0.06, 0.06, 0.48, 0],      # B 0.6, A 0.3
-      [0.12, 0.08, 0, 0, 0, 0.75]], atol=1e-6)  # C 0.75, A 0.2
-  np.testing.assert_array_equal(out["label"], [2, 5, 4, 5])
+  np.testing.assert_array_equal(out["superclass"], HARD_SUPERCLASS)
+  np.testing.assert_allclose(out["label_probs"], SOFT2_LABEL_PROBS, atol=1e-6)
+  np.testing.assert_array_equal(out["label"], SOFT2_LABEL)
   # k = 3 follows every superclass: rows sum to 1 and img0 gains C's 0.1.
   out3 = two_stage.predict(_images(range(4)), mode="soft", k=3)
   np.testing.assert_allclose(out3["label_probs"].sum(axis=1), 1.0, atol=1e-6)
@@ -172,7 +151,7 @@ def test_bad_models():
 
 
 def test_real_conv_models_with_batches_of_one():
-  """Conv specialists from make_specialist; batch size 1 leaves most groups empty (trap 6)."""
+  """Conv specialists from make_specialist; batch size 1 leaves most groups empty."""
   generalist = classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "generalist", "generalist")
   specialists = {k: classifiers.make_specialist(generalist, len(TOY.subclass_range(k)),
                                            f"specialist_{k}")
@@ -185,3 +164,9 @@ def test_real_conv_models_with_batches_of_one():
   assert np.all(soft["label_probs"].sum(axis=1) <= 1.0 + 1e-5)
   np.testing.assert_array_equal(TOY.superclass_of[hard["label"]], hard["superclass"])
   np.testing.assert_array_equal(hard["superclass"], soft["superclass"])
+  # One row a batch must give what a whole batch gives: no row sent to another's specialist.
+  for mode, one_by_one in (("hard", hard), ("soft", soft)):
+    whole = two_stage.predict(images, mode=mode, k=2, batch_size=3)
+    for key in ("superclass", "label"):
+      np.testing.assert_array_equal(one_by_one[key], whole[key])
+    np.testing.assert_allclose(one_by_one["label_probs"], whole["label_probs"], atol=1e-6)

@@ -29,12 +29,69 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
     raise
 
 
+class OutputDirError(ValueError):
+  """An output folder that super-sub will not replace: it was not written by super-sub."""
+
+
+def is_output(folder: str, marker: str, marker_format: str | None = None) -> bool:
+  """Whether `folder` is super-sub's own output of one kind: it holds `marker` at its top
+  and, with `marker_format`, that file is a JSON object whose "format" is `marker_format`."""
+  path = os.path.join(folder, marker)
+  if not os.path.isfile(path):
+    return False
+  if marker_format is None:
+    return True
+  try:
+    with open(path, encoding="utf-8") as f:
+      content = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(content, dict) and content.get("format") == marker_format
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, marker: str,
+                      marker_format: str | None = None, overwrite: bool = False) -> None:
+  """Refuses, before anything is written, to replace what super-sub did not write.
+
+  `path` may be missing, an empty folder, or super-sub's own `kind` folder (recognised by
+  `marker`, see `is_output`); anything else needs `overwrite`.
+
+  Raises:
+    OutputDirError: naming the folder, a few of its files and how to proceed.
+  """
+  path = os.fspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise OutputDirError(f"output {path} is a file, not a folder")
+  if overwrite or not os.path.isdir(path):
+    return
+  held = sorted(os.listdir(path))
+  if held and not is_output(path, marker, marker_format):
+    shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    raise OutputDirError(
+        f"output folder {path} exists and is not {article} {kind} folder (no super-sub {marker}); it "
+        f"holds {shown}. Refusing to replace it: choose a new or empty folder, or pass "
+        f"--overwrite to replace it as a whole")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
-  """Yields a temporary folder that replaces `path` only if the block succeeds."""
+def atomic_dir(path: str | os.PathLike, kind: str, marker: str,
+               marker_format: str | None = None, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temporary folder that replaces `path` only if the block succeeds.
+
+  Never deletes what super-sub did not write: an existing `path` is replaced only if it is
+  empty or super-sub's own `kind` folder (`check_replaceable`), or when `overwrite`. The
+  temporary folder is a hidden sibling (`.<name>.super-sub-tmp-*`); a crash leaves the old
+  folder in place (and that sibling behind, recognisable by its name).
+
+  Raises:
+    OutputDirError: `path` holds something else (checked before the block runs).
+  """
   path = os.path.abspath(os.fspath(path))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+  check_replaceable(path, kind, marker, marker_format, overwrite)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.super-sub-tmp-")
   try:
     yield tmp
     os.chmod(tmp, 0o755)

@@ -69,7 +69,7 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
     wanted = {str(predictions.file_names[i]): predictions.where(i)
               for rows in grids.values() for row in rows for i in row["rows"]}
     loaded = images(wanted)
-  with files.atomic_dir(out_dir) as tmp:
+  with files.atomic_dir(out_dir, "report", "report.json") as tmp:
     pics: dict[str, Any] = {"subclass_confusion": "subclass_confusion.png",
                             "superclass_confusion": "superclass_confusion.png",
                             "errors_per_superclass": "errors_per_superclass.png",
@@ -117,13 +117,10 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
 
 def _check_out_dir(out_dir: str) -> None:
   """Refuses to replace anything but an earlier report (or an empty folder)."""
-  if os.path.isfile(out_dir):
-    raise predictions_lib.AnalysisError(f"output {out_dir} is a file, not a folder")
-  if (os.path.isdir(out_dir) and os.listdir(out_dir)
-      and not os.path.isfile(os.path.join(out_dir, "report.json"))):
-    raise predictions_lib.AnalysisError(
-        f"output folder {out_dir} exists and is not a report folder (no report.json); "
-        f"refusing to replace it: choose a new or empty folder")
+  try:
+    files.check_replaceable(out_dir, "report", "report.json")
+  except files.OutputDirError as e:
+    raise predictions_lib.AnalysisError(str(e)) from None
 
 
 def _matrix_superclasses(r: dict, hierarchy: hierarchy_lib.Hierarchy) -> set[int]:

@@ -26,20 +26,29 @@ from super_sub.runtime import bundle as bundle_lib
 from super_sub.training import run as run_lib
 
 
+FORMAT = "super-sub-export"  # the top-level manifest's "format": marks an export folder
+VERSION = 1
+
+
 def export(run: run_lib.Run, export_dir: str,
            representative: np.ndarray | None = None,
-           log: Callable[[str], None] = print) -> dict:
+           log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
   """Writes export_dir/tflite and export_dir/manifest.json for a trained run.
 
   Args:
     run: the trained run (`Run.open(model_dir)`).
-    export_dir: the output folder; replaced as a whole only once everything is written.
+    export_dir: the output folder; replaced as a whole only once everything is written. An
+      existing folder must be empty or an earlier export (its manifest.json says so), unless
+      `overwrite`: super-sub never deletes files it did not write.
     representative: images for full-integer calibration; default 256 training images.
+    overwrite: replace export_dir even if it holds something else.
   Returns:
     The top-level manifest.
   Raises:
     FileNotFoundError: a stage the bundle needs has not finished training.
+    OutputDirError: export_dir holds something else (before any work is done).
   """
+  files.check_replaceable(export_dir, "export", "manifest.json", FORMAT, overwrite)
   h = run.hierarchy
   generalist = run.load_model(run.generalist)
   specialists = {k: run.load_model(stage) for k, stage in run.specialists().items()}
@@ -67,9 +76,9 @@ def export(run: run_lib.Run, export_dir: str,
       (len(specialists) + 1) * len(trunk_tflite) if trunk_tflite else 0)
   # The paper's unit: one float network, counted from the float generalist's parameters.
   fp32_network = 4 * run.metrics(run_lib.GENERALIST)["num_params"]
-  with files.atomic_dir(export_dir) as tmp:
+  with files.atomic_dir(export_dir, "export", "manifest.json", FORMAT, overwrite) as tmp:
     saved_model.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
-                                       specialists, h)
+                                   specialists, h)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0]},
@@ -79,6 +88,7 @@ def export(run: run_lib.Run, export_dir: str,
     saved_model_bytes = sum(v["bytes"] for p, v in listing.items()
                             if p.startswith("saved_model/"))
     manifest = {
+        "format": FORMAT, "version": VERSION,
         "num_superclasses": h.num_superclasses, "num_specialists": len(specialists),
         "hierarchy": h.to_dict(),
         "bytes": {

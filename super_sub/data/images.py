@@ -4,7 +4,7 @@
   resize            bilinear (a triangle filter), antialiased when shrinking: in TensorFlow
                     `tf.image.resize(method="bilinear", antialias=True)` (the input pipeline),
                     without it Pillow's `Image.Resampling.BILINEAR` (the runtime), which is the
-                    same filter; the two agree to within a grey level or two (tested)
+                    same filter; the two agree to within one grey level (tested)
 
 Training and evaluation (super_sub.data.pipeline), export calibration (super_sub.bundles) and
 both routers (super_sub.routing, super_sub.runtime) take images through this module. Needs

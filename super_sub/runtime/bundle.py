@@ -97,11 +97,12 @@ class Bundle:
 def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
                         generalist: bytes, specialists: Mapping[int, bytes],
                         input_info: Mapping[str, Any],
-                        trunk: bytes | None = None) -> dict[str, Any]:
+                        trunk: bytes | None = None, overwrite: bool = False) -> dict[str, Any]:
   """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
 
   Args:
-    out_dir: the bundle folder; replaced if it exists.
+    out_dir: the bundle folder; an earlier bundle there is replaced, anything else only with
+      `overwrite` (super_sub._internal.files.atomic_dir).
     hierarchy: the hierarchy the models were trained on.
     generalist: the generalist's .tflite bytes; every specialist is stored as a delta over them.
     specialists: superclass index -> .tflite bytes, for exactly the superclasses with >= 2
@@ -136,7 +137,7 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
   delta_lib.parse_model(generalist, "generalist")
   if trunk is not None:
     delta_lib.parse_model(trunk, "trunk")
-  with files.atomic_dir(out_dir) as tmp:
+  with files.atomic_dir(out_dir, "TFLite bundle", MANIFEST, FORMAT, overwrite) as tmp:
     if trunk is not None:
       _write(tmp, "trunk.tflite", bytes(trunk))
     _write(tmp, "generalist.tflite", bytes(generalist))

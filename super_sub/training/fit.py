@@ -179,7 +179,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
 
 def _save_weights(model: keras.Model, folder: str) -> None:
   """Saves a TF checkpoint (h5 fails on QAT models) into `folder` atomically."""
-  with files.atomic_dir(folder) as tmp:
+  with files.atomic_dir(folder, "weights", "checkpoint") as tmp:
     model.save_weights(os.path.join(tmp, "model"))
 
 
