@@ -23,7 +23,6 @@ from super_sub import routing
 from super_sub import runtime
 from super_sub.runtime import delta as delta_lib
 from super_sub.runtime import predictor
-from super_sub.bundles import tflite
 
 SHAPE = (12, 12, 1)
 HIERARCHY = hierarchy_lib.from_groups("tiny", [

@@ -92,7 +92,6 @@ def test_backbone_mismatch_is_refused(models_and_path):
 
 
 def test_quantization_aware_models_export_with_their_float_weights(models_and_path, tmp_path):
-  from super_sub.training import deltas as compression  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   h, generalist, specialists, _ = models_and_path
   qat = {k: qat_lib.quantize(m) for k, m in specialists.items()}

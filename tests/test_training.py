@@ -221,3 +221,32 @@ def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
 def test_load_config_of_a_folder_that_is_no_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a super-sub-train run"):
     config_lib.load_config(str(tmp_path))
+
+
+def test_train_flags_are_the_config_fields():
+  """super-sub-train defines one flag per TrainConfig field, with the field's default, so a
+  default lives in one place; parsing flags gives back the config."""
+  out = subprocess.run([sys.executable, "-c", """
+import dataclasses, json, sys
+from absl import flags
+from super_sub.train import train
+from super_sub.training import config as config_lib
+FLAGS = flags.FLAGS
+FLAGS(["super-sub-train", "--model_dir=/tmp/x", "--specialists=1,3", "--weights=none",
+       "--qat", "--augment=crop"])
+fields = {f.name: f for f in dataclasses.fields(config_lib.TrainConfig)}
+missing = [n for n, f in fields.items() if f.metadata.get("flag", True) and n not in FLAGS]
+defaults = {n: (FLAGS[n].default, f.default) for n, f in fields.items()
+            if n in FLAGS and n != "model_dir" and FLAGS[n].default != f.default}
+config = train.config_from_flags()
+print(json.dumps({"missing": missing, "defaults": defaults,
+                  "config": dataclasses.asdict(config), "hierarchy_flag": "hierarchy" in FLAGS}))
+"""], capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["missing"] == [] and result["defaults"] == {}
+  assert not result["hierarchy_flag"]  # filled in from the dataset, not a flag
+  expected = dataclasses.asdict(config_lib.TrainConfig(
+      model_dir="/tmp/x", specialists=(1, 3), qat=True, augment="crop"))
+  expected["specialists"] = [1, 3]
+  assert result["config"] == expected

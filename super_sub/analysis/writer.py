@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from typing import Any
 
 import numpy as np
