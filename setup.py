@@ -57,8 +57,10 @@ setuptools.setup(
         # `tfds build` (the TFDS command line) imports apache_beam and mlcroissant in TFDS 4.9.10
         # (tensorflow/datasets#5463); building from Python does not need it.
         "cli": ["apache-beam>=2.50", "mlcroissant>=1.0"],
-        # tfds.testing needs dill and importlib_resources (TFDS's own test extras).
-        "dev": ["pytest>=7", "dill>=0.3", "importlib_resources>=5", "apache-beam>=2.50", "mlcroissant>=1.0"],
+        # tfds.testing needs dill and importlib_resources (TFDS's own test extras); hypothesis
+        # drives the fuzz tests of every parser of untrusted input (tests/test_fuzz.py).
+        "dev": ["pytest>=7", "hypothesis>=6", "dill>=0.3", "importlib_resources>=5",
+                "apache-beam>=2.50", "mlcroissant>=1.0"],
     },
     entry_points={"console_scripts": [
         "super-sub-hierarchy=super_sub.train.derive_hierarchy:run",

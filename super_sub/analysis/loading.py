@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import os
-import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -28,6 +27,9 @@ from super_sub.analysis import predictions as predictions_lib
 
 AnalysisError = predictions_lib.AnalysisError
 Predictions = predictions_lib.Predictions
+# Entries of the probability table that `prob_<id>` columns make ([examples, largest id + 1],
+# float64): 2**27 is 1 GiB, far above any real file's, far below what a mistyped id asks for.
+MAX_PROB_ENTRIES = 2**27
 
 
 def read_predictions(path: str | os.PathLike, label_space: str | None = None) -> Predictions:
@@ -70,7 +72,7 @@ def read_predictions(path: str | os.PathLike, label_space: str | None = None) ->
   probs = fields.get("probs")
   if "predictions" not in fields and probs is not None:
     fields["predictions"] = probs.argmax(axis=1)
-  if probs is not None and "top5" not in fields and len(probs) == len(fields["labels"]):
+  if probs is not None and "top5" not in fields and np.shape(fields["labels"]) == probs.shape[:1]:
     k = min(5, probs.shape[1])
     part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(probs, part, axis=1), axis=1, kind="stable")
@@ -82,28 +84,38 @@ def read_predictions(path: str | os.PathLike, label_space: str | None = None) ->
 def _read_npz(path: str) -> dict:
   try:
     npz = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise AnalysisError(f"{path}: not a readable NPZ file ({e})") from None
+  except Exception as e:  # zipfile and numpy raise assorted types on a corrupt archive
+    raise AnalysisError(f"{path}: not a readable NPZ file ({e!r})") from None
   with npz:
     keys = set(npz.files)
     if "labels" not in keys or not keys & {"predictions", "logits", "probs"}:
       raise AnalysisError(f"{path}: needs the fields 'labels' and one of 'predictions', "
                           f"'logits', 'probs'; it has {sorted(keys) or 'none'}")
-    try:
-      out = {k: npz[k] for k in ("labels", "predictions", "logits", "probs", "top5",
-                                 "file_names", "label_space") if k in keys}
-    except ValueError as e:  # object arrays need pickle, which we refuse
-      raise AnalysisError(f"{path}: a field cannot be read without pickle ({e})") from None
+    out = {}
+    for k in ("labels", "predictions", "logits", "probs", "top5", "file_names", "label_space"):
+      if k not in keys:
+        continue
+      try:
+        out[k] = npz[k]
+      except ValueError as e:  # object arrays need pickle, which we refuse
+        raise AnalysisError(f"{path}: field {k!r} cannot be read without pickle ({e})") from None
+      except Exception as e:  # a CRC mismatch, an unsupported compression, ...
+        raise AnalysisError(f"{path}: field {k!r} is corrupt ({e!r})") from None
   for name in ("logits", "probs"):
     if name in out:
-      if out[name].ndim != 2 or not np.issubdtype(out[name].dtype, np.number):
-        raise AnalysisError(f"{path}: field {name!r} must be a 2-D numeric array "
-                            f"[examples, classes], got {out[name].dtype} {out[name].shape}")
+      if (out[name].ndim != 2 or out[name].dtype.kind not in "iuf"
+          or out[name].shape[1] == 0):
+        raise AnalysisError(f"{path}: field {name!r} must be a 2-D real-valued array "
+                            f"[examples, classes] with at least one class, got "
+                            f"{out[name].dtype} {out[name].shape}")
       out[name] = out[name].astype(np.float64)
   if "file_names" in out:
     names = out["file_names"]
-    out["file_names"] = (np.char.decode(names, "utf-8") if names.dtype.kind == "S"
-                         else names.astype(str))
+    try:
+      out["file_names"] = (np.char.decode(names, "utf-8") if names.dtype.kind == "S"
+                           else names.astype(str))
+    except UnicodeDecodeError as e:
+      raise AnalysisError(f"{path}: field 'file_names' is not UTF-8 ({e})") from None
   if "label_space" in out:
     out["label_space"] = str(out["label_space"])
   return out
@@ -111,7 +123,13 @@ def _read_npz(path: str) -> dict:
 
 def _read_csv(path: str) -> dict:
   with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
-    rows = [row for row in csv.reader(f) if row]
+    reader = csv.reader(f)
+    try:
+      rows = [row for row in reader if row]
+    except UnicodeDecodeError as e:
+      raise AnalysisError(f"{path}: not UTF-8 text ({e})") from None
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit()
+      raise AnalysisError(f"{path}, line {reader.line_num}: not a CSV line ({e})") from None
   if not rows:
     raise AnalysisError(f"{path}: empty file; expected a header line naming at least the "
                         f"columns 'label' and 'prediction'")
@@ -147,10 +165,15 @@ def _read_csv(path: str) -> dict:
   elif prob_cols:
     ids = []
     for h in prob_cols:
-      if not h[5:].isdigit():
+      if not (h[5:].isascii() and h[5:].isdigit()):
         raise AnalysisError(f"{path}, line 1: column {h!r}: expected 'prob_' followed by a "
                             f"class id, e.g. 'prob_3'")
       ids.append(int(h[5:]))
+    if len(body) * (max(ids) + 1) > MAX_PROB_ENTRIES:
+      raise AnalysisError(f"{path}, line 1: column 'prob_{max(ids)}' makes a probability table "
+                          f"of {len(body)} examples x {max(ids) + 1} classes, over the "
+                          f"{MAX_PROB_ENTRIES} entries supported; expected 'prob_<id>' with "
+                          f"the class ids of the model's classes")
     probs = np.zeros((len(body), max(ids) + 1))
     probs[:, ids] = np.stack([_floats(path, h, columns[h]) for h in prob_cols], axis=1)
     if not np.isfinite(probs).all():
@@ -188,16 +211,19 @@ def _numbers(path, column, values, dtype, many):
     values = [x for v in lists for x in v]
   try:
     out = np.array(values, dtype=dtype)
-  except ValueError:
+  except (ValueError, OverflowError):
     parse, what = (int, "an integer class id") if dtype == np.int64 else (float, "a number")
     for i, v in enumerate(values):
+      line = (i // int(widths[0]) if many else i) + 2
       try:
-        parse(v)
+        number = parse(v)
       except ValueError:
-        line = (i // int(widths[0]) if many else i) + 2
         raise AnalysisError(f"{path}, line {line}, column {column!r}: {v!r} is not "
                             f"{what}") from None
-    raise
+      if parse is int and not -2**63 <= number < 2**63:
+        raise AnalysisError(f"{path}, line {line}, column {column!r}: {v!r} is out of range "
+                            f"for a class id (64-bit integers)")
+    raise AnalysisError(f"{path}, column {column!r}: does not parse as {what}s") from None
   return out.reshape(len(widths), -1) if many else out
 
 
@@ -221,10 +247,10 @@ class MultiLabels:
     """From one list of acceptable class ids per example ([] = unlabeled)."""
     for i, entry in enumerate(lists):
       if not isinstance(entry, (list, tuple)) or not all(
-          isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0
+          isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 <= x < 2**63
           for x in entry):
         raise AnalysisError(f"{where}, example {i}: expected a list of non-negative "
-                            f"integer class ids, got {entry!r:.80}")
+                            f"integer class ids (below 2**63), got {entry!r:.80}")
     lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     labels = np.fromiter((x for entry in lists for x in entry), dtype=np.int64,
                          count=int(lengths.sum()))
@@ -247,11 +273,15 @@ def read_multilabels(path: str | os.PathLike, predictions: Predictions) -> Multi
   """
   path = os.fspath(path)
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
+    with open(path, "rb") as f:
+      raw = f.read()
   except FileNotFoundError:
     raise AnalysisError(f"{path}: no such file") from None
-  except json.JSONDecodeError as e:
+  except OSError as e:
+    raise AnalysisError(f"{path}: cannot be read ({e})") from None
+  try:
+    data = json.loads(raw.decode("utf-8"))
+  except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: nesting
     raise AnalysisError(f"{path}: not valid JSON ({e})") from None
   n = len(predictions)
   if isinstance(data, list):

@@ -22,6 +22,9 @@ from super_sub._internal import files
 _TOP_KEYS = {"name", "superclasses", "num_source_labels"}
 _SUPER_KEYS = {"name", "wnid", "subclasses"}
 _SUB_KEYS = {"name", "wnid", "source_label"}
+# Source labels index `Hierarchy.source_to_global`, a table of that many int64 entries (at most
+# 128 MiB); ImageNet-21k has about 22,000 labels.
+MAX_SOURCE_LABELS = 2**24
 
 
 class HierarchyError(ValueError):
@@ -198,14 +201,22 @@ class Hierarchy:
         _check_keys(sub, _SUB_KEYS, {"name", "source_label"}, sub_at)
         subs.append(Subclass(sub["name"], sub.get("wnid"), sub["source_label"]))
       supers.append(Superclass(sup["name"], sup.get("wnid"), tuple(subs)))
-    return cls(data["name"], tuple(supers), data.get("num_source_labels"))
+    try:
+      return cls(data["name"], tuple(supers), data.get("num_source_labels"))
+    except HierarchyError as e:
+      raise HierarchyError(f"{where}: {e}") from None
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> "Hierarchy":
+    """Reads and validates a hierarchy JSON file; HierarchyError names the file."""
     try:
-      with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    except json.JSONDecodeError as e:
+      with open(path, "rb") as f:
+        raw = f.read()
+    except (OSError, ValueError) as e:  # ValueError: a path with a NUL character
+      raise HierarchyError(f"{path}: cannot be read ({e})") from None
+    try:
+      data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: nesting
       raise HierarchyError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
       raise HierarchyError(f"{path}: expected a JSON object at the top level")
@@ -233,7 +244,11 @@ def load(name_or_path: str | os.PathLike) -> Hierarchy:
   if text.endswith(".json") or os.sep in text or (os.altsep and os.altsep in text):
     return Hierarchy.from_json(text)
   resource = importlib.resources.files("super_sub") / "hierarchies" / f"{text}.json"
-  if not resource.is_file():
+  try:
+    shipped = resource.is_file()
+  except OSError:  # e.g. a name too long for a file name
+    shipped = False
+  if not shipped:
     raise HierarchyError(f"no hierarchy file at {text!r} and no shipped hierarchy of that name; "
                          f"shipped: {', '.join(shipped_hierarchies())}")
   with importlib.resources.as_file(resource) as path:
@@ -256,9 +271,9 @@ def _validate(h: Hierarchy) -> None:
   if not isinstance(h.name, str) or not h.name:
     raise HierarchyError(f"hierarchy name must be a non-empty string, got {h.name!r}")
   n_src = h.num_source_labels
-  if n_src is not None and (not _is_int(n_src) or n_src <= 0):
+  if n_src is not None and (not _is_int(n_src) or not 0 < n_src <= MAX_SOURCE_LABELS):
     raise HierarchyError(f"hierarchy {h.name!r}: num_source_labels must be a positive "
-                         f"integer, got {n_src!r}")
+                         f"integer up to {MAX_SOURCE_LABELS}, got {n_src!r}")
   if not h.superclasses:
     raise HierarchyError(f"hierarchy {h.name!r} has no superclasses")
   names: dict[str, str] = {}
@@ -286,9 +301,10 @@ def _validate(h: Hierarchy) -> None:
       claim(names, sub.name, sub_where, "name")
       if sub.wnid:
         claim(wnids, sub.wnid, sub_where, "wnid")
-      if not _is_int(sub.source_label) or sub.source_label < 0:
+      if not _is_int(sub.source_label) or not 0 <= sub.source_label < MAX_SOURCE_LABELS:
         raise HierarchyError(f"hierarchy {h.name!r}: {sub_where} has source_label "
-                             f"{sub.source_label!r}; expected a non-negative integer")
+                             f"{sub.source_label!r}; expected a non-negative integer below "
+                             f"{MAX_SOURCE_LABELS}")
       if n_src is not None and sub.source_label >= n_src:
         raise HierarchyError(f"hierarchy {h.name!r}: {sub_where} has source_label "
                              f"{sub.source_label}, which does not exist in a source dataset "
@@ -300,7 +316,7 @@ def _check_name_and_wnid(hname: str, where: str, name: Any, wnid: Any) -> None:
   if not isinstance(name, str) or not name:
     raise HierarchyError(f"hierarchy {hname!r}: {where} needs a non-empty string name")
   if wnid is not None and not (isinstance(wnid, str) and len(wnid) == 9 and wnid[0] == "n"
-                               and wnid[1:].isdigit()):
+                               and wnid[1:].isascii() and wnid[1:].isdigit()):
     raise HierarchyError(f"hierarchy {hname!r}: {where} has wnid {wnid!r}; expected null or "
                          f"a WordNet noun id like 'n01503061'")
 

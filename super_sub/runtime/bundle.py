@@ -27,7 +27,6 @@ import io
 import json
 import os
 import re
-import zipfile
 import zlib
 from typing import Any, Mapping
 
@@ -89,7 +88,7 @@ class Bundle:
         model = delta_lib.apply_delta(self.generalist, self.skeletons[k], npz)
         self._fast[k] = delta_lib.FastRebuild.from_rebuilt(self.generalist, model, npz)
         return model
-    except ValueError as e:  # a DeltaError, or an object array that would need unpickling
+    except ValueError as e:  # a DeltaError (also for an array that would need unpickling)
       raise BundleError(f"{self.path}: specialist {k} "
                         f"({self.hierarchy.superclasses[k].name!r}): {e}") from None
 
@@ -187,6 +186,8 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
         content = f.read()
     except FileNotFoundError:
       raise BundleError(f"{where}: listed in the manifest but missing") from None
+    except (OSError, ValueError) as e:  # a folder, a name too long, a NUL character
+      raise BundleError(f"{where}: listed in the manifest but cannot be read ({e})") from None
     if len(content) != entry["bytes"]:
       how = "truncated" if len(content) < entry["bytes"] else "grown or replaced"
       raise BundleError(f"{where}: {len(content)} bytes, the manifest says {entry['bytes']} "
@@ -204,17 +205,20 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   try:
     h = hierarchy_lib.Hierarchy.from_dict(json.loads(data[manifest["hierarchy"]]),
                                           where=f"{path}/{manifest['hierarchy']}")
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
     raise BundleError(f"{path}/{manifest['hierarchy']}: not valid JSON ({e})") from None
   except hierarchy_lib.HierarchyError as e:
     raise BundleError(str(e)) from None
-  labels = data[manifest["labels"]].decode("utf-8").splitlines()
+  try:
+    labels = data[manifest["labels"]].decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    raise BundleError(f"{path}/{manifest['labels']}: not UTF-8 text ({e})") from None
   if labels != h.subclass_names:
     raise BundleError(f"{path}/{manifest['labels']}: does not list the hierarchy's "
                       f"{h.num_subclasses} subclass names in order")
   specs = {}
   for key, entry in manifest["specialists"].items():
-    if not key.isdigit() or not 0 <= int(key) < h.num_superclasses:
+    if not (key.isascii() and key.isdigit()) or not 0 <= int(key) < h.num_superclasses:
       raise BundleError(f"{path}/{MANIFEST}: specialists key {key!r} is not a superclass index")
     specs[int(key)] = entry
   if sorted(specs) != h.specialist_superclasses():
@@ -234,8 +238,8 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     try:  # lists the members only; arrays are decompressed when the specialist is rebuilt
       with np.load(io.BytesIO(deltas[k]), allow_pickle=False) as npz:
         names = set(npz.files)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-      raise BundleError(f"{path}/{entry['delta']}: not an .npz archive ({e})") from None
+    except Exception as e:  # zipfile and numpy raise assorted types on a corrupt archive
+      raise BundleError(f"{path}/{entry['delta']}: not an .npz archive ({e!r})") from None
     if not {"version", "sha256", "buffers"} <= names:
       raise BundleError(f"{path}/{entry['delta']}: not a super-sub delta (members: "
                         f"{sorted(names)})")
@@ -264,14 +268,18 @@ def _walk(path: str) -> list[str]:
 def _check_input(info: Any, where: str) -> tuple[tuple[int, int, int], tuple[float, float]]:
   shape = info.get("shape") if isinstance(info, dict) else None
   if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-      or not all(isinstance(d, int) and d > 0 for d in shape) or shape[2] not in (1, 3)):
+      or not all(_is_int(d) and d > 0 for d in shape) or shape[2] not in (1, 3)):
     raise BundleError(f"{where}: 'shape' must be [H, W, C] with positive ints and C 1 or 3; "
                       f"got {shape!r}")
   lo_hi = info.get("range", [0, 1])
   if (not isinstance(lo_hi, (list, tuple)) or len(lo_hi) != 2
-      or not all(isinstance(v, (int, float)) for v in lo_hi) or not lo_hi[0] < lo_hi[1]):
+      or not all(_is_int(v) or isinstance(v, float) for v in lo_hi) or not lo_hi[0] < lo_hi[1]):
     raise BundleError(f"{where}: 'range' must be [lo, hi] with lo < hi; got {lo_hi!r}")
   return tuple(shape), (float(lo_hi[0]), float(lo_hi[1]))
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_manifest(path: str) -> dict[str, Any]:
@@ -281,7 +289,7 @@ def _read_manifest(path: str) -> dict[str, Any]:
       manifest = json.loads(f.read().decode("utf-8"))
   except FileNotFoundError:
     raise BundleError(f"{where} not found: {path} is not a super-sub TFLite bundle") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
     raise BundleError(f"{where}: does not parse as JSON ({e})") from None
   if not isinstance(manifest, dict):
     raise BundleError(f"{where}: expected a JSON object at the top level")

@@ -174,7 +174,7 @@ def apply_delta(base: bytes, skeleton: bytes, arrays) -> bytes:
   base_obj = parse_model(base, "base model")
   spec_obj = parse_model(skeleton, "specialist skeleton")
   base_bufs, spec_bufs = base_obj.buffers or [], spec_obj.buffers or []
-  triples = arrays["buffers"].astype(np.int64).tolist()
+  triples = arrays["buffers"].tolist()
   for i, j, n in triples:  # check the layout before decoding anything
     if i >= len(spec_bufs) or j >= len(base_bufs):
       raise DeltaError(f"delta pairs skeleton buffer {i} with base buffer {j}, but the skeleton "
@@ -185,7 +185,7 @@ def apply_delta(base: bytes, skeleton: bytes, arrays) -> bytes:
                        f"the delta does not belong to this base")
     if spec_bufs[i].data is not None:
       raise DeltaError(f"skeleton buffer {i} is not empty although the delta rebuilds it")
-  for g, ti, tj in arrays["quant"].astype(np.int64).tolist():
+  for g, ti, tj in arrays["quant"].tolist():
     spec_t, base_t = _tensor(spec_obj, g, ti), _tensor(base_obj, g, tj)
     if spec_t is None or base_t is None or spec_t.quantization is not None:
       raise DeltaError(f"delta copies quantization parameters from base tensor {tj} to skeleton "
@@ -225,7 +225,10 @@ class FastRebuild:
     arrays = _read_arrays(arrays)
     base_spans, spec_spans = _buffer_spans(base), _buffer_spans(specialist)
     spans, template = [], np.frombuffer(specialist, np.uint8).copy()
-    for i, j, n in arrays["buffers"].astype(np.int64).tolist():
+    for i, j, n in arrays["buffers"].tolist():
+      if i >= len(spec_spans) or j >= len(base_spans):
+        raise DeltaError(f"delta pairs specialist buffer {i} with base buffer {j}, but the "
+                         f"specialist has {len(spec_spans)} buffers and the base {len(base_spans)}")
       (so, sn), (bo, bn) = spec_spans[i], base_spans[j]
       if sn != n or bn != n:
         raise DeltaError(f"buffer {i} of the rebuilt specialist or {j} of the base does not hold "
@@ -240,6 +243,9 @@ class FastRebuild:
     diff = _decode(arrays, int(self.spans[:, 2].sum()))
     out = np.frombuffer(zlib.decompress(self.template), np.uint8).copy()
     base_bytes = np.frombuffer(base, np.uint8)
+    if self.spans.size and int((self.spans[:, 1] + self.spans[:, 2]).max()) > len(base_bytes):
+      raise DeltaError(f"the base model has {len(base_bytes)} bytes, too few for the buffers "
+                       f"this specialist was first rebuilt from (the base changed)")
     start = 0
     for so, bo, n in self.spans.tolist():
       out[so:so + n] = base_bytes[bo:bo + n] + diff[start:start + n]
@@ -260,6 +266,7 @@ def delta_nbytes(arrays) -> int:
 
 # --- internals ------------------------------------------------------------------------------------
 _COMMON = ("version", "sha256", "buffers", "quant")
+_BYTES = ("sha256", "gaps", "values", "diff")
 
 
 def _digest(data: bytes) -> np.ndarray:
@@ -331,13 +338,26 @@ def _encode(diff: np.ndarray, encoding: str) -> dict[str, np.ndarray]:
 
 
 def _read_arrays(arrays) -> dict[str, np.ndarray]:
+  """The delta arrays, checked: present, readable, integer dtypes, shapes and index ranges.
+
+  `buffers` and `quant` come back as int64 arrays of values in [0, 2**32), the byte arrays
+  (sha256, gaps, values, diff) as uint8.
+  """
   names = set(arrays.keys()) if hasattr(arrays, "keys") else set()
   encoding = ("diff",) if "diff" in names else ("gaps", "values")
   missing = [n for n in _COMMON + encoding if n not in names]
   if missing:
     raise DeltaError(f"delta arrays lack {missing}; expected {list(_COMMON)} plus either 'diff' "
                      f"(dense) or 'gaps' and 'values' (sparse); got {sorted(names)}")
-  out = {name: np.asarray(arrays[name]) for name in _COMMON + encoding}
+  out = {}
+  for name in _COMMON + encoding:
+    try:  # an .npz member is decompressed (and its CRC checked) here
+      out[name] = np.asarray(arrays[name])
+    except Exception as e:  # zipfile, its decompressors and numpy raise assorted types
+      raise DeltaError(f"delta array {name!r} cannot be read ({e!r})") from None
+    want = "uint8" if name in _BYTES else "integer"
+    if out[name].dtype.kind not in "iu" or (name in _BYTES and out[name].dtype != np.uint8):
+      raise DeltaError(f"delta array {name!r} has dtype {out[name].dtype}; expected {want}")
   if out["version"].shape != () or int(out["version"]) != FORMAT_VERSION:
     raise DeltaError(f"delta version {out['version']} is not supported (this runtime reads "
                      f"{FORMAT_VERSION})")
@@ -346,6 +366,12 @@ def _read_arrays(arrays) -> dict[str, np.ndarray]:
     raise DeltaError(f"delta arrays have the wrong shapes: sha256 {out['sha256'].shape} (want "
                      f"(2, 32)), buffers {out['buffers'].shape} (want (B, 3)), quant "
                      f"{out['quant'].shape} (want (Q, 3))")
+  for name in ("buffers", "quant"):  # indices and lengths: uint32 as written
+    values = out[name]
+    if values.size and (values.min() < 0 or values.max() >= 2**32):
+      raise DeltaError(f"delta array {name!r} holds {values.min()}..{values.max()}; indices "
+                       f"and lengths lie in [0, 2**32)")
+    out[name] = values.astype(np.int64)
   return out
 
 
@@ -357,7 +383,8 @@ def _decode(arrays: dict[str, np.ndarray], total: int) -> np.ndarray:
       raise DeltaError(f"dense delta has {diff.size} bytes; its buffers need {total}")
     return diff
   planes, values = arrays["gaps"], arrays["values"]
-  if planes.ndim != 2 or planes.shape[0] != 4 or planes.shape[1] != values.shape[0]:
+  if (planes.ndim != 2 or values.ndim != 1 or planes.shape[0] != 4
+      or planes.shape[1] != values.shape[0]):
     raise DeltaError(f"sparse delta arrays do not fit together: gaps {planes.shape}, "
                      f"values {values.shape}")
   gaps = np.ascontiguousarray(planes.T, np.uint8).view("<u4").reshape(-1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -17,6 +18,10 @@ GENERALIST_INITS = ("scratch", "flat")
 AUGMENTATIONS = ("none", "crop", "flip_crop")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
+
+
+class ConfigError(ValueError):
+  """A run's config.json that does not describe a TrainConfig; the message names the file."""
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin
@@ -128,18 +133,59 @@ def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
   """The resolved config a run saved in its model_dir (`data_dir` overrides the saved one).
 
   Raises:
-    FileNotFoundError: model_dir holds no config.json.
-    ValueError: config.json has unknown keys.
+    FileNotFoundError: model_dir holds no config.json (it is not a run).
+    ConfigError: config.json cannot be read, is not a JSON object, has unknown or missing keys,
+      or holds a value of the wrong type or one that TrainConfig rejects.
   """
   path = os.path.join(model_dir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a super-sub-train run")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
-  unknown = set(saved) - set(TrainConfig.__dataclass_fields__)
+  try:
+    with open(path, "rb") as f:
+      saved = json.loads(f.read().decode("utf-8"))
+  except OSError as e:
+    raise ConfigError(f"{path}: cannot be read ({e})") from None
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ConfigError(f"{path}: not valid UTF-8 JSON ({e})") from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{path}: expected a JSON object of TrainConfig fields, got "
+                      f"{type(saved).__name__}")
+  fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+  unknown = set(saved) - set(fields)
   if unknown:
-    raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
-  return TrainConfig(**{**saved, **({"data_dir": data_dir} if data_dir else {})})
+    raise ConfigError(f"{path} has unknown keys {sorted(unknown)}")
+  missing = [name for name, f in fields.items() if name not in saved
+             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  if missing:
+    raise ConfigError(f"{path}: missing key(s) {missing}")
+  for name, value in saved.items():
+    expected = _json_mismatch(str(fields[name].type), value)
+    if expected:
+      raise ConfigError(f"{path}: {name!r} must be {expected}; got {value!r:.80}")
+  try:
+    return TrainConfig(**{**saved, **({"data_dir": data_dir} if data_dir else {})})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{path}: {e}") from None
+
+
+# What config.json may hold for each field annotation (JSON writes a tuple as a list).
+_JSON_TYPES = {"str": ((str,), "a string"), "int": ((int,), "an integer"),
+               "float": ((int, float), "a finite number"), "bool": ((bool,), "true or false"),
+               "tuple[int, ...]": ((list,), "a list of integers")}
+
+
+def _json_mismatch(annotation: str, value: Any) -> str | None:
+  """What a field annotated `annotation` needs, when the JSON `value` is not that; else None."""
+  base, _, optional = annotation.partition(" | ")
+  if base not in _JSON_TYPES or (value is None and optional == "None"):
+    return None  # an annotation config.json cannot express is left to TrainConfig
+  types, what = _JSON_TYPES[base]
+  fits = isinstance(value, types) and (base == "bool" or not isinstance(value, bool))
+  if fits and isinstance(value, float):
+    fits = math.isfinite(value)
+  if fits and isinstance(value, list):
+    fits = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+  return None if fits else what + (" or null" if optional == "None" else "")
 
 
 def resolve(config: TrainConfig, builder) -> TrainConfig:
