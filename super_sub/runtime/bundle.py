@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import zlib
 from typing import Any, Mapping
 
