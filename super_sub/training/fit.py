@@ -131,9 +131,12 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         # start from the generalist, need smaller deltas.
         backbones.freeze_stages(model, config.generalist_freeze_stages)
     num_classes = model.output_shape[-1]
+    warmup_steps = int(config.warmup_epochs * steps)
+    # Keras decays over `decay_steps` steps *after* the warm-up: the rest of the training, so
+    # the rate reaches 0 as the last epoch ends (epochs x steps would stop it half-way down).
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps),
-        warmup_target=lr, warmup_steps=int(config.warmup_epochs * steps))
+        initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps - warmup_steps),
+        warmup_target=lr, warmup_steps=warmup_steps)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule,
                                          weight_decay=config.weight_decay),
