@@ -72,6 +72,7 @@ def _stage(config, stage):
   return run_lib.Run(config).load_model(stage)
 
 
+@pytest.mark.slow
 def test_sparse_delta_vs_dense_fine_tuning(tmp_path, _train):
   sparse = _train(tmp_path / "sparse", delta_l1=1.0, freeze_bn=True,
                   learning_rate=3e-3)
@@ -91,6 +92,7 @@ def test_sparse_delta_vs_dense_fine_tuning(tmp_path, _train):
   assert fractions["sparse"] < 0.2 * fractions["dense"]
 
 
+@pytest.mark.slow
 def test_budget_bounds_the_changed_fraction(tmp_path, _train):
   config = _train(tmp_path, delta_keep=0.01, freeze_bn=True, learning_rate=3e-3)
   generalist = _stage(config, run_lib.GENERALIST)
@@ -105,6 +107,7 @@ def test_delta_keep_must_be_a_fraction(tmp_path):
     config_lib.TrainConfig(model_dir=str(tmp_path), delta_keep=2)
 
 
+@pytest.mark.slow
 def test_qat_specialists_keep_weight_ranges_and_adapt_activation_ranges(tmp_path, _train):
   config = _train(tmp_path, qat=True, qat_epochs=1)
   base = _stage(config, run_lib.GENERALIST_QAT)
@@ -123,12 +126,14 @@ def test_qat_specialists_keep_weight_ranges_and_adapt_activation_ranges(tmp_path
     assert '"delta"' in f.read()
 
 
+@pytest.mark.slow
 def test_qat_flag_is_part_of_the_model_dir_identity(tmp_path, _train):
   _train(tmp_path, stage="flat")
   with pytest.raises(ValueError, match="qat: model_dir has False, asked for True"):
     _train(tmp_path, stage="flat", qat=True)
 
 
+@pytest.mark.slow
 def test_generalist_can_keep_the_flat_backbone(tmp_path, _train):
   config = _train(tmp_path, stage="flat")
   config = _train(tmp_path, stage="generalist", generalist_init="flat",

@@ -23,6 +23,8 @@ from super_sub.runtime import bundle as bundle_lib
 from super_sub.training import fit
 from super_sub.training import run as run_lib
 
+from conftest import assert_bundle_probs_match_keras
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, smoke_config):
@@ -36,6 +38,7 @@ def exported(run, tmp_path_factory):
   return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_manifest_counts_match_the_files(exported):
   export_dir, manifest = exported
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
@@ -65,12 +68,14 @@ def test_manifest_counts_match_the_files(exported):
   assert manifest["format"] == "super-sub-export" and manifest["version"] == 1
 
 
+@pytest.mark.slow
 def test_bundle_is_smaller_than_separate_int8_files(exported):
   _, manifest = exported
   sizes = manifest["bytes"]
   assert sizes["tflite_bundle"] < sizes["tflite_naive_int8"]
 
 
+@pytest.mark.slow
 def test_bundle_verifies_and_rebuilds_every_specialist(exported):
   export_dir, manifest = exported
   bundle = bundle_lib.load_bundle(os.path.join(export_dir, "tflite"))
@@ -79,15 +84,21 @@ def test_bundle_verifies_and_rebuilds_every_specialist(exported):
     assert bundle.specialist(k)[4:8] == b"TFL3"
 
 
+@pytest.mark.slow
 def test_parity_with_keras_two_stage(run, exported):
   evaluation.evaluate(run, log=lambda _: None)
   result = parity.tflite_parity(run, exported[0], log=lambda _: None)
   assert result["num_examples"] == 84
   with open(os.path.join(run.model_dir, "eval.json"), encoding="utf-8") as f:
     assert result["keras_top1"] == pytest.approx(json.load(f)["two_stage"]["hard"]["top1"])
-  assert 0 <= result["agreement_with_keras"] <= 1
+  # int8 post-training quantization of the float models: the same answer as Keras for all but
+  # a few of the 84 images (a barely trained smoke run has many near-ties) ...
+  assert result["agreement_with_keras"] >= 0.95
+  # ... and the same probabilities to within quantization noise.
+  assert_bundle_probs_match_keras(run, os.path.join(exported[0], "tflite"), atol=0.03)
 
 
+@pytest.mark.slow
 def test_float_model_needs_representative_images(run):
   model = run.load_model(run_lib.GENERALIST)
   with pytest.raises(ValueError, match="needs representative images"):
@@ -96,14 +107,16 @@ def test_float_model_needs_representative_images(run):
     tflite.to_tflite(model, np.zeros((2, 8, 8, 3), np.float32))
 
 
+@pytest.mark.slow
 def test_missing_stage_leaves_export_dir_untouched(run, tmp_path):
   export_dir = tmp_path / "bundle"
   export_dir.mkdir()
+  (export_dir / "manifest.json").write_text('{"format": "super-sub-export"}')  # an old export
   (export_dir / "keep.txt").write_text("old export")
   partial = run_lib.Run(dataclasses.replace(run.config, model_dir=str(tmp_path / "empty")))
   with pytest.raises(FileNotFoundError, match="stage 'generalist' has not finished"):
     export_lib.export(partial, str(export_dir), log=lambda _: None)
-  assert [p.name for p in export_dir.iterdir()] == ["keep.txt"]
+  assert sorted(p.name for p in export_dir.iterdir()) == ["keep.txt", "manifest.json"]
 
 
 def test_representative_file_errors(tmp_path):
@@ -115,6 +128,7 @@ def test_representative_file_errors(tmp_path):
   np.testing.assert_array_equal(tflite.load_representative(str(path)), 1.0)
 
 
+@pytest.mark.slow
 def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
   _, manifest = exported
   fitted = storage.storage_fit(manifest)
@@ -128,6 +142,7 @@ def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
   assert fitted["b_min"] <= fitted["b"] <= fitted["b_max"]
 
 
+@pytest.mark.slow
 def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path):
   """`--export_dir=.` or `~/models` must not lose the user's files: refused, untouched."""
   mine = tmp_path / "models"
@@ -148,6 +163,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path
   assert (mine / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.slow
 def test_export_replaces_an_earlier_export_and_overwrite_replaces_anything(run, tmp_path):
   target = tmp_path / "bundle"
   export_lib.export(run, str(target), log=lambda _: None)
@@ -162,6 +178,7 @@ def test_export_replaces_an_earlier_export_and_overwrite_replaces_anything(run, 
   bundle_lib.load_bundle(str(other / "tflite"))
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_the_previous_export_intact(run, exported, tmp_path):
   """kill -9 during a re-export: the old export still verifies, file for file."""
   export_dir = tmp_path / "bundle"

@@ -40,6 +40,7 @@ def trained(tmp_path_factory, _config, data_dir):
   return config
 
 
+@pytest.mark.slow
 def test_every_stage_leaves_weights_and_metrics(trained):
   h = synthetic.load_hierarchy()
   run = trained.model_dir
@@ -62,6 +63,7 @@ def test_every_stage_leaves_weights_and_metrics(trained):
       16, "crop", "superclassed_synthetic")
 
 
+@pytest.mark.slow
 def test_specialist_starts_from_generalist(trained):
   run = run_lib.Run(trained)
   generalist = run.load_model(run_lib.GENERALIST)
@@ -76,6 +78,7 @@ def test_specialist_starts_from_generalist(trained):
   assert len(moved) == len(kernels)  # every backbone kernel was fine-tuned (no freezing)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages(trained):
   lines = []
   fit.train(dataclasses.replace(trained), log=lines.append)
@@ -83,6 +86,7 @@ def test_rerun_skips_finished_stages(trained):
   assert len(lines) == 7
 
 
+@pytest.mark.slow
 def test_evaluation_writes_eval_json_and_predictions(trained):
   result = evaluation.evaluate(run_lib.Run(trained), log=lambda _: None)
   h = synthetic.load_hierarchy()
@@ -112,6 +116,7 @@ def test_evaluation_writes_eval_json_and_predictions(trained):
     assert np.mean(npz["labels"] == npz["predictions"]) == pytest.approx(result["flat"]["top1"])
 
 
+@pytest.mark.slow
 def test_other_backbone_in_same_model_dir_is_refused(trained):
   config_path = os.path.join(trained.model_dir, "config.json")
   before = open(config_path, encoding="utf-8").read()
@@ -121,6 +126,7 @@ def test_other_backbone_in_same_model_dir_is_refused(trained):
   assert open(config_path, encoding="utf-8").read() == before
 
 
+@pytest.mark.slow
 def test_specialists_need_a_generalist(tmp_path, data_dir, _config):
   with pytest.raises(FileNotFoundError, match="stage 'generalist' has not finished"):
     fit.train(_config(tmp_path, data_dir, stage="specialists"))
@@ -144,6 +150,7 @@ class _RecordStart(keras.callbacks.Callback):
     self.starts.append((epoch, int(self.model.optimizer.iterations.numpy())))
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes_epoch_and_optimizer(tmp_path, data_dir, _config):
   config = _config(tmp_path, data_dir, stage="flat", epochs=3)
   with pytest.raises(_Interrupt):
@@ -159,6 +166,7 @@ def test_interrupted_stage_resumes_epoch_and_optimizer(tmp_path, data_dir, _conf
   assert len(metrics["history"]["loss"]) == 3
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, data_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run(
@@ -183,12 +191,14 @@ def test_error_counts_hand_computed():
   assert per == {"tops": 2 / 3, "footwear": 0.0, "trouser": 0.0, "dress": None, "bag": 1.0}
 
 
+@pytest.mark.slow
 def test_specialist_for_missing_superclass_is_refused(tmp_path, data_dir, _config):
   with pytest.raises(ValueError, match=r"superclass\(es\) \[7\].* superclasses 0..4"):
     fit.train(_config(tmp_path, data_dir, specialists=(7,)))
   assert not (tmp_path / "flat").exists()  # refused before anything was trained
 
 
+@pytest.mark.slow
 def test_demo_command_end_to_end(tmp_path, data_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run(
@@ -204,6 +214,7 @@ def test_demo_command_end_to_end(tmp_path, data_dir):
   assert (tmp_path / "export" / "tflite" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
   assert config_lib.load_config(trained.model_dir) == trained
   moved = config_lib.load_config(trained.model_dir, data_dir=str(tmp_path))
@@ -223,6 +234,7 @@ def test_load_config_of_a_folder_that_is_no_run(tmp_path):
     config_lib.load_config(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_train_flags_are_the_config_fields():
   """super-sub-train defines one flag per TrainConfig field, with the field's default, so a
   default lives in one place; parsing flags gives back the config."""

@@ -19,6 +19,8 @@ from super_sub.training import deltas as compression
 from super_sub.training import fit
 from super_sub.training import run as run_lib
 
+from conftest import assert_bundle_probs_match_keras
+
 
 @pytest.mark.parametrize("frozen", [1, 2, 3, 4])
 def test_tail_of_trunk_is_the_model(frozen):
@@ -53,6 +55,7 @@ def exported(run, tmp_path_factory):
   return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_frozen_stages_are_exported_once_as_a_trunk(run, exported):
   export_dir, manifest = exported
   files = manifest["files"]
@@ -65,18 +68,23 @@ def test_frozen_stages_are_exported_once_as_a_trunk(run, exported):
   assert manifest["bytes"]["tflite_naive_int8"] == 6 * trunk_bytes + tails
   assert lite.trunk is not None and lite.generalist.input_shape == lite.trunk.output_shape
   result = parity.tflite_parity(run, export_dir, log=lambda _: None)
-  assert result["agreement_with_keras"] >= 0.9
+  # QAT: the int8 bundle computes what the Keras model's fake quantization does (README:
+  # 99.6-100%); at most one of the 84 images may fall on the other side of a near-tie.
+  assert result["agreement_with_keras"] >= 83 / 84
+  assert_bundle_probs_match_keras(run, os.path.join(export_dir, "tflite"), atol=0.03)
 
 
+@pytest.mark.slow
 def test_trunk_tflite_feeds_the_generalist_tail_like_the_whole_network(run, exported):
   images = tflite.representative_images(run, count=32)
   generalist = run.load_model(run_lib.GENERALIST_QAT)
   whole = predictor._LiteModel(tflite.to_tflite(generalist, images), 1, "whole")  # pylint: disable=protected-access
   lite = predictor.TwoStageLite(os.path.join(exported[0], "tflite"))
   split = lite.generalist(lite.trunk(images))
-  assert np.mean(split.argmax(1) == whole(images).argmax(1)) >= 0.95
+  assert np.mean(split.argmax(1) == whole(images).argmax(1)) >= 31 / 32
 
 
+@pytest.mark.slow
 def test_specialists_left_the_frozen_stages_bit_exact(run):
   base = run.load_model(run_lib.GENERALIST_QAT)
   specialist = run.load_model(run_lib.specialist(4))
@@ -89,6 +97,7 @@ def test_specialists_left_the_frozen_stages_bit_exact(run):
     trunk_lib.check_shared(base, specialist, 2)
 
 
+@pytest.mark.slow
 def test_bundle_manifest_must_checksum_the_trunk(exported, tmp_path):
   copy = tmp_path / "tflite"
   shutil.copytree(os.path.join(exported[0], "tflite"), copy)
