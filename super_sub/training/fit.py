@@ -3,17 +3,31 @@
 `train(config)` trains the stages a run asks for in its model_dir (layout: super_sub.training.run).
 Re-running the same command resumes an interrupted stage at its last finished epoch
 (weights, optimizer state and epoch count) and skips finished stages.
+
+Faults it guards against, so that a stage is marked done (metrics.json) only when it is sound:
+  * two trainings in one model_dir: `train` holds model_dir/.lock (super_sub._internal.lock)
+    and a second one is refused, naming the holder's pid;
+  * a model_dir of another run: refused before the dataset is prepared (nothing downloaded);
+  * divergence: a NaN/Inf loss or weight raises `guards.NonFiniteError` and the last good
+    epoch's backup stays for the re-run;
+  * a failed write (full disk, read-only folder): an OSError naming the file and the stage,
+    which is then not marked done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import os
 import shutil
 import time
 from typing import Callable, Sequence
 
+import tensorflow as tf
+
 from super_sub._internal import files
+from super_sub._internal import lock
 from super_sub._internal.compat import keras
 from super_sub.data import pipeline
 from super_sub.data import prepare
@@ -21,6 +35,7 @@ from super_sub.models import backbones
 from super_sub.models import classifiers
 from super_sub.training import deltas
 from super_sub.training import distribute
+from super_sub.training import guards
 from super_sub.training import qat as qat_lib
 from super_sub.training import run as run_lib
 from super_sub.training.config import TrainConfig, resolve
@@ -39,9 +54,21 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
   Returns:
     The resolved config (image size, augmentation and hierarchy filled in).
   Raises:
-    ValueError: the model_dir holds another run, or the dataset has no super-sub hierarchy.
+    ValueError: the model_dir holds another run (checked before the dataset is prepared), or
+      the dataset has no super-sub hierarchy.
+    lock.FolderLockedError: another process trains in the model_dir.
+    guards.NonFiniteError: a stage diverged (NaN/Inf loss or weight); it is not marked done.
+    OSError: the model_dir cannot be created or written, or a stage's files could not be
+      written (e.g. the disk is full); the message names the folder or file.
     FileNotFoundError: specialists asked for before the generalist is trained.
   """
+  with lock.hold(config.model_dir):
+    return _train_locked(config, log, callbacks)
+
+
+def _train_locked(config, log, callbacks) -> TrainConfig:
+  """`train` while it holds the model_dir's lock."""
+  run_lib.check_identity(config)  # before preparing: a refused run downloads nothing
   builder = prepare.prepare(config.dataset, config.data_dir, config.manual_dir)
   config = resolve(config, builder)
   run = run_lib.Run.create(config, builder)
@@ -151,33 +178,78 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   start = time.perf_counter()
   history_path = os.path.join(stage_dir, "history.csv")
   backup_dir = os.path.join(stage_dir, "backup")
-  model.fit(
-      train_ds.repeat() if config.steps_per_epoch else train_ds,
-      epochs=epochs, steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
-      verbose=2,
-      callbacks=[
-          keras.callbacks.BackupAndRestore(backup_dir),
-          keras.callbacks.CSVLogger(history_path, append=True),
-          keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
-          *callbacks,
-      ])
+  with _writing(stage, stage_dir, during_fit=backup_dir):
+    model.fit(
+        train_ds.repeat() if config.steps_per_epoch else train_ds,
+        epochs=epochs, steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
+        verbose=2,
+        callbacks=[
+            # Before BackupAndRestore: a diverged epoch must fail before it is backed up.
+            guards.FiniteGuard(stage.key, backup_dir),
+            keras.callbacks.BackupAndRestore(backup_dir),
+            keras.callbacks.CSVLogger(history_path, append=True),
+            keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
+            *callbacks,
+        ])
   wall = time.perf_counter() - start
-  _save_weights(model, os.path.join(stage_dir, "weights"))
+  weights_dir = os.path.join(stage_dir, "weights")
+  with _writing(stage, weights_dir):
+    _save_weights(model, weights_dir)
   history = _read_history(history_path)
-  files.write_json(os.path.join(stage_dir, "metrics.json"), {
-      "stage": stage.key, "role": stage.role, "superclass": stage.superclass,
-      "superclass_name": (h.superclasses[stage.superclass].name
-                          if stage.superclass is not None else None),
-      "epochs": epochs, "steps_per_epoch": steps, "global_batch_size": global_batch,
-      "num_params": int(model.count_params()),
-      "delta": deltas.delta_stats(model, base) if base is not None else None,
-      "wall_time_s_this_run": round(wall, 2),
-      "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
-      "history": history,
-  })
+  metrics_path = os.path.join(stage_dir, "metrics.json")
+  with _writing(stage, metrics_path):
+    files.write_json(metrics_path, {
+        "stage": stage.key, "role": stage.role, "superclass": stage.superclass,
+        "superclass_name": (h.superclasses[stage.superclass].name
+                            if stage.superclass is not None else None),
+        "epochs": epochs, "steps_per_epoch": steps, "global_batch_size": global_batch,
+        "num_params": int(model.count_params()),
+        "delta": deltas.delta_stats(model, base) if base is not None else None,
+        "wall_time_s_this_run": round(wall, 2),
+        "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
+        "history": history,
+    })
   shutil.rmtree(backup_dir, ignore_errors=True)  # Keras empties it but leaves the folder.
   log(f"[{stage}] done in {wall:.1f} s: " + ", ".join(
       f"{k}={v[-1]:.4f}" for k, v in history.items() if k.startswith("val_")))
+
+
+@contextlib.contextmanager
+def _writing(stage: run_lib.Stage, path: str, during_fit: str | None = None):
+  """Turns a failed write (full disk, read-only or vanished folder) in the block into an
+  OSError that names the stage and `path`, says the stage is not marked done and what a
+  re-run does; errno (and so the OSError subclass) stays the original's.
+
+  `during_fit` is the stage's backup folder when the block is Keras `fit` (its callbacks write
+  the backup, history.csv and TensorBoard logs): only Python's OSError is translated there,
+  since a TensorFlow error during fit may as well be out of memory. Outside fit (the final
+  weights) TensorFlow's own errors are file errors too (ENOSPC arrives as
+  tf.errors.ResourceExhaustedError) and are translated as well.
+  """
+  try:
+    yield
+  except OSError as e:
+    reason = e.strerror or str(e)
+    if e.filename:
+      reason += f" ({e.filename})"
+    raise _write_error(stage, path, reason, e.errno, during_fit) from e
+  except tf.errors.OpError as e:
+    if during_fit:
+      raise
+    code = (errno.ENOSPC if "No space left on device" in e.message
+            else errno.EACCES if isinstance(e, tf.errors.PermissionDeniedError) else None)
+    raise _write_error(stage, path, e.message, code, during_fit) from e
+
+
+def _write_error(stage, path, reason, code, during_fit) -> OSError:
+  what = (f"training stopped on a file error in {path}" if during_fit
+          else f"could not write {path}")
+  then = (f"its last finished epoch stays in {during_fit}, and re-running the same command "
+          "resumes from there" if during_fit
+          else "re-running the same command trains it again")
+  message = (f"[{stage}] {what}: {reason}. The stage is not marked done (no metrics.json); "
+             f"once the disk has room and the folder is writable, {then}.")
+  return OSError(code, message) if code else OSError(message)
 
 
 def _save_weights(model: keras.Model, folder: str) -> None:

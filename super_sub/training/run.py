@@ -1,6 +1,7 @@
 """A run: one model_dir, opened once, and everything training, evaluation and export read from it.
 
   model_dir/config.json                 the resolved TrainConfig (identity checked on re-runs)
+  model_dir/.lock                       flock'ed while a super-sub-train runs (_internal.lock)
   model_dir/<stage>/backup/             BackupAndRestore state while a stage is unfinished
   model_dir/<stage>/weights/            final weights (TF checkpoint), written atomically
   model_dir/<stage>/metrics.json        written last: a stage with it is done
@@ -73,6 +74,33 @@ def specialist(superclass: int) -> Stage:
   return Stage("specialist", int(superclass))
 
 
+def check_identity(config: config_lib.TrainConfig) -> None:
+  """Refuses a model_dir whose config.json holds another run than `config`.
+
+  Compares every identity key (config.IDENTITY_KEYS) that `config` gives: an unresolved config
+  leaves image_size and hierarchy to the dataset (None), so `train` can call this before it
+  prepares the dataset, and a refused run downloads and builds nothing. A new model_dir (no
+  config.json) passes.
+
+  Raises:
+    ValueError: naming each identity key that differs; nothing is written.
+  """
+  path = os.path.join(config.model_dir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  fields = config_lib.TrainConfig.__dataclass_fields__
+  asked = {k: getattr(config, k) for k in config_lib.IDENTITY_KEYS
+           if getattr(config, k) is not None}
+  held = {k: saved.get(k, fields[k].default) for k in asked}
+  clashes = [f"{k}: model_dir has {held[k]!r}, asked for {v!r}"
+             for k, v in asked.items() if held[k] != v]
+  if clashes:
+    raise ValueError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
+                     "Use another --model_dir; nothing was changed.")
+
+
 class Run:
   """A model_dir and what it holds: its config, dataset, hierarchy, stages and their models.
 
@@ -109,18 +137,8 @@ class Run:
       ValueError: naming each identity key where the model_dir holds something else; nothing
         is written then.
     """
-    path = os.path.join(config.model_dir, "config.json")
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-      fields = config_lib.TrainConfig.__dataclass_fields__
-      held = {k: saved.get(k, fields[k].default) for k in config_lib.IDENTITY_KEYS}
-      clashes = [f"{k}: model_dir has {held[k]!r}, asked for {getattr(config, k)!r}"
-                 for k in config_lib.IDENTITY_KEYS if held[k] != getattr(config, k)]
-      if clashes:
-        raise ValueError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
-                         "Use another --model_dir; nothing was changed.")
-    files.write_json(path, config.to_dict())
+    check_identity(config)
+    files.write_json(os.path.join(config.model_dir, "config.json"), config.to_dict())
     return cls(config, builder)
 
   # --- the dataset ---------------------------------------------------------------------------
