@@ -5,14 +5,15 @@ the edge runtime works where TensorFlow is absent; a name that needs TensorFlow 
 first used.
 
   hierarchy   Hierarchy, HierarchyError, Subclass, Superclass, load_hierarchy,
-              shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet
+              shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet, WordNetError
   datasets    prepare_dataset, summarize_dataset, InputSpec, make_dataset
               (TFDS builders register with `import super_sub.datasets`)
-  training    TrainConfig, train, Run, Stage, load_config
+  training    TrainConfig, train, Run, Stage, load_config; ConfigError, RunMismatchError,
+              NonFiniteError, FolderLockedError
   evaluation  evaluate, TwoStage
-  export      export, tflite_parity, storage_fit
-  runtime     TwoStageLite, load_images, load_bundle, BundleError, ImageError
-  analysis    analyze, write_report, Predictions, read_predictions
+  export      export, tflite_parity, storage_fit, OutputDirError
+  runtime     TwoStageLite, load_images, load_bundle, BundleError, ImageError, DeltaError
+  analysis    analyze, write_report, Predictions, read_predictions, AnalysisError
 
 The pipeline's packages, in the order an image travels: hierarchy -> data -> models ->
 training -> routing -> bundles -> runtime -> analysis (README: "What is in the box").
@@ -33,6 +34,7 @@ _API = {
     "shipped_hierarchies": ("super_sub.hierarchy.tree", "shipped_hierarchies"),
     "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive"),
     "read_wordnet": ("super_sub.hierarchy.wordnet", "read"),
+    "WordNetError": ("super_sub.hierarchy.wordnet", "WordNetError"),
     # datasets
     "prepare_dataset": ("super_sub.data.prepare", "prepare"),
     "summarize_dataset": ("super_sub.data.prepare", "summarize"),
@@ -44,6 +46,10 @@ _API = {
     "train": ("super_sub.training.fit", "train"),
     "Run": ("super_sub.training.run", "Run"),
     "Stage": ("super_sub.training.run", "Stage"),
+    "ConfigError": ("super_sub.training.config", "ConfigError"),
+    "RunMismatchError": ("super_sub.training.run", "RunMismatchError"),
+    "NonFiniteError": ("super_sub.training.guards", "NonFiniteError"),
+    "FolderLockedError": ("super_sub._internal.lock", "FolderLockedError"),
     # evaluation
     "evaluate": ("super_sub.evaluation", "evaluate"),
     "TwoStage": ("super_sub.routing.two_stage", "TwoStage"),
@@ -51,17 +57,20 @@ _API = {
     "export": ("super_sub.bundles.export", "export"),
     "tflite_parity": ("super_sub.bundles.parity", "tflite_parity"),
     "storage_fit": ("super_sub.bundles.storage", "storage_fit"),
+    "OutputDirError": ("super_sub._internal.files", "OutputDirError"),
     # runtime
     "TwoStageLite": ("super_sub.runtime.predictor", "TwoStageLite"),
     "load_images": ("super_sub.data.images", "load_images"),
     "load_bundle": ("super_sub.runtime.bundle", "load_bundle"),
     "BundleError": ("super_sub.runtime.bundle", "BundleError"),
     "ImageError": ("super_sub.data.images", "ImageError"),
+    "DeltaError": ("super_sub.runtime.delta", "DeltaError"),
     # analysis
     "analyze": ("super_sub.analysis.report", "analyze"),
     "write_report": ("super_sub.analysis.writer", "write_report"),
     "Predictions": ("super_sub.analysis.predictions", "Predictions"),
     "read_predictions": ("super_sub.analysis.loading", "read_predictions"),
+    "AnalysisError": ("super_sub.analysis.predictions", "AnalysisError"),
 }
 
 __all__ = sorted(_API)

@@ -147,7 +147,7 @@ def test_second_train_process_is_refused_while_one_holds_the_model_dir(tmp_path)
     out = subprocess.run(_command(model_dir, data_dir), env=_env(), capture_output=True,
                          text=True, timeout=300, check=False)
   assert out.returncode != 0
-  assert f"FolderLockedError: {model_dir} is in use: pid {os.getpid()} " in out.stderr, (
+  assert f"super-sub-train: {model_dir} is in use: pid {os.getpid()} " in out.stderr, (
       out.stderr[-3000:])
   assert (model_dir / "config.json").read_bytes() == before
   assert sorted(os.listdir(model_dir)) == [".lock", "config.json"]

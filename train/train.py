@@ -9,6 +9,7 @@ super_sub.training.config.TrainConfig, defined from it: defaults and help live t
 """
 
 import dataclasses
+import sys
 import types
 import typing
 
@@ -16,9 +17,12 @@ from absl import app
 from absl import flags
 
 from super_sub._internal import cli
+from super_sub._internal import lock
 from super_sub.training import config as config_lib
 from super_sub.training import distribute
 from super_sub.training import fit
+from super_sub.training import guards
+from super_sub.training import run as run_lib
 
 CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical "
                                    "devices (to try --strategy=mirrored without GPUs).")
@@ -81,7 +85,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if CPU_DEVICES.value:
     distribute.split_cpu(CPU_DEVICES.value)
-  fit.train(config_from_flags())
+  try:
+    fit.train(config_from_flags())
+  except (config_lib.ConfigError, run_lib.RunMismatchError, lock.FolderLockedError,
+          guards.NonFiniteError) as e:
+    # Refusals and a diverged stage: the message says all; a traceback would bury it.
+    sys.exit(f"super-sub-train: {e}")
 
 
 def run():

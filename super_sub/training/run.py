@@ -32,6 +32,10 @@ from super_sub.training import qat as qat_lib
 import super_sub.datasets  # pylint: disable=unused-import,wrong-import-order  (registers the builders)
 
 
+class RunMismatchError(ValueError):
+  """A model_dir that holds another run (dataset, backbone, image size, hierarchy or QAT)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """One trained model of a run.
@@ -83,22 +87,19 @@ def check_identity(config: config_lib.TrainConfig) -> None:
   config.json) passes.
 
   Raises:
-    ValueError: naming each identity key that differs; nothing is written.
+    RunMismatchError: naming each identity key that differs; nothing is written.
+    ConfigError: the model_dir's config.json is malformed.
   """
-  path = os.path.join(config.model_dir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.exists(os.path.join(config.model_dir, "config.json")):
     return
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
-  fields = config_lib.TrainConfig.__dataclass_fields__
+  saved = config_lib.load_config(config.model_dir)  # older runs: missing keys take defaults
   asked = {k: getattr(config, k) for k in config_lib.IDENTITY_KEYS
            if getattr(config, k) is not None}
-  held = {k: saved.get(k, fields[k].default) for k in asked}
-  clashes = [f"{k}: model_dir has {held[k]!r}, asked for {v!r}"
-             for k, v in asked.items() if held[k] != v]
+  clashes = [f"{k}: model_dir has {getattr(saved, k)!r}, asked for {v!r}"
+             for k, v in asked.items() if getattr(saved, k) != v]
   if clashes:
-    raise ValueError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
-                     "Use another --model_dir; nothing was changed.")
+    raise RunMismatchError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
+                           "Use another --model_dir; nothing was changed.")
 
 
 class Run:
