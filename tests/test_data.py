@@ -57,6 +57,7 @@ def _run(args, cwd):
                         check=False)
 
 
+@pytest.mark.slow
 def test_main_job_command(tmp_path):
   """The README's main-job command, on a fresh data_dir."""
   out = _run([sys.executable, "-m", "super_sub.train.build_dataset",
@@ -66,6 +67,7 @@ def test_main_job_command(tmp_path):
   assert "splits: train=3150, validation=1050" in out.stdout
 
 
+@pytest.mark.slow
 def test_main_job_rejects_unknown_dataset(tmp_path):
   out = _run([sys.executable, "-m", "super_sub.train.build_dataset", "--dataset=nope",
               f"--data_dir={tmp_path}"], cwd=tmp_path)
@@ -73,6 +75,7 @@ def test_main_job_rejects_unknown_dataset(tmp_path):
   assert "nope" in out.stderr
 
 
+@pytest.mark.slow
 def test_tfds_cli_builds_without_network(tmp_path):
   tfds_cli = os.path.join(os.path.dirname(sys.executable), "tfds")
   out = _run([tfds_cli, "build", "--imports=super_sub.datasets", "superclassed_synthetic",

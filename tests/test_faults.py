@@ -107,6 +107,7 @@ class _RecordStart(keras.callbacks.Callback):
     self.starts.append((epoch, int(self.model.optimizer.iterations.numpy()), finite))
 
 
+@pytest.mark.slow
 def test_diverged_epoch_is_not_backed_up_and_rerun_resumes_the_last_good_one(
     tmp_path, smoke_config):
   config = smoke_config(tmp_path, stage="flat", epochs=2, learning_rate=1e-3)
@@ -138,6 +139,7 @@ def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
   assert (tmp_path / ".lock").read_text() == ""  # nobody holds it
 
 
+@pytest.mark.slow
 def test_second_train_process_is_refused_while_one_holds_the_model_dir(tmp_path):
   model_dir, data_dir = tmp_path / "run", tmp_path / "tfds"
   model_dir.mkdir()

@@ -82,6 +82,7 @@ def evaluated(trained):
 
 
 # --- the learning-rate schedule -----------------------------------------------------------------
+@pytest.mark.slow
 def test_flat_learning_rate_warms_up_then_decays_to_zero(trained):
   """Flat, 2 epochs of 11 steps, 1 warm-up epoch: from LR/10 linearly up to LR over steps
   0..11, then cosine decay over the remaining 11 steps, reaching 0 when training ends."""
@@ -107,6 +108,7 @@ def test_flat_learning_rate_warms_up_then_decays_to_zero(trained):
     assert rates[step] == pytest.approx(1e-4 + 9e-4 * step / STEPS), step
 
 
+@pytest.mark.slow
 def test_specialists_fine_tune_at_the_specialist_learning_rate(trained):
   """--specialist_learning_rate is the specialists' peak (the generalist keeps --learning_rate):
   warm-up from a tenth of it; a specialist trains on its superclass's batches only."""
@@ -142,6 +144,7 @@ def _history(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_history_csv_has_one_row_per_epoch(trained):
   """history.csv: one row per epoch with the training and validation metrics; the last
   row's val_top1 and val_loss are the final weights' on the validation split."""
@@ -183,6 +186,7 @@ def _scalars(folder):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["flat", "specialists/0_polygon"])
 def test_tensorboard_logs_hold_the_epoch_metrics(trained, stage):
   """<stage>/logs/train and logs/validation: TensorBoard event files whose per-epoch loss and
@@ -200,6 +204,7 @@ def test_tensorboard_logs_hold_the_epoch_metrics(trained, stage):
       assert logged[epoch] == pytest.approx(float(row[key]), rel=1e-6), (key, epoch)
 
 
+@pytest.mark.slow
 def test_eval_writes_a_report_per_subclass_model(trained, evaluated):
   """super-sub-eval: reports/<model>/index.html and report.json for flat, hard and soft
   routing and the oracle, whose numbers are eval.json's."""
