@@ -63,8 +63,8 @@ def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int]) -> np.
       # Pillow reports undecodable data as UnidentifiedImageError (an OSError), truncated data
       # as OSError, and some corrupt headers as ValueError or SyntaxError.
       raise ImageError(f"{os.fspath(path)}: cannot decode as an image ({e})") from None
-    out[i] = resize(np.asarray(img, np.uint8).reshape(img.size[1], img.size[0], channels),
-                    (height, width))
+    out[i] = np.asarray(_resize_pil(img, (height, width)), np.uint8).reshape(
+        height, width, channels)
   return out
 
 
@@ -75,9 +75,16 @@ def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
   if image.shape[:2] == (height, width):
     return image
   channels = image.shape[2]
-  img = Image.fromarray(image[..., 0] if channels == 1 else image)
-  img = img.resize((width, height), _PIL_FILTERS[RESIZE_METHOD])
+  img = _resize_pil(Image.fromarray(image[..., 0] if channels == 1 else image), (height, width))
   return np.asarray(img, np.uint8).reshape(height, width, channels)
+
+
+def _resize_pil(img: Image.Image, size: Sequence[int]) -> Image.Image:
+  """A decoded Pillow image resized to (height, width) by the contract's method."""
+  height, width = size
+  if img.size == (width, height):
+    return img
+  return img.resize((width, height), _PIL_FILTERS[RESIZE_METHOD])
 
 
 def to_model_input(images, shape: Sequence[int | None]) -> np.ndarray:
