@@ -70,6 +70,7 @@ setuptools.setup(
         "super-sub-demo=super_sub.train.demo:run",
         "super-sub-export=super_sub.export.export:run",
         "super-sub-analyze=super_sub.train.analyze:run",
+        "super-sub-findings=super_sub.train.findings:run",
         "super-sub-predict=super_sub.export.predict:run",
     ]},
 )

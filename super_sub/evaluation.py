@@ -54,36 +54,46 @@ def topk(probs: np.ndarray, k: int = 5) -> np.ndarray:
 
 
 def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
-             batch_size: int = 256, log: Callable[[str], None] = print) -> dict:
+             batch_size: int = 256, router: str = "generalist",
+             log: Callable[[str], None] = print) -> dict:
   """Runs every trained model of `config.model_dir` over `split` and writes the results.
 
   Args:
     run: the trained run (`Run.open(model_dir)`).
     split: dataset split; default the validation split ("test" for Fashion-MNIST).
     soft_k: how many superclasses soft routing combines.
+    router: what routes the two-stage system whose predictions, reports and `two_stage`
+      entry are written (super_sub.routing.core.ROUTERS). Every router's top-1 is in
+      `routers` whichever is chosen, so they can be compared on one pass.
   Returns:
     The eval.json content.
   """
   config, builder, h = run.config, run.builder, run.hierarchy
   split = split or run.evaluation_split
+  core.router_logits(router, np.zeros((0, h.num_superclasses)), np.zeros((0, h.num_subclasses)),
+                     h)  # an unknown router fails before any model is loaded
   flat = run.load_model(run_lib.FLAT)
-  two_stage = run.load_two_stage()
+  two_stage = run.load_two_stage(flat=flat)
 
   spec = pipeline.InputSpec(role="flat", batch_size=batch_size,
                             image_size=config.image_size, augment="none")
   ds = pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
   parts: dict[str, list[np.ndarray]] = {}
   for images, labels, meta in tfds.as_numpy(ds):
-    hard = two_stage.predict(images, mode="hard")
-    soft = two_stage.predict(images, mode="soft", k=soft_k)
     oracle = two_stage.oracle(images, meta["superclass"])
     batch = {
         "labels": labels, "file_names": meta["file_name"],
         "flat": core.softmax(flat.predict_on_batch(images)),
-        "generalist": hard["superclass_probs"],
-        "two_stage_hard": hard["label_probs"], "two_stage_soft": soft["label_probs"],
         "oracle_specialists": oracle["label_probs"],
     }
+    for name in core.ROUTERS:
+      hard = two_stage.predict(images, mode="hard", router=name)
+      soft = two_stage.predict(images, mode="soft", k=soft_k, router=name)
+      batch.update({f"{name}/superclass": hard["superclass_probs"],
+                    f"{name}/hard": hard["label_probs"], f"{name}/soft": soft["label_probs"]})
+    batch.update({"generalist": batch["generalist/superclass"],
+                  "two_stage_hard": batch[f"{router}/hard"],
+                  "two_stage_soft": batch[f"{router}/soft"]})
     for key, value in batch.items():
       parts.setdefault(key, []).append(np.asarray(value))
   if not parts:
@@ -113,10 +123,20 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
                                                     h)},
       "flat_per_superclass": per_superclass_accuracy(labels, predictions["flat"], h),
       "two_stage": {
+          "router": router,
           "hard": {"top1": top1("two_stage_hard"),
                    "errors": error_counts(labels, predictions["two_stage_hard"], h)},
           "soft": {"top1": top1("two_stage_soft"), "k": soft_k,
                    "errors": error_counts(labels, predictions["two_stage_soft"], h)}},
+      # Every router on the same images. routing_loss: oracle top-1 minus hard routing's,
+      # the accuracy the specialists bring that wrong routes give away.
+      "routers": {name: {
+          "superclass_top1": float(np.mean(got[f"{name}/superclass"].argmax(axis=1) == supers)),
+          "hard_top1": float(np.mean(got[f"{name}/hard"].argmax(axis=1) == labels)),
+          "soft_top1": float(np.mean(got[f"{name}/soft"].argmax(axis=1) == labels)),
+          "routing_loss": top1("oracle_specialists")
+                          - float(np.mean(got[f"{name}/hard"].argmax(axis=1) == labels)),
+      } for name in core.ROUTERS},
   }
   with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
                         "two_stage_hard.npz") as folder:
@@ -157,4 +177,8 @@ def format_table(result: dict) -> str:
   for name, acc, within in rows:
     lines.append(f"{name:<40}{acc:>8.2%}{'' if within is None else f'{within:>27.1%}'}")
   lines.append(f"generalist superclass top-1: {result['generalist']['superclass_top1']:.2%}")
+  for name, r in result.get("routers", {}).items():
+    lines.append(f"router {name:<11} superclass top-1 {r['superclass_top1']:.2%}, hard "
+                 f"{r['hard_top1']:.2%}, soft {r['soft_top1']:.2%}, routing loss "
+                 f"{100 * r['routing_loss']:.2f} points")
   return "\n".join(lines)

@@ -42,6 +42,23 @@ ORACLE_LABEL_PROBS = [[0, 0, 0.90, 0.05, 0.05, 0],
                       [0.20, 0.80, 0, 0, 0, 0],
                       [0, 0, 0, 0, 0, 1]]
 
+# A flat network over the six subclasses, for the "flat" and "product" routers.
+FLAT = [[0.10, 0.10, 0.50, 0.10, 0.10, 0.10],   # img0: A 0.2, B 0.7, C 0.1
+        [0.05, 0.05, 0.10, 0.10, 0.10, 0.60],   # img1: A 0.1, B 0.3, C 0.6
+        [0.30, 0.25, 0.15, 0.10, 0.10, 0.10],   # img2: A 0.55, B 0.35, C 0.1
+        [0.10, 0.10, 0.10, 0.10, 0.10, 0.50]]   # img3: A 0.2, B 0.3, C 0.5
+FLAT_SUPERCLASS_PROBS = [[0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.55, 0.35, 0.1], [0.2, 0.3, 0.5]]
+# Generalist x flat, normalised: img0 (0.10, 0.28, 0.01) / 0.39; img1 (0.01, 0.06, 0.42) / 0.49;
+# img2 (0.165, 0.21, 0.01) / 0.385; img3 (0.04, 0.015, 0.375) / 0.43.
+PRODUCT_SUPERCLASS_PROBS = [[0.10 / 0.39, 0.28 / 0.39, 0.01 / 0.39],
+                            [0.01 / 0.49, 0.06 / 0.49, 0.42 / 0.49],
+                            [0.165 / 0.385, 0.21 / 0.385, 0.01 / 0.385],
+                            [0.04 / 0.43, 0.015 / 0.43, 0.375 / 0.43]]
+# Hard routing by the flat router: img0 -> B: b0 (0.9); img2 -> A: a1 (0.8). By the product:
+# img0 -> B: b0, img2 -> B: b2 (the generalist's 0.6 for B outweighs the flat's 0.55 for A).
+FLAT_HARD_LABEL = [2, 5, 1, 5]
+PRODUCT_HARD_LABEL = [2, 5, 4, 5]
+
 
 def images(indices=range(NUM_IMAGES)) -> np.ndarray:
   """The one-hot images e_i, shape [n, 1, 1, NUM_IMAGES]."""

@@ -8,7 +8,7 @@ from super_sub import routing
 from super_sub._internal.compat import keras
 from super_sub.models import classifiers
 
-from routing_cases import (GENERALIST, HARD_LABEL, HARD_LABEL_PROBS, HARD_SUPERCLASS,
+from routing_cases import (FLAT, PRODUCT_HARD_LABEL, PRODUCT_SUPERCLASS_PROBS, GENERALIST, HARD_LABEL, HARD_LABEL_PROBS, HARD_SUPERCLASS,
                            NUM_IMAGES, SOFT2_LABEL, SOFT2_LABEL_PROBS, SPEC_A, SPEC_B, TOY)
 
 
@@ -131,6 +131,26 @@ def test_bad_inputs(two_stage):
     two_stage.predict(_images([0]), mode="soft", k=0)
   with pytest.raises(ValueError, match="batch_size must be a positive integer"):
     two_stage.predict(_images([0]), batch_size=0)
+
+
+def test_product_router_with_the_flat_network():
+  two = routing.TwoStage(_fixed_model(GENERALIST, "generalist"),
+                         {0: _fixed_model(SPEC_A, "specialist_0"),
+                          1: _fixed_model(SPEC_B, "specialist_1")}, TOY,
+                         flat=_fixed_model(FLAT, "flat"))
+  out = two.predict(_images(range(4)), mode="hard", router="product")
+  np.testing.assert_allclose(out["superclass_probs"], PRODUCT_SUPERCLASS_PROBS, atol=1e-5)
+  np.testing.assert_array_equal(out["label"], PRODUCT_HARD_LABEL)
+
+
+def test_routers_that_need_the_flat_network_say_so(two_stage):
+  with pytest.raises(ValueError, match="router 'flat' needs the flat network"):
+    two_stage.predict(_images(range(4)), router="flat")
+  with pytest.raises(ValueError, match="flat network .* outputs 3 logits; expected 6"):
+    routing.TwoStage(_fixed_model(GENERALIST, "generalist"),
+                     {0: _fixed_model(SPEC_A, "specialist_0"),
+                      1: _fixed_model(SPEC_B, "specialist_1")}, TOY,
+                     flat=_fixed_model(GENERALIST, "flat"))
 
 
 def test_bad_models():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from super_sub.routing import core
-from routing_cases import (GENERALIST, HARD_LABEL, HARD_LABEL_PROBS, HARD_SUPERCLASS,
+from routing_cases import (FLAT, FLAT_HARD_LABEL, FLAT_SUPERCLASS_PROBS, PRODUCT_HARD_LABEL,
+                           PRODUCT_SUPERCLASS_PROBS, GENERALIST, HARD_LABEL, HARD_LABEL_PROBS, HARD_SUPERCLASS,
                            ORACLE_LABEL_PROBS, ORACLE_SUPERCLASSES, SOFT2_LABEL,
                            SOFT2_LABEL_PROBS, SPECIALISTS, TOY, images, logits)
 
@@ -116,3 +117,33 @@ def test_graph_mirror_matches_the_hard_cases():
                                atol=1e-6)
     np.testing.assert_allclose(out["superclass_probs"], np.asarray(GENERALIST)[rows], atol=1e-6)
   assert sorted(set(calls)) == TOY.specialist_superclasses()  # C (one subclass) never has one
+
+
+def test_superclass_probs_sums_each_superclass_columns():
+  np.testing.assert_allclose(core.superclass_probs(np.array(FLAT), TOY), FLAT_SUPERCLASS_PROBS,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("router, expected_probs, expected_label", [
+    ("generalist", GENERALIST, [0, 5, 4, 5]),
+    ("flat", FLAT_SUPERCLASS_PROBS, FLAT_HARD_LABEL),
+    ("product", PRODUCT_SUPERCLASS_PROBS, PRODUCT_HARD_LABEL)])
+def test_routers(router, expected_probs, expected_label):
+  def route(x):
+    return core.router_logits(router, logits(GENERALIST, x), logits(FLAT, x), TOY)
+  out = core.predict(images(), TOY, route, _specialists(), mode="hard", batch_size=3)
+  np.testing.assert_allclose(out["superclass_probs"], expected_probs, atol=1e-6)
+  np.testing.assert_array_equal(out["label"], expected_label)
+
+
+def test_router_errors_name_the_problem():
+  with pytest.raises(ValueError, match="unknown router 'best'"):
+    core.router_logits("best", np.zeros((1, 3)), None, TOY)
+  with pytest.raises(ValueError, match="router 'product' needs the generalist and flat"):
+    core.router_logits("product", np.zeros((1, 3)), None, TOY)
+
+
+def test_flat_router_survives_a_zero_probability():
+  flat = np.log(np.array([[1.0, 0, 0, 0, 0, 0]]) + 1e-300)  # B and C get exactly 0 after exp
+  out = core.router_logits("product", np.zeros((1, 3)), flat, TOY)
+  assert np.isfinite(out).all() and out.argmax() == 0

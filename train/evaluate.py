@@ -8,6 +8,7 @@ from absl import flags
 
 from super_sub import evaluation
 from super_sub._internal import cli
+from super_sub.routing import core
 from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Folder of a run made by super-sub-train.",
@@ -15,6 +16,11 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Folder of a run made by sup
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: validation, or test "
                              "where there is no validation split).")
 _SOFT_K = flags.DEFINE_integer("soft_k", 2, "Superclasses combined by soft routing.")
+_ROUTER = flags.DEFINE_enum(
+    "router", "generalist", list(core.ROUTERS),
+    "What routes the two-stage system written out: the generalist (what the bundles deploy), "
+    "the flat network's summed subclass probabilities, or their normalised product. eval.json "
+    "compares all three either way.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the one used "
                                 "for training.")
 
@@ -23,7 +29,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   evaluation.evaluate(run_lib.Run.open(_MODEL_DIR.value, data_dir=_DATA_DIR.value),
-                       split=_SPLIT.value, soft_k=_SOFT_K.value)
+                       split=_SPLIT.value, soft_k=_SOFT_K.value, router=_ROUTER.value)
 
 
 def run():

@@ -32,6 +32,9 @@ import numpy as np
 from super_sub.hierarchy import tree as hierarchy_lib
 
 MODES = ("hard", "soft")
+# What picks the superclasses (`router_logits`): the generalist's own probabilities, the flat
+# network's (its subclass probabilities summed per superclass), or their normalised product.
+ROUTERS = ("generalist", "flat", "product")
 
 # (features [n, ...]) -> logits [n, C]; n >= 1.
 Model = Callable[[np.ndarray], np.ndarray]
@@ -44,6 +47,45 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   z = np.asarray(logits, np.float64)
   z = np.exp(z - z.max(axis=1, keepdims=True))
   return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def superclass_probs(label_probs: np.ndarray, hierarchy: hierarchy_lib.Hierarchy
+                     ) -> np.ndarray:
+  """P(superclass) [N, S] from P(subclass) [N, num_subclasses]: each superclass's columns
+  summed (subclass columns are grouped by superclass, `hierarchy.superclass_offsets`)."""
+  return np.add.reduceat(np.asarray(label_probs, np.float64), hierarchy.superclass_offsets[:-1],
+                         axis=1).astype(np.float32)
+
+
+def router_logits(router: str, generalist_logits: np.ndarray | None,
+                  flat_logits: np.ndarray | None, hierarchy: hierarchy_lib.Hierarchy
+                  ) -> np.ndarray:
+  """Superclass logits [n, S] whose softmax is the chosen router's P(superclass).
+
+  "generalist": the generalist's logits as they are. "flat": log of the flat network's
+  subclass probabilities summed per superclass. "product": the generalist's log-probabilities
+  plus the flat network's, so the softmax is their normalised product (two experts that must
+  agree; each one's confident mistakes are outvoted by the other).
+
+  Raises:
+    ValueError: an unknown router, or one without the logits it needs.
+  """
+  if router not in ROUTERS:
+    raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
+  needs = {"generalist": (generalist_logits,), "flat": (flat_logits,),
+           "product": (generalist_logits, flat_logits)}[router]
+  if any(x is None for x in needs):
+    raise ValueError(f"router {router!r} needs the "
+                     f"{'generalist and flat' if router == 'product' else router} network's "
+                     "logits")
+  if router == "generalist":
+    return np.asarray(generalist_logits, np.float32)
+  tiny = np.finfo(np.float32).tiny  # log(0) would make -inf and, summed, NaN
+  flat_log = np.log(np.maximum(superclass_probs(softmax(flat_logits), hierarchy), tiny))
+  if router == "flat":
+    return flat_log.astype(np.float32)
+  gen_log = np.log(np.maximum(softmax(generalist_logits), tiny))
+  return (gen_log + flat_log).astype(np.float32)
 
 
 def check_options(mode: str, k: int, batch_size: int) -> None:

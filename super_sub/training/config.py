@@ -15,6 +15,7 @@ from typing import Any
 STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
+DISTILL_SOURCES = ("flat",)
 AUGMENTATIONS = ("none", "crop", "flip_crop")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
@@ -103,10 +104,19 @@ class TrainConfig:
   qat_epochs: int = _field(2, "Epochs of the generalist_qat stage.")
   qat_learning_rate: float | None = _field(None, "Peak learning rate of the generalist_qat "
                                            "stage (default: --learning_rate / 10).")
+  # Specialists that learn from the flat network's soft targets (super_sub.training.distill).
+  distill_from: str | None = _field(
+      None, "Specialists also learn from this trained stage's soft targets over their "
+      "subclasses (Hinton et al. 2015): `flat`, the network trained on every subclass "
+      "(--stage=all trains it first). Default: hard labels only.", DISTILL_SOURCES)
+  distill_weight: float = _field(0.5, "With --distill_from: the soft targets' share w of the "
+                                 "specialist loss, in [0, 1].")
+  distill_temperature: float = _field(2.0, "With --distill_from: the temperature T softening "
+                                      "teacher and specialist logits (> 0).")
   hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
 
   def __post_init__(self):
-    for name in ("stage", "strategy", "generalist_init", "augment"):
+    for name in ("stage", "strategy", "generalist_init", "augment", "distill_from"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
       value = getattr(self, name)
       if value is not None and value not in choices:
@@ -119,6 +129,9 @@ class TrainConfig:
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")
+    if not 0.0 <= self.distill_weight <= 1.0 or not self.distill_temperature > 0:
+      raise ValueError(f"distill_weight must lie in [0, 1] and distill_temperature be "
+                       f"positive; got {self.distill_weight} and {self.distill_temperature}")
     if self.specialists is not None:
       self.specialists = tuple(int(k) for k in self.specialists)
 

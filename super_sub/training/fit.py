@@ -34,6 +34,7 @@ from super_sub.data import prepare
 from super_sub.models import backbones
 from super_sub.models import classifiers
 from super_sub.training import deltas
+from super_sub.training import distill
 from super_sub.training import distribute
 from super_sub.training import guards
 from super_sub.training import qat as qat_lib
@@ -75,6 +76,9 @@ def _train_locked(config, log, callbacks) -> TrainConfig:
   keras.utils.set_random_seed(config.seed)
   strategy = distribute.make_strategy(config.strategy)
   chosen = _specialists(run)  # fails before any training
+  if (config.distill_from and "specialists" in config.stages()
+      and config.distill_from not in config.stages()):
+    _teacher(run, config.distill_from)  # its error before any training, not after
   for name in config.stages():
     stages = {"flat": [run_lib.FLAT],
               "generalist": [run_lib.GENERALIST] + ([run_lib.GENERALIST_QAT] if config.qat
@@ -112,6 +116,17 @@ def _schedule(config: TrainConfig, stage: run_lib.Stage) -> tuple[int, float]:
   return config.epochs, config.learning_rate
 
 
+def _teacher(run: run_lib.Run, source: str) -> keras.Model:
+  """The trained stage specialists distill from (config.DISTILL_SOURCES)."""
+  stage = {"flat": run_lib.FLAT}[source]
+  if not run.is_done(stage):
+    raise FileNotFoundError(
+        f"--distill_from={source} needs the trained {source} network, and {run.stage_dir(stage)} "
+        f"holds none; train it first (--stage=flat, or --stage=all trains it before the "
+        "specialists)")
+  return run.load_model(stage)
+
+
 def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks) -> None:
   config, h, builder = run.config, run.hierarchy, run.builder
   stage_dir = run.stage_dir(stage)
@@ -137,6 +152,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
 
   callbacks = list(callbacks)
   base = None
+  trained = None
   with strategy.scope():
     if stage.role == "specialist":
       # Starts from the trained generalist and stays a sparse delta over it.
@@ -147,6 +163,12 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       base = [v.numpy() for v in deltas.backbone_variables(model)]
       callbacks.append(deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
                                           keep=config.delta_keep, epochs=epochs))
+      if config.distill_from:
+        trained = model  # the distilled model shares its layers; `model` is what is saved
+        model = distill.distilled(
+            model, _teacher(run, config.distill_from),
+            (h.superclass_offsets[stage.superclass], h.superclass_offsets[stage.superclass + 1]),
+            config.distill_temperature, config.distill_weight)
     elif stage.qat:
       model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
     else:
@@ -192,6 +214,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
             *callbacks,
         ])
   wall = time.perf_counter() - start
+  if trained is not None:
+    model = trained
   weights_dir = os.path.join(stage_dir, "weights")
   with _writing(stage, weights_dir):
     _save_weights(model, weights_dir)

@@ -223,12 +223,13 @@ class Run:
     model.load_weights(os.path.join(self._finished(stage), "weights", "model")).expect_partial()
     return model
 
-  def load_two_stage(self):
-    """The routing generalist and every specialist as a `super_sub.routing.TwoStage`."""
+  def load_two_stage(self, flat: keras.Model | None = None):
+    """The routing generalist and every specialist as a `super_sub.routing.TwoStage`
+    (`flat`: the loaded flat network, for the routers that use it)."""
     from super_sub.routing import two_stage  # pylint: disable=import-outside-toplevel
     return two_stage.TwoStage(self.load_model(self.generalist),
                               {k: self.load_model(s) for k, s in self.specialists().items()},
-                              self.hierarchy)
+                              self.hierarchy, flat=flat)
 
   def _finished(self, stage: Stage) -> str:
     folder = self.stage_dir(stage)

@@ -1,0 +1,287 @@
+"""The paper's findings, reproduced from evaluated runs: one page with its numbers and plots.
+
+  from super_sub.analysis import findings
+  findings.write_findings("findings/", ["runs/fmnist_seed0", "runs/fmnist_seed1", "runs/demo"])
+
+Each run is a model_dir that `super-sub-eval` has evaluated (eval.json, predictions/). Runs of
+one dataset are seeds of one experiment; the page reports their mean and standard deviation:
+
+  (i) misclassifications rarely cross superclasses: the flat network's share of errors that
+      stay within the true superclass, against the share if its mistakes fell uniformly on
+      the other subclasses (chance);
+  (ii) a network trained only on one superclass's subclasses beats one trained on all: each
+      superclass's oracle specialist (true superclass given) against the flat network;
+  and the headline, Super-Sub against the flat network: hard and soft routing by every router
+  (super_sub.routing.core.ROUTERS), the gain with its spread, the relative error reduction,
+  the routing loss, and the storage of the deployed bundle as a + b N fp32 networks where the
+  run has been exported (model_dir/export, from super-sub-export), else (1 + N) networks.
+
+Writes index.md, index.html, findings.json and the PNGs into the folder (replaced only if it
+is an earlier findings page). Needs numpy and matplotlib, not TensorFlow.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from super_sub import hierarchy as hierarchy_lib
+from super_sub._internal import files
+from super_sub.analysis import loading
+from super_sub.analysis import report as report_lib
+
+MARKER = "findings.json"
+
+
+def collect(model_dir: str) -> dict[str, Any]:
+  """One evaluated run's numbers for the findings.
+
+  Raises:
+    FileNotFoundError: the folder is not an evaluated run (no config.json or eval.json).
+  """
+  paths = {name: os.path.join(model_dir, name) for name in ("config.json", "eval.json")}
+  for name, path in paths.items():
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a run evaluated by "
+                              "super-sub-eval (it needs config.json and eval.json)")
+  with open(paths["config.json"], encoding="utf-8") as f:
+    config = json.load(f)
+  with open(paths["eval.json"], encoding="utf-8") as f:
+    result = json.load(f)
+  h = hierarchy_lib.load(result["hierarchy"])
+  flat = report_lib.analyze(loading.read_predictions(
+      os.path.join(model_dir, "predictions", "flat.npz")), h)
+  num_specialists = len(h.specialist_superclasses())
+  manifest = os.path.join(model_dir, "export", "manifest.json")
+  if os.path.exists(manifest):
+    from super_sub.bundles import storage  # pylint: disable=import-outside-toplevel
+    with open(manifest, encoding="utf-8") as f:
+      fit = storage.storage_fit(json.load(f))
+    cost = {"a": fit["a"], "b": fit["b"], "source": "exported TFLite bundle"}
+  else:
+    cost = {"a": 1.0, "b": 1.0, "source": "separate fp32 networks (not exported)"}
+  two = result["two_stage"]
+  return {
+      "model_dir": model_dir, "dataset": result["dataset"], "split": result["split"],
+      "seed": config.get("seed"), "epochs": config.get("epochs"),
+      "hierarchy": h.name, "num_specialists": num_specialists,
+      "flat_top1": result["flat"]["top1"],
+      "within_share": flat["within_superclass_share"],
+      "within_share_chance": flat["within_superclass_share_chance"],
+      "superclasses": h.superclass_names,
+      "flat_per_superclass": result["flat_per_superclass"],
+      "oracle_per_superclass": result["oracle_specialists"]["per_superclass"],
+      "oracle_top1": result["oracle_specialists"]["top1"],
+      "generalist_superclass_top1": result["generalist"]["superclass_top1"],
+      "hard_top1": two["hard"]["top1"], "soft_top1": two["soft"]["top1"],
+      "router": two.get("router", "generalist"),
+      "routers": result.get("routers", {}),
+      "storage": {**cost, "n": num_specialists, "total": cost["a"] + cost["b"] * num_specialists},
+  }
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
+  vals = [v for v in values if v is not None]
+  if not vals:
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
+          else None, "n": len(vals)}
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Means and spreads over the runs of one dataset (`collect` results)."""
+  first = runs[0]
+  gains = [r["hard_top1"] - r["flat_top1"] for r in runs]
+  out = {
+      "dataset": first["dataset"], "num_runs": len(runs), "seeds": [r["seed"] for r in runs],
+      "epochs": sorted({r["epochs"] for r in runs}),
+      "finding_i": {"within_share": _stats([r["within_share"] for r in runs]),
+                    "chance": _stats([r["within_share_chance"] for r in runs])},
+      "finding_ii": {name: {"flat": _stats([r["flat_per_superclass"][name] for r in runs]),
+                            "specialist": _stats([r["oracle_per_superclass"][name]
+                                                  for r in runs])}
+                     for name in first["superclasses"]},
+      "flat_top1": _stats([r["flat_top1"] for r in runs]),
+      "oracle_top1": _stats([r["oracle_top1"] for r in runs]),
+      "hard_top1": _stats([r["hard_top1"] for r in runs]),
+      "soft_top1": _stats([r["soft_top1"] for r in runs]),
+      "gain_hard": _stats(gains),
+      "relative_error_reduction": _stats(
+          [g / (1 - r["flat_top1"]) if r["flat_top1"] < 1 else None
+           for g, r in zip(gains, runs)]),
+      "routing_loss": _stats([r["oracle_top1"] - r["hard_top1"] for r in runs]),
+      "routers": {name: {key: _stats([r["routers"][name][key] for r in runs
+                                      if name in r["routers"]])
+                         for key in ("superclass_top1", "hard_top1", "soft_top1",
+                                     "routing_loss")}
+                  for name in first["routers"]},
+      "storage": first["storage"],
+  }
+  return out
+
+
+def _pct(s: dict) -> str:
+  if s["mean"] is None:
+    return "n/a"
+  return f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
+
+
+def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) -> str:
+  """The findings page as Markdown (index.md; index.html renders the same text)."""
+  lines = ["# What can we learn from misclassified images? The findings, reproduced", ""]
+  if command:
+    lines += [f"Command: `{command}`", ""]
+  lines += ["Mean ± standard deviation over the runs (seeds) of each dataset; percentages.", ""]
+  for s in summaries:
+    i, st = s["finding_i"], s["storage"]
+    lines += [f"## {s['dataset']} ({s['num_runs']} run(s), seeds {s['seeds']}, "
+              f"{'/'.join(map(str, s['epochs']))} epochs per network)", "",
+              "**Finding (i): misclassifications rarely cross superclasses.** Of the flat "
+              f"network's errors, {_pct(i['within_share'])} % stay within the true superclass; "
+              f"{_pct(i['chance'])} % would if its mistakes fell on the other subclasses at "
+              "random.", "", f"![errors within superclass]({_slug(s)}_errors.png)", "",
+              "**Finding (ii): a specialist beats the network trained on all subclasses.** "
+              "Top-1 on each superclass's test images:", "",
+              "| superclass | flat | oracle specialist | gain |", "|---|---|---|---|"]
+    for name, v in s["finding_ii"].items():
+      gain = (v["specialist"]["mean"] - v["flat"]["mean"]
+              if v["flat"]["mean"] is not None and v["specialist"]["mean"] is not None else None)
+      lines.append(f"| {name} | {_pct(v['flat'])} | {_pct(v['specialist'])} | "
+                   f"{'n/a' if gain is None else f'{100 * gain:+.2f}'} |")
+    lines += ["", f"![per superclass]({_slug(s)}_superclasses.png)", "",
+              "**Super-Sub against the flat network.**", "",
+              "| model | top-1 |", "|---|---|",
+              f"| flat | {_pct(s['flat_top1'])} |",
+              f"| Super-Sub, hard routing | {_pct(s['hard_top1'])} |",
+              f"| Super-Sub, soft routing | {_pct(s['soft_top1'])} |",
+              f"| oracle specialists (true superclass) | {_pct(s['oracle_top1'])} |", "",
+              f"Gain of hard routing over flat: {_pct(s['gain_hard'])} points; relative error "
+              f"reduction {_pct(s['relative_error_reduction'])} %; routing loss (oracle minus "
+              f"hard) {_pct(s['routing_loss'])} points.", ""]
+    if s["routers"]:
+      lines += ["| router | superclass top-1 | hard top-1 | soft top-1 | routing loss |",
+                "|---|---|---|---|---|"]
+      for name, r in s["routers"].items():
+        lines.append(f"| {name} | {_pct(r['superclass_top1'])} | {_pct(r['hard_top1'])} | "
+                     f"{_pct(r['soft_top1'])} | {_pct(r['routing_loss'])} |")
+      lines.append("")
+    lines += [f"Storage: a + b N = {st['a']:.2f} + {st['b']:.2f} x {st['n']} = "
+              f"{st['total']:.2f} fp32 networks ({st['source']}).", ""]
+  return "\n".join(lines)
+
+
+def _slug(summary: dict) -> str:
+  return files.safe_name(summary["dataset"])
+
+
+def _plots(folder: str, s: dict) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  def bars(ax, labels, stats, color):
+    means = [100 * (x["mean"] or 0) for x in stats]
+    errs = [100 * (x["std"] or 0) for x in stats]
+    ax.bar(labels, means, yerr=errs, color=color, capsize=4)
+
+  fig, ax = plt.subplots(figsize=(4, 3))
+  i = s["finding_i"]
+  bars(ax, ["flat network", "chance"], [i["within_share"], i["chance"]], ["#4c72b0", "#bbbbbb"])
+  ax.set_ylabel("errors within the true superclass (%)")
+  ax.set_ylim(0, 100)
+  ax.set_title(s["dataset"], fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, f"{_slug(s)}_errors.png"), dpi=110)
+  plt.close(fig)
+
+  names = list(s["finding_ii"])
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 1.5), 3.2))
+  for offset, key, color in ((-0.2, "flat", "#bbbbbb"), (0.2, "specialist", "#dd8452")):
+    st = [s["finding_ii"][n][key] for n in names]
+    ax.bar(x + offset, [100 * (v["mean"] or 0) for v in st], 0.4,
+           yerr=[100 * (v["std"] or 0) for v in st], capsize=3, color=color,
+           label="flat" if key == "flat" else "oracle specialist")
+  ax.set_xticks(x, [n[:14] for n in names], rotation=30, ha="right", fontsize=8)
+  lows = [100 * (s["finding_ii"][n][k]["mean"] or 0) for n in names for k in ("flat", "specialist")]
+  ax.set_ylim(max(0, min(lows) - 5), 100)
+  ax.set_ylabel("top-1 on the superclass (%)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, f"{_slug(s)}_superclasses.png"), dpi=110)
+  plt.close(fig)
+
+
+def write_findings(out_dir: str, model_dirs: Sequence[str], command: str | None = None
+                   ) -> list[dict[str, Any]]:
+  """Collects the runs, groups them by dataset and writes the page (see the module docstring).
+
+  Raises:
+    ValueError: no runs given.
+    FileNotFoundError: a folder that is not an evaluated run.
+    files.OutputDirError: out_dir exists and is not an earlier findings page.
+  """
+  if not model_dirs:
+    raise ValueError("give at least one evaluated run (a model_dir with eval.json)")
+  files.check_replaceable(out_dir, "findings", MARKER)
+  groups: dict[str, list[dict]] = {}
+  for model_dir in model_dirs:
+    run = collect(model_dir)
+    groups.setdefault(run["dataset"], []).append(run)
+  summaries = [summarize(runs) for runs in groups.values()]
+  text = markdown(summaries, command)
+  with files.atomic_dir(out_dir, "findings", MARKER) as folder:
+    for s in summaries:
+      _plots(folder, s)
+    with open(os.path.join(folder, "index.md"), "w", encoding="utf-8") as f:
+      f.write(text)
+    with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
+      f.write(_html(text))
+    files.write_json(os.path.join(folder, MARKER),
+                     {"command": command, "datasets": summaries,
+                      "runs": [r for runs in groups.values() for r in runs]})
+  return summaries
+
+
+def _html(markdown_text: str) -> str:
+  """A plain HTML rendering of the page's Markdown (headings, tables, images, paragraphs)."""
+  out, table = [], False
+  for line in markdown_text.splitlines():
+    if line.startswith("|"):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      if set("".join(cells)) <= set("-"):
+        continue
+      if not table:
+        out.append("<table>")
+        table = True
+      out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+      continue
+    if table:
+      out.append("</table>")
+      table = False
+    if line.startswith("#"):
+      level = len(line) - len(line.lstrip("#"))
+      out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+    elif line.startswith("![") and "](" in line:
+      alt, src = line[2:-1].split("](", 1)
+      out.append(f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>')
+    elif line:
+      out.append(f"<p>{_inline(line)}</p>")
+  if table:
+    out.append("</table>")
+  style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+           "td{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse}")
+  return ("<!doctype html><html><head><meta charset='utf-8'><title>super-sub findings</title>"
+          f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+  """Escapes text and renders **bold** and `code`."""
+  parts = html.escape(text).split("**")
+  text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+  parts = text.split("`")
+  return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

@@ -1,0 +1,88 @@
+"""Specialists distilled from the flat network: the loss by hand, training, and bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from super_sub._internal.compat import keras
+from super_sub.training import config as config_lib
+from super_sub.training import distill
+from super_sub.training import fit
+from super_sub.training import run as run_lib
+
+
+@pytest.mark.parametrize("temperature, weight, expected", [
+    # Student uniform (0.5, 0.5), label 0: CE = ln 2 = 0.693147. Teacher logits (ln 3, 0):
+    # T = 1: teacher (0.75, 0.25), KL = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812;
+    #   w = 0.5: 0.5 x 0.693147 + 0.5 x 0.130812 = 0.411980.
+    (1.0, 0.5, 0.411980),
+    # T = 2: teacher softmax(ln 3 / 2, 0) = (0.633975, 0.366025),
+    #   KL = 0.633975 ln 1.267949 + 0.366025 ln 0.732051 = 0.036343, times T^2 = 0.145372;
+    #   w = 0.25: 0.75 x 0.693147 + 0.25 x 0.145372 = 0.556203.
+    (2.0, 0.25, 0.556203),
+    (2.0, 0.0, 0.693147),  # w = 0: plain cross-entropy
+])
+def test_loss_hand_computed(temperature, weight, expected):
+  loss = distill.distillation_loss(tf.constant([0]), tf.constant([[0.0, 0.0]]),
+                                   tf.constant([[np.log(3.0), 0.0]]), temperature, weight)
+  assert float(loss) == pytest.approx(expected, abs=1e-5)
+
+
+def test_loss_is_zero_soft_term_when_student_matches_teacher():
+  logits = tf.constant([[2.0, -1.0, 0.5]])
+  loss = distill.distillation_loss(tf.constant([1]), logits, logits, 3.0, 1.0)
+  assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def _dense(name, weights):
+  image = keras.Input((2,), name="image")
+  layer = keras.layers.Dense(len(weights[1]), name="head")
+  model = keras.Model(image, layer(image), name=name)
+  layer.set_weights([np.asarray(w, np.float32) for w in weights])
+  return model
+
+
+def test_distilled_model_learns_the_teachers_columns_and_trains_the_original_layers():
+  teacher = _dense("flat", [[[0, 0, 0, 0], [0, 0, 0, 0]], [0.0, 5.0, 0.0, 0.0]])  # likes col 1
+  student = _dense("specialist_0", [[[0, 0], [0, 0]], [0.0, 0.0]])
+  model = distill.distilled(student, teacher, (1, 3), temperature=1.0, weight=1.0)
+  model.compile(optimizer=keras.optimizers.SGD(0.5))
+  x, y = np.ones((32, 2), np.float32), np.ones(32, np.int64)  # hard labels say column 1
+  model.fit(x, y, epochs=20, verbose=0)
+  # w = 1: only the teacher's columns (1, 2) count, and it prefers its column 1 = class 0.
+  probs = tf.nn.softmax(student(x[:1])).numpy()[0]
+  assert probs[0] > 0.95
+  assert len(model.weights) == len(student.weights)  # the teacher is not part of the model
+
+
+def test_bad_distillation_options_name_the_problem():
+  teacher = _dense("flat", [np.zeros((2, 4)), np.zeros(4)])
+  student = _dense("specialist_0", [np.zeros((2, 2)), np.zeros(2)])
+  with pytest.raises(ValueError, match="columns \\[0, 3\\) of its 4 outputs do not match"):
+    distill.distilled(student, teacher, (0, 3), 2.0, 0.5)
+  with pytest.raises(ValueError, match="temperature must be positive"):
+    distill.distilled(student, teacher, (0, 2), 0.0, 0.5)
+  with pytest.raises(ValueError, match="distill_weight must lie in \\[0, 1\\]"):
+    config_lib.TrainConfig(model_dir="x", distill_from="flat", distill_weight=1.5)
+  with pytest.raises(ValueError, match="distill_from must be one of"):
+    config_lib.TrainConfig(model_dir="x", distill_from="generalist")
+
+
+def test_distill_from_an_untrained_flat_is_refused_before_training(tmp_path, smoke_config):
+  config = smoke_config(tmp_path / "run", stage="specialists", distill_from="flat")
+  with pytest.raises(FileNotFoundError, match="--distill_from=flat needs the trained flat"):
+    fit.train(config, log=lambda _: None)
+  assert not (tmp_path / "run" / "specialists").exists()
+
+
+@pytest.mark.slow
+def test_distilled_specialists_train_and_load_as_plain_specialists(tmp_path, smoke_config):
+  config = fit.train(smoke_config(tmp_path / "run", distill_from="flat", distill_weight=0.7),
+                     log=lambda _: None)
+  run = run_lib.Run.open(config.model_dir)
+  assert config_lib.load_config(config.model_dir).distill_from == "flat"
+  two_stage = run.load_two_stage()  # plain specialist graphs load the distilled weights
+  images = np.random.default_rng(0).random((4, *run.image_shape), np.float32)
+  assert two_stage.predict(images)["label_probs"].shape == (4, run.hierarchy.num_subclasses)
+  for stage in run.specialists().values():
+    assert np.isfinite(run.metrics(stage)["final"]["loss"])
