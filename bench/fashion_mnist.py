@@ -1,20 +1,31 @@
-r"""Benchmark on real data: flat vs Super-Sub vs a widened flat network on Fashion-MNIST.
+r"""Benchmark on real data: is Super-Sub's gain over a flat network larger than seed noise?
 
   apt-get install dataset-fashion-mnist
-  .venv/bin/python bench/fashion_mnist.py --epochs=5 --seeds=0 \
-      --work_dir=/tmp/bench_fmnist --out=bench/results/fashion_mnist
+  .venv/bin/python bench/fashion_mnist.py --budgets=2,5,20 --seeds=0,1,2 \
+      --work_dir=/work/bench_fmnist --out=bench/results/fashion_mnist_gain
 
-Every network trains the same number of epochs over its own data (flat and generalist
-over all 60,000 images, each specialist over its superclass's images), with the same
-small ResNet. The widened flat network (`small_resnet_wide`, ~0.94M parameters) has about
-the parameters of the generalist plus the two specialists together (3 x 0.31M). Also
-measures training throughput of the TFDS input pipeline against the same model fed from
-in-memory arrays. Writes <out>.json and <out>.md.
+For every budget E (epochs per network, the same for every network, with the warm-up + cosine
+schedule) and seed, on Fashion-MNIST with the 0.3M-parameter small_resnet:
+  supersub  flat network, generalist initialised from it, one specialist per superclass with
+            >= 2 subclasses (tops, footwear); evaluated with every router
+            (super_sub.routing.core.ROUTERS): generalist, flat, product;
+  wide      the flat network widened to Super-Sub's parameter count (small_resnet_wide, 0.94M
+            = generalist + 2 specialists);
+  distill   the same flat network and generalist, specialists distilled from the flat
+            network (--distill_from=flat, default weight and temperature);
+  scratch   the same flat network, generalist trained from scratch (the paper's recipe),
+            specialists from it.
+Runs live in <work_dir>/seed<S>/e<E>/<variant>; a finished stage is never trained again, so
+the script can be re-run to add budgets, seeds or variants, and each network is trained
+once for all of them (distill and scratch copy the supersub run's finished flat, and
+distill its generalist). Writes <out>.json and <out>.md: mean ± standard deviation over the
+seeds, each gain paired by seed, and whether it exceeds the seed-to-seed spread.
 """
 
 import json
 import os
 import platform
+import shutil
 import time
 
 from absl import app
@@ -25,187 +36,225 @@ import tensorflow_datasets as tfds
 
 from super_sub import evaluation
 from super_sub._internal import files
-from super_sub._internal.compat import keras
-from super_sub.data import pipeline as input_pipeline
-from super_sub.data import prepare as data
-from super_sub.models import classifiers as models
+from super_sub.data import pipeline
+from super_sub.data import prepare
+from super_sub.routing import core
 from super_sub.training import config as config_lib
 from super_sub.training import fit
 from super_sub.training import run as run_lib
 
-_EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs of every network.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; one full set of runs each.")
+_BUDGETS = flags.DEFINE_list("budgets", ["2"], "Epochs per network, one experiment each.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; one set of runs each.")
+_VARIANTS = flags.DEFINE_list("variants", ["supersub", "wide", "distill", "scratch"],
+                              "Which runs to train and evaluate (see the docstring).")
+_TRAIN = flags.DEFINE_boolean("train", True, "Train what is missing; with --notrain, report "
+                              "only the runs already finished.")
 _WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/bench_fmnist", "Model dirs go here.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "/usr/share/datasets/fashion-mnist",
                                   "The four Fashion-MNIST IDX files.")
-_OUT = flags.DEFINE_string("out", "bench/results/fashion_mnist", "Output path without suffix.")
-_THROUGHPUT_STEPS = flags.DEFINE_integer("throughput_steps", 300, "Steps timed per feed.")
-_THROUGHPUT_ONLY = flags.DEFINE_boolean(
-    "throughput_only", False, "Re-measure only the input-pipeline throughput and update the "
-    "existing <out>.json / <out>.md (the trainings are not re-run).")
+_OUT = flags.DEFINE_string("out", "bench/results/fashion_mnist_gain",
+                           "Output path without suffix.")
 
 DATASET = "superclassed_fashion_mnist"
+VARIANTS = ("supersub", "wide", "distill", "scratch")
 
 
-def _flat_eval(run, split):
-  """Top-1 and error split of a flat-only run (its model_dir has no generalist)."""
-  config, builder = run.config, run.builder
+def _config(model_dir, epochs, seed, **overrides):
+  return config_lib.TrainConfig(model_dir=model_dir, dataset=DATASET, data_dir=_DATA_DIR.value,
+                                manual_dir=_MANUAL_DIR.value, epochs=epochs, seed=seed,
+                                **overrides)
+
+
+def _copy_stages(source, target, stages):
+  """Finished stages of `source` into a new run `target`, so they are not trained again."""
+  for stage in stages:
+    src, dst = os.path.join(source, stage), os.path.join(target, stage)
+    if not os.path.exists(dst):
+      if not os.path.exists(os.path.join(src, "metrics.json")):
+        raise FileNotFoundError(f"{src} is not finished; train the supersub run first")
+      shutil.copytree(src, dst)
+
+
+def _done(model_dir, stages):
+  return all(os.path.exists(os.path.join(model_dir, s, "metrics.json")) for s in stages)
+
+
+def _specialists_done(model_dir):
+  folder = os.path.join(model_dir, "specialists")
+  return (_done(model_dir, ["flat", "generalist"]) and os.path.isdir(folder)
+          and all(_done(folder, [name]) for name in os.listdir(folder)))
+
+
+def _flat_top1(run, split):
+  """Top-1 of a flat-only run (its model_dir has no generalist)."""
   model = run.load_model(run_lib.FLAT)
-  spec = input_pipeline.InputSpec(role="flat", batch_size=512, image_size=config.image_size,
-                                  augment="none")
-  ds = input_pipeline.make_dataset(builder, split, spec, training=False)
+  spec = pipeline.InputSpec(role="flat", batch_size=512, image_size=run.config.image_size,
+                            augment="none")
+  ds = pipeline.make_dataset(run.builder, split, spec, training=False)
   labels = np.concatenate([y for _, y in tfds.as_numpy(ds)])
-  predictions = model.predict(ds, verbose=0).argmax(axis=1)
-  errors = evaluation.error_counts(labels, predictions, builder.hierarchy)
-  return {"top1": float(np.mean(labels == predictions)), "errors": errors,
+  return {"top1": float(np.mean(labels == model.predict(ds, verbose=0).argmax(axis=1))),
           "num_params": int(model.count_params())}
 
 
-def _stage_times(model_dir):
-  times = {}
-  for root, _, names in os.walk(model_dir):
-    if "metrics.json" in names:
-      with open(os.path.join(root, "metrics.json"), encoding="utf-8") as f:
-        m = json.load(f)
-      times[m["stage"]] = {"wall_time_s": m["wall_time_s_this_run"],
-                           "num_params": m["num_params"], "epochs": m["epochs"]}
-  return times
+def _two_stage(model_dir):
+  run = run_lib.Run.open(model_dir)
+  result = evaluation.evaluate(run, log=lambda _: None)
+  return {"flat": result["flat"]["top1"], "oracle": result["oracle_specialists"]["top1"],
+          "routers": result["routers"],
+          "flat_errors": result["flat"]["errors"],
+          "num_params": {s.key: run.metrics(s)["num_params"]
+                         for s in [run_lib.FLAT, run.generalist, *run.specialists().values()]}}
 
 
-def _throughput(builder, seed, rounds=3):
-  """Images/s of fit() fed by the TFDS pipeline vs by in-memory arrays (same model, batch).
+def run_one(seed, epochs):
+  """Trains (unless --notrain) and evaluates the variants of one seed and budget."""
+  work = os.path.join(_WORK_DIR.value, f"seed{seed}", f"e{epochs}")
+  dirs = {v: os.path.join(work, v) for v in VARIANTS}
+  out = {"seed": seed, "epochs": epochs}
+  variants = _VARIANTS.value
+  if "supersub" in variants:
+    if _TRAIN.value:
+      fit.train(_config(dirs["supersub"], epochs, seed, generalist_init="flat"))
+    if _specialists_done(dirs["supersub"]):
+      out["supersub"] = _two_stage(dirs["supersub"])
+  if "wide" in variants:
+    if _TRAIN.value:
+      fit.train(_config(dirs["wide"], epochs, seed, stage="flat",
+                        backbone="small_resnet_wide"))
+    if _done(dirs["wide"], ["flat"]):
+      wide = run_lib.Run.open(dirs["wide"])
+      out["wide"] = _flat_top1(wide, wide.evaluation_split)
+  for variant, copied, overrides in (
+      ("distill", ["flat", "generalist"], dict(generalist_init="flat", stage="specialists",
+                                               distill_from="flat")),
+      ("scratch", ["flat"], dict(generalist_init="scratch"))):
+    if variant not in variants:
+      continue
+    if _TRAIN.value:
+      _copy_stages(dirs["supersub"], dirs[variant], copied)
+      fit.train(_config(dirs[variant], epochs, seed, **overrides))
+    if _specialists_done(dirs[variant]):
+      out[variant] = _two_stage(dirs[variant])
+  return out
 
-  The feeds alternate for `rounds` rounds and each keeps its best: measured one after the
-  other, whichever ran first in the process came out ~20% slower, whatever the feed.
-  """
-  keras.utils.set_random_seed(seed)
-  spec = input_pipeline.InputSpec(role="flat", batch_size=64, image_size=28, augment="none")
-  ds = input_pipeline.make_dataset(builder, "train", spec, training=True)
-  images, labels = [], []
-  for x, y in tfds.as_numpy(ds):  # also fills the pipeline's cache, so both feeds are warm
-    images.append(x)
-    labels.append(y)
-  feeds = {"tfds_pipeline": ds,
-           "in_memory": tf.data.Dataset.from_tensor_slices(
-               (np.concatenate(images), np.concatenate(labels))).batch(64)}
-  steps = _THROUGHPUT_STEPS.value
-  result = {name: 0.0 for name in feeds}
-  for _ in range(rounds):
-    for name, feed in feeds.items():
-      model = models.build_classifier("small_resnet", (28, 28, 1), 10, role="flat",
-                                      name="flat")
-      model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-      source = feed.repeat()
-      model.fit(source, steps_per_epoch=20, epochs=1, verbose=0)  # trace + warm up
-      start = time.perf_counter()
-      model.fit(source, steps_per_epoch=steps, epochs=1, verbose=0)
-      result[name] = max(result[name], steps * 64 / (time.perf_counter() - start))
-  result["pipeline_slowdown"] = 1 - result["tfds_pipeline"] / result["in_memory"]
-  return result
+
+def _stats(values):
+  vals = [v for v in values if v is not None]
+  if not vals:
+    return None
+  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
+          else None, "n": len(vals), "values": vals}
 
 
-def run_seed(seed):
-  work = os.path.join(_WORK_DIR.value, f"seed{seed}")
-  common = dict(dataset=DATASET, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                epochs=_EPOCHS.value, seed=seed)
-  config = fit.train(config_lib.TrainConfig(model_dir=os.path.join(work, "supersub"),
-                                            **common))
-  result = evaluation.evaluate(run_lib.Run(config))
-  wide = fit.train(config_lib.TrainConfig(
-      model_dir=os.path.join(work, "wide"), stage="flat", backbone="small_resnet_wide",
-      **common))
-  return {
-      "seed": seed, "eval": result,
-      "wide_flat": _flat_eval(run_lib.Run(wide), result["split"]),
-      "stages": _stage_times(config.model_dir),
-      "wide_stage": _stage_times(wide.model_dir),
-  }
+def summarize(runs):
+  """Per budget: every model's top-1 over the seeds, and the gains paired by seed."""
+  rows = {}  # name -> per-run getter
+  rows["flat"] = lambda r: r.get("supersub", {}).get("flat")
+  rows["flat, widened (small_resnet_wide)"] = lambda r: r.get("wide", {}).get("top1")
+  for variant, label in (("supersub", "Super-Sub"), ("distill", "Super-Sub, distilled "
+                                                                "specialists"),
+                         ("scratch", "Super-Sub, generalist from scratch")):
+    for router in core.ROUTERS:
+      for mode in ("hard", "soft"):
+        rows[f"{label}, {router} router, {mode}"] = (
+            lambda r, v=variant, ro=router, m=mode:
+            r.get(v, {}).get("routers", {}).get(ro, {}).get(f"{m}_top1"))
+    rows[f"{label}: oracle specialists"] = lambda r, v=variant: r.get(v, {}).get("oracle")
+  budgets = {}
+  for epochs in sorted({r["epochs"] for r in runs}):
+    these = [r for r in runs if r["epochs"] == epochs]
+    table = {}
+    for name, get in rows.items():
+      stats = _stats([get(r) for r in these])
+      if stats is None:
+        continue
+      for base_name in ("flat", "flat, widened (small_resnet_wide)"):
+        pairs = [(get(r), rows[base_name](r)) for r in these]
+        gain = _stats([a - b for a, b in pairs if a is not None and b is not None])
+        stats[f"gain_vs_{'wide' if 'widened' in base_name else 'flat'}"] = gain
+      flat_err = [1 - rows["flat"](r) for r in these if rows["flat"](r) is not None]
+      if flat_err and stats.get("gain_vs_flat"):
+        stats["relative_error_reduction"] = stats["gain_vs_flat"]["mean"] / np.mean(flat_err)
+      table[name] = stats
+    budgets[str(epochs)] = {"seeds": [r["seed"] for r in these], "models": table,
+                            "routing_loss": {
+                                router: _stats([r["supersub"]["oracle"]
+                                                - r["supersub"]["routers"][router]["hard_top1"]
+                                                for r in these if "supersub" in r])
+                                for router in core.ROUTERS},
+                            "superclass_top1": {
+                                router: _stats([r["supersub"]["routers"][router]
+                                                ["superclass_top1"]
+                                                for r in these if "supersub" in r])
+                                for router in core.ROUTERS}}
+  return budgets
+
+
+def _pct(s, signed=False):
+  if s is None:
+    return ""
+  text = f"{100 * s['mean']:+.2f}" if signed else f"{100 * s['mean']:.2f}"
+  return text + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
+
+
+def _beyond_spread(row, base, gain_key):
+  """Whether a mean gain exceeds both arms' seed-to-seed standard deviations (needs 2 seeds)."""
+  gain = row.get(gain_key)
+  if not gain or base is None or row["std"] is None or base["std"] is None:
+    return "n/a"
+  return "yes" if gain["mean"] > max(row["std"], base["std"]) else "no"
 
 
 def markdown(report):
-  runs = report["runs"]
-  def mean(get):
-    vals = [get(r) for r in runs]
-    return np.mean(vals), (np.std(vals) if len(vals) > 1 else None)
-
-  def fmt(get, pct=True):
-    m, s = mean(get)
-    text = f"{100 * m:.2f}" if pct else f"{m:.0f}"
-    return text + (f" ± {100 * s:.2f}" if s is not None and pct else "")
-
-  def within(errors):
-    return errors["within_superclass"] / max(1, errors["total"])
-
-  e = lambda r: r["eval"]  # noqa: E731
-  params = runs[0]["stages"]
-  supersub_params = sum(v["num_params"] for k, v in params.items() if k != "flat")
-  lines = [
-      f"# Fashion-MNIST: flat vs Super-Sub ({len(runs)} seed(s), {report['epochs']} epochs "
-      "per network, small_resnet)", "",
-      f"Command: `{report['command']}`  ",
-      *([f"Throughput re-measured with: `{report['throughput_command']}`  "]
-        if "throughput_command" in report else []),
-      f"Machine: {report['machine']}", "",
-      "| model | params | top-1 (%) | errors within superclass (%) |", "|---|---|---|---|",
-      f"| flat | {params['flat']['num_params']:,} | {fmt(lambda r: e(r)['flat']['top1'])} | "
-      f"{fmt(lambda r: within(e(r)['flat']['errors']))} |",
-      f"| flat, widened (small_resnet_wide) | {runs[0]['wide_flat']['num_params']:,} | "
-      f"{fmt(lambda r: r['wide_flat']['top1'])} | "
-      f"{fmt(lambda r: within(r['wide_flat']['errors']))} |",
-      f"| Super-Sub, hard routing | {supersub_params:,} (generalist + specialists) | "
-      f"{fmt(lambda r: e(r)['two_stage']['hard']['top1'])} | "
-      f"{fmt(lambda r: within(e(r)['two_stage']['hard']['errors']))} |",
-      f"| Super-Sub, soft routing (k=2) | same | "
-      f"{fmt(lambda r: e(r)['two_stage']['soft']['top1'])} | "
-      f"{fmt(lambda r: within(e(r)['two_stage']['soft']['errors']))} |",
-      f"| oracle specialists (true superclass) | same | "
-      f"{fmt(lambda r: e(r)['oracle_specialists']['top1'])} | |",
-      "", f"Generalist superclass top-1: {fmt(lambda r: e(r)['generalist']['superclass_top1'])} %",
-      "", "Per superclass, top-1 (%) on its test images:", "",
-      "| superclass | flat | oracle specialist |", "|---|---|---|"]
-  for name in runs[0]["eval"]["flat_per_superclass"]:
-    lines.append(f"| {name} | {fmt(lambda r: e(r)['flat_per_superclass'][name])} | "
-                 f"{fmt(lambda r: e(r)['oracle_specialists']['per_superclass'][name])} |")
-  lines += ["", "Wall time per stage (s, seed " + str(runs[0]["seed"]) + "):", "",
-            "| stage | seconds |", "|---|---|"]
-  for stage, v in {**runs[0]["stages"], "wide_flat": runs[0]["wide_stage"]["flat"]}.items():
-    lines.append(f"| {stage} | {v['wall_time_s']:.0f} |")
-  t = report["throughput"]
-  lines += ["", "Training throughput of small_resnet, batch 64 (images/s):", "",
-            "| TFDS pipeline | in-memory arrays | pipeline slower by |", "|---|---|---|",
-            f"| {t['tfds_pipeline']:.0f} | {t['in_memory']:.0f} | "
-            f"{100 * t['pipeline_slowdown']:.1f} % |"]
+  lines = [f"# Fashion-MNIST: is Super-Sub's gain larger than seed noise? (small_resnet, "
+           f"{report['dataset']})", "", f"Command: `{report['command']}`  ",
+           f"Machine: {report['machine']}", "",
+           "Top-1 on the 10,000 test images, mean ± standard deviation over the seeds (%). "
+           "Gains are paired by seed (same flat network and generalist where shared). "
+           "'beyond spread': the mean gain exceeds the standard deviation of both arms.", ""]
+  for epochs, b in report["budgets"].items():
+    models = b["models"]
+    flat, wide = models.get("flat"), models.get("flat, widened (small_resnet_wide)")
+    lines += [f"## {epochs} epochs per network (seeds {b['seeds']})", "",
+              "| model | top-1 | n | gain vs flat | beyond spread | gain vs widened flat | "
+              "beyond spread | relative error reduction vs flat |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, s in models.items():
+      rer = s.get("relative_error_reduction")
+      lines.append(
+          f"| {name} | {_pct(s)} | {s['n']} | {_pct(s.get('gain_vs_flat'), True)} | "
+          f"{_beyond_spread(s, flat, 'gain_vs_flat') if name != 'flat' else ''} | "
+          f"{_pct(s.get('gain_vs_wide'), True)} | "
+          f"{_beyond_spread(s, wide, 'gain_vs_wide') if 'widened' not in name else ''} | "
+          f"{'' if rer is None or name == 'flat' else f'{100 * rer:.1f} %'} |")
+    lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
+              "|---|---|---|"]
+    for router in core.ROUTERS:
+      lines.append(f"| {router} | {_pct(b['superclass_top1'][router])} | "
+                   f"{_pct(b['routing_loss'][router])} |")
+    lines.append("")
   return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
-  data.prepare(DATASET, _DATA_DIR.value, _MANUAL_DIR.value)
-  builder = tfds.builder(DATASET, data_dir=_DATA_DIR.value)
-  if _THROUGHPUT_ONLY.value:
-    with open(_OUT.value + ".json", encoding="utf-8") as f:
-      report = json.load(f)
-    report["throughput"] = _throughput(builder, int(_SEEDS.value[0]))
-    report["throughput_command"] = "python bench/fashion_mnist.py --throughput_only"
-    _write(report)
-    return
+  bad = set(_VARIANTS.value) - set(VARIANTS)
+  if bad:
+    raise app.UsageError(f"unknown variants {sorted(bad)}; choose from {VARIANTS}")
+  prepare.prepare(DATASET, _DATA_DIR.value, _MANUAL_DIR.value)
   start = time.perf_counter()
-  runs = [run_seed(int(seed)) for seed in _SEEDS.value]
+  runs = [run_one(int(seed), int(epochs)) for epochs in _BUDGETS.value for seed in _SEEDS.value]
   report = {
-      "command": (f"python bench/fashion_mnist.py --epochs={_EPOCHS.value} "
-                  f"--seeds={','.join(_SEEDS.value)}"),
+      "command": (f"python bench/fashion_mnist.py --budgets={','.join(_BUDGETS.value)} "
+                  f"--seeds={','.join(_SEEDS.value)} --variants={','.join(_VARIANTS.value)}"
+                  + ("" if _TRAIN.value else " --notrain")),
+      "dataset": DATASET,
       "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
                  f"tensorflow {tf.__version__}",
-      "epochs": _EPOCHS.value, "runs": runs,
-      "throughput": _throughput(builder, int(_SEEDS.value[0])),
-      "total_wall_time_s": round(time.perf_counter() - start, 1),
+      "runs": runs, "budgets": summarize(runs),
+      "wall_time_s_this_run": round(time.perf_counter() - start, 1),
   }
-  _write(report)
-
-
-def _write(report):
   files.write_json(_OUT.value + ".json", report)
   text = markdown(report)
   with open(_OUT.value + ".md", "w", encoding="utf-8") as f:

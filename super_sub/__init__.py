@@ -53,6 +53,7 @@ _API = {
     # evaluation
     "evaluate": ("super_sub.evaluation", "evaluate"),
     "TwoStage": ("super_sub.routing.two_stage", "TwoStage"),
+    "ROUTERS": ("super_sub.routing.core", "ROUTERS"),
     # export
     "export": ("super_sub.bundles.export", "export"),
     "tflite_parity": ("super_sub.bundles.parity", "tflite_parity"),
@@ -71,6 +72,7 @@ _API = {
     "Predictions": ("super_sub.analysis.predictions", "Predictions"),
     "read_predictions": ("super_sub.analysis.loading", "read_predictions"),
     "AnalysisError": ("super_sub.analysis.predictions", "AnalysisError"),
+    "write_findings": ("super_sub.analysis.findings", "write_findings"),
 }
 
 __all__ = sorted(_API)
