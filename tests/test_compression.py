@@ -148,4 +148,12 @@ def test_generalist_can_keep_the_flat_backbone(tmp_path, _train):
 
 def test_generalist_freeze_stages_needs_the_flat_init(tmp_path):
   with pytest.raises(ValueError, match="needs generalist_init='flat'"):
-    config_lib.TrainConfig(model_dir=str(tmp_path), generalist_freeze_stages=2)
+    config_lib.TrainConfig(model_dir=str(tmp_path), generalist_init="scratch",
+                           generalist_freeze_stages=2)
+
+
+def test_generalist_from_an_untrained_flat_is_refused_before_training(tmp_path, smoke_config):
+  config = smoke_config(tmp_path / "run", stage="generalist")  # generalist_init="flat" default
+  with pytest.raises(FileNotFoundError, match="--generalist_init=flat \\(the default\\)"):
+    fit.train(config, log=lambda _: None)
+  assert not (tmp_path / "run" / "generalist").exists()

@@ -35,10 +35,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = fit.train(config_lib.TrainConfig(
       model_dir=_MODEL_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-      epochs=_EPOCHS.value, specialist_epochs=_SPECIALIST_EPOCHS.value, seed=_SEED.value,
-      # Superclass labels alone teach the synthetic shapes slowly; the flat network's
-      # features make the generalist near perfect (99.8% vs 94.4% from scratch, 12 epochs).
-      generalist_init="flat"))
+      epochs=_EPOCHS.value, specialist_epochs=_SPECIALIST_EPOCHS.value, seed=_SEED.value))
   run = run_lib.Run(config)
   evaluation.evaluate(run)
   export_dir = os.path.join(config.model_dir, "export")

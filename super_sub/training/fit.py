@@ -76,6 +76,12 @@ def _train_locked(config, log, callbacks) -> TrainConfig:
   keras.utils.set_random_seed(config.seed)
   strategy = distribute.make_strategy(config.strategy)
   chosen = _specialists(run)  # fails before any training
+  if ("generalist" in config.stages() and config.generalist_init == "flat"
+      and "flat" not in config.stages() and not run.is_done(run_lib.FLAT)):
+    raise FileNotFoundError(
+        f"--generalist_init=flat (the default) starts the generalist from the trained flat "
+        f"network, and {run.stage_dir(run_lib.FLAT)} holds none: train it first (--stage=flat, "
+        "or --stage=all trains both) or pass --generalist_init=scratch")
   if (config.distill_from and "specialists" in config.stages()
       and config.distill_from not in config.stages()):
     _teacher(run, config.distill_from)  # its error before any training, not after
