@@ -13,6 +13,8 @@ schedule) and seed, on Fashion-MNIST with the 0.3M-parameter small_resnet:
             = generalist + 2 specialists);
   distill   the same flat network and generalist, specialists distilled from the flat
             network (--distill_from=flat, default weight and temperature);
+  dustbin   the same flat network and generalist, specialists with a "not mine" class
+            trained on 0.5 other-superclass images per own image (--dustbin=0.5);
   scratch   the same flat network, generalist trained from scratch (the paper's recipe),
             specialists from it.
 Runs live in <work_dir>/seed<S>/e<E>/<variant>; a finished stage is never trained again, so
@@ -45,7 +47,7 @@ from super_sub.training import run as run_lib
 
 _BUDGETS = flags.DEFINE_list("budgets", ["2"], "Epochs per network, one experiment each.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; one set of runs each.")
-_VARIANTS = flags.DEFINE_list("variants", ["supersub", "wide", "distill", "scratch"],
+_VARIANTS = flags.DEFINE_list("variants", ["supersub", "wide", "distill", "dustbin", "scratch"],
                               "Which runs to train and evaluate (see the docstring).")
 _TRAIN = flags.DEFINE_boolean("train", True, "Train what is missing; with --notrain, report "
                               "only the runs already finished.")
@@ -57,7 +59,7 @@ _OUT = flags.DEFINE_string("out", "bench/results/fashion_mnist_gain",
                            "Output path without suffix.")
 
 DATASET = "superclassed_fashion_mnist"
-VARIANTS = ("supersub", "wide", "distill", "scratch")
+VARIANTS = ("supersub", "wide", "distill", "dustbin", "scratch")
 
 
 def _config(model_dir, epochs, seed, **overrides):
@@ -128,6 +130,8 @@ def run_one(seed, epochs):
   for variant, copied, overrides in (
       ("distill", ["flat", "generalist"], dict(generalist_init="flat", stage="specialists",
                                                distill_from="flat")),
+      ("dustbin", ["flat", "generalist"], dict(generalist_init="flat", stage="specialists",
+                                               dustbin=0.5)),
       ("scratch", ["flat"], dict(generalist_init="scratch"))):
     if variant not in variants:
       continue
@@ -152,8 +156,9 @@ def summarize(runs):
   rows = {}  # name -> per-run getter
   rows["flat"] = lambda r: r.get("supersub", {}).get("flat")
   rows["flat, widened (small_resnet_wide)"] = lambda r: r.get("wide", {}).get("top1")
-  for variant, label in (("supersub", "Super-Sub"), ("distill", "Super-Sub, distilled "
-                                                                "specialists"),
+  for variant, label in (("supersub", "Super-Sub"),
+                         ("distill", "Super-Sub, distilled specialists"),
+                         ("dustbin", "Super-Sub, dustbin specialists"),
                          ("scratch", "Super-Sub, generalist from scratch")):
     for router in core.ROUTERS:
       for mode in ("hard", "soft"):

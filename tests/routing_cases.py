@@ -59,6 +59,20 @@ PRODUCT_SUPERCLASS_PROBS = [[0.10 / 0.39, 0.28 / 0.39, 0.01 / 0.39],
 FLAT_HARD_LABEL = [2, 5, 1, 5]
 PRODUCT_HARD_LABEL = [2, 5, 4, 5]
 
+# A dustbin specialist for A: its last column is "not mine". img0: not mine wins, so hard
+# routing answers from B, the generalist's second choice (b0, 0.9). Soft k=2 scores A's
+# subclasses with the dustbin's mass left out: img0 A 0.5 x (0.2, 0.2), B 0.4 x (0.9, ...).
+SPEC_A_DUSTBIN = [[0.2, 0.2, 0.6], [0.5, 0.4, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]
+DUSTBIN_HARD_LABEL = [2, 5, 4, 5]
+DUSTBIN_HARD_LABEL_PROBS = [[0, 0, 0.90, 0.05, 0.05, 0],
+                            [0, 0, 0, 0, 0, 1],
+                            [0, 0, 0.10, 0.10, 0.80, 0],
+                            [0, 0, 0, 0, 0, 1]]
+DUSTBIN_SOFT2_LABEL_PROBS = [[0.10, 0.10, 0.36, 0.02, 0.02, 0],
+                             [0, 0, 0.04, 0.06, 0.10, 0.70],
+                             [0.15, 0.09, 0.06, 0.06, 0.48, 0],
+                             [0.02, 0.02, 0, 0, 0, 0.75]]
+
 
 def images(indices=range(NUM_IMAGES)) -> np.ndarray:
   """The one-hot images e_i, shape [n, 1, 1, NUM_IMAGES]."""

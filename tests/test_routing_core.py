@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from super_sub.routing import core
-from routing_cases import (FLAT, FLAT_HARD_LABEL, FLAT_SUPERCLASS_PROBS, PRODUCT_HARD_LABEL,
+from routing_cases import (DUSTBIN_HARD_LABEL, DUSTBIN_HARD_LABEL_PROBS,
+                           DUSTBIN_SOFT2_LABEL_PROBS, SPEC_A_DUSTBIN, FLAT, FLAT_HARD_LABEL, FLAT_SUPERCLASS_PROBS, PRODUCT_HARD_LABEL,
                            PRODUCT_SUPERCLASS_PROBS, GENERALIST, HARD_LABEL, HARD_LABEL_PROBS, HARD_SUPERCLASS,
                            ORACLE_LABEL_PROBS, ORACLE_SUPERCLASSES, SOFT2_LABEL,
                            SOFT2_LABEL_PROBS, SPECIALISTS, TOY, images, logits)
@@ -147,3 +148,35 @@ def test_flat_router_survives_a_zero_probability():
   flat = np.log(np.array([[1.0, 0, 0, 0, 0, 0]]) + 1e-300)  # B and C get exactly 0 after exp
   out = core.router_logits("product", np.zeros((1, 3)), flat, TOY)
   assert np.isfinite(out).all() and out.argmax() == 0
+
+
+def _dustbin_specialists(calls=None):
+  tables = {0: SPEC_A_DUSTBIN, 1: SPECIALISTS[1]}
+  def run(k, x):
+    if calls is not None:
+      calls.append((k, len(x)))
+    return logits(tables[k], x)
+  return run
+
+
+def test_dustbin_hard_falls_back_to_the_second_superclass():
+  calls = []
+  out = core.predict(images(), TOY, _generalist, _dustbin_specialists(calls), mode="hard",
+                     batch_size=4)
+  np.testing.assert_array_equal(out["superclass"], [0, 2, 1, 2])  # still the generalist's
+  np.testing.assert_array_equal(out["label"], DUSTBIN_HARD_LABEL)
+  np.testing.assert_allclose(out["label_probs"], DUSTBIN_HARD_LABEL_PROBS, atol=1e-6)
+  assert calls == [(0, 1), (1, 1), (1, 1)]  # A said "not mine" to img0: B answers it
+
+
+def test_dustbin_soft_leaves_the_not_mine_mass_out():
+  out = core.predict(images(), TOY, _generalist, _dustbin_specialists(), mode="soft", k=2)
+  np.testing.assert_allclose(out["label_probs"], DUSTBIN_SOFT2_LABEL_PROBS, atol=1e-6)
+
+
+def test_specialist_of_the_wrong_width_is_named():
+  def bad(k, x):
+    return np.zeros((len(x), 4))
+  with pytest.raises(ValueError, match="superclass 0 \\('A'\\) gave 4 outputs; expected 2 "
+                                       "subclasses \\(or 3 with a dustbin\\)"):
+    core.predict(images(), TOY, _generalist, bad, mode="hard")

@@ -47,8 +47,13 @@ def export(run: run_lib.Run, export_dir: str,
   Raises:
     FileNotFoundError: a stage the bundle needs has not finished training.
     OutputDirError: export_dir holds something else (before any work is done).
+    ValueError: the run has dustbin specialists, which bundles cannot hold yet.
   """
   files.check_replaceable(export_dir, "export", "manifest.json", FORMAT, overwrite)
+  if run.config.dustbin:
+    raise ValueError(f"{run.model_dir} has dustbin specialists (--dustbin={run.config.dustbin}), "
+                     "which the bundles cannot hold yet: their routing has no 'not mine' "
+                     "fallback. Export a run trained without --dustbin")
   h = run.hierarchy
   generalist = run.load_model(run.generalist)
   specialists = {k: run.load_model(stage) for k, stage in run.specialists().items()}

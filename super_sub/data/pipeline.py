@@ -38,6 +38,9 @@ class InputSpec:
     drop_remainder: drop the last, smaller batch. Several replicas need it: tf.distribute
       can hand a replica zero rows of a partial batch, and oneDNN's Conv2D fails on empty
       batches (see super_sub.routing.core).
+    dustbin: for a specialist's training data, also this many images of other superclasses
+      per image of its own, drawn afresh every epoch, with target "not mine" (the index after
+      its subclasses). The dataset is then endless; an epoch is `epoch_examples` images.
   """
   role: str
   batch_size: int
@@ -47,6 +50,7 @@ class InputSpec:
   cache: bool = True
   seed: int = 0
   drop_remainder: bool = False
+  dustbin: float = 0.0
 
   def __post_init__(self):
     if self.role not in ROLES:
@@ -57,6 +61,10 @@ class InputSpec:
       raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
     if self.batch_size <= 0 or self.image_size <= 0:
       raise ValueError("batch_size and image_size must be positive")
+    if self.dustbin and self.role != "specialist":
+      raise ValueError("only a specialist has a dustbin (images of other superclasses)")
+    if self.dustbin < 0:
+      raise ValueError(f"dustbin must be >= 0; got {self.dustbin}")
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str,
@@ -68,6 +76,16 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str,
   ds = ds.map(lambda ex: ex["superclass"], num_parallel_calls=tf.data.AUTOTUNE)
   return int(sum(np.count_nonzero(b == superclass)
                  for b in ds.batch(8192).as_numpy_iterator()))
+
+
+def epoch_examples(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec) -> int:
+  """Images in one training epoch of `make_dataset`: the role's examples, plus a specialist's
+  dustbin images (`spec.dustbin` per own image, at most all the other superclasses' images)."""
+  own = num_examples(builder, split, spec.superclass)
+  if not spec.dustbin:
+    return own
+  others = builder.info.splits[split].num_examples - own
+  return own + int(round(min(spec.dustbin * own, others)))
 
 
 def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
@@ -94,10 +112,19 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
   read_config = tfds.ReadConfig(shuffle_seed=spec.seed)
   ds = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config)
   size = num_examples(builder, split, spec.superclass)
-  if spec.superclass is not None:
+  dustbin = spec.dustbin if training else 0.0  # evaluation: the specialist's own images
+  if spec.superclass is not None and not dustbin:
     ds = ds.filter(lambda ex: tf.equal(ex["superclass"], spec.superclass))
     ds = ds.apply(tf.data.experimental.assert_cardinality(size))
   target_key = {"flat": "label", "generalist": "superclass", "specialist": "subclass"}[spec.role]
+  not_mine = (len(builder.hierarchy.subclass_range(spec.superclass))
+              if spec.superclass is not None else None)
+
+  def target(ex):
+    if not dustbin:
+      return ex[target_key]
+    return tf.where(tf.equal(ex["superclass"], spec.superclass), ex["subclass"],
+                    tf.constant(not_mine, ex["subclass"].dtype))
 
   def decode(ex):  # per example, before the cache: keep uint8 (4x less memory than float)
     image = ex["image"]
@@ -107,15 +134,27 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
                               antialias=images_lib.RESIZE_ANTIALIAS)
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     if not with_metadata:
-      return image, ex[target_key]
+      return image, target(ex)
     meta = {"label": ex["label"], "superclass": ex["superclass"]}
     if "file_name" in ex:
       meta["file_name"] = ex["file_name"]
-    return image, ex[target_key], meta
+    return image, target(ex), meta
 
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   if spec.cache:
     ds = ds.cache()
+  if dustbin:
+    # Keep every own image and each other one with probability p, so that an epoch holds
+    # `dustbin` others per own image on average; a fresh draw each pass, and endless, so an
+    # epoch is `epoch_examples` images whatever one pass drew.
+    keep = (epoch_examples(builder, split, spec) - size) / max(
+        1, builder.info.splits[split].num_examples - size)
+    coins = tf.data.Dataset.random(seed=spec.seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, coins)).filter(
+        lambda example, coin: tf.logical_or(
+            example[1] < not_mine,
+            tf.cast(coin % 1_000_000, tf.float64) < keep * 1_000_000.0))
+    ds = ds.map(lambda example, coin: example).repeat()
   if training:
     ds = ds.shuffle(min(size, 20_000), seed=spec.seed, reshuffle_each_iteration=True)
   ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)

@@ -15,7 +15,9 @@ Output of `predict` and `oracle`: a dict of numpy arrays over the N images,
   label [N] int64: the predicted global subclass index, argmax of label_probs;
   label_probs [N, num_subclasses] float32, which depends on the routing:
     hard / oracle: P(subclass | routed superclass) in the routed superclass's columns and 0
-      elsewhere (each row sums to 1; a one-subclass superclass gives its subclass 1);
+      elsewhere (each row sums to 1; a one-subclass superclass gives its subclass 1; with
+      dustbin specialists a row sums to 1 minus the dustbin's probability, and hard routing
+      answers from the second superclass where the first one's specialist said "not mine");
     soft: P(superclass) * P(subclass | superclass) for each of the top-k superclasses, 0 for
       the others. Not renormalised, so a row sums to the top-k superclasses' total
       probability (<= 1): the product is the model's joint estimate and the lost mass says
@@ -118,15 +120,28 @@ def top_superclasses(super_probs: np.ndarray, mode: str, k: int
 
 def route(x: np.ndarray, order: np.ndarray, weights: np.ndarray,
           hierarchy: hierarchy_lib.Hierarchy, specialists: Specialists,
-          first: Callable[[int], bool] | None = None) -> np.ndarray:
-  """label_probs [n, num_subclasses]: the sum over j of weights[:, j] * P(sub | order[:, j]).
+          first: Callable[[int], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The routed specialists' answers.
 
   Each routed superclass's specialist runs once, on just the rows routed to it. `first`
   (optional) says which superclasses to visit before the others (the runtime visits cached
   specialists first, so a rebuild does not evict one that this batch still needs).
+
+  A specialist with one output more than its superclass has subclasses has a dustbin: its last
+  output is "not mine" (trained on other superclasses' images, `--dustbin`). Its subclass
+  columns are used as they are, not renormalised, so the dustbin's mass lowers the row's
+  scores for that superclass.
+
+  Returns:
+    label_probs [n, num_subclasses]: the sum over j of weights[:, j] * P(sub | order[:, j]).
+    rejected [n] bool: a routed specialist gave its dustbin the largest probability.
+
+  Raises:
+    ValueError: a specialist whose output width is neither its subclass count nor one more.
   """
   h = hierarchy
   label_probs = np.zeros((len(x), h.num_subclasses), np.float32)
+  rejected = np.zeros(len(x), bool)
   routed = [int(s) for s in np.unique(order)]
   if first is not None:
     routed.sort(key=lambda sup: not first(sup))
@@ -135,10 +150,17 @@ def route(x: np.ndarray, order: np.ndarray, weights: np.ndarray,
     lo, hi = h.superclass_offsets[sup], h.superclass_offsets[sup + 1]
     if h.has_specialist(sup):
       conditional = softmax(specialists(sup, x[rows]))
+      if conditional.shape[1] not in (hi - lo, hi - lo + 1):
+        raise ValueError(f"the specialist of superclass {sup} ({h.superclasses[sup].name!r}) "
+                         f"gave {conditional.shape[1]} outputs; expected {hi - lo} subclasses "
+                         f"(or {hi - lo + 1} with a dustbin)")
+      if conditional.shape[1] > hi - lo:
+        rejected[rows] |= conditional.argmax(axis=1) == hi - lo
+        conditional = conditional[:, :hi - lo]
     else:
       conditional = np.ones((len(rows), 1), np.float32)
     label_probs[rows, lo:hi] = weights[rows, slot][:, None] * conditional
-  return label_probs
+  return label_probs, rejected
 
 
 def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: Model,
@@ -151,9 +173,12 @@ def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: 
     images: [N, ...] as the models take them (`super_sub.data.images.to_model_input`).
     hierarchy: the label tree the models were trained on.
     generalist: images (or the trunk's features) -> superclass logits.
-    specialists: (superclass, images or features) -> that specialist's subclass logits.
-    mode: "hard" (the argmax superclass's specialist) or "soft" (the top-k superclasses'
-      specialists, subclasses scored by P(superclass) * P(subclass | superclass)).
+    specialists: (superclass, images or features) -> that specialist's subclass logits (and,
+      with a dustbin, a last "not mine" logit; see `route`).
+    mode: "hard" (the argmax superclass's specialist; where a dustbin specialist answers "not
+      mine", the second superclass's specialist answers instead, with P 1 for that
+      superclass) or "soft" (the top-k superclasses' specialists, subclasses scored by
+      P(superclass) * P(subclass | superclass)).
     k: superclasses soft routing follows (capped at the superclass count); hard ignores it.
     batch_size: images per generalist call; each specialist runs at most once per batch.
     trunk: optional stages every model shares, run once per image before the others.
@@ -170,8 +195,13 @@ def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: 
       x = trunk(x)
     super_probs = softmax(generalist(x))
     order, weights = top_superclasses(super_probs, mode, k)
-    parts.append((order[:, 0], super_probs,
-                  route(x, order, weights, hierarchy, specialists, first)))
+    label_probs, rejected = route(x, order, weights, hierarchy, specialists, first)
+    if mode == "hard" and rejected.any() and super_probs.shape[1] > 1:
+      rows = np.nonzero(rejected)[0]
+      second = np.argsort(-super_probs[rows], axis=1, kind="stable")[:, 1:2]
+      label_probs[rows], _ = route(x[rows], second, np.ones(second.shape, np.float32),
+                                   hierarchy, specialists, first)
+    parts.append((order[:, 0], super_probs, label_probs))
   return assemble(parts, hierarchy)
 
 
@@ -202,7 +232,7 @@ def oracle(images: np.ndarray, superclasses: np.ndarray, hierarchy: hierarchy_li
     s = supers[start:start + batch_size].astype(np.int64)
     one_hot = np.eye(num, dtype=np.float32)[s]
     parts.append((s, one_hot, route(x, s[:, None], np.ones((len(s), 1), np.float32),
-                                    hierarchy, specialists)))
+                                    hierarchy, specialists)[0]))
   return assemble(parts, hierarchy)
 
 

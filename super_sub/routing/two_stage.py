@@ -51,7 +51,7 @@ class TwoStage:
     self.input_shape = tuple(generalist.input_shape[1:])
     for k, model in sorted(self.specialists.items()):
       where = f"specialist for superclass {k} ({h.superclasses[k].name!r})"
-      _check_width(model, len(h.subclass_range(k)), where)
+      _check_width(model, len(h.subclass_range(k)), where, dustbin_allowed=True)
       if tuple(model.input_shape[1:]) != self.input_shape:
         raise ValueError(f"{where} takes inputs of shape {tuple(model.input_shape[1:])}, the "
                          f"generalist {self.input_shape}")
@@ -116,10 +116,13 @@ class TwoStage:
     return self.specialists[k](x, training=False).numpy()
 
 
-def _check_width(model: keras.Model, width: int, where: str) -> None:
+def _check_width(model: keras.Model, width: int, where: str,
+                 dustbin_allowed: bool = False) -> None:
+  """`dustbin_allowed`: a specialist may have one more output, its "not mine" class."""
   got = model.output_shape[-1]
-  if got != width:
-    raise ValueError(f"{where}: model {model.name!r} outputs {got} logits; expected {width}")
+  if got != width and not (dustbin_allowed and got == width + 1):
+    raise ValueError(f"{where}: model {model.name!r} outputs {got} logits; expected {width}"
+                     + (f" (or {width + 1} with a dustbin)" if dustbin_allowed else ""))
 
 
 def _describe(h: hierarchy_lib.Hierarchy, supers: list[int]) -> str:

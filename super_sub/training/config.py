@@ -115,6 +115,12 @@ class TrainConfig:
                                  "specialist loss, in [0, 1].")
   distill_temperature: float = _field(2.0, "With --distill_from: the temperature T softening "
                                       "teacher and specialist logits (> 0).")
+  dustbin: float = _field(
+      0.0, "Specialists with a dustbin: each also trains on images of the other superclasses, "
+      "this many per image of its own (e.g. 0.25, drawn afresh every epoch), labelled 'not "
+      "mine' (an extra output; Hinton et al. 2015's specialists, HD-CNN). Hard routing then "
+      "sends an image its specialist calls 'not mine' to the second superclass's specialist; "
+      "soft routing discounts it. 0: no dustbin. Not exportable to bundles yet.")
   hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
 
   def __post_init__(self):
@@ -131,6 +137,9 @@ class TrainConfig:
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")
+    if not 0.0 <= self.dustbin <= 10.0:
+      raise ValueError(f"dustbin is the number of other superclasses' images per own image a "
+                       f"specialist trains on, in [0, 10]; got {self.dustbin}")
     if not 0.0 <= self.distill_weight <= 1.0 or not self.distill_temperature > 0:
       raise ValueError(f"distill_weight must lie in [0, 1] and distill_temperature be "
                        f"positive; got {self.distill_weight} and {self.distill_temperature}")

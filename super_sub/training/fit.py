@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import math
 import os
 import shutil
 import time
@@ -149,10 +150,17 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                               # empty, which oneDNN's Conv2D cannot take. The epoch-end
                               # validation then skips < 1 global batch; super-sub-eval
                               # always scores the whole split.
-                              drop_remainder=replicas > 1)
+                              drop_remainder=replicas > 1,
+                              dustbin=config.dustbin if stage.role == "specialist" else 0.0)
   train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
   val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
-  steps = config.steps_per_epoch or int(train_ds.cardinality())
+  # A dustbin specialist's data is endless (fresh other-superclass images every pass).
+  endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+  steps = config.steps_per_epoch or (
+      math.ceil(pipeline.epoch_examples(builder, "train", spec(True)) / global_batch)
+      if endless else int(train_ds.cardinality()))
+  if config.steps_per_epoch and not endless:
+    train_ds = train_ds.repeat()
   if steps <= 0:
     raise ValueError(f"stage {stage.key!r} has no training examples in the train split")
 
@@ -208,8 +216,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   backup_dir = os.path.join(stage_dir, "backup")
   with _writing(stage, stage_dir, during_fit=backup_dir):
     model.fit(
-        train_ds.repeat() if config.steps_per_epoch else train_ds,
-        epochs=epochs, steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
+        train_ds, epochs=epochs,
+        steps_per_epoch=steps if (config.steps_per_epoch or endless) else None,
+        validation_data=val_ds,
         verbose=2,
         callbacks=[
             # Before BackupAndRestore: a diverged epoch must fail before it is backed up.

@@ -208,8 +208,9 @@ class Run:
       backbone = backbones.build_backbone(self.config.backbone, shape, weights=weights)
       return classifiers.build_classifier(backbone, shape, num_classes, role=stage.role,
                                           name=stage.key)
+    dustbin = 1 if self.config.dustbin else 0  # the extra "not mine" output
     model = classifiers.make_specialist(
-        self.build_model(GENERALIST), len(h.superclasses[stage.superclass].subclasses),
+        self.build_model(GENERALIST), len(h.superclasses[stage.superclass].subclasses) + dustbin,
         name=stage.key, freeze_stages=self.config.freeze_stages)
     return qat_lib.quantize(model) if self.config.qat else model
 
