@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from super_sub import evaluation
+from super_sub.routing import core
 from super_sub import hierarchy as hierarchy_lib
 from super_sub.data import synthetic
 from super_sub._internal.compat import keras
@@ -114,6 +115,20 @@ def test_evaluation_writes_eval_json_and_predictions(trained):
       assert npz["file_names"][0].startswith("validation/")
   with np.load(os.path.join(trained.model_dir, "predictions", "flat.npz")) as npz:
     assert np.mean(npz["labels"] == npz["predictions"]) == pytest.approx(result["flat"]["top1"])
+    flat_supers = core.superclass_probs(npz["probs"], h).argmax(axis=1)
+    true_supers = h.superclass_of[npz["labels"]]
+  routers = result["routers"]
+  assert set(routers) == {"generalist", "flat", "product"}
+  assert routers["generalist"]["hard_top1"] == result["two_stage"]["hard"]["top1"]
+  assert routers["generalist"]["soft_top1"] == result["two_stage"]["soft"]["top1"]
+  assert routers["generalist"]["superclass_top1"] == result["generalist"]["superclass_top1"]
+  assert routers["flat"]["superclass_top1"] == pytest.approx(np.mean(flat_supers == true_supers))
+  for r in routers.values():
+    assert r["routing_loss"] == pytest.approx(result["oracle_specialists"]["top1"]
+                                              - r["hard_top1"])
+  product = evaluation.evaluate(run_lib.Run(trained), router="product", log=lambda _: None)
+  assert product["two_stage"]["router"] == "product"
+  assert product["two_stage"]["hard"]["top1"] == product["routers"]["product"]["hard_top1"]
 
 
 @pytest.mark.slow
