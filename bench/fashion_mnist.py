@@ -227,12 +227,14 @@ def markdown(report):
               "|---|---|---|---|---|---|---|---|"]
     for name, s in models.items():
       rer = s.get("relative_error_reduction")
+      vs_flat, vs_wide = name != "flat", "widened" not in name
       lines.append(
-          f"| {name} | {_pct(s)} | {s['n']} | {_pct(s.get('gain_vs_flat'), True)} | "
-          f"{_beyond_spread(s, flat, 'gain_vs_flat') if name != 'flat' else ''} | "
-          f"{_pct(s.get('gain_vs_wide'), True)} | "
-          f"{_beyond_spread(s, wide, 'gain_vs_wide') if 'widened' not in name else ''} | "
-          f"{'' if rer is None or name == 'flat' else f'{100 * rer:.1f} %'} |")
+          f"| {name} | {_pct(s)} | {s['n']} | "
+          f"{_pct(s.get('gain_vs_flat'), True) if vs_flat else ''} | "
+          f"{_beyond_spread(s, flat, 'gain_vs_flat') if vs_flat else ''} | "
+          f"{_pct(s.get('gain_vs_wide'), True) if vs_wide and wide else ''} | "
+          f"{_beyond_spread(s, wide, 'gain_vs_wide') if vs_wide and wide else ''} | "
+          f"{'' if rer is None or not vs_flat else f'{100 * rer:.1f} %'} |")
     lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
               "|---|---|---|"]
     for router in core.ROUTERS:

@@ -53,6 +53,8 @@ def test_numbers_by_hand(runs, tmp_path):
   assert s["relative_error_reduction"]["mean"] == pytest.approx((0.02 / 0.10 + 0.03 / 0.12) / 2)
   assert s["routing_loss"]["mean"] == pytest.approx(0.01)
   assert s["finding_ii"]["tops"]["specialist"]["mean"] == pytest.approx(0.925)
+  assert set(s["finding_ii"]) == {"tops", "footwear"}  # one-subclass superclasses have none
+  assert s["without_specialist"] == ["trouser", "dress", "bag"]
   # Not exported: two specialists (tops, footwear) as separate fp32 networks.
   assert s["storage"]["total"] == pytest.approx(3.0)
   page = tmp_path / "page"

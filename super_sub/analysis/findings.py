@@ -73,6 +73,8 @@ def collect(model_dir: str) -> dict[str, Any]:
       "within_share": flat["within_superclass_share"],
       "within_share_chance": flat["within_superclass_share_chance"],
       "superclasses": h.superclass_names,
+      # A one-subclass superclass has no specialist: given its superclass, its answer is sure.
+      "with_specialist": [h.superclasses[k].name for k in h.specialist_superclasses()],
       "flat_per_superclass": result["flat_per_superclass"],
       "oracle_per_superclass": result["oracle_specialists"]["per_superclass"],
       "oracle_top1": result["oracle_specialists"]["top1"],
@@ -104,7 +106,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
       "finding_ii": {name: {"flat": _stats([r["flat_per_superclass"][name] for r in runs]),
                             "specialist": _stats([r["oracle_per_superclass"][name]
                                                   for r in runs])}
-                     for name in first["superclasses"]},
+                     for name in first["with_specialist"]},
+      "without_specialist": [n for n in first["superclasses"]
+                             if n not in first["with_specialist"]],
       "flat_top1": _stats([r["flat_top1"] for r in runs]),
       "oracle_top1": _stats([r["oracle_top1"] for r in runs]),
       "hard_top1": _stats([r["hard_top1"] for r in runs]),
@@ -152,6 +156,9 @@ def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) ->
               if v["flat"]["mean"] is not None and v["specialist"]["mean"] is not None else None)
       lines.append(f"| {name} | {_pct(v['flat'])} | {_pct(v['specialist'])} | "
                    f"{'n/a' if gain is None else f'{100 * gain:+.2f}'} |")
+    if s["without_specialist"]:
+      lines += ["", f"({', '.join(s['without_specialist'])}: one subclass each, so no "
+                "specialist; the generalist's superclass is the answer.)"]
     lines += ["", f"![per superclass]({_slug(s)}_superclasses.png)", "",
               "**Super-Sub against the flat network.**", "",
               "| model | top-1 |", "|---|---|",
