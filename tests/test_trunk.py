@@ -42,8 +42,11 @@ def test_split_refuses_stage_counts_it_cannot_cut():
 def run(tmp_path_factory, smoke_config):
   """QAT specialists with the stem and stage 1 frozen (tfmot wrappers list frozen weights as
   trainable: pinning must hold them) and a delta budget on the rest."""
+  # generalist_init="scratch": the export-parity bound below (83 of 84 images) was set on this
+  # configuration; with the flat-initialised generalist (the default) one run agreed on 79 of
+  # 84: the near-chance smoke models leave many images on int8 near-ties.
   config = smoke_config(tmp_path_factory.mktemp("run"), qat=True, qat_epochs=1,
-                        freeze_stages=2, delta_keep=0.05)
+                        freeze_stages=2, delta_keep=0.05, generalist_init="scratch")
   run = run_lib.Run(fit.train(config, log=lambda _: None))
   evaluation.evaluate(run, log=lambda _: None)
   return run
