@@ -70,8 +70,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
   """
   config, builder, h = run.config, run.builder, run.hierarchy
   split = split or run.evaluation_split
-  core.router_logits(router, np.zeros((0, h.num_superclasses)), np.zeros((0, h.num_subclasses)),
-                     h)  # an unknown router fails before any model is loaded
+  core.check_router(router)  # an unknown router fails before any model is loaded
   flat = run.load_model(run_lib.FLAT)
   two_stage = run.load_two_stage(flat=flat)
 

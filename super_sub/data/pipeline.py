@@ -82,10 +82,13 @@ def epoch_examples(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpe
   """Images in one training epoch of `make_dataset`: the role's examples, plus a specialist's
   dustbin images (`spec.dustbin` per own image, at most all the other superclasses' images)."""
   own = num_examples(builder, split, spec.superclass)
-  if not spec.dustbin:
-    return own
+  return own + _dustbin_images(builder, split, spec.dustbin, own)
+
+
+def _dustbin_images(builder, split: str, dustbin: float, own: int) -> int:
+  """Other superclasses' images in an epoch: `dustbin` per own image, at most all of them."""
   others = builder.info.splits[split].num_examples - own
-  return own + int(round(min(spec.dustbin * own, others)))
+  return int(round(min(dustbin * own, others)))
 
 
 def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
@@ -147,7 +150,7 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
     # Keep every own image and each other one with probability p, so that an epoch holds
     # `dustbin` others per own image on average; a fresh draw each pass, and endless, so an
     # epoch is `epoch_examples` images whatever one pass drew.
-    keep = (epoch_examples(builder, split, spec) - size) / max(
+    keep = _dustbin_images(builder, split, dustbin, size) / max(
         1, builder.info.splits[split].num_examples - size)
     coins = tf.data.Dataset.random(seed=spec.seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, coins)).filter(

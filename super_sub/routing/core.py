@@ -72,14 +72,8 @@ def router_logits(router: str, generalist_logits: np.ndarray | None,
   Raises:
     ValueError: an unknown router, or one without the logits it needs.
   """
-  if router not in ROUTERS:
-    raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
-  needs = {"generalist": (generalist_logits,), "flat": (flat_logits,),
-           "product": (generalist_logits, flat_logits)}[router]
-  if any(x is None for x in needs):
-    raise ValueError(f"router {router!r} needs the "
-                     f"{'generalist and flat' if router == 'product' else router} network's "
-                     "logits")
+  check_router(router, has_generalist=generalist_logits is not None,
+               has_flat=flat_logits is not None)
   if router == "generalist":
     return np.asarray(generalist_logits, np.float32)
   tiny = np.finfo(np.float32).tiny  # log(0) would make -inf and, summed, NaN
@@ -88,6 +82,18 @@ def router_logits(router: str, generalist_logits: np.ndarray | None,
     return flat_log.astype(np.float32)
   gen_log = np.log(np.maximum(softmax(generalist_logits), tiny))
   return (gen_log + flat_log).astype(np.float32)
+
+
+def check_router(router: str, has_generalist: bool = True, has_flat: bool = True) -> None:
+  """Raises ValueError for an unknown router, or one whose network is missing."""
+  if router not in ROUTERS:
+    raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
+  needs = {"generalist": (has_generalist,), "flat": (has_flat,),
+           "product": (has_generalist, has_flat)}[router]
+  if not all(needs):
+    raise ValueError(f"router {router!r} needs the "
+                     f"{'generalist and flat' if router == 'product' else router} network's "
+                     "logits")
 
 
 def check_options(mode: str, k: int, batch_size: int) -> None:

@@ -83,9 +83,7 @@ class TwoStage:
       TypeError: on images that are neither uint8 nor floating point.
     """
     core.check_options(mode, k, batch_size)
-    core.router_logits(router, np.zeros((0, self.hierarchy.num_superclasses)),
-                       None if self.flat is None else np.zeros((0, self.hierarchy.num_subclasses)),
-                       self.hierarchy)  # a bad router fails before any image is read
+    core.check_router(router, has_flat=self.flat is not None)  # before any image is read
     images = images_lib.to_model_input(images, self.input_shape)
 
     def route(x):
