@@ -130,8 +130,7 @@ def main(argv):
   print("parity: flat network as int8 TFLite (the edge baseline)")
   flat = run.load_model(run_lib.FLAT)
   flat_tflite = tflite.to_tflite(flat, tflite.representative_images(run))
-  spec = pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
-                            augment="none", cache=False)
+  spec = run.evaluation_input(256)
   ds = pipeline.make_dataset(run.builder, split, spec, training=False)
   images, labels = map(np.concatenate, zip(*tfds.as_numpy(ds)))
   flat_lite = predictor._LiteModel(flat_tflite, _THREADS.value, "flat")  # pylint: disable=protected-access

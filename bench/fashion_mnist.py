@@ -91,8 +91,7 @@ def _specialists_done(model_dir):
 def _flat_top1(run, split):
   """Top-1 of a flat-only run (its model_dir has no generalist)."""
   model = run.load_model(run_lib.FLAT)
-  spec = pipeline.InputSpec(role="flat", batch_size=512, image_size=run.config.image_size,
-                            augment="none")
+  spec = run.evaluation_input(512)
   ds = pipeline.make_dataset(run.builder, split, spec, training=False)
   labels = np.concatenate([y for _, y in tfds.as_numpy(ds)])
   return {"top1": float(np.mean(labels == model.predict(ds, verbose=0).argmax(axis=1))),

@@ -31,7 +31,7 @@ def main(argv):
   try:
     model = runtime.TwoStageLite(_BUNDLE.value, cache_size=_CACHE_SIZE.value,
                                  num_threads=_NUM_THREADS.value)
-    out = model.predict(runtime.load_images(paths, model.input_shape), mode=_MODE.value,
+    out = model.predict(runtime.load_images(paths, model.input_shape, model.framing), mode=_MODE.value,
                         k=_K.value)
   except (runtime.BundleError, runtime.ImageError) as e:
     sys.exit(f"super-sub-predict: {e}")

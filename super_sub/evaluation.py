@@ -74,8 +74,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
   flat = run.load_model(run_lib.FLAT)
   two_stage = run.load_two_stage(flat=flat)
 
-  spec = pipeline.InputSpec(role="flat", batch_size=batch_size,
-                            image_size=config.image_size, augment="none")
+  spec = run.evaluation_input(batch_size)
   ds = pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
   parts: dict[str, list[np.ndarray]] = {}
   for images, labels, meta in tfds.as_numpy(ds):

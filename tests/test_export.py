@@ -23,7 +23,7 @@ from super_sub.runtime import bundle as bundle_lib
 from super_sub.training import fit
 from super_sub.training import run as run_lib
 
-from conftest import assert_bundle_probs_match_keras
+from conftest import assert_bundle_matches_keras
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +91,9 @@ def test_parity_with_keras_two_stage(run, exported):
   assert result["num_examples"] == 84
   with open(os.path.join(run.model_dir, "eval.json"), encoding="utf-8") as f:
     assert result["keras_top1"] == pytest.approx(json.load(f)["two_stage"]["hard"]["top1"])
-  # int8 post-training quantization of the float models: the same answer as Keras for all but
-  # a few of the 84 images (a barely trained smoke run has many near-ties) ...
-  assert result["agreement_with_keras"] >= 0.95
-  # ... and the same probabilities to within quantization noise.
-  assert_bundle_probs_match_keras(run, os.path.join(exported[0], "tflite"), atol=0.03)
+  # int8 post-training quantization of the float models: Keras' probabilities to within
+  # quantization noise, and its answer wherever noise cannot flip it.
+  assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.03)
 
 
 @pytest.mark.slow

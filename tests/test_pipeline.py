@@ -182,12 +182,12 @@ def test_default_augment_is_crop_for_synthetic_data_only(builder, tmp_path):
   assert config_lib.resolve(flagged, builder).augment == "none"  # the flag wins
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_evaluation_pipeline_is_deterministic(builder, cache):
+@pytest.mark.parametrize("cache_budget", [pipeline.DEFAULT_CACHE_BUDGET, 0])
+def test_evaluation_pipeline_is_deterministic(builder, cache_budget):
   """Two passes over an evaluation pipeline give the same examples in the same order, even
   with augment set (evaluation never augments) -- predictions files line up with labels."""
   spec = pipeline.InputSpec(role="flat", batch_size=16, image_size=16, augment="flip_crop",
-                            cache=cache)
+                            cache_budget=cache_budget)
   ds = pipeline.make_dataset(builder, "validation", spec, training=False, with_metadata=True)
   first, second = (list(tfds.as_numpy(ds)) for _ in range(2))
   assert len(first) == len(second) == 6  # 84 examples

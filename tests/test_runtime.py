@@ -226,6 +226,22 @@ def test_bundle_layout_and_manifest(bundle_dir):
     assert set(npz.files) <= {"version", "sha256", "buffers", "quant", "gaps", "values", "diff"}
   bundle = runtime.load_bundle(bundle_dir)
   assert bundle.hierarchy == HIERARCHY and bundle.input_shape == SHAPE
+  assert manifest["input"]["framing"] == bundle.input_framing == "resize"  # INPUT_INFO's default
+
+
+def test_framing_comes_from_the_manifest(bundle_dir, tmp_path):
+  """Bundles of center-crop-evaluated models tell the runtime so; others must say a framing
+  the runtime knows, and bundles written before framing existed mean "resize"."""
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  _rewrite_manifest(copy, lambda m: m["input"].update(framing="center_crop"))
+  assert runtime.TwoStageLite(copy).framing == "center_crop"
+  _rewrite_manifest(copy, lambda m: m["input"].pop("framing"))
+  assert runtime.TwoStageLite(copy).framing == "resize"
+  _rewrite_manifest(copy, lambda m: m["input"].update(framing="squash"))
+  with pytest.raises(runtime.BundleError,
+                     match=r"input: 'framing' must be one of \['resize', 'center_crop'\]"):
+    runtime.TwoStageLite(copy)
 
 
 def test_writer_leaves_nothing_behind_on_error(models, tmp_path):

@@ -52,6 +52,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         features=features.features(h, tfds.features.Image(shape=(28, 28, 1))),
         supervised_keys=("image", "label"),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
+        metadata=tfds.core.MetadataDict(),  # superclass_counts, recorded while preparing
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -60,8 +61,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       paths = dl_manager.download(
           {key: urllib.parse.urljoin(_URL, name) for key, name in _FILES.items()})
     return {
-        split: self._generate_examples(split, paths[f"{split}_images"],
-                                       paths[f"{split}_labels"])
+        split: features.recording_superclass_counts(
+            self.info, split, self._generate_examples(split, paths[f"{split}_images"],
+                                                      paths[f"{split}_labels"]))
         for split in ("train", "test")
     }
 

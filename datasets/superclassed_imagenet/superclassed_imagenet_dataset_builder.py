@@ -125,12 +125,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     splits = {}
     for split, (archive, folder) in _SOURCES.items():
       if (manual_dir / folder).is_dir():
-        splits[split] = self._generate_examples(manual_dir, folder)
+        source = folder
       elif (manual_dir / archive).exists():
-        splits[split] = self._generate_examples(manual_dir, archive)
+        source = archive
       else:
         logging.warning("superclassed_imagenet: no %s split: neither %s/ nor %s in %s.",
                         split, folder, archive, manual_dir)
+        continue
+      splits[split] = features.recording_superclass_counts(
+          self.info, split, self._generate_examples(manual_dir, source))
     if not splits:
       raise FileNotFoundError(
           f"No ILSVRC2012 data in manual_dir {manual_dir}. Expected, for each split, the "

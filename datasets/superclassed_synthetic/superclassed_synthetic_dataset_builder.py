@@ -53,15 +53,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         features=features.features(h, tfds.features.Image(shape=(size, size, 3))),
         supervised_keys=("image", "label"),
         homepage="https://arxiv.org/abs/2201.08098",
+        metadata=tfds.core.MetadataDict(),  # superclass_counts, recorded while preparing
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download: every image is drawn on the fly.
     cfg = self.builder_config
-    return {
-        "train": self._generate_examples("train", cfg.train_per_class),
-        "validation": self._generate_examples("validation", cfg.validation_per_class),
-    }
+    return {split: features.recording_superclass_counts(
+        self.info, split, self._generate_examples(split, per_class))
+            for split, per_class in (("train", cfg.train_per_class),
+                                     ("validation", cfg.validation_per_class))}
 
   def _generate_examples(self, split: str, per_class: int):
     h = self.hierarchy

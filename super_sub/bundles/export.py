@@ -86,7 +86,8 @@ def export(run: run_lib.Run, export_dir: str,
                                    specialists, h)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
-        {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0]},
+        {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
+         "framing": run.config.framing},
         trunk=trunk_tflite)
     listing = storage.listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))

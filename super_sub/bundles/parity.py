@@ -50,8 +50,7 @@ def compare_with_keras(run: run_lib.Run,
   with np.load(path, allow_pickle=False) as keras_run:
     keras_pred = dict(zip(keras_run["file_names"].tolist(), keras_run["predictions"].tolist()))
     keras_top1 = float(np.mean(keras_run["predictions"] == keras_run["labels"]))
-  spec = pipeline.InputSpec(role="flat", batch_size=256, image_size=config.image_size,
-                            augment="none", cache=False)
+  spec = run.evaluation_input(256)
   ds = pipeline.make_dataset(run.builder, split, spec, training=False, with_metadata=True)
   correct = agree = total = 0
   for images, labels, meta in tfds.as_numpy(ds):

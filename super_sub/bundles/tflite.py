@@ -14,8 +14,7 @@ from super_sub.training import run as run_lib
 
 def representative_images(run: run_lib.Run, count: int = 256) -> np.ndarray:
   """The first `count` training images as the models see them (float32 in [0, 1])."""
-  spec = pipeline.InputSpec(role="flat", batch_size=min(count, 256),
-                            image_size=run.config.image_size, augment="none", cache=False)
+  spec = run.evaluation_input(min(count, 256))
   ds = pipeline.make_dataset(run.builder, "train", spec, training=False)
   images = np.concatenate([x for x, _ in tfds.as_numpy(ds.take(-(-count // spec.batch_size)))])
   return images[:count]

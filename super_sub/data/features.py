@@ -1,10 +1,15 @@
 """The features every super-sub TFDS dataset shares, so all builders label alike.
 
 `label` is the hierarchy's global subclass index, `superclass` its superclass and
-`subclass` its index within that superclass; `file_name` names the source image.
+`subclass` its index within that superclass; `file_name` names the source image. Each
+builder also records how many examples of each superclass a split holds, in its metadata
+(`info.metadata["superclass_counts"][split]`), so a specialist's pipeline knows its size
+without reading the split (super_sub.data.pipeline).
 """
 
 from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,3 +34,16 @@ def labels(hierarchy: hierarchy_lib.Hierarchy, label: int) -> dict[str, int]:
   """The three label fields of an example whose global subclass index is `label`."""
   return {"label": int(label), "superclass": int(hierarchy.superclass_of[label]),
           "subclass": int(hierarchy.index_in_superclass[label])}
+
+
+def recording_superclass_counts(info: tfds.core.DatasetInfo, split: str,
+                                examples: Iterable[tuple[Any, dict[str, Any]]]
+                                ) -> Iterator[tuple[Any, dict[str, Any]]]:
+  """Yields a builder's (key, example) pairs unchanged and, once they are all out, records
+  each superclass's count in `info.metadata["superclass_counts"][split]` (the builder's
+  `_info` must give a `tfds.core.MetadataDict`; TFDS saves it with the prepared data)."""
+  counts = [0] * info.features["superclass"].num_classes
+  for key, example in examples:
+    counts[example["superclass"]] += 1
+    yield key, example
+  info.metadata.setdefault("superclass_counts", {})[split] = counts

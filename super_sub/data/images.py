@@ -5,6 +5,11 @@
                     `tf.image.resize(method="bilinear", antialias=True)` (the input pipeline),
                     without it Pillow's `Image.Resampling.BILINEAR` (the runtime), which is the
                     same filter; the two agree to within one grey level (tested)
+  framing           "resize": the whole image, squashed to H x W (small datasets, whose images
+                    are stored at or near the model's size); "center_crop": the central square
+                    whose side is 7/8 of the shorter side (`center_crop_box`), then resized:
+                    the evaluation view of large natural images (ImageNet) trained on random
+                    resized crops (super_sub.data.crops)
 
 Training and evaluation (super_sub.data.pipeline), export calibration (super_sub.bundles) and
 both routers (super_sub.routing, super_sub.runtime) take images through this module. Needs
@@ -23,6 +28,10 @@ DTYPE = np.float32
 RANGE = (0.0, 1.0)
 RESIZE_METHOD = "bilinear"  # the `method` of tf.image.resize
 RESIZE_ANTIALIAS = True     # tf.image.resize's `antialias`; Pillow always antialiases shrinking
+FRAMINGS = ("resize", "center_crop")
+# The center crop keeps 7/8 of the shorter side: resizing the shorter side to image_size / 0.875
+# and cropping image_size, ResNet's and Inception's evaluation view, in integers.
+CENTER_CROP_FRACTION = (7, 8)
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR}
 _MODES = {1: "L", 3: "RGB"}
 
@@ -31,15 +40,33 @@ class ImageError(ValueError):
   """An image file that cannot be read or decoded; the message names the file."""
 
 
-def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int]) -> np.ndarray:
-  """Decodes image files, converts them to the models' channels and resizes them.
+def center_crop_box(height, width):
+  """(top, left, side) of the square that the "center_crop" framing keeps of a height x width
+  image: side = 7/8 of the shorter side (rounded up, so never 0), centred (an odd leftover
+  pixel goes to the top or left margin, as in Model Garden's center crop).
 
-  Images are converted to grayscale ("L") for C == 1 or RGB for C == 3 (alpha is dropped), then
-  resized to H x W by the contract's method (`resize`).
+  Integer arithmetic only, so the same function gives the box for Python ints (the runtime) and
+  for int32 tensors (the input pipeline).
+  """
+  shorter = (height + width - abs(height - width)) // 2
+  numerator, denominator = CENTER_CROP_FRACTION
+  side = shorter - shorter * (denominator - numerator) // denominator
+  return (height - side + 1) // 2, (width - side + 1) // 2, side
+
+
+def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int],
+                framing: str = "resize") -> np.ndarray:
+  """Decodes image files, converts them to the models' channels and frames them.
+
+  Images are converted to grayscale ("L") for C == 1 or RGB for C == 3 (alpha is dropped),
+  cropped to their central square for framing "center_crop" (`center_crop_box`), then resized
+  to H x W by the contract's method (`resize`).
 
   Args:
     paths: image files in any format Pillow decodes (JPEG, PNG, BMP, GIF's first frame, ...).
     shape: (H, W, C) of the bundle's input, C 1 or 3.
+    framing: "resize" or "center_crop", as the bundle's manifest says its models were
+      evaluated.
 
   Returns:
     uint8 array [len(paths), H, W, C]; `to_model_input` divides it by 255.
@@ -52,6 +79,8 @@ def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int]) -> np.
   if channels not in _MODES:
     raise ValueError(f"images can be loaded as 1 (grayscale) or 3 (RGB) channels; the shape "
                      f"asks for {channels}")
+  if framing not in FRAMINGS:
+    raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
   out = np.zeros((len(paths), height, width, channels), np.uint8)
   for i, path in enumerate(paths):
     try:
@@ -63,6 +92,9 @@ def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int]) -> np.
       # Pillow reports undecodable data as UnidentifiedImageError (an OSError), truncated data
       # as OSError, and some corrupt headers as ValueError or SyntaxError.
       raise ImageError(f"{os.fspath(path)}: cannot decode as an image ({e})") from None
+    if framing == "center_crop":
+      top, left, side = center_crop_box(img.height, img.width)
+      img = img.crop((left, top, left + side, top + side))
     out[i] = np.asarray(_resize_pil(img, (height, width)), np.uint8).reshape(
         height, width, channels)
   return out

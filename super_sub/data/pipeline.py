@@ -3,21 +3,41 @@
 Every role reads the same examples and differs only in its target: `label` (flat),
 `superclass` (generalist) or `subclass` (a specialist, which sees only its own
 superclass's examples). Images follow super_sub.data.images' contract.
+
+Built for ImageNet-sized data as well as small sets:
+- examples are read with their images still encoded, so a specialist drops other superclasses'
+  examples before any decoding, and its size comes from the counts its superclass
+  (`superclass_counts`: the dataset's metadata, or one pass over the labels);
+- large natural images train on random-resized crops that decode only the cropped box and
+  evaluate on a center crop (super_sub.data.crops); small ones are resized whole and
+  augmented by pad-and-crop on whole batches;
+- decoded images are cached in memory only when the split fits `cache_budget` bytes (and the
+  training crops are not random); otherwise the pipeline streams from the TFDS files, with a
+  bounded shuffle buffer of still-encoded examples, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import functools
+import os
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.data import crops
 from super_sub.data import images as images_lib
 
 ROLES = ("flat", "generalist", "specialist")
-AUGMENTATIONS = ("none", "crop", "flip_crop")
+AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
+# Decoded images kept in memory at most (per dataset): Fashion-MNIST's 60k 28-px images take
+# 47 MB, superclassed_imagenet/32x32 ~1.1 GB; at 224 px its ~370k images would take ~56 GB.
+DEFAULT_CACHE_BUDGET = 4 << 30
+# Still-encoded examples the streaming shuffle holds (~110 kB each for full-size ImageNet).
+STREAM_SHUFFLE_BUFFER = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +50,14 @@ class InputSpec:
     image_size: side of the square images fed to the model; images are resized if the
       dataset stores another size.
     superclass: for a specialist, the superclass whose examples it reads.
-    augment: "none", "crop" (pad by 1/8 and randomly crop back: translation) or
+    augment: "none", "crop" (pad by 1/8 and randomly crop back: translation),
       "flip_crop" (also random left-right flips; wrong for data whose classes differ by
-      orientation, like superclassed_synthetic's stripes).
-    cache: keep decoded, resized images in memory after the first epoch.
+      orientation, like superclassed_synthetic's stripes) or "random_resized_crop"
+      (Inception's crops and flips, for large natural images; super_sub.data.crops).
+    framing: how images without random crops become image_size x image_size: "resize" the
+      whole image, or "center_crop" (the evaluation view of random_resized_crop training).
+    cache_budget: keep decoded, resized images in memory after the first epoch when they
+      take at most this many bytes (0: never).
     seed: shuffling and augmentation seed.
     drop_remainder: drop the last, smaller batch. Several replicas need it: tf.distribute
       can hand a replica zero rows of a partial batch, and oneDNN's Conv2D fails on empty
@@ -47,7 +71,8 @@ class InputSpec:
   image_size: int
   superclass: int | None = None
   augment: str = "crop"
-  cache: bool = True
+  framing: str = "resize"
+  cache_budget: int = DEFAULT_CACHE_BUDGET
   seed: int = 0
   drop_remainder: bool = False
   dustbin: float = 0.0
@@ -59,6 +84,8 @@ class InputSpec:
       raise ValueError("a superclass is required for, and only for, the specialist role")
     if self.augment not in AUGMENTATIONS:
       raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+    if self.framing not in images_lib.FRAMINGS:
+      raise ValueError(f"framing must be one of {images_lib.FRAMINGS}, got {self.framing!r}")
     if self.batch_size <= 0 or self.image_size <= 0:
       raise ValueError("batch_size and image_size must be positive")
     if self.dustbin and self.role != "specialist":
@@ -69,13 +96,43 @@ class InputSpec:
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str,
                  superclass: int | None = None) -> int:
-  """Examples in `split`, or in its `superclass` part (counted from labels, images skipped)."""
+  """Examples in `split`, or in its `superclass` part (`superclass_counts`)."""
   if superclass is None:
     return builder.info.splits[split].num_examples
-  ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: ex["superclass"], num_parallel_calls=tf.data.AUTOTUNE)
-  return int(sum(np.count_nonzero(b == superclass)
-                 for b in ds.batch(8192).as_numpy_iterator()))
+  return superclass_counts(builder, split)[superclass]
+
+
+def superclass_counts(builder: tfds.core.DatasetBuilder, split: str) -> tuple[int, ...]:
+  """Examples of each superclass in `split`: from the dataset's metadata when its builder
+  recorded them (`info.metadata["superclass_counts"][split]`), else from one pass over the
+  labels that never decodes an image, done once per dataset and split."""
+  recorded = (builder.info.metadata or {}).get("superclass_counts", {}).get(split)
+  if recorded is not None:
+    return tuple(int(n) for n in recorded)
+  key = (os.fspath(builder.data_dir), split)
+  if key not in _COUNTED:
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: ex["superclass"], num_parallel_calls=tf.data.AUTOTUNE)
+    num_superclasses = builder.info.features["superclass"].num_classes
+    counts = np.zeros(num_superclasses, np.int64)
+    for batch in ds.batch(8192).as_numpy_iterator():
+      counts += np.bincount(batch, minlength=num_superclasses)
+    _COUNTED[key] = tuple(int(n) for n in counts)
+  return _COUNTED[key]
+
+
+_COUNTED: dict[tuple[str, str], tuple[int, ...]] = {}  # (data_dir, split) -> counts
+
+
+def caches(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
+           training: bool) -> bool:
+  """Whether `make_dataset` keeps the decoded images in memory: only when they fit
+  `spec.cache_budget` and are the same every epoch (not random-resized crops)."""
+  if training and spec.augment == "random_resized_crop":
+    return False
+  channels = builder.info.features["image"].shape[-1]
+  decoded = num_examples(builder, split, spec.superclass) * spec.image_size ** 2 * channels
+  return decoded <= spec.cache_budget
 
 
 def epoch_examples(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec) -> int:
@@ -112,8 +169,11 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
     raise ValueError(f"superclass {spec.superclass} does not exist in {builder.name} "
                      f"(it has {num_super}: 0..{num_super - 1})")
 
+  # Images stay encoded until an example is kept: a specialist never decodes the other
+  # superclasses' images.
   read_config = tfds.ReadConfig(shuffle_seed=spec.seed)
-  ds = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config)
+  ds = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config,
+                          decoders={"image": tfds.decode.SkipDecoding()})
   size = num_examples(builder, split, spec.superclass)
   dustbin = spec.dustbin if training else 0.0  # evaluation: the specialist's own images
   if spec.superclass is not None and not dustbin:
@@ -122,6 +182,9 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
   target_key = {"flat": "label", "generalist": "superclass", "specialist": "subclass"}[spec.role]
   not_mine = (len(builder.hierarchy.subclass_range(spec.superclass))
               if spec.superclass is not None else None)
+  framing = ("random_crop" if training and spec.augment == "random_resized_crop"
+             else spec.framing)
+  image_feature = features["image"]
 
   def target(ex):
     if not dustbin:
@@ -129,13 +192,11 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
     return tf.where(tf.equal(ex["superclass"], spec.superclass), ex["subclass"],
                     tf.constant(not_mine, ex["subclass"].dtype))
 
-  def decode(ex):  # per example, before the cache: keep uint8 (4x less memory than float)
-    image = ex["image"]
-    if image.shape[0] != spec.image_size or image.shape[1] != spec.image_size:
-      image = tf.image.resize(image, (spec.image_size, spec.image_size),
-                              method=images_lib.RESIZE_METHOD,
-                              antialias=images_lib.RESIZE_ANTIALIAS)
-      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  def decode(ex):  # per example: keep uint8 (4x less memory than float in a cache)
+    if framing == "resize":
+      image = crops.resize(image_feature.decode_example(ex["image"]), spec.image_size)
+    else:
+      image = crops.crop(ex["image"], framing, spec.image_size, image_feature.shape[-1])
     if not with_metadata:
       return image, target(ex)
     meta = {"label": ex["label"], "superclass": ex["superclass"]}
@@ -143,33 +204,47 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
       meta["file_name"] = ex["file_name"]
     return image, target(ex), meta
 
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  if spec.cache:
-    ds = ds.cache()
   if dustbin:
     # Keep every own image and each other one with probability p, so that an epoch holds
     # `dustbin` others per own image on average; a fresh draw each pass, and endless, so an
     # epoch is `epoch_examples` images whatever one pass drew.
     keep = _dustbin_images(builder, split, dustbin, size) / max(
         1, builder.info.splits[split].num_examples - size)
-    coins = tf.data.Dataset.random(seed=spec.seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, coins)).filter(
-        lambda example, coin: tf.logical_or(
-            example[1] < not_mine,
-            tf.cast(coin % 1_000_000, tf.float64) < keep * 1_000_000.0))
-    ds = ds.map(lambda example, coin: example).repeat()
-  if training:
-    ds = ds.shuffle(min(size, 20_000), seed=spec.seed, reshuffle_each_iteration=True)
+    draw = functools.partial(_draw_dustbin, keep=keep, seed=spec.seed)
+  if caches(builder, split, spec, training):
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if dustbin:
+      ds = draw(ds, lambda example: example[1] < not_mine)
+    if training:
+      ds = ds.shuffle(min(size, 20_000), seed=spec.seed, reshuffle_each_iteration=True)
+  else:  # streaming: draw and shuffle encoded examples, decode the kept ones
+    if dustbin:
+      ds = draw(ds, lambda ex: tf.equal(ex["superclass"], spec.superclass))
+    if training:
+      ds = ds.shuffle(min(size, STREAM_SHUFFLE_BUFFER), seed=spec.seed,
+                      reshuffle_each_iteration=True)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
   ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
   # Whole batches from here on: per-example work after the cache made the pipeline, not
   # the model, the bottleneck on 2 cores (bench/fashion_mnist.py measures both).
-  augment = _batch_augmenter(spec) if training and spec.augment != "none" else None
+  augment = (_batch_augmenter(spec) if training and spec.augment in ("crop", "flip_crop")
+             else None)
 
   def to_model(image, *rest):
     image = tf.cast(image, tf.float32) / 255.0
     return (augment(image) if augment else image, *rest)
 
   return ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _draw_dustbin(ds: tf.data.Dataset, is_own, keep: float, seed: int) -> tf.data.Dataset:
+  """Every element `is_own` accepts, each other one with probability `keep`, drawn afresh on
+  each pass; repeated forever."""
+  coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+  ds = tf.data.Dataset.zip((ds, coins)).filter(
+      lambda example, coin: tf.logical_or(
+          is_own(example), tf.cast(coin % 1_000_000, tf.float64) < keep * 1_000_000.0))
+  return ds.map(lambda example, coin: example).repeat()
 
 
 def _batch_augmenter(spec: InputSpec):

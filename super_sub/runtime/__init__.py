@@ -1,7 +1,8 @@
 """The edge runtime: runs a `tflite/` bundle with numpy, ai-edge-litert and Pillow, no TensorFlow.
 
   runtime = super_sub.runtime.TwoStageLite("export/tflite")
-  out = runtime.predict(super_sub.runtime.load_images(["shoe.jpg"], runtime.input_shape))
+  out = runtime.predict(super_sub.runtime.load_images(["shoe.jpg"], runtime.input_shape,
+                                                      runtime.framing))
 
   bundle     the `tflite/` bundle format: writing (the exporter calls it) and verified loading
   delta      a specialist as a lossless byte delta over the generalist's .tflite

@@ -33,6 +33,7 @@ import numpy as np
 
 from super_sub._internal import files
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.data import images as images_lib
 from super_sub.runtime import delta as delta_lib
 
 FORMAT = "super-sub-tflite"
@@ -55,6 +56,9 @@ class Bundle:
     hierarchy: the bundle's hierarchy.
     input_shape: (H, W, C) of the images the models take.
     input_range: (lo, hi): images in [0, 1] are mapped linearly onto it before the models.
+    input_framing: how an image file becomes input_shape, as the models were evaluated:
+      "resize" or "center_crop" (`super_sub.data.images.load_images`; "resize" when the
+      manifest does not say).
     trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
       generalist and the specialists take images themselves.
     generalist: the generalist's .tflite bytes (the base of every specialist).
@@ -71,6 +75,7 @@ class Bundle:
   skeletons: dict[int, bytes]
   deltas: dict[int, bytes]
   trunk: bytes | None = None
+  input_framing: str = "resize"
   _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
 
@@ -105,8 +110,9 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
     generalist: the generalist's .tflite bytes; every specialist is stored as a delta over them.
     specialists: superclass index -> .tflite bytes, for exactly the superclasses with >= 2
       subclasses, each converted from a model fine-tuned from the generalist.
-    input_info: {"shape": [H, W, C], "dtype": "float32", "range": [lo, hi]}: what the models take;
-      the runtime maps images in [0, 1] linearly onto `range`.
+    input_info: {"shape": [H, W, C], "dtype": "float32", "range": [lo, hi], "framing": ...}:
+      what the models take; the runtime maps images in [0, 1] linearly onto `range` and frames
+      image files as `framing` says ("resize", the default, or "center_crop").
     trunk: optional .tflite bytes of stages shared by every model (super_sub.trunk): it takes
       the images, and the generalist and the specialists take its output.
 
@@ -123,12 +129,13 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
   if sorted(specialists) != expected:
     raise BundleError(f"specialists must be given for exactly the superclasses with >= 2 "
                       f"subclasses {expected}; got {sorted(specialists)}")
-  shape, lo_hi = _check_input(dict(input_info), "input_info")
+  shape, lo_hi, framing = _check_input(dict(input_info), "input_info")
   if any("\n" in n or "\r" in n for n in h.subclass_names):
     raise BundleError("subclass names must not contain line breaks (labels.txt is one per line)")
   manifest: dict[str, Any] = {
       "format": FORMAT, "version": VERSION,
-      "input": {**dict(input_info), "shape": list(shape), "range": list(lo_hi)},
+      "input": {**dict(input_info), "shape": list(shape), "range": list(lo_hi),
+                "framing": framing},
       "trunk": "trunk.tflite" if trunk is not None else None,
       "generalist": "generalist.tflite", "specialists": {},
       "hierarchy": "hierarchy.json", "labels": "labels.txt", "files": {}}
@@ -242,8 +249,9 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     if not {"version", "sha256", "buffers"} <= names:
       raise BundleError(f"{path}/{entry['delta']}: not a super-sub delta (members: "
                         f"{sorted(names)})")
-  shape, lo_hi = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
+  shape, lo_hi, framing = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
   return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
+                input_framing=framing,
                 generalist=data[manifest["generalist"]], skeletons=skeletons, deltas=deltas,
                 trunk=data[manifest["trunk"]] if manifest.get("trunk") is not None else None)
 
@@ -264,7 +272,8 @@ def _walk(path: str) -> list[str]:
   return out
 
 
-def _check_input(info: Any, where: str) -> tuple[tuple[int, int, int], tuple[float, float]]:
+def _check_input(info: Any, where: str
+                 ) -> tuple[tuple[int, int, int], tuple[float, float], str]:
   shape = info.get("shape") if isinstance(info, dict) else None
   if (not isinstance(shape, (list, tuple)) or len(shape) != 3
       or not all(_is_int(d) and d > 0 for d in shape) or shape[2] not in (1, 3)):
@@ -274,7 +283,11 @@ def _check_input(info: Any, where: str) -> tuple[tuple[int, int, int], tuple[flo
   if (not isinstance(lo_hi, (list, tuple)) or len(lo_hi) != 2
       or not all(_is_int(v) or isinstance(v, float) for v in lo_hi) or not lo_hi[0] < lo_hi[1]):
     raise BundleError(f"{where}: 'range' must be [lo, hi] with lo < hi; got {lo_hi!r}")
-  return tuple(shape), (float(lo_hi[0]), float(lo_hi[1]))
+  framing = info.get("framing", "resize")
+  if framing not in images_lib.FRAMINGS:
+    raise BundleError(f"{where}: 'framing' must be one of {list(images_lib.FRAMINGS)}; got "
+                      f"{framing!r:.80}")
+  return tuple(shape), (float(lo_hi[0]), float(lo_hi[1])), framing
 
 
 def _is_int(value: Any) -> bool:

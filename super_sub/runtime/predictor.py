@@ -30,6 +30,8 @@ class TwoStageLite:
     bundle: the loaded `Bundle` (hierarchy, manifest, verified bytes).
     hierarchy: the bundle's hierarchy.
     input_shape: (H, W, C) of the images `predict` takes.
+    framing: how `load_images` should frame image files for these models ("resize" or
+      "center_crop"), from the manifest.
     cache_size: how many rebuilt specialists stay in memory.
     num_rebuilds: how many times a specialist has been rebuilt from base + delta so far.
   """
@@ -53,6 +55,7 @@ class TwoStageLite:
                    else bundle_lib.load_bundle(bundle_dir))
     self.hierarchy = self.bundle.hierarchy
     self.input_shape = self.bundle.input_shape
+    self.framing = self.bundle.input_framing
     self.cache_size = int(cache_size)
     self.num_threads = num_threads
     self.num_rebuilds = 0

@@ -16,7 +16,7 @@ STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
 DISTILL_SOURCES = ("flat",)
-AUGMENTATIONS = ("none", "crop", "flip_crop")
+AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
 
@@ -75,8 +75,17 @@ class TrainConfig:
   weight_decay: float = _field(1e-4, "AdamW decoupled weight decay.")
   freeze_stages: int = _field(0, "Specialists keep the first K stages of the generalist frozen "
                               "(0: fine-tune everything).")
-  augment: str | None = _field(None, "Augmentation (default: crop for synthetic data, "
-                               "flip_crop otherwise).", AUGMENTATIONS)
+  augment: str | None = _field(
+      None, "Augmentation. Default by the kind of data: random_resized_crop (Inception's "
+      "crops of 8-100% of the area, decoding only the box, and flips; evaluation then takes "
+      "the central 7/8 square) for large natural images (stored at varying sizes or >= 128 px, "
+      "as superclassed_imagenet's full and 128x128 configs); flip_crop (pad-and-crop and "
+      "flips) for other small images; crop for synthetic data, whose classes differ by "
+      "orientation.", AUGMENTATIONS)
+  cache_budget_gb: float = _field(
+      4.0, "Keep a dataset's decoded images in memory when they take at most this many GiB "
+      "(Fashion-MNIST: 0.05; superclassed_imagenet at 224 px: ~56); else stream them from the "
+      "TFDS files every epoch. 0: never cache.")
   seed: int = _field(0, "Seed of initialisation, shuffling and augmentation.")
   strategy: str = _field("default", "tf.distribute strategy; multi_worker reads TF_CONFIG.",
                          STRATEGIES)
@@ -137,6 +146,8 @@ class TrainConfig:
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")
+    if not self.cache_budget_gb >= 0:
+      raise ValueError(f"cache_budget_gb must be >= 0; got {self.cache_budget_gb}")
     if not 0.0 <= self.dustbin <= 10.0:
       raise ValueError(f"dustbin is the number of other superclasses' images per own image a "
                        f"specialist trains on, in [0, 10]; got {self.dustbin}")
@@ -145,6 +156,12 @@ class TrainConfig:
                        f"positive; got {self.distill_weight} and {self.distill_temperature}")
     if self.specialists is not None:
       self.specialists = tuple(int(k) for k in self.specialists)
+
+  @property
+  def framing(self) -> str:
+    """How evaluation frames an image: the center crop after random-resized-crop training,
+    else the whole image resized (super_sub.data.images)."""
+    return "center_crop" if self.augment == "random_resized_crop" else "resize"
 
   def stages(self) -> tuple[str, ...]:
     return STAGES if self.stage == "all" else (self.stage,)
@@ -220,7 +237,21 @@ def resolve(config: TrainConfig, builder) -> TrainConfig:
   return dataclasses.replace(
       config,
       image_size=config.image_size or builder.info.features["image"].shape[0],
-      augment=config.augment or ("crop" if "synthetic" in builder.name else "flip_crop"),
+      augment=config.augment or default_augmentation(builder),
       specialist_epochs=config.specialist_epochs or config.epochs,
       specialist_learning_rate=config.specialist_learning_rate or config.learning_rate,
       hierarchy=hierarchy.name)
+
+
+# Stored images at least this large (or of varying size) are "large natural images".
+LARGE_IMAGES = 128
+
+
+def default_augmentation(builder) -> str:
+  """The augmentation the kind of data calls for (see the `augment` field)."""
+  if "synthetic" in builder.name:
+    return "crop"
+  height, width = builder.info.features["image"].shape[:2]
+  if height is None or width is None or min(height, width) >= LARGE_IMAGES:
+    return "random_resized_crop"
+  return "flip_crop"

@@ -145,7 +145,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
     return pipeline.InputSpec(role=stage.role, batch_size=global_batch,
                               image_size=config.image_size, superclass=stage.superclass,
                               augment=config.augment if training else "none",
-                              seed=config.seed,
+                              framing=config.framing, seed=config.seed,
+                              cache_budget=int(config.cache_budget_gb * 2**30),
                               # With several replicas a partial batch can leave one
                               # empty, which oneDNN's Conv2D cannot take. The epoch-end
                               # validation then skips < 1 global batch; super-sub-eval

@@ -172,6 +172,14 @@ class Run:
                        f"split; it has {sorted(splits)}")
     return split
 
+  def evaluation_input(self, batch_size: int) -> "pipeline.InputSpec":
+    """How evaluation, calibration and parity read images: the run's size and framing, no
+    augmentation, no cache (one pass)."""
+    from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.InputSpec(role="flat", batch_size=batch_size,
+                              image_size=self.config.image_size, augment="none",
+                              framing=self.config.framing, cache_budget=0)
+
   # --- stages and folders --------------------------------------------------------------------
   @property
   def generalist(self) -> Stage:
