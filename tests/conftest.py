@@ -5,11 +5,13 @@ import os
 import numpy as np
 import pytest
 
+from super_sub import configs
 from super_sub.training import config as config_lib
 
-# The synthetic dataset's `smoke` config: 16 px, 8 training images a class; builds in seconds.
-SMOKE = "superclassed_synthetic/smoke"
-SMOKE_RUN = dict(dataset=SMOKE, epochs=1, specialist_epochs=1, batch_size=16)
+# The smoke variant of the demo's recipe: the synthetic dataset's `smoke` config (16 px, 8
+# training images a class; builds in seconds), one epoch a stage.
+SMOKE_RUN = configs.get("synthetic_demo.smoke")
+SMOKE = SMOKE_RUN["dataset"]
 
 
 @pytest.fixture(scope="session")

@@ -148,18 +148,21 @@ def test_training_takes_random_crops_evaluation_the_center(imagenet):
 
 @pytest.mark.parametrize("augment", ["random_resized_crop", "none"])
 def test_a_specialist_decodes_only_its_own_images(imagenet, monkeypatch, augment):
-  """Every decoded image ends in crops.resize: count its calls while a specialist reads."""
+  """Every image is decoded by crops.decode (whole) or crops._decode_window (a box): count
+  their runs while a specialist reads one epoch, streaming."""
   decoded = []
-  resize = crops.resize
 
-  def counting_resize(image, image_size):
-    def count(x):
-      decoded.append(1)
-      return x
-    image = tf.py_function(count, [image], tf.uint8)
-    return resize(tf.ensure_shape(image, [None, None, 3]), image_size)
+  def counting(decoder):
+    def decode(*args):
+      image = decoder(*args)
+      def count(x):
+        decoded.append(1)
+        return x
+      return tf.ensure_shape(tf.py_function(count, [image], tf.uint8), image.shape)
+    return decode
 
-  monkeypatch.setattr(crops, "resize", counting_resize)
+  monkeypatch.setattr(crops, "decode", counting(crops.decode))
+  monkeypatch.setattr(crops, "_decode_window", counting(crops._decode_window))  # pylint: disable=protected-access
   counts = pipeline.superclass_counts(imagenet, "train")
   assert sum(counts) == 7
   for k in np.flatnonzero(counts):
@@ -183,18 +186,25 @@ def test_superclass_counts_come_from_metadata_or_one_label_pass(imagenet):
   assert pipeline.superclass_counts(older, "train") == tuple(expected.tolist())
 
 
-def test_cache_only_within_the_budget_and_never_random_crops(smoke_data_dir):
+def test_cache_decoded_images_within_the_budget_else_encoded_ones(smoke_data_dir):
   builder = prepare.prepare(SMOKE, data_dir=smoke_data_dir)
-  decoded = 168 * 16 * 16 * 3  # the smoke train split at 16 px
-  spec = lambda **kw: pipeline.InputSpec(**{"role": "flat", "batch_size": 8, "image_size": 16,
+  decoded = 168 * 64 * 64 * 3  # the smoke train split resized to 64 px
+  encoded = builder.info.splits["train"].num_bytes  # its 16-px PNGs and labels
+  assert encoded < decoded
+  spec = lambda **kw: pipeline.InputSpec(**{"role": "flat", "batch_size": 8, "image_size": 64,
                                             **kw})
-  assert pipeline.caches(builder, "train", spec(cache_budget=decoded), training=True)
-  assert not pipeline.caches(builder, "train", spec(cache_budget=decoded - 1), training=True)
-  specialist = spec(role="specialist", superclass=4, cache_budget=40 * 16 * 16 * 3)
-  assert pipeline.caches(builder, "train", specialist, training=True)  # 40 images of 168
+  stage = lambda s, training=True: pipeline.cache_stage(builder, "train", s, training)
+  assert stage(spec(cache_budget=decoded)) == "decoded"
+  assert stage(spec(cache_budget=decoded - 1)) == "encoded"
+  assert stage(spec(cache_budget=encoded)) == "encoded"
+  assert stage(spec(cache_budget=encoded - 1)) is None
+  assert stage(spec(cache_budget=0)) is None
+  # A specialist needs room for its own images only: superclass 4 has 40 of the 168.
+  assert stage(spec(role="specialist", superclass=4, cache_budget=40 * 64 * 64 * 3)) == "decoded"
+  # Random crops differ every epoch: never a decoded cache in training.
   crops_spec = spec(augment="random_resized_crop", cache_budget=decoded)
-  assert not pipeline.caches(builder, "train", crops_spec, training=True)
-  assert pipeline.caches(builder, "validation", crops_spec, training=False)
+  assert stage(crops_spec) == "encoded"
+  assert stage(crops_spec, training=False) == "decoded"
 
 
 @pytest.mark.parametrize("dataset,augment", [
@@ -209,3 +219,40 @@ def test_default_augmentation_follows_the_kind_of_data(dataset, augment, tmp_pat
   assert config_lib.default_augmentation(builder) == augment
   config = config_lib.TrainConfig(model_dir=str(tmp_path), dataset=dataset, augment=augment)
   assert config.framing == ("center_crop" if augment == "random_resized_crop" else "resize")
+
+
+# --- a user's dataset with an image that does not decode -------------------------------------
+def test_an_undecodable_image_is_named(tmp_path):
+  """A user's own TFDS data may hold an image that does not decode: the pipeline's op error
+  says nothing of which; find_undecodable names the file (fit raises that on a failed epoch)."""
+  import io  # pylint: disable=import-outside-toplevel
+  from super_sub.data import features  # pylint: disable=import-outside-toplevel
+  from super_sub.data import synthetic  # pylint: disable=import-outside-toplevel
+  h = synthetic.load_hierarchy()
+  good = tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)).numpy()
+  examples = [(name, {"image": io.BytesIO(data), "file_name": name, **features.labels(h, label)})
+              for data, name, label in ((good, "fine.png", 0),
+                                        (b"\x89PNG\r\n\x1a\n truncated", "broken.png", 5),
+                                        (good, "also_fine.png", 7))]
+  builder = tfds.dataset_builders.store_as_tfds_dataset(
+      name="users_own", version="1.0.0", data_dir=str(tmp_path),
+      features=features.features(h, tfds.features.Image(shape=(16, 16, 3))),
+      split_datasets={"train": examples}, disable_shuffling=True)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    list(builder.as_dataset(split="train"))
+  error = pipeline.find_undecodable(builder, "train")
+  assert isinstance(error, pipeline.UndecodableImageError)
+  assert "users_own/1.0.0, split 'train': image 'broken.png' does not decode" in str(error)
+  assert pipeline.find_undecodable(builder, "train", superclass=h.superclass_of[0]) is None
+  # Training turns the op error into that one (and re-raises other op errors untouched).
+  import types  # pylint: disable=import-outside-toplevel
+  from super_sub.training import fit  # pylint: disable=import-outside-toplevel
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  run = types.SimpleNamespace(config=types.SimpleNamespace(dustbin=0.0), builder=builder,
+                              evaluation_split="train")
+  with pytest.raises(pipeline.UndecodableImageError, match="image 'broken.png' does not decode"):
+    with fit._naming_undecodable_images(run, run_lib.FLAT):  # pylint: disable=protected-access
+      list(builder.as_dataset(split="train"))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="something else"):
+    with fit._naming_undecodable_images(run, run_lib.specialist(0)):  # pylint: disable=protected-access
+      raise tf.errors.InvalidArgumentError(None, None, "something else")

@@ -4,7 +4,8 @@ Builds `superclassed_synthetic` if needed, trains the flat baseline, the general
 (initialised from the flat network) and one specialist per superclass, evaluates them,
 prints flat vs two-stage top-1, exports the int8 TFLite bundle (model_dir/export) and
 prints its storage ratio and its agreement with the Keras two-stage predictions.
-Re-running reuses what is already trained in --model_dir.
+Re-running reuses what is already trained in --model_dir. The run is the `synthetic_demo`
+recipe (super_sub.configs); its flags override the recipe's fields.
 """
 
 import os
@@ -12,6 +13,7 @@ import os
 from absl import app
 from absl import flags
 
+from super_sub import configs
 from super_sub._internal import cli
 from super_sub import evaluation
 from super_sub.bundles import export as export_lib
@@ -21,21 +23,25 @@ from super_sub.training import fit
 from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", "runs/demo", "Folder of the run.")
-_DATASET = flags.DEFINE_string("dataset", "superclassed_synthetic", "Dataset (the synthetic "
-                               "one by default; superclassed_synthetic/smoke runs in seconds).")
+_RECIPE = configs.get("synthetic_demo")
+_DATASET = flags.DEFINE_string("dataset", _RECIPE["dataset"], "Dataset (the synthetic one by "
+                               "default; superclassed_synthetic/smoke runs in seconds).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder (default: TFDS's).")
-_EPOCHS = flags.DEFINE_integer("epochs", 12, "Epochs of flat and generalist training.")
-_SPECIALIST_EPOCHS = flags.DEFINE_integer("specialist_epochs", 12, "Epochs of each specialist "
-                                          "(each sees only its superclass: ~1/5 of the data).")
+_EPOCHS = flags.DEFINE_integer("epochs", _RECIPE["epochs"], "Epochs of flat and generalist "
+                               "training.")
+_SPECIALIST_EPOCHS = flags.DEFINE_integer(
+    "specialist_epochs", _RECIPE["specialist_epochs"], "Epochs of each specialist (each sees "
+    "only its superclass: ~1/5 of the data).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = fit.train(config_lib.TrainConfig(
-      model_dir=_MODEL_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-      epochs=_EPOCHS.value, specialist_epochs=_SPECIALIST_EPOCHS.value, seed=_SEED.value))
+  config = fit.train(config_lib.TrainConfig(**{
+      **_RECIPE, "model_dir": _MODEL_DIR.value, "dataset": _DATASET.value,
+      "data_dir": _DATA_DIR.value, "epochs": _EPOCHS.value,
+      "specialist_epochs": _SPECIALIST_EPOCHS.value, "seed": _SEED.value}))
   run = run_lib.Run(config)
   evaluation.evaluate(run)
   export_dir = os.path.join(config.model_dir, "export")

@@ -3,9 +3,13 @@
   super-sub-train --model_dir=runs/fmnist --dataset=superclassed_fashion_mnist \
       --manual_dir=/usr/share/datasets/fashion-mnist --stage=all --epochs=10
 
-Re-running the same command resumes where it stopped. `--flagfile=FILE` reads flags from
-a file; `--helpfull` lists them all. Every flag but --cpu_devices is a field of
-super_sub.training.config.TrainConfig, defined from it: defaults and help live there.
+  super-sub-train --config=imagenet_resnet50 --model_dir=runs/r50 --manual_dir=/data/ILSVRC2012
+
+Re-running the same command resumes where it stopped. `--config=NAME` starts from a named
+experiment (super_sub.configs) and the flags given override its fields. `--flagfile=FILE`
+reads flags from a file; `--helpfull` lists them all. Every flag but --cpu_devices and
+--config is a field of super_sub.training.config.TrainConfig, defined from it: defaults and
+help live there.
 """
 
 import dataclasses
@@ -16,8 +20,10 @@ import typing
 from absl import app
 from absl import flags
 
+from super_sub import configs
 from super_sub._internal import cli
 from super_sub._internal import lock
+from super_sub.data import pipeline
 from super_sub.training import config as config_lib
 from super_sub.training import distribute
 from super_sub.training import fit
@@ -26,6 +32,9 @@ from super_sub.training import run as run_lib
 
 CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical "
                                    "devices (to try --strategy=mirrored without GPUs).")
+CONFIG = flags.DEFINE_string(
+    "config", None, "A named experiment of super_sub.configs (" + ", ".join(configs.names())
+    + "); flags given on the command line override its fields.")
 
 
 def _base_type(annotation) -> type:
@@ -67,11 +76,23 @@ FLAGS = define_flags()
 
 
 def config_from_flags() -> config_lib.TrainConfig:
-  """The TrainConfig the command line asks for."""
+  """The TrainConfig the command line asks for: --config's recipe (if any) with the flags
+  given on the command line laid over it, else every flag.
+
+  Raises:
+    app.UsageError: an unknown --config name or --specialists that are not integers.
+  """
   values = {name: holder.value for name, holder in FLAGS.items()}
+  if CONFIG.value is not None:
+    try:
+      recipe = configs.get(CONFIG.value)
+    except configs.UnknownConfigError as e:
+      raise app.UsageError(str(e)) from None
+    values = {**values, **recipe,
+              **{name: values[name] for name in FLAGS if flags.FLAGS[name].present}}
   if values["weights"] == "none":
     values["weights"] = None
-  if values["specialists"] is not None:
+  if values["specialists"] is not None and not isinstance(values["specialists"], tuple):
     try:
       values["specialists"] = tuple(int(k) for k in values["specialists"])
     except ValueError:
@@ -88,7 +109,7 @@ def main(argv):
   try:
     fit.train(config_from_flags())
   except (config_lib.ConfigError, run_lib.RunMismatchError, lock.FolderLockedError,
-          guards.NonFiniteError) as e:
+          guards.NonFiniteError, pipeline.UndecodableImageError) as e:
     # Refusals and a diverged stage: the message says all; a traceback would bury it.
     sys.exit(f"super-sub-train: {e}")
 

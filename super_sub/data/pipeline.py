@@ -11,9 +11,10 @@ Built for ImageNet-sized data as well as small sets:
 - large natural images train on random-resized crops that decode only the cropped box and
   evaluate on a center crop (super_sub.data.crops); small ones are resized whole and
   augmented by pad-and-crop on whole batches;
-- decoded images are cached in memory only when the split fits `cache_budget` bytes (and the
-  training crops are not random); otherwise the pipeline streams from the TFDS files, with a
-  bounded shuffle buffer of still-encoded examples, so memory does not grow with the dataset.
+- decoded images are cached in memory only when they fit `cache_budget` bytes (and the
+  training crops are not random), else the still-encoded examples when those fit; otherwise
+  the pipeline streams from the TFDS files with a bounded shuffle buffer of still-encoded
+  examples, so memory does not grow with the dataset (`cache_stage`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class InputSpec:
       (Inception's crops and flips, for large natural images; super_sub.data.crops).
     framing: how images without random crops become image_size x image_size: "resize" the
       whole image, or "center_crop" (the evaluation view of random_resized_crop training).
-    cache_budget: keep decoded, resized images in memory after the first epoch when they
-      take at most this many bytes (0: never).
+    cache_budget: bytes of memory the pipeline may fill after the first epoch with decoded
+      images, or else with still-encoded examples (`cache_stage`; 0: never cache).
     seed: shuffling and augmentation seed.
     drop_remainder: drop the last, smaller batch. Several replicas need it: tf.distribute
       can hand a replica zero rows of a partial batch, and oneDNN's Conv2D fails on empty
@@ -124,15 +125,21 @@ def superclass_counts(builder: tfds.core.DatasetBuilder, split: str) -> tuple[in
 _COUNTED: dict[tuple[str, str], tuple[int, ...]] = {}  # (data_dir, split) -> counts
 
 
-def caches(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
-           training: bool) -> bool:
-  """Whether `make_dataset` keeps the decoded images in memory: only when they fit
-  `spec.cache_budget` and are the same every epoch (not random-resized crops)."""
-  if training and spec.augment == "random_resized_crop":
-    return False
+def cache_stage(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
+                training: bool) -> str | None:
+  """What `make_dataset` keeps in memory after the first epoch, within `spec.cache_budget`
+  bytes: "decoded" images when they fit and are the same every epoch (not random-resized
+  crops); else the role's still-encoded examples when those fit (a specialist then reads its
+  own images from memory instead of the whole split from disk); else None (streaming)."""
+  own = num_examples(builder, split, spec.superclass)
   channels = builder.info.features["image"].shape[-1]
-  decoded = num_examples(builder, split, spec.superclass) * spec.image_size ** 2 * channels
-  return decoded <= spec.cache_budget
+  if (not (training and spec.augment == "random_resized_crop")
+      and own * spec.image_size ** 2 * channels <= spec.cache_budget):
+    return "decoded"
+  info = builder.info.splits[split]
+  if info.num_bytes and info.num_bytes * own / max(1, info.num_examples) <= spec.cache_budget:
+    return "encoded"
+  return None
 
 
 def epoch_examples(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec) -> int:
@@ -194,7 +201,7 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
 
   def decode(ex):  # per example: keep uint8 (4x less memory than float in a cache)
     if framing == "resize":
-      image = crops.resize(image_feature.decode_example(ex["image"]), spec.image_size)
+      image = crops.resize(crops.decode(ex["image"], image_feature.shape), spec.image_size)
     else:
       image = crops.crop(ex["image"], framing, spec.image_size, image_feature.shape[-1])
     if not with_metadata:
@@ -211,13 +218,16 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
     keep = _dustbin_images(builder, split, dustbin, size) / max(
         1, builder.info.splits[split].num_examples - size)
     draw = functools.partial(_draw_dustbin, keep=keep, seed=spec.seed)
-  if caches(builder, split, spec, training):
+  cache = cache_stage(builder, split, spec, training)
+  if cache == "decoded":
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if dustbin:
       ds = draw(ds, lambda example: example[1] < not_mine)
     if training:
       ds = ds.shuffle(min(size, 20_000), seed=spec.seed, reshuffle_each_iteration=True)
-  else:  # streaming: draw and shuffle encoded examples, decode the kept ones
+  else:  # draw and shuffle still-encoded examples (from memory or disk), decode the kept ones
+    if cache == "encoded":
+      ds = ds.cache()
     if dustbin:
       ds = draw(ds, lambda ex: tf.equal(ex["superclass"], spec.superclass))
     if training:
@@ -283,3 +293,27 @@ def check_hierarchy_matches(builder: tfds.core.DatasetBuilder,
         f"{features['superclass'].num_classes} superclasses "
         f"{list(features['superclass'].names)[:5]}... and {features['label'].num_classes} "
         "labels")
+
+
+class UndecodableImageError(ValueError):
+  """An image of a dataset that does not decode; the message names its file."""
+
+
+def find_undecodable(builder: tfds.core.DatasetBuilder, split: str,
+                     superclass: int | None = None) -> UndecodableImageError | None:
+  """The first image of `split` (of `superclass`, if given) that TensorFlow cannot decode, as
+  an error naming its file, or None. A full pass over the split: for after a pipeline failed."""
+  ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  channels = builder.info.features["image"].shape[-1]
+  for ex in ds:
+    if superclass is not None and int(ex["superclass"]) != superclass:
+      continue
+    try:
+      crops.decode(ex["image"], (None, None, channels))
+    except tf.errors.InvalidArgumentError as e:
+      name = ex["file_name"].numpy().decode("utf-8", "replace") if "file_name" in ex else "?"
+      return UndecodableImageError(
+          f"{builder.info.full_name}, split {split!r}: image {name!r} does not decode "
+          f"({str(e.message).splitlines()[0][:200]}); every image must be a valid JPEG, PNG, "
+          "GIF or BMP. Remove or re-encode it and prepare the dataset again.")
+  return None

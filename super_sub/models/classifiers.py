@@ -78,7 +78,8 @@ def build_classifier(backbone: str | keras.Model, image_shape: Sequence[int], nu
                        f"{tuple(base.input.shape[1:])}, not {tuple(image_shape)}")
   else:
     base = build_backbone(backbone, image_shape, weights)
-  logits = layers.Dense(int(num_classes), name=HEAD_NAME)(base.output)
+  # float32 whatever the global policy: under mixed precision the loss gets float32 logits.
+  logits = layers.Dense(int(num_classes), name=HEAD_NAME, dtype="float32")(base.output)
   model = keras.Model(base.input, logits, name=name)
   model.super_sub_spec = ClassifierSpec(base.super_sub_backbone, tuple(base.input.shape[1:]),
                                         int(num_classes), role, name)

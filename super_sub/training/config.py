@@ -71,6 +71,11 @@ class TrainConfig:
       "frozen (K = stages + 1: the whole backbone, only the superclass head trains). Its "
       "features then still separate subclasses, so specialists fine-tuned from it need "
       "smaller deltas.")
+  learning_rate_base_batch: int | None = _field(
+      None, "When set, every learning rate (--learning_rate, --specialist_learning_rate, "
+      "--qat_learning_rate) is for a global batch of this many images and is scaled by "
+      "global batch / this (the linear scaling rule, Goyal et al. 2017), so a recipe holds on "
+      "any number of replicas. Default: rates are used as given.")
   warmup_epochs: float = _field(1.0, "Epochs of linear learning-rate warm-up.")
   weight_decay: float = _field(1e-4, "AdamW decoupled weight decay.")
   freeze_stages: int = _field(0, "Specialists keep the first K stages of the generalist frozen "
@@ -90,6 +95,13 @@ class TrainConfig:
   strategy: str = _field("default", "tf.distribute strategy; multi_worker reads TF_CONFIG.",
                          STRATEGIES)
   steps_per_epoch: int | None = _field(None, "Cap the steps of an epoch (smoke runs).")
+  mixed_precision: bool = _field(
+      False, "Mixed precision: float16 compute on GPUs (mixed_float16, with loss scaling), "
+      "bfloat16 on TPUs and CPUs (mixed_bfloat16); variables, the logits head and the loss "
+      "stay float32. Combines with --jit_compile and every --strategy; not with --qat "
+      "(tfmot's fake quantization is float32 only).")
+  jit_compile: bool = _field(False, "XLA-compile the training step (Keras "
+                             "compile(jit_compile=True)).")
   specialists: tuple[int, ...] | None = _field(
       None, "Superclass indices whose specialists to train (default: all with >= 2 "
       "subclasses).")
@@ -146,6 +158,13 @@ class TrainConfig:
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")
+    if self.mixed_precision and self.qat:
+      raise ValueError("mixed_precision cannot be combined with qat: tfmot's fake-quantization "
+                       "layers compute in float32 only; train the float stages with "
+                       "--mixed_precision and the QAT stages without it")
+    if self.learning_rate_base_batch is not None and self.learning_rate_base_batch < 1:
+      raise ValueError(f"learning_rate_base_batch must be a positive number of images; got "
+                       f"{self.learning_rate_base_batch}")
     if not self.cache_budget_gb >= 0:
       raise ValueError(f"cache_budget_gb must be >= 0; got {self.cache_budget_gb}")
     if not 0.0 <= self.dustbin <= 10.0:

@@ -114,13 +114,52 @@ def _specialists(run: run_lib.Run) -> list[run_lib.Stage]:
   return [run_lib.specialist(k) for k in chosen]
 
 
-def _schedule(config: TrainConfig, stage: run_lib.Stage) -> tuple[int, float]:
-  """(epochs, peak learning rate) of a stage."""
+def schedule(config: TrainConfig, stage: run_lib.Stage, global_batch: int) -> tuple[int, float]:
+  """(epochs, peak learning rate) of a stage trained on batches of `global_batch` images
+  (the rate scaled linearly when config.learning_rate_base_batch is set)."""
   if stage.role == "specialist":
-    return config.specialist_epochs, config.specialist_learning_rate
-  if stage.qat:
-    return config.qat_epochs, config.qat_learning_rate or config.learning_rate / 10
-  return config.epochs, config.learning_rate
+    epochs, lr = config.specialist_epochs, config.specialist_learning_rate
+  elif stage.qat:
+    epochs, lr = config.qat_epochs, config.qat_learning_rate or config.learning_rate / 10
+  else:
+    epochs, lr = config.epochs, config.learning_rate
+  if config.learning_rate_base_batch:  # the linear scaling rule
+    lr *= global_batch / config.learning_rate_base_batch
+  return epochs, lr
+
+
+@contextlib.contextmanager
+def _naming_undecodable_images(run: run_lib.Run, stage: run_lib.Stage):
+  """An image that does not decode stops `fit` with a bare op error from inside tf.data;
+  turn it into pipeline.UndecodableImageError naming the file (found by one more pass)."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError:
+    # A dustbin specialist reads every superclass; others only their own.
+    superclass = None if run.config.dustbin else stage.superclass
+    for split in ("train", run.evaluation_split):
+      bad = pipeline.find_undecodable(run.builder, split, superclass)
+      if bad is not None:
+        raise bad from None
+    raise
+
+
+@contextlib.contextmanager
+def _precision(config: TrainConfig, strategy: tf.distribute.Strategy):
+  """Builds and compiles a stage's model under the mixed-precision policy --mixed_precision
+  asks for (float16 on GPUs, bfloat16 elsewhere), then restores the global policy: the
+  layers keep theirs, and models loaded later for evaluation or export compute in float32."""
+  if not config.mixed_precision:
+    yield
+    return
+  on_gpu = (not isinstance(strategy, tf.distribute.TPUStrategy)
+            and bool(tf.config.list_logical_devices("GPU")))
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def _teacher(run: run_lib.Run, source: str) -> keras.Model:
@@ -137,9 +176,9 @@ def _teacher(run: run_lib.Run, source: str) -> keras.Model:
 def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks) -> None:
   config, h, builder = run.config, run.hierarchy, run.builder
   stage_dir = run.stage_dir(stage)
-  epochs, lr = _schedule(config, stage)
   replicas = strategy.num_replicas_in_sync
   global_batch = config.batch_size * replicas
+  epochs, lr = schedule(config, stage, global_batch)
 
   def spec(training):
     return pipeline.InputSpec(role=stage.role, batch_size=global_batch,
@@ -168,7 +207,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   callbacks = list(callbacks)
   base = None
   trained = None
-  with strategy.scope():
+  with strategy.scope(), _precision(config, strategy):
     if stage.role == "specialist":
       # Starts from the trained generalist and stays a sparse delta over it.
       model = run.build_model(stage)
@@ -198,16 +237,17 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
     warmup_steps = int(config.warmup_epochs * steps)
     # Keras decays over `decay_steps` steps *after* the warm-up: the rest of the training, so
     # the rate reaches 0 as the last epoch ends (epochs x steps would stop it half-way down).
-    schedule = keras.optimizers.schedules.CosineDecay(
+    lr_schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps - warmup_steps),
         warmup_target=lr, warmup_steps=warmup_steps)
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule,
+        optimizer=keras.optimizers.AdamW(learning_rate=lr_schedule,
                                          weight_decay=config.weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
         + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
-           if num_classes > 5 else []))
+           if num_classes > 5 else []),
+        jit_compile=config.jit_compile)
 
   os.makedirs(stage_dir, exist_ok=True)
   log(f"[{stage}] training {epochs} epochs of {steps} steps (global batch {global_batch}, "
@@ -215,7 +255,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   start = time.perf_counter()
   history_path = os.path.join(stage_dir, "history.csv")
   backup_dir = os.path.join(stage_dir, "backup")
-  with _writing(stage, stage_dir, during_fit=backup_dir):
+  with _writing(stage, stage_dir, during_fit=backup_dir), _naming_undecodable_images(run, stage):
     model.fit(
         train_ds, epochs=epochs,
         steps_per_epoch=steps if (config.steps_per_epoch or endless) else None,
