@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
+import hashlib
 import math
 import os
 import shutil
 import time
 from typing import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from super_sub._internal import files
@@ -64,18 +67,59 @@ def train(config: TrainConfig, log: Callable[[str], None] = print,
       written (e.g. the disk is full); the message names the folder or file.
     FileNotFoundError: specialists asked for before the generalist is trained.
   """
-  with lock.hold(config.model_dir):
-    return _train_locked(config, log, callbacks)
+  if config.strategy != "multi_worker":
+    with lock.hold(config.model_dir):
+      return _train_locked(config, log, callbacks, distribute.make_strategy(config.strategy))
+  # Multi-worker: the strategy before any other TensorFlow work (its collectives need it).
+  # Every worker trains the same model; the chief writes the run's model_dir, the others a
+  # private folder each, deleted once they finish (Keras's multi-worker convention).
+  task, chief = distribute.worker_task()
+  strategy = distribute.make_strategy(config.strategy)
+  mine = config if chief else dataclasses.replace(
+      config, model_dir=os.path.join(config.model_dir, WORKERS_DIR, task))
+  with lock.hold(mine.model_dir):
+    if not chief:
+      _mirror_finished_stages(config.model_dir, mine.model_dir)
+    resolved = _train_locked(mine, log, callbacks, strategy,
+                             chief_model_dir=None if chief else config.model_dir)
+  if not chief:
+    shutil.rmtree(mine.model_dir)
+    with contextlib.suppress(OSError):  # the last worker to finish removes the parent
+      os.rmdir(os.path.dirname(mine.model_dir))
+    return dataclasses.replace(resolved, model_dir=config.model_dir)
+  return resolved
 
 
-def _train_locked(config, log, callbacks) -> TrainConfig:
-  """`train` while it holds the model_dir's lock."""
+# Under model_dir: the private folders of the workers other than the chief.
+WORKERS_DIR = ".workers"
+
+
+def _mirror_finished_stages(chief_dir: str, private_dir: str) -> None:
+  """Starts a non-chief worker's private folder as a copy of the chief's finished stages
+  (their weights and metrics.json: every worker trained them together), so that all workers
+  skip the same stages and later ones start from the same weights. Whatever the folder held
+  from an interrupted run goes: backups are read from the chief's folder."""
+  for entry in os.listdir(private_dir):
+    path = os.path.join(private_dir, entry)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif entry != lock.LOCK_NAME:
+      os.remove(path)
+  for root, dirs, names in os.walk(chief_dir):
+    dirs[:] = [d for d in dirs if d != WORKERS_DIR]
+    if "metrics.json" in names:  # a finished stage
+      shutil.copytree(root, os.path.join(private_dir, os.path.relpath(root, chief_dir)),
+                      ignore=shutil.ignore_patterns("backup", "logs"))
+
+
+def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> TrainConfig:
+  """`train` while it holds the model_dir's lock; `chief_model_dir`: the run's model_dir
+  when this process is a multi-worker run's non-chief worker training in a private one."""
   run_lib.check_identity(config)  # before preparing: a refused run downloads nothing
   builder = prepare.prepare(config.dataset, config.data_dir, config.manual_dir)
   config = resolve(config, builder)
   run = run_lib.Run.create(config, builder)
   keras.utils.set_random_seed(config.seed)
-  strategy = distribute.make_strategy(config.strategy)
   chosen = _specialists(run)  # fails before any training
   if ("generalist" in config.stages() and config.generalist_init == "flat"
       and "flat" not in config.stages() and not run.is_done(run_lib.FLAT)):
@@ -95,7 +139,7 @@ def _train_locked(config, log, callbacks) -> TrainConfig:
       if run.is_done(stage):
         log(f"[{stage}] already trained in {run.stage_dir(stage)}; skipping")
         continue
-      _train_stage(run, stage, strategy, log, callbacks)
+      _train_stage(run, stage, strategy, log, callbacks, chief_model_dir)
   return config
 
 
@@ -173,7 +217,8 @@ def _teacher(run: run_lib.Run, source: str) -> keras.Model:
   return run.load_model(stage)
 
 
-def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks) -> None:
+def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks,
+                 chief_model_dir: str | None = None) -> None:
   config, h, builder = run.config, run.hierarchy, run.builder
   stage_dir = run.stage_dir(stage)
   replicas = strategy.num_replicas_in_sync
@@ -194,6 +239,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                               dustbin=config.dustbin if stage.role == "specialist" else 0.0)
   train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
   val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    train_ds, val_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(val_ds)
   # A dustbin specialist's data is endless (fresh other-superclass images every pass).
   endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
   steps = config.steps_per_epoch or (
@@ -254,7 +301,10 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       f"{strategy.num_replicas_in_sync} replica(s)) in {stage_dir}")
   start = time.perf_counter()
   history_path = os.path.join(stage_dir, "history.csv")
-  backup_dir = os.path.join(stage_dir, "backup")
+  # Every worker restores from the chief's backup (Keras's BackupAndRestore has the others
+  # write theirs to temporary folders inside it); only the chief removes it.
+  backup_dir = os.path.join(chief_model_dir or run.model_dir,
+                            os.path.relpath(stage_dir, run.model_dir), "backup")
   with _writing(stage, stage_dir, during_fit=backup_dir), _naming_undecodable_images(run, stage):
     model.fit(
         train_ds, epochs=epochs,
@@ -277,6 +327,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
     _save_weights(model, weights_dir)
   history = _read_history(history_path)
   metrics_path = os.path.join(stage_dir, "metrics.json")
+  digest = _weights_digest(model)
   with _writing(stage, metrics_path):
     files.write_json(metrics_path, {
         "stage": stage.key, "role": stage.role, "superclass": stage.superclass,
@@ -286,12 +337,16 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         "num_params": int(model.count_params()),
         "delta": deltas.delta_stats(model, base) if base is not None else None,
         "wall_time_s_this_run": round(wall, 2),
+        # Equal on every worker of a multi-worker run (and for equal weights anywhere).
+        "weights_sha256": digest,
         "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
         "history": history,
     })
-  shutil.rmtree(backup_dir, ignore_errors=True)  # Keras empties it but leaves the folder.
+  if chief_model_dir is None:
+    shutil.rmtree(backup_dir, ignore_errors=True)  # Keras empties it but leaves the folder.
   log(f"[{stage}] done in {wall:.1f} s: " + ", ".join(
-      f"{k}={v[-1]:.4f}" for k, v in history.items() if k.startswith("val_")))
+      f"{k}={v[-1]:.4f}" for k, v in history.items() if k.startswith("val_"))
+      + f"; weights sha256 {digest}")
 
 
 @contextlib.contextmanager
@@ -330,6 +385,14 @@ def _write_error(stage, path, reason, code, during_fit) -> OSError:
   message = (f"[{stage}] {what}: {reason}. The stage is not marked done (no metrics.json); "
              f"once the disk has room and the folder is writable, {then}.")
   return OSError(code, message) if code else OSError(message)
+
+
+def _weights_digest(model: keras.Model) -> str:
+  """sha256 of the model's weight values, in order."""
+  digest = hashlib.sha256()
+  for value in model.get_weights():
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()
 
 
 def _save_weights(model: keras.Model, folder: str) -> None:
