@@ -21,6 +21,16 @@ ROOT = pathlib.Path(__file__).parent
 DATASETS = sorted(p.parent.name for p in (ROOT / "datasets").glob("*/__init__.py"))
 
 
+TRAIN = [
+    "tensorflow>=2.16,<2.22",
+    "tf-keras>=2.16,<2.22",
+    "tensorflow-model-optimization>=0.8.0",
+    "tensorflow-datasets>=4.9.4,<4.10",
+    "tensorboard>=2.16",  # the TensorBoard callback of training runs
+    "matplotlib>=3.5",  # the misclassification report's pictures (super_sub.analysis)
+]
+
+
 setuptools.setup(
     name="super-sub",
     version="0.1.0",
@@ -38,29 +48,25 @@ setuptools.setup(
         **{f"super_sub.datasets.{name}": ["README.md", "CITATIONS.bib", "TAGS.txt",
                                           "checksums.tsv", "*.txt"] for name in DATASETS},
     },
+    # The base install is the edge runtime (super_sub.runtime, super-sub-predict): what a
+    # phone-class or server device needs to run a TFLite bundle, and no TensorFlow.
     install_requires=[
-        "tensorflow>=2.16,<2.22",
-        "tf-keras>=2.16,<2.22",
-        "tensorflow-model-optimization>=0.8.0",
-        "tensorflow-datasets>=4.9.4,<4.10",
-        "tensorboard>=2.16",  # the TensorBoard callback of training runs
-        "absl-py>=1.0",
         "numpy>=1.24",
-        "pillow>=9.0",  # re-encoding ImageNet's CMYK/PNG-as-JPEG files; synthetic images
-        "matplotlib>=3.5",  # the misclassification report's pictures (super_sub.analysis)
-        # The edge runtime (super_sub.runtime): LiteRT interpreter and TFLite flatbuffer
-        # parsing, no TensorFlow needed.
-        "ai-edge-litert>=2.0",
-        "flatbuffers>=24.3",
+        "pillow>=9.0",  # image files -> model inputs (super_sub.data.images)
+        "ai-edge-litert>=2.0",  # the LiteRT interpreter
+        "flatbuffers>=24.3",  # parsing TFLite flatbuffers to rebuild specialists
+        "absl-py>=1.0",  # the command-line entry points
     ],
     extras_require={
+        # Training, evaluation, export and analysis: `pip install 'super-sub[train]'`.
+        "train": TRAIN,
         # `tfds build` (the TFDS command line) imports apache_beam and mlcroissant in TFDS 4.9.10
         # (tensorflow/datasets#5463); building from Python does not need it.
-        "cli": ["apache-beam>=2.50", "mlcroissant>=1.0"],
+        "cli": TRAIN + ["apache-beam>=2.50", "mlcroissant>=1.0"],
         # tfds.testing needs dill and importlib_resources (TFDS's own test extras); hypothesis
         # drives the fuzz tests of every parser of untrusted input (tests/test_fuzz.py).
-        "dev": ["pytest>=7", "hypothesis>=6", "dill>=0.3", "importlib_resources>=5",
-                "apache-beam>=2.50", "mlcroissant>=1.0"],
+        "dev": TRAIN + ["pytest>=7", "hypothesis>=6", "dill>=0.3", "importlib_resources>=5",
+                        "apache-beam>=2.50", "mlcroissant>=1.0", "psutil>=5.9"],
     },
     entry_points={"console_scripts": [
         "super-sub-hierarchy=super_sub.train.derive_hierarchy:run",

@@ -21,7 +21,8 @@ _MODE = flags.DEFINE_enum("mode", "hard", ["hard", "soft"], "Routing: hard = the
 _K = flags.DEFINE_integer("k", 2, "Superclasses soft routing follows.", lower_bound=1)
 _CACHE_SIZE = flags.DEFINE_integer("cache_size", 1, "Rebuilt specialists kept in memory.",
                                    lower_bound=1)
-_NUM_THREADS = flags.DEFINE_integer("num_threads", None, "LiteRT threads (default: LiteRT's).")
+_NUM_THREADS = flags.DEFINE_integer("num_threads", None, "LiteRT threads (default: LiteRT's).",
+                                    lower_bound=1)
 
 
 def main(argv):

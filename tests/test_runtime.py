@@ -229,6 +229,12 @@ def test_bundle_layout_and_manifest(bundle_dir):
   assert manifest["input"]["framing"] == bundle.input_framing == "resize"  # INPUT_INFO's default
 
 
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_num_threads_below_one_is_refused(bundle_dir, bad):
+  with pytest.raises(ValueError, match=rf"num_threads must be a positive integer .* got {bad}"):
+    runtime.TwoStageLite(bundle_dir, num_threads=bad)
+
+
 def test_framing_comes_from_the_manifest(bundle_dir, tmp_path):
   """Bundles of center-crop-evaluated models tell the runtime so; others must say a framing
   the runtime knows, and bundles written before framing existed mean "resize"."""

@@ -47,10 +47,14 @@ class TwoStageLite:
 
     Raises:
       BundleError: the bundle does not verify or its models do not fit its hierarchy.
-      ValueError: a bad cache_size.
+      ValueError: a bad cache_size or num_threads.
     """
     if not isinstance(cache_size, (int, np.integer)) or cache_size < 1:
       raise ValueError(f"cache_size must be a positive integer; got {cache_size!r}")
+    if num_threads is not None and (not isinstance(num_threads, (int, np.integer))
+                                    or num_threads < 1):
+      raise ValueError(f"num_threads must be a positive integer or None (LiteRT's default); "
+                       f"got {num_threads!r}")
     self.bundle = (bundle_dir if isinstance(bundle_dir, bundle_lib.Bundle)
                    else bundle_lib.load_bundle(bundle_dir))
     self.hierarchy = self.bundle.hierarchy
