@@ -131,7 +131,8 @@ def to_markdown(r: dict) -> str:
       f"and saving): {r['train_all_stages_s']:.0f} s. Evaluation of "
       f"{r['evaluated_images']} images (flat, every router, oracle): {r['evaluate_s']:.0f} s. "
       f"Export (SavedModel + int8 TFLite bundle): {r['export_s']:.0f} s; TFLite bundle "
-      f"{r['tflite_bundle_bytes'] / 1e6:.1f} MB. TFLite two-stage runtime, batch 1, cache of "
+      f"{r['tflite_bundle_bytes'] / 1e6:.1f} MB, SavedModel "
+      f"{(r['saved_model_bytes'] or 0) / 1e6:.1f} MB. TFLite two-stage runtime, batch 1, cache of "
       f"one: {r['tflite_two_stage_ms_per_image_batch1']:.0f} ms per image "
       f"({r['specialist_rebuilds']} specialist rebuilds).",
   ]
