@@ -69,6 +69,19 @@ def test_manifest_counts_match_the_files(exported):
 
 
 @pytest.mark.slow
+def test_saved_model_stays_within_the_separate_float_networks(exported):
+  """Dense fine-tuning changes every specialist weight: stored as dense differences (4 bytes a
+  weight), the SavedModel's variables come to about N + 1 float networks, not the ~3x that
+  int64 positions + values for every weight cost."""
+  _, manifest = exported
+  sizes = manifest["bytes"]
+  variables = sum(entry["bytes"] for path, entry in manifest["files"].items()
+                  if path.startswith("saved_model/variables/"))
+  assert variables <= 1.02 * sizes["naive_fp32_bundle"]
+  assert sizes["saved_model"] >= variables
+
+
+@pytest.mark.slow
 def test_bundle_is_smaller_than_separate_int8_files(exported):
   _, manifest = exported
   sizes = manifest["bytes"]
