@@ -13,10 +13,11 @@ from absl import app
 from absl import flags
 
 from super_sub._internal import cli
-from super_sub._internal import files
-from super_sub.bundles import export as export_lib
-from super_sub.bundles import tflite
-from super_sub.training import run as run_lib
+cli.require_training_extra()  # before the imports that need TensorFlow
+from super_sub._internal import files  # pylint: disable=wrong-import-position
+from super_sub.bundles import export as export_lib  # pylint: disable=wrong-import-position
+from super_sub.bundles import tflite  # pylint: disable=wrong-import-position
+from super_sub.training import run as run_lib  # pylint: disable=wrong-import-position
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A run made by super-sub-train.",
                                  required=True)

@@ -82,6 +82,12 @@ def test_runtime_installs_and_predicts_without_tensorflow(tmp_path):
        f"{TRAINING_ONLY!r} if importlib.util.find_spec(m)]))"],
       capture_output=True, text=True, timeout=300, check=True)
   assert json.loads(found.stdout) == []
+  # The training side says what to install instead of failing on an import.
+  for command in ("super-sub-train", "super-sub-export"):
+    refused = subprocess.run([str(venv / "bin" / command), "--help"], capture_output=True,
+                             text=True, timeout=300, check=False)
+    assert refused.returncode != 0
+    assert "pip install 'super-sub[train]'" in refused.stderr, refused.stderr[-2000:]
 
   rng = np.random.default_rng(0)
   paths = []
