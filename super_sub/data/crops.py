@@ -43,12 +43,10 @@ def crop(image_bytes: tf.Tensor, kind: str, image_size: int, channels: int) -> t
   if kind == "center_crop":
     return resize(image, image_size)
   # Training crops skip antialiasing, as Model Garden's ImageNet input does: the antialiased
-  # resize cost 2.3x the throughput of the whole crop (bench/imagenet_pipeline.py: 371 vs 838
-  # images/s on 2 cores at 224 px), and the crop's random scale already varies what a pixel
-  # covers. Evaluation keeps the contract's resize, so the runtime sees the same pixels.
-  image = tf.image.resize(image, (image_size, image_size), method=images_lib.RESIZE_METHOD)
-  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-  return tf.image.random_flip_left_right(image)
+  # resize cost more than the crop's decoding, and the crop's random scale already varies
+  # what a pixel covers. Evaluation keeps the contract's resize, so the runtime sees the same
+  # pixels.
+  return tf.image.random_flip_left_right(resize(image, image_size, antialias=False))
 
 
 def center_crop_window(shape: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -97,11 +95,13 @@ def _decode_window(image_bytes, window, channels):
   return tf.ensure_shape(image, [None, None, channels])
 
 
-def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-  """A uint8 image [H, W, C] resized to image_size x image_size by the contract's method;
-  returned as it is when its static shape already has that size."""
+def resize(image: tf.Tensor, image_size: int,
+           antialias: bool = images_lib.RESIZE_ANTIALIAS) -> tf.Tensor:
+  """A uint8 image [H, W, C] resized to image_size x image_size by the contract's method
+  (`antialias=False` only for training crops); returned as it is when its static shape
+  already has that size."""
   if image.shape[0] == image_size and image.shape[1] == image_size:
     return image
   image = tf.image.resize(image, (image_size, image_size), method=images_lib.RESIZE_METHOD,
-                          antialias=images_lib.RESIZE_ANTIALIAS)
+                          antialias=antialias)
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
