@@ -66,7 +66,8 @@ setuptools.setup(
         # tfds.testing needs dill and importlib_resources (TFDS's own test extras); hypothesis
         # drives the fuzz tests of every parser of untrusted input (tests/test_fuzz.py).
         "dev": TRAIN + ["pytest>=7", "hypothesis>=6", "dill>=0.3", "importlib_resources>=5",
-                        "apache-beam>=2.50", "mlcroissant>=1.0", "psutil>=5.9"],
+                        "apache-beam>=2.50", "mlcroissant>=1.0", "psutil>=5.9",
+                        "packaging>=21"],
     },
     entry_points={"console_scripts": [
         "super-sub-hierarchy=super_sub.train.derive_hierarchy:run",
