@@ -1,5 +1,6 @@
 """Tests of the TFLite bundle (deltas, writer, checksums) and the TensorFlow-free edge runtime."""
 
+import gzip
 import hashlib
 import io
 import json
@@ -338,6 +339,25 @@ def test_uncompressed_skeleton_is_refused_by_name(bundle_dir, tmp_path, models):
     runtime.load_bundle(copy)
 
 
+def test_skeleton_that_does_not_parse_is_refused_and_the_runtime_stays_usable(
+    bundle_dir, tmp_path, images):
+  """A buggy exporter's skeleton: gzip and checksum fine, not a TFLite model inside."""
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  _replace_listed(copy, "specialists/0_shoes.skeleton.tflite.gz",
+                  gzip.compress(b"TFL3 but not a flatbuffer" * 8))
+  lite = runtime.TwoStageLite(copy)
+  with pytest.raises(runtime.BundleError, match=r"specialist 0 \('shoes'\)"):
+    lite.specialist(0)
+  with pytest.raises(runtime.BundleError, match=r"specialist 0 \('shoes'\)"):
+    lite.specialist(0)  # the same clear error again, not a half-built cache entry
+  assert lite.specialist(1) is not None and lite.num_rebuilds == 1
+  with pytest.raises(runtime.BundleError, match=r"specialist 0 \('shoes'\)"):
+    lite.predict(images)  # some images are routed to shoes
+  others = np.nonzero(lite.generalist(images).argmax(1) != 0)[0]
+  assert others.size and lite.predict(images[others])["label"].shape == others.shape
+
+
 def test_pickled_delta_is_never_unpickled(bundle_dir, tmp_path, images):
   copy = str(tmp_path / "tflite")
   shutil.copytree(bundle_dir, copy)
@@ -437,7 +457,7 @@ def test_later_rebuilds_copy_bytes_and_still_check_the_result(bundle_dir, models
   first = bundle.specialist(k)  # through the skeleton; leaves a FastRebuild behind
   assert first == models[k]
   fast = bundle._fast[k]  # pylint: disable=protected-access
-  assert len(fast.template) < len(first) / 2  # zeroed buffers compress away
+  assert len(fast.kept) < len(first) / 2  # the tables around the rebuilt buffers only
   assert bundle.specialist(k) == first  # the byte-copy path
   with np.load(io.BytesIO(bundle.deltas[k]), allow_pickle=False) as npz:
     arrays = dict(npz)

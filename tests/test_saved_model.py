@@ -126,3 +126,56 @@ def test_quantization_aware_models_export_with_their_float_weights(models_and_pa
   # Same float weights as the models above, so the same answers as their float two-stage.
   expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
   np.testing.assert_allclose(out["label_probs"].numpy(), expected["label_probs"], atol=1e-5)
+
+
+def _conv_ops(module, shape) -> int:
+  """Convolutions in the serving graph, specialists' branches included."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  graph = tf.function(module.serve).get_concrete_function(
+      tf.TensorSpec([None, *shape], tf.float32)).graph.as_graph_def()
+  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+  return sum(n.op in ("Conv2D", "DepthwiseConv2dNative") for n in nodes)
+
+
+def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
+  """--freeze_stages=2 specialists: the stem and stage 1 run once per batch, the generalist and
+  the specialists start from their output, and the answers are the Keras two-stage's."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  h = hierarchy_lib.load("fashion_mnist")
+  rng = np.random.default_rng(3)
+  generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
+                                            "generalist", "generalist")
+  specialists = {}
+  for k in h.specialist_superclasses():
+    s = classifiers.make_specialist(generalist, len(h.superclasses[k].subclasses),
+                                    f"specialist_{k}", freeze_stages=2)
+    for v in s.trainable_weights:  # fine-tuning moves every weight after the frozen stages
+      v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
+    specialists[k] = s
+  convs = sum(type(l).__name__ == "Conv2D" for l in generalist.layers)
+  trunk_convs = sum(type(l).__name__ == "Conv2D" and l.name.startswith(("stem_", "stage1_"))
+                    for l in generalist.layers)
+  assert 0 < trunk_convs < convs
+  shared = saved_model_lib.SuperSubModule(generalist, specialists, h, shared_stages=2)
+  plain = saved_model_lib.SuperSubModule(generalist, specialists, h)
+  models = 1 + len(specialists)
+  assert _conv_ops(plain, (28, 28, 1)) == models * convs
+  assert _conv_ops(shared, (28, 28, 1)) == trunk_convs + models * (convs - trunk_convs)
+  # The trunk's weights store no delta.
+  for k in specialists:
+    changed = {i for i, *_ in shared.deltas[str(k)] + shared.dense_deltas[str(k)]}
+    assert min(changed) > max(i for i, l in enumerate(generalist.layers)
+                              if l.name.startswith(("stem_", "stage1_")))
+  path = str(tmp_path / "saved_model")
+  saved_model_lib.export_saved_model(path, generalist, specialists, h, shared_stages=2)
+  images = rng.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+  out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+  expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
+  np.testing.assert_array_equal(out["superclass"].numpy(), expected["superclass"])
+  np.testing.assert_allclose(out["label_probs"].numpy(), expected["label_probs"], atol=1e-5)
+
+
+def test_shared_trunk_needs_specialists_that_left_it_unchanged(models_and_path):
+  h, generalist, specialists, _ = models_and_path  # these changed the stem
+  with pytest.raises(ValueError, match="inside the first 2 stages that a shared trunk needs"):
+    saved_model_lib.SuperSubModule(generalist, specialists, h, shared_stages=2)

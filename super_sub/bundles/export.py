@@ -17,7 +17,9 @@ from typing import Callable
 
 import numpy as np
 
+from super_sub import hierarchy as hierarchy_lib
 from super_sub._internal import files
+from super_sub._internal.compat import keras
 from super_sub.bundles import saved_model
 from super_sub.bundles import storage
 from super_sub.bundles import tflite
@@ -54,13 +56,35 @@ def export(run: run_lib.Run, export_dir: str,
     raise ValueError(f"{run.model_dir} has dustbin specialists (--dustbin={run.config.dustbin}), "
                      "which the bundles cannot hold yet: their routing has no 'not mine' "
                      "fallback. Export a run trained without --dustbin")
-  h = run.hierarchy
   generalist = run.load_model(run.generalist)
   specialists = {k: run.load_model(stage) for k, stage in run.specialists().items()}
   if representative is None:
     representative = tflite.representative_images(run)
+  # The paper's unit: one float network, counted from the float generalist's parameters.
+  return export_models(export_dir, run.hierarchy, generalist, specialists, representative,
+                       shared_stages=run.config.freeze_stages, framing=run.config.framing,
+                       fp32_network_bytes=4 * run.metrics(run_lib.GENERALIST)["num_params"],
+                       log=log, overwrite=overwrite)
 
-  shared = run.config.freeze_stages
+
+def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
+                  generalist: keras.Model, specialists: dict[int, keras.Model],
+                  representative: np.ndarray, shared_stages: int = 0, framing: str = "resize",
+                  fp32_network_bytes: int | None = None,
+                  log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+  """`export` for models in memory (what bench/deployment.py exports without a training run).
+
+  Args:
+    shared_stages: K > 0 puts the first K stages once into a shared trunk (every specialist
+      must have left them unchanged, as `--freeze_stages=K` training does).
+    framing: how image files become model input ("resize" or "center_crop").
+    fp32_network_bytes: the paper's unit, one float network (default: 4 x the generalist's
+      parameters).
+  Other arguments and the result as `export`.
+  """
+  files.check_replaceable(export_dir, "export", "manifest.json", FORMAT, overwrite)
+  h = hierarchy
+  shared = shared_stages
   log(f"converting the generalist and {len(specialists)} specialists to int8 TFLite"
       + (f", the first {shared} stages as a shared trunk" if shared else ""))
   trunk_tflite = None
@@ -79,15 +103,14 @@ def export(run: run_lib.Run, export_dir: str,
   # N + 1 separate int8 networks; with a trunk, each would carry its own copy of it.
   naive_int8 = len(generalist_tflite) + sum(len(b) for b in specialist_tflite.values()) + (
       (len(specialists) + 1) * len(trunk_tflite) if trunk_tflite else 0)
-  # The paper's unit: one float network, counted from the float generalist's parameters.
-  fp32_network = 4 * run.metrics(run_lib.GENERALIST)["num_params"]
+  fp32_network = fp32_network_bytes or 4 * generalist.count_params()
   with files.atomic_dir(export_dir, "export", "manifest.json", FORMAT, overwrite) as tmp:
     saved_model.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
-                                   specialists, h)
+                                   specialists, h, shared_stages=shared)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
-         "framing": run.config.framing},
+         "framing": framing},
         trunk=trunk_tflite)
     listing = storage.listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))

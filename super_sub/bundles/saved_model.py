@@ -2,6 +2,8 @@
 
 The serving function runs the generalist, then, one routed superclass after another, adds
 that specialist's delta to the base inside the graph and runs it on the rows routed to it.
+With a shared trunk (stages no specialist changes), the trunk runs once per batch and the
+generalist and the specialists start from its output.
 Only one specialist's weights exist at a time, so memory stays close to one network, and
 the SavedModel needs nothing but TensorFlow to load (`tf.saved_model.load`).
 
@@ -26,6 +28,7 @@ import tensorflow as tf
 from super_sub import hierarchy as hierarchy_lib
 from super_sub._internal.compat import keras
 from super_sub.models import classifiers
+from super_sub.models import trunk as trunk_lib
 
 
 def _unwrap(layer):
@@ -58,12 +61,16 @@ class _Graph:
       self.steps.append((layer.name, inner, inbound))
     self.output = model.layers[-1].name
 
-  def __call__(self, x: tf.Tensor, weights: list[list[tf.Tensor]]) -> tf.Tensor:
-    values: dict[str, tf.Tensor] = {}
-    for (name, layer, inbound), w in zip(self.steps, weights):
+  def __call__(self, x: tf.Tensor, weights: list[list[tf.Tensor]], start: int = 0,
+               stop: int | None = None) -> tf.Tensor:
+    """The output of layer stop - 1 (default: the logits) from x, the input of layer `start`
+    (the images when 0, else layer start - 1's output: a shared trunk's features)."""
+    steps = self.steps[start:stop]
+    values: dict[str, tf.Tensor] = {self.steps[start - 1][0]: x} if start else {}
+    for (name, layer, inbound), w in zip(steps, weights[start:stop]):
       args = [values[n] for n in inbound] or [x]
       values[name] = _apply(layer, args, w)
-    return values[self.output]
+    return values[steps[-1][0]]
 
 
 def _apply(layer, args, w):  # pylint: disable=too-many-return-statements
@@ -128,10 +135,14 @@ class SuperSubModule(tf.Module):
   one function."""
 
   def __init__(self, generalist: keras.Model, specialists: dict[int, keras.Model],
-               hierarchy: hierarchy_lib.Hierarchy):
+               hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0):
     super().__init__(name="super_sub")
     self._graph = _Graph(generalist)
     self._h = hierarchy
+    # Layers [0, cut) form the shared trunk, computed once per batch; 0: no trunk.
+    self._cut = trunk_lib.cut_index(generalist, shared_stages) + 1 if shared_stages else 0
+    for model in specialists.values() if shared_stages else ():
+      trunk_lib.check_shared(generalist, model, shared_stages)
     base = [[v.numpy() for v in _weights(layer)] for layer in generalist.layers]
     self.base = [[tf.Variable(v, trainable=False) for v in layer] for layer in base]
     self.deltas = {}  # superclass -> [(layer, weight, positions int32, differences)]
@@ -176,8 +187,10 @@ class SuperSubModule(tf.Module):
 
   def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """Hard two-stage routing; see export_saved_model for the signature."""
-    return two_stage_graph(images, self._h, lambda x: self._graph(x, self.base),
-                           lambda k, x: self._graph(x, self._specialist_weights(k)))
+    cut = self._cut
+    features = self._graph(images, self.base, stop=cut) if cut else images
+    return two_stage_graph(features, self._h, lambda x: self._graph(x, self.base, start=cut),
+                           lambda k, x: self._graph(x, self._specialist_weights(k), start=cut))
 
 
 def two_stage_graph(images: tf.Tensor, hierarchy: hierarchy_lib.Hierarchy,
@@ -225,15 +238,19 @@ def two_stage_graph(images: tf.Tensor, hierarchy: hierarchy_lib.Hierarchy,
 
 
 def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int, keras.Model],
-                       hierarchy: hierarchy_lib.Hierarchy) -> None:
+                       hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0) -> None:
   """Saves the module with a `serving_default` signature.
+
+  With shared_stages = K > 0 (specialists trained with --freeze_stages=K), the first K stages
+  run once per batch as a shared trunk, and the generalist and the routed specialists start
+  from its output, as in the TFLite bundle.
 
   Signature: `images` float32 [batch, H, W, C] with values in [0, 1] ->
   `superclass` int64 [batch], `superclass_probs` float32 [batch, S], `label` int64 [batch]
   (global subclass index), `label_probs` float32 [batch, num_subclasses] (hard routing:
   P(subclass | routed superclass) in that superclass's columns, 0 elsewhere).
   """
-  module = SuperSubModule(generalist, specialists, hierarchy)
+  module = SuperSubModule(generalist, specialists, hierarchy, shared_stages)
   spec = tf.TensorSpec([None, *generalist.input_shape[1:]], tf.float32, name="images")
   serve = tf.function(module.serve, input_signature=[spec])
   tf.saved_model.save(module, path, signatures={"serving_default": serve})

@@ -28,7 +28,7 @@ def split(model: keras.Model, frozen_stages: int) -> tuple[keras.Model, keras.Mo
     ValueError: frozen_stages outside [1, number of stages + 1], or a graph where more than
       one tensor crosses the cut (a skip connection over a stage boundary).
   """
-  cut = _cut(model, frozen_stages)
+  cut = cut_index(model, frozen_stages)
   boundary = model.layers[cut].output
   trunk = keras.Model(model.input, boundary, name=f"{model.name}_trunk")
   features = keras.Input(boundary.shape[1:], name="features")
@@ -53,7 +53,7 @@ def check_shared(base: keras.Model, specialist: keras.Model, frozen_stages: int)
   Raises:
     ValueError: naming the first layer whose variables differ.
   """
-  cut = _cut(base, frozen_stages)
+  cut = cut_index(base, frozen_stages)
   for a, b in zip(base.layers[:cut + 1], specialist.layers[:cut + 1]):
     for va, vb in zip(a.weights, b.weights):
       if va.shape != vb.shape or not np.array_equal(va.numpy(), vb.numpy()):
@@ -63,8 +63,12 @@ def check_shared(base: keras.Model, specialist: keras.Model, frozen_stages: int)
             f"(were the specialists trained with --freeze_stages >= {frozen_stages}?)")
 
 
-def _cut(model: keras.Model, frozen_stages: int) -> int:
-  """Index of the trunk's last layer (the last layer of stage frozen_stages - 1)."""
+def cut_index(model: keras.Model, frozen_stages: int) -> int:
+  """Index of the trunk's last layer (the last layer of stage frozen_stages - 1) in model.layers.
+
+  Raises:
+    ValueError: as `split`.
+  """
   top = backbones.num_stages(model)
   if not 1 <= frozen_stages <= top + 1:
     raise ValueError(f"a trunk needs 1 <= frozen_stages <= {top + 1} (stem + {top} stages) "

@@ -1,0 +1,375 @@
+r"""Deploying at ImageNet scale: storage, rebuild time, memory and latency of 224-px bundles.
+
+  .venv/bin/python bench/deployment.py --backbone=mobilenet_v2 \
+      --out=bench/results/deployment_mobilenet_v2
+  .venv/bin/python bench/deployment.py --backbone=resnet50 --out=bench/results/deployment_resnet50
+
+Builds, for one backbone at 224 px and superclassed_imagenet's hierarchy (10 superclasses, all
+with specialists, 289 subclasses), a flat network (289 outputs) and a generalist with random
+weights, and ten specialists made from the generalist the way training makes them
+(`make_specialist`, `--freeze_stages=K`), with a simulated fine-tuning: every weight of the
+stages a specialist trains moves by 5% of its tensor's standard deviation ("dense", as after
+ordinary fine-tuning), or only a random 2% of each kernel's weights move ("sparse", as a
+`--delta_keep=0.02` run stores). Accuracy does not enter; sizes and speeds depend on the
+architecture, the number of changed weights and their magnitude, not on what the weights
+learned. Each setting is exported by `super_sub.bundles.export.export_models` (the command
+line's export): int8 TFLite bundle and SavedModel.
+
+Then measures, each runtime in a fresh process that imports only numpy, LiteRT and
+super_sub.runtime:
+  storage   TFLite bundle and SavedModel as a + b N in units of one fp32 network;
+  rebuild   a specialist's rebuild (bytes from base + delta, then a new interpreter), the first
+            time (through the skeleton) and later (the fast path), split into its parts;
+  runtime   peak RSS and latency per image at batch 1 and batch 32 of the flat int8 network
+            and of the two-stage runtime with a cache of one specialist and of all, with the
+            routing forced (the random generalist would route every image to one superclass):
+            superclasses drawn in proportion to their ImageNet share (random order: a cache
+            of one rebuilds whenever the superclass changes), or the same images grouped by
+            superclass.
+
+Builds are kept in --work_dir (delete it to rebuild); `--nobuild` only measures, `--nomeasure`
+only builds.
+Writes <out>.json and <out>.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_BACKBONE = flags.DEFINE_enum("backbone", "mobilenet_v2", ["mobilenet_v2", "resnet50"],
+                              "The 224-px backbone.")
+_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/super_sub_deployment",
+                                "Where the models and bundles are built (kept between runs).")
+_TRUNKS = flags.DEFINE_list("trunks", ["0", "3", "4"], "Shared-trunk sizes K (0: no trunk) of "
+                            "the dense setting.")
+_SPARSE_KEEP = flags.DEFINE_float("sparse_keep", 0.02, "Share of each kernel the sparse setting "
+                                  "changes (measured without a trunk).")
+_BUILD = flags.DEFINE_bool("build", True, "Build missing bundles.")
+_MEASURE = flags.DEFINE_bool("measure", True, "Measure (a build can run alongside other work; "
+                             "measurements should not).")
+_IMAGES_B1 = flags.DEFINE_integer("images_batch1", 48, "Images timed at batch 1.")
+_IMAGES_B32 = flags.DEFINE_integer("images_batch32", 128, "Images timed at batch 32.")
+_THREADS = flags.DEFINE_integer("num_threads", 2, "LiteRT threads per interpreter.")
+_OUT = flags.DEFINE_string("out", None, "Results path without suffix "
+                           "(default bench/results/deployment_<backbone>).")
+# Internal: one measurement in a fresh process.
+_WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
+
+_SHAPE = (224, 224, 3)
+_CHANGE = 0.05  # a changed weight moves by this fraction of its tensor's standard deviation
+
+
+# --- building ------------------------------------------------------------------------------------
+def settings() -> list[tuple[str, int]]:
+  """(name, K) of every bundle: dense at each trunk size, sparse without a trunk."""
+  return [(f"dense_k{k}", int(k)) for k in _TRUNKS.value] + [("sparse_k0", 0)]
+
+
+def finetune(model, frozen_stages: int, keep: float, rng: np.random.Generator) -> None:
+  """Moves the weights of the stages a specialist trains, in place (see the module docstring).
+
+  keep == 1: every weight (kernels, biases, BatchNorm parameters and statistics) moves;
+  keep < 1: that share of each kernel's entries moves, nothing else.
+  """
+  # pylint: disable=import-outside-toplevel
+  from super_sub.models import backbones
+  for layer in model.layers:
+    stage = backbones.stage_of(layer.name)
+    if (not layer.weights or layer.name == backbones.INPUT_NORM_NAME
+        or (stage is not None and stage < frozen_stages)):
+      continue
+    values = []
+    for var, w in zip(layer.weights, layer.get_weights()):
+      if keep < 1 and w.ndim < 2:
+        values.append(w)
+        continue
+      scale = _CHANGE * (float(w.std()) or float(np.abs(w).mean()) or 1.0)
+      noise = rng.standard_normal(w.shape).astype(np.float32) * scale
+      if keep < 1:
+        noise *= rng.random(w.shape) < keep
+      if "moving_variance" in var.name:
+        values.append(w * np.exp(noise / scale * _CHANGE))
+      else:
+        values.append(w + noise)
+    layer.set_weights(values)
+
+
+def build(work: str, backbone: str, log=print) -> dict:
+  """Builds the flat int8 network and every setting's export under `work` (skips what exists)."""
+  # pylint: disable=import-outside-toplevel
+  from super_sub import hierarchy as hierarchy_lib
+  from super_sub._internal.compat import keras
+  from super_sub.bundles import export as export_lib
+  from super_sub.bundles import tflite
+  from super_sub.models import classifiers
+  # pylint: enable=import-outside-toplevel
+  info_path = os.path.join(work, "build.json")
+  info = json.load(open(info_path, encoding="utf-8")) if os.path.exists(info_path) else {}
+  os.makedirs(work, exist_ok=True)
+  h = hierarchy_lib.load("superclassed_imagenet")
+  keras.utils.set_random_seed(0)
+  rng = np.random.default_rng(0)
+  representative = rng.random((16, *_SHAPE), dtype=np.float32)
+  flat_path = os.path.join(work, "flat_int8.tflite")
+  if not os.path.exists(flat_path):
+    flat = classifiers.build_classifier(backbone, _SHAPE, h.num_subclasses, "flat", "flat")
+    start = time.perf_counter()
+    data = tflite.to_tflite(flat, representative)
+    info["flat"] = {"convert_s": time.perf_counter() - start, "bytes": len(data),
+                    "num_params": flat.count_params()}
+    with open(flat_path, "wb") as f:
+      f.write(data)
+  generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
+                                            "generalist")
+  info["generalist_params"] = generalist.count_params()
+  for name, k in settings():
+    export_dir = os.path.join(work, name)
+    if os.path.exists(os.path.join(export_dir, "manifest.json")):
+      continue
+    keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+    specialists = {}
+    for sup in h.specialist_superclasses():
+      m = classifiers.make_specialist(generalist, len(h.subclass_range(sup)),
+                                      f"specialist_{sup}", freeze_stages=k)
+      finetune(m, k, keep, np.random.default_rng(100 + sup))
+      specialists[sup] = m
+    start = time.perf_counter()
+    export_lib.export_models(export_dir, h, generalist, specialists, representative,
+                             shared_stages=k, framing="center_crop", log=log)
+    info[name] = {"export_s": time.perf_counter() - start, "trunk": k, "keep": keep}
+    del specialists
+    keras.backend.clear_session()
+    with open(info_path, "w", encoding="utf-8") as f:
+      json.dump(info, f, indent=2)
+  with open(info_path, "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=2)
+  return info
+
+
+# --- measuring (worker processes: no TensorFlow) ------------------------------------------------
+def _rss_mb(field: str) -> float:
+  """VmRSS (now) or VmHWM (peak) of this process in MiB."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024
+  raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class ForcedRouting:
+  """Runs the real generalist (its cost counts), then routes to a given superclass schedule."""
+
+  def __init__(self, generalist, schedule: np.ndarray):
+    self.generalist, self.schedule, self.position = generalist, schedule, 0
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    logits = self.generalist(x)
+    forced = np.full_like(logits, -30.0)
+    n = len(x)
+    forced[np.arange(n), self.schedule[self.position:self.position + n]] = 0.0
+    self.position += n
+    return forced
+
+
+def schedule(num_images: int, grouped: bool, seed: int = 0) -> np.ndarray:
+  """Superclass of each image, drawn in proportion to its subclass count (each ImageNet class
+  has ~1,300 images, so this is its share of the data); sorted when grouped."""
+  from super_sub import hierarchy as hierarchy_lib  # pylint: disable=import-outside-toplevel
+  h = hierarchy_lib.load("superclassed_imagenet")
+  share = np.array([len(h.subclass_range(s)) for s in range(h.num_superclasses)], float)
+  draw = np.random.default_rng(seed).choice(h.num_superclasses, num_images, p=share / share.sum())
+  return np.sort(draw, kind="stable") if grouped else draw
+
+
+def measure_runtime(spec: dict) -> dict:
+  """Peak RSS and latency per image at batch 1 and 32 of one runtime (spec: see main)."""
+  from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  n1, n32 = spec["images_batch1"], spec["images_batch32"]
+  images = rng.integers(0, 256, (max(n1, n32), *_SHAPE), dtype=np.uint8)
+  rss_before = _rss_mb("VmRSS")
+  result = {}
+  if spec["kind"] == "flat":
+    with open(spec["model"], "rb") as f:
+      flat = predictor._LiteModel(f.read(), spec["threads"], "flat")  # pylint: disable=protected-access
+    run = lambda x: flat(x.astype(np.float32) / 255)  # noqa: E731
+    rebuilds = lambda: 0  # noqa: E731
+    run(images[:1])
+  else:
+    lite = predictor.TwoStageLite(spec["model"], cache_size=spec["cache"],
+                                  num_threads=spec["threads"])
+    lite.predict(images[:1])  # warm-up: allocation and one specialist
+    real = lite.generalist
+    rebuilds = lambda: lite.num_rebuilds  # noqa: E731
+    run = lambda x: lite.predict(x, batch_size=len(x))  # noqa: E731
+  for batch, count in ((1, n1), (32, n32)):
+    if spec["kind"] != "flat":
+      lite.generalist = ForcedRouting(real, schedule(count, spec["grouped"], seed=batch))
+    start_rebuilds, start = rebuilds(), time.perf_counter()
+    for i in range(0, count, batch):
+      run(images[i:i + batch])
+    seconds = time.perf_counter() - start
+    result[f"batch_{batch}"] = {"ms_per_image": 1000 * seconds / count,
+                                "rebuilds": rebuilds() - start_rebuilds, "images": count}
+  result["rss_after_imports_mb"] = rss_before
+  result["peak_rss_mb"] = _rss_mb("VmHWM")
+  result["model_rss_mb"] = result["peak_rss_mb"] - rss_before
+  return result
+
+
+def measure_rebuild(spec: dict) -> dict:
+  """Each specialist's rebuild time, first (skeleton) and later (fast path), by part."""
+  # pylint: disable=import-outside-toplevel
+  from super_sub.runtime import bundle as bundle_lib
+  from super_sub.runtime import predictor
+  # pylint: enable=import-outside-toplevel
+  bundle = bundle_lib.load_bundle(spec["model"])
+  out = {"first_bytes_ms": [], "later_bytes_ms": [], "interpreter_ms": [], "first_invoke_ms": [],
+         "specialist_bytes": []}
+  for k in sorted(bundle.deltas):
+    for key in ("first_bytes_ms", "later_bytes_ms"):
+      start = time.perf_counter()
+      model = bundle.specialist(k)
+      out[key].append(1000 * (time.perf_counter() - start))
+    start = time.perf_counter()
+    lite = predictor._LiteModel(model, spec["threads"], "s")  # pylint: disable=protected-access
+    out["interpreter_ms"].append(1000 * (time.perf_counter() - start))
+    x = np.zeros((1, *lite.input_shape), np.float32)
+    start = time.perf_counter()
+    lite(x)
+    out["first_invoke_ms"].append(1000 * (time.perf_counter() - start))
+    out["specialist_bytes"].append(len(model))
+  return {key: float(np.median(v)) for key, v in out.items()}
+
+
+def _worker(spec: dict) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, os.path.abspath(__file__),
+                        f"--worker={json.dumps(spec)}"], check=True, capture_output=True,
+                       text=True, env=env)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- the whole bench -----------------------------------------------------------------------------
+def main(argv):
+  del argv
+  if _WORKER.value:
+    spec = json.loads(_WORKER.value)
+    print(json.dumps(measure_rebuild(spec) if spec["kind"] == "rebuild"
+                     else measure_runtime(spec)))
+    return
+  backbone = _BACKBONE.value
+  work = os.path.join(_WORK_DIR.value, backbone)
+  if _BUILD.value:
+    build(work, backbone)
+  if not _MEASURE.value:
+    return
+  with open(os.path.join(work, "build.json"), encoding="utf-8") as f:
+    info = json.load(f)
+  result = {"command": " ".join(["python"] + sys.argv), "backbone": backbone,
+            "machine": platform.machine(), "cpus": os.cpu_count(), "threads": _THREADS.value,
+            "build": info, "settings": {}}
+  common = {"threads": _THREADS.value, "images_batch1": _IMAGES_B1.value,
+            "images_batch32": _IMAGES_B32.value}
+  print("runtime: flat int8")
+  result["flat"] = _worker({**common, "kind": "flat",
+                            "model": os.path.join(work, "flat_int8.tflite")})
+  for name, _ in settings():
+    export_dir = os.path.join(work, name)
+    with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
+      manifest = json.load(f)
+    entry = {"storage": storage_of(manifest)}
+    bundle = os.path.join(export_dir, "tflite")
+    print(f"{name}: rebuild")
+    entry["rebuild"] = _worker({**common, "kind": "rebuild", "model": bundle})
+    runs = [("cache1_random", 1, False), ("cache1_grouped", 1, True), ("cache_all_random", 16,
+                                                                       False)]
+    if name.startswith("sparse"):
+      runs = runs[:1]
+    for label, cache, grouped in runs:
+      print(f"{name}: {label}")
+      entry[label] = _worker({**common, "kind": "two_stage", "model": bundle, "cache": cache,
+                              "grouped": grouped})
+    result["settings"][name] = entry
+  out = _OUT.value or f"bench/results/deployment_{backbone}"
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out + ".json", "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  markdown = to_markdown(result)
+  with open(out + ".md", "w", encoding="utf-8") as f:
+    f.write(markdown)
+  print(markdown)
+
+
+def storage_of(manifest: dict) -> dict:
+  """TFLite and SavedModel bytes, in units of one fp32 network, with the TFLite a + b N fit."""
+  from super_sub.bundles import storage  # pylint: disable=import-outside-toplevel
+  fit = storage.storage_fit(manifest)
+  b = manifest["bytes"]
+  unit = b["single_fp32_network"]
+  variables = sum(v["bytes"] for p, v in manifest["files"].items()
+                  if p.startswith("saved_model/variables/"))
+  return {"fp32_network_bytes": unit, "tflite_bytes": b["tflite_bundle"],
+          "tflite_a": fit["a"], "tflite_b": fit["b"], "tflite_ratio": fit["storage_ratio"],
+          "tflite_naive_int8_bytes": b["tflite_naive_int8"],
+          "saved_model_bytes": b["saved_model"], "saved_model_ratio": b["saved_model"] / unit,
+          "saved_model_variables_bytes": variables,
+          "naive_fp32_bytes": b["naive_fp32_bundle"]}
+
+
+def to_markdown(r: dict) -> str:
+  """The tables BENCHMARKS.md quotes."""
+  flat = r["flat"]
+  unit = next(iter(r["settings"].values()))["storage"]["fp32_network_bytes"]
+  lines = [f"`{r['command']}`", "",
+           f"{r['backbone']} at 224 px, superclassed_imagenet hierarchy (N = 10 specialists), "
+           f"{r['cpus']} CPUs, {r['threads']} LiteRT threads. One fp32 network = "
+           f"{unit / 1e6:.1f} MB; the flat int8 network = {r['build']['flat']['bytes'] / 1e6:.1f} MB.",
+           "", "| setting | TFLite bundle MB | = a + b N (one fp32 network = 1) | SavedModel MB "
+           "(variables) | x one fp32 network | N + 1 separate fp32 networks MB |",
+           "|---|---|---|---|---|---|"]
+  for name, e in r["settings"].items():
+    s = e["storage"]
+    lines.append(f"| {name} | {s['tflite_bytes'] / 1e6:.1f} | {s['tflite_a']:.3f} + "
+                 f"{s['tflite_b']:.4f} N = {s['tflite_ratio']:.2f} | "
+                 f"{s['saved_model_bytes'] / 1e6:.1f} ({s['saved_model_variables_bytes'] / 1e6:.1f})"
+                 f" | {s['saved_model_ratio']:.2f} | {s['naive_fp32_bytes'] / 1e6:.1f} |")
+  lines += ["", "| setting | specialist MB | rebuild bytes, first / later ms | new interpreter ms "
+            "| its first invoke ms |", "|---|---|---|---|---|"]
+  for name, e in r["settings"].items():
+    rb = e["rebuild"]
+    lines.append(f"| {name} | {rb['specialist_bytes'] / 1e6:.2f} | {rb['first_bytes_ms']:.1f} / "
+                 f"{rb['later_bytes_ms']:.1f} | {rb['interpreter_ms']:.1f} | "
+                 f"{rb['first_invoke_ms']:.1f} |")
+  lines += ["", "| runtime | ms/image batch 1 (x flat) | rebuilds | ms/image batch 32 (x flat) "
+            "| rebuilds | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",
+            f"| flat int8 | {flat['batch_1']['ms_per_image']:.1f} | | "
+            f"{flat['batch_32']['ms_per_image']:.1f} | | {flat['peak_rss_mb']:.0f} | "
+            f"{flat['model_rss_mb']:.0f} |"]
+  for name, e in r["settings"].items():
+    for label in ("cache1_random", "cache1_grouped", "cache_all_random"):
+      if label not in e:
+        continue
+      x = e[label]
+      lines.append(
+          f"| {name}, {label} | {x['batch_1']['ms_per_image']:.1f} "
+          f"({x['batch_1']['ms_per_image'] / flat['batch_1']['ms_per_image']:.2f}) | "
+          f"{x['batch_1']['rebuilds']}/{x['batch_1']['images']} | "
+          f"{x['batch_32']['ms_per_image']:.1f} "
+          f"({x['batch_32']['ms_per_image'] / flat['batch_32']['ms_per_image']:.2f}) | "
+          f"{x['batch_32']['rebuilds']} | {x['peak_rss_mb']:.0f} "
+          f"({x['peak_rss_mb'] / flat['peak_rss_mb']:.2f}) | {x['model_rss_mb']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  app.run(main)
