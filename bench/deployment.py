@@ -128,6 +128,7 @@ def build(work: str, backbone: str, log=print) -> dict:
                     "num_params": flat.count_params()}
     with open(flat_path, "wb") as f:
       f.write(data)
+  info.setdefault("flat", {"bytes": os.path.getsize(flat_path)})
   generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
                                             "generalist")
   info["generalist_params"] = generalist.count_params()
@@ -153,6 +154,28 @@ def build(work: str, backbone: str, log=print) -> dict:
   with open(info_path, "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2)
   return info
+
+
+def savedmodel_bound(backbone: str, frozen_stages: int) -> int:
+  """The issue's goal for the SavedModel: one fp32 network + every specialist's dense delta
+  of what it changed (the stages from K on and its head), in bytes."""
+  # pylint: disable=import-outside-toplevel
+  from super_sub import hierarchy as hierarchy_lib
+  from super_sub.models import backbones
+  from super_sub.models import classifiers
+  # pylint: enable=import-outside-toplevel
+  h = hierarchy_lib.load("superclassed_imagenet")
+  generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
+                                            "generalist")
+  changed_backbone = sum(
+      layer.count_params() for layer in generalist.layers[:-1]
+      if layer.name != backbones.INPUT_NORM_NAME
+      and not (backbones.stage_of(layer.name) is not None
+               and backbones.stage_of(layer.name) < frozen_stages))
+  features = int(generalist.layers[-1].input.shape[-1])
+  heads = sum((features + 1) * len(h.subclass_range(s)) for s in h.specialist_superclasses())
+  return 4 * (generalist.count_params() + len(h.specialist_superclasses()) * changed_backbone
+              + heads)
 
 
 # --- measuring (worker processes: no TensorFlow) ------------------------------------------------
@@ -227,28 +250,34 @@ def measure_runtime(spec: dict) -> dict:
 
 
 def measure_rebuild(spec: dict) -> dict:
-  """Each specialist's rebuild time, first (skeleton) and later (fast path), by part."""
+  """A specialist's rebuild time, first (skeleton) and later (fast path), then its interpreter."""
+  import rebuild_speed  # pylint: disable=import-outside-toplevel  # bench/, beside this file
+  return rebuild_speed.measure(spec["model"], repeats=5)
+
+
+def stored_copy(bundle_dir: str) -> str:
+  """The same bundle with its deltas stored as they are (`--nocompress_deltas`), beside it."""
   # pylint: disable=import-outside-toplevel
   from super_sub.runtime import bundle as bundle_lib
-  from super_sub.runtime import predictor
   # pylint: enable=import-outside-toplevel
-  bundle = bundle_lib.load_bundle(spec["model"])
-  out = {"first_bytes_ms": [], "later_bytes_ms": [], "interpreter_ms": [], "first_invoke_ms": [],
-         "specialist_bytes": []}
-  for k in sorted(bundle.deltas):
-    for key in ("first_bytes_ms", "later_bytes_ms"):
-      start = time.perf_counter()
-      model = bundle.specialist(k)
-      out[key].append(1000 * (time.perf_counter() - start))
-    start = time.perf_counter()
-    lite = predictor._LiteModel(model, spec["threads"], "s")  # pylint: disable=protected-access
-    out["interpreter_ms"].append(1000 * (time.perf_counter() - start))
-    x = np.zeros((1, *lite.input_shape), np.float32)
-    start = time.perf_counter()
-    lite(x)
-    out["first_invoke_ms"].append(1000 * (time.perf_counter() - start))
-    out["specialist_bytes"].append(len(model))
-  return {key: float(np.median(v)) for key, v in out.items()}
+  out = bundle_dir + "_stored"
+  if not os.path.exists(os.path.join(out, "manifest.json")):
+    b = bundle_lib.load_bundle(bundle_dir)
+    bundle_lib.write_tflite_bundle(out, b.hierarchy, b.generalist,
+                                   {k: b.specialist(k) for k in b.deltas},
+                                   b.manifest["input"], trunk=b.trunk, compress_deltas=False)
+  return out
+
+
+def specialist_count(bundle_dir: str) -> int:
+  """N, the specialists a bundle holds."""
+  with open(os.path.join(bundle_dir, "manifest.json"), encoding="utf-8") as f:
+    return len(json.load(f)["specialists"])
+
+
+def _bytes(folder: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(folder)
+             for n in names)
 
 
 def _worker(spec: dict) -> dict:
@@ -288,6 +317,7 @@ def main(argv):
     with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
       manifest = json.load(f)
     entry = {"storage": storage_of(manifest)}
+    entry["storage"]["saved_model_goal_bytes"] = savedmodel_bound(backbone, info[name]["trunk"])
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
     entry["rebuild"] = _worker({**common, "kind": "rebuild", "model": bundle})
@@ -300,6 +330,20 @@ def main(argv):
       entry[label] = _worker({**common, "kind": "two_stage", "model": bundle, "cache": cache,
                               "grouped": grouped})
     result["settings"][name] = entry
+    if name.startswith("dense"):
+      stored = stored_copy(bundle)
+      entry = {"storage": {**entry["storage"], "tflite_bytes": _bytes(stored)}}
+      unit = entry["storage"]["fp32_network_bytes"]
+      entry["storage"]["tflite_ratio"] = entry["storage"]["tflite_bytes"] / unit
+      entry["storage"]["tflite_b"] = (entry["storage"]["tflite_ratio"]  # a is unchanged
+                                      - entry["storage"]["tflite_a"]) / specialist_count(bundle))
+      print(f"{name}, deltas stored: rebuild")
+      entry["rebuild"] = _worker({**common, "kind": "rebuild", "model": stored})
+      for label, cache, grouped in runs[:2]:
+        print(f"{name}, deltas stored: {label}")
+        entry[label] = _worker({**common, "kind": "two_stage", "model": stored, "cache": cache,
+                                "grouped": grouped})
+      result["settings"][name + "_stored"] = entry
   out = _OUT.value or f"bench/results/deployment_{backbone}"
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out + ".json", "w", encoding="utf-8") as f:
@@ -335,20 +379,22 @@ def to_markdown(r: dict) -> str:
            f"{r['cpus']} CPUs, {r['threads']} LiteRT threads. One fp32 network = "
            f"{unit / 1e6:.1f} MB; the flat int8 network = {r['build']['flat']['bytes'] / 1e6:.1f} MB.",
            "", "| setting | TFLite bundle MB | = a + b N (one fp32 network = 1) | SavedModel MB "
-           "(variables) | x one fp32 network | N + 1 separate fp32 networks MB |",
-           "|---|---|---|---|---|---|"]
+           "(variables) | x one fp32 network | goal: 1 network + dense deltas of the changed "
+           "stages, MB | N + 1 separate fp32 networks MB |",
+           "|---|---|---|---|---|---|---|"]
   for name, e in r["settings"].items():
     s = e["storage"]
     lines.append(f"| {name} | {s['tflite_bytes'] / 1e6:.1f} | {s['tflite_a']:.3f} + "
                  f"{s['tflite_b']:.4f} N = {s['tflite_ratio']:.2f} | "
                  f"{s['saved_model_bytes'] / 1e6:.1f} ({s['saved_model_variables_bytes'] / 1e6:.1f})"
-                 f" | {s['saved_model_ratio']:.2f} | {s['naive_fp32_bytes'] / 1e6:.1f} |")
+                 f" | {s['saved_model_ratio']:.2f} | {s['saved_model_goal_bytes'] / 1e6:.1f} | "
+                 f"{s['naive_fp32_bytes'] / 1e6:.1f} |")
   lines += ["", "| setting | specialist MB | rebuild bytes, first / later ms | new interpreter ms "
             "| its first invoke ms |", "|---|---|---|---|---|"]
   for name, e in r["settings"].items():
     rb = e["rebuild"]
-    lines.append(f"| {name} | {rb['specialist_bytes'] / 1e6:.2f} | {rb['first_bytes_ms']:.1f} / "
-                 f"{rb['later_bytes_ms']:.1f} | {rb['interpreter_ms']:.1f} | "
+    lines.append(f"| {name} | {rb['specialist_bytes'] / 1e6:.2f} | {rb['first_rebuild_ms']:.1f} / "
+                 f"{rb['later_rebuild_ms']:.1f} | {rb['new_interpreter_ms']:.1f} | "
                  f"{rb['first_invoke_ms']:.1f} |")
   lines += ["", "| runtime | ms/image batch 1 (x flat) | rebuilds | ms/image batch 32 (x flat) "
             "| rebuilds | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",

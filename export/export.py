@@ -29,6 +29,11 @@ _REPRESENTATIVE = flags.DEFINE_string(
     ".npz with 'images' [N, H, W, C] (uint8, or float in [0, 1]). Default: 256 images of the "
     "run's training split.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the training one.")
+_COMPRESS_DELTAS = flags.DEFINE_boolean(
+    "compress_deltas", True, "Deflate the TFLite bundle's specialist deltas (the smallest "
+    "bundle). --nocompress_deltas stores them as they are: ~1.6x larger deltas after dense "
+    "fine-tuning, but a specialist switch skips inflating them, most of its time at 224 px "
+    "(BENCHMARKS.md).")
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace --export_dir even when it is not an earlier super-sub export "
     "(without it, a folder holding anything else is refused and left untouched).")
@@ -42,7 +47,7 @@ def main(argv):
                     if _REPRESENTATIVE.value else None)
   try:
     export_lib.export(run, _EXPORT_DIR.value, representative=representative,
-                      overwrite=_OVERWRITE.value)
+                      overwrite=_OVERWRITE.value, compress_deltas=_COMPRESS_DELTAS.value)
   except files.OutputDirError as e:
     sys.exit(f"super-sub-export: {e}")
 

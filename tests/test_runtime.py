@@ -583,3 +583,24 @@ def test_cli_reports_a_broken_bundle(bundle_dir, tmp_path):
                            image], capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 1
   assert "generalist.tflite" in result.stderr and "truncated" in result.stderr
+
+
+def test_deltas_can_be_stored_uncompressed(models, tmp_path, images):
+  """--nocompress_deltas: the .npz members are stored as they are (no inflating on a switch),
+  and the bundle rebuilds the same specialists and answers."""
+  import zipfile  # pylint: disable=import-outside-toplevel
+  specialists = {0: models[0], 1: models[1]}
+  packed = runtime.write_tflite_bundle(tmp_path / "deflated", HIERARCHY, models["generalist"],
+                                       specialists, INPUT_INFO)
+  stored = runtime.write_tflite_bundle(tmp_path / "stored", HIERARCHY, models["generalist"],
+                                       specialists, INPUT_INFO, compress_deltas=False)
+  for manifest, method in ((packed, zipfile.ZIP_DEFLATED), (stored, zipfile.ZIP_STORED)):
+    folder = tmp_path / ("deflated" if manifest is packed else "stored")
+    for entry in manifest["specialists"].values():
+      with zipfile.ZipFile(folder / entry["delta"]) as archive:
+        assert {i.compress_type for i in archive.infolist()} == {method}
+  bundle = runtime.load_bundle(tmp_path / "stored")
+  assert all(bundle.specialist(k) == specialists[k] for k in specialists)
+  a = runtime.TwoStageLite(str(tmp_path / "deflated")).predict(images)
+  b = runtime.TwoStageLite(str(tmp_path / "stored")).predict(images)
+  np.testing.assert_array_equal(a["label_probs"], b["label_probs"])

@@ -34,7 +34,8 @@ VERSION = 1
 
 def export(run: run_lib.Run, export_dir: str,
            representative: np.ndarray | None = None,
-           log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+           log: Callable[[str], None] = print, overwrite: bool = False,
+           compress_deltas: bool = True) -> dict:
   """Writes export_dir/tflite and export_dir/manifest.json for a trained run.
 
   Args:
@@ -44,6 +45,8 @@ def export(run: run_lib.Run, export_dir: str,
       `overwrite`: super-sub never deletes files it did not write.
     representative: images for full-integer calibration; default 256 training images.
     overwrite: replace export_dir even if it holds something else.
+    compress_deltas: deflate the TFLite bundle's deltas (smallest) or store them as they are
+      (faster specialist switches; super_sub.runtime.bundle.write_tflite_bundle).
   Returns:
     The top-level manifest.
   Raises:
@@ -64,14 +67,15 @@ def export(run: run_lib.Run, export_dir: str,
   return export_models(export_dir, run.hierarchy, generalist, specialists, representative,
                        shared_stages=run.config.freeze_stages, framing=run.config.framing,
                        fp32_network_bytes=4 * run.metrics(run_lib.GENERALIST)["num_params"],
-                       log=log, overwrite=overwrite)
+                       log=log, overwrite=overwrite, compress_deltas=compress_deltas)
 
 
 def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
                   generalist: keras.Model, specialists: dict[int, keras.Model],
                   representative: np.ndarray, shared_stages: int = 0, framing: str = "resize",
                   fp32_network_bytes: int | None = None,
-                  log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+                  log: Callable[[str], None] = print, overwrite: bool = False,
+                  compress_deltas: bool = True) -> dict:
   """`export` for models in memory (what bench/deployment.py exports without a training run).
 
   Args:
@@ -111,7 +115,7 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
          "framing": framing},
-        trunk=trunk_tflite)
+        trunk=trunk_tflite, compress_deltas=compress_deltas)
     listing = storage.listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))
     saved_model_bytes = sum(v["bytes"] for p, v in listing.items()

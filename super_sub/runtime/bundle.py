@@ -101,7 +101,8 @@ class Bundle:
 def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
                         generalist: bytes, specialists: Mapping[int, bytes],
                         input_info: Mapping[str, Any],
-                        trunk: bytes | None = None, overwrite: bool = False) -> dict[str, Any]:
+                        trunk: bytes | None = None, overwrite: bool = False,
+                        compress_deltas: bool = True) -> dict[str, Any]:
   """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
 
   Args:
@@ -116,6 +117,9 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
       image files as `framing` says ("resize", the default, or "center_crop").
     trunk: optional .tflite bytes of stages shared by every model (super_sub.trunk): it takes
       the images, and the generalist and the specialists take its output.
+    compress_deltas: deflate the delta arrays (np.savez_compressed; smallest bundle) or store
+      them as they are (np.savez): dense fine-tuning differences are noise-like, and
+      inflating them is most of a later rebuild's time at 224 px (bench/deployment.py).
 
   Returns:
     The manifest written to manifest.json.
@@ -152,7 +156,7 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
       stem = f"specialists/{k}_{files.safe_name(h.superclasses[k].name)}"
       _write(tmp, f"{stem}.skeleton.tflite.gz", gzip.compress(skeleton, 9, mtime=0))
       buf = io.BytesIO()
-      np.savez_compressed(buf, **arrays)
+      (np.savez_compressed if compress_deltas else np.savez)(buf, **arrays)
       _write(tmp, f"{stem}.delta.npz", buf.getvalue())
       manifest["specialists"][str(k)] = {"skeleton": f"{stem}.skeleton.tflite.gz",
                                          "delta": f"{stem}.delta.npz",

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import zlib
 
 import flatbuffers
 import numpy as np
@@ -211,12 +212,12 @@ class FastRebuild:
   API: 12-16 ms for a 300k-parameter network, ~10x more at 224 px. The rebuilt bytes differ
   between specialists of one bundle only inside the buffers the delta fills, so after one slow
   rebuild a specialist keeps the bytes around those buffers (the flatbuffer's tables: about
-  the skeleton's size) and the byte ranges of the paired buffers in both models; later
-  rebuilds write the kept bytes and base bytes + difference straight into the output, each
-  byte once. The result is checked against the specialist's sha256 recorded in the delta, as
-  `apply_delta`'s is.
+  the skeleton's size, deflated) and the byte ranges of the paired buffers in both models;
+  later rebuilds write the kept bytes and base bytes + difference straight into the output,
+  each byte once. The result is checked against the specialist's sha256 recorded in the
+  delta, as `apply_delta`'s is.
   """
-  kept: bytes              # the specialist's bytes outside the rebuilt buffers, in order
+  kept: bytes              # zlib: the specialist's bytes outside the rebuilt buffers, in order
   gaps: np.ndarray         # int64 [G, 2]: (specialist offset, length) of each run of kept bytes
   spans: np.ndarray        # int64 [B, 3]: (specialist offset, base offset, length), delta order
   size: int                # the specialist's byte length
@@ -245,7 +246,7 @@ class FastRebuild:
     if cursor < len(specialist):
       gaps.append((cursor, len(specialist) - cursor))
       kept.append(specialist[cursor:])
-    return cls(b"".join(kept), np.array(gaps, np.int64).reshape(-1, 2),
+    return cls(zlib.compress(b"".join(kept), 1), np.array(gaps, np.int64).reshape(-1, 2),
                np.array(spans, np.int64).reshape(-1, 3), len(specialist))
 
   def apply(self, base: bytes, arrays) -> bytes:
@@ -257,7 +258,7 @@ class FastRebuild:
       raise DeltaError(f"the base model has {len(base_bytes)} bytes, too few for the buffers "
                        f"this specialist was first rebuilt from (the base changed)")
     out = np.empty(self.size, np.uint8)
-    kept = np.frombuffer(self.kept, np.uint8)
+    kept = np.frombuffer(zlib.decompress(self.kept), np.uint8)
     start = 0
     for offset, n in self.gaps.tolist():
       out[offset:offset + n] = kept[start:start + n]
