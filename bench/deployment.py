@@ -21,7 +21,8 @@ super_sub.runtime:
   rebuild   a specialist's rebuild (bytes from base + delta, then a new interpreter), the first
             time (through the skeleton) and later (the fast path), split into its parts;
   runtime   peak RSS and latency per image at batch 1 and batch 32 of the flat int8 network
-            and of the two-stage runtime with a cache of one specialist and of all, with the
+            and of the two-stage runtime with a cache of one specialist and of all (after a
+            warm-up that rebuilt each specialist once: steady state), with the
             routing forced (the random generalist would route every image to one superclass):
             superclasses drawn in proportion to their ImageNet share (random order: a cache
             of one rebuilds whenever the superclass changes), or the same images grouped by
@@ -39,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -56,6 +58,8 @@ _SPARSE_KEEP = flags.DEFINE_float("sparse_keep", 0.02, "Share of each kernel the
 _BUILD = flags.DEFINE_bool("build", True, "Build missing bundles.")
 _MEASURE = flags.DEFINE_bool("measure", True, "Measure (a build can run alongside other work; "
                              "measurements should not).")
+_RESAVE = flags.DEFINE_bool("resave_saved_model", True, "Re-export each setting's SavedModel "
+                            "with the current exporter to report its size (after the timings).")
 _IMAGES_B1 = flags.DEFINE_integer("images_batch1", 48, "Images timed at batch 1.")
 _IMAGES_B32 = flags.DEFINE_integer("images_batch32", 128, "Images timed at batch 32.")
 _THREADS = flags.DEFINE_integer("num_threads", 2, "LiteRT threads per interpreter.")
@@ -63,6 +67,7 @@ _OUT = flags.DEFINE_string("out", None, "Results path without suffix "
                            "(default bench/results/deployment_<backbone>).")
 # Internal: one measurement in a fresh process.
 _WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
+_MARKDOWN = flags.DEFINE_string("markdown_from", None, "Only rewrite <out>.md from this JSON.")
 
 _SHAPE = (224, 224, 3)
 _CHANGE = 0.05  # a changed weight moves by this fraction of its tensor's standard deviation
@@ -103,6 +108,41 @@ def finetune(model, frozen_stages: int, keep: float, rng: np.random.Generator) -
     layer.set_weights(values)
 
 
+def make_models(backbone: str, h, frozen_stages: int, keep: float):
+  """(generalist, {superclass: specialist}) with random weights, the specialists fine-tuned
+  as `finetune` simulates; the same for the same arguments."""
+  # pylint: disable=import-outside-toplevel
+  from super_sub._internal.compat import keras
+  from super_sub.models import classifiers
+  # pylint: enable=import-outside-toplevel
+  keras.utils.set_random_seed(1)
+  generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
+                                            "generalist")
+  specialists = {}
+  for sup in h.specialist_superclasses():
+    m = classifiers.make_specialist(generalist, len(h.subclass_range(sup)), f"specialist_{sup}",
+                                    freeze_stages=frozen_stages)
+    finetune(m, frozen_stages, keep, np.random.default_rng(100 + sup))
+    specialists[sup] = m
+  return generalist, specialists
+
+
+def saved_model_now(backbone: str, frozen_stages: int, keep: float) -> dict:
+  """The SavedModel's bytes as the current exporter writes it, from models made the same way
+  (the built bundles may predate an exporter change; sizes do not depend on weight values)."""
+  # pylint: disable=import-outside-toplevel
+  from super_sub import hierarchy as hierarchy_lib
+  from super_sub.bundles import saved_model
+  # pylint: enable=import-outside-toplevel
+  h = hierarchy_lib.load("superclassed_imagenet")
+  generalist, specialists = make_models(backbone, h, frozen_stages, keep)
+  with tempfile.TemporaryDirectory() as tmp:
+    saved_model.export_saved_model(os.path.join(tmp, "sm"), generalist, specialists, h,
+                                   shared_stages=frozen_stages)
+    return {"saved_model_bytes": _bytes(os.path.join(tmp, "sm")),
+            "saved_model_variables_bytes": _bytes(os.path.join(tmp, "sm", "variables"))}
+
+
 def build(work: str, backbone: str, log=print) -> dict:
   """Builds the flat int8 network and every setting's export under `work` (skips what exists)."""
   # pylint: disable=import-outside-toplevel
@@ -129,20 +169,12 @@ def build(work: str, backbone: str, log=print) -> dict:
     with open(flat_path, "wb") as f:
       f.write(data)
   info.setdefault("flat", {"bytes": os.path.getsize(flat_path)})
-  generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
-                                            "generalist")
-  info["generalist_params"] = generalist.count_params()
   for name, k in settings():
     export_dir = os.path.join(work, name)
     if os.path.exists(os.path.join(export_dir, "manifest.json")):
       continue
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
-    specialists = {}
-    for sup in h.specialist_superclasses():
-      m = classifiers.make_specialist(generalist, len(h.subclass_range(sup)),
-                                      f"specialist_{sup}", freeze_stages=k)
-      finetune(m, k, keep, np.random.default_rng(100 + sup))
-      specialists[sup] = m
+    generalist, specialists = make_models(backbone, h, k, keep)
     start = time.perf_counter()
     export_lib.export_models(export_dir, h, generalist, specialists, representative,
                              shared_stages=k, framing="center_crop", log=log)
@@ -230,7 +262,11 @@ def measure_runtime(spec: dict) -> dict:
   else:
     lite = predictor.TwoStageLite(spec["model"], cache_size=spec["cache"],
                                   num_threads=spec["threads"])
-    lite.predict(images[:1])  # warm-up: allocation and one specialist
+    # Warm-up: each specialist's first rebuild goes through its skeleton once per process
+    # (timed apart, by rebuild_speed); a cache of all then holds every interpreter.
+    for k in sorted(lite.bundle.deltas):
+      lite.specialist(k)
+    lite.predict(images[:1])
     real = lite.generalist
     rebuilds = lambda: lite.num_rebuilds  # noqa: E731
     run = lambda x: lite.predict(x, batch_size=len(x))  # noqa: E731
@@ -249,10 +285,16 @@ def measure_runtime(spec: dict) -> dict:
   return result
 
 
-def measure_rebuild(spec: dict) -> dict:
-  """A specialist's rebuild time, first (skeleton) and later (fast path), then its interpreter."""
-  import rebuild_speed  # pylint: disable=import-outside-toplevel  # bench/, beside this file
-  return rebuild_speed.measure(spec["model"], repeats=5)
+def measure_rebuild(bundle_dir: str) -> dict:
+  """A specialist's rebuild time, first (skeleton) and later (fast path), then its interpreter:
+  bench/rebuild_speed.py in a fresh process."""
+  with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "rebuild_speed.py"),
+                    f"--bundle={bundle_dir}", "--repeats=5", f"--out={tmp}/rebuild"],
+                   check=True, capture_output=True, text=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    with open(f"{tmp}/rebuild.json", encoding="utf-8") as f:
+      return json.load(f)["bundles"][0]
 
 
 def stored_copy(bundle_dir: str) -> str:
@@ -293,8 +335,15 @@ def main(argv):
   del argv
   if _WORKER.value:
     spec = json.loads(_WORKER.value)
-    print(json.dumps(measure_rebuild(spec) if spec["kind"] == "rebuild"
-                     else measure_runtime(spec)))
+    print(json.dumps(measure_runtime(spec)))
+    return
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, encoding="utf-8") as f:
+      result = json.load(f)
+    result["build"].setdefault("flat", {"bytes": os.path.getsize(os.path.join(
+        _WORK_DIR.value, result["backbone"], "flat_int8.tflite"))})
+    with open(_MARKDOWN.value[:-len(".json")] + ".md", "w", encoding="utf-8") as f:
+      f.write(to_markdown(result))
     return
   backbone = _BACKBONE.value
   work = os.path.join(_WORK_DIR.value, backbone)
@@ -304,6 +353,7 @@ def main(argv):
     return
   with open(os.path.join(work, "build.json"), encoding="utf-8") as f:
     info = json.load(f)
+  info.setdefault("flat", {"bytes": os.path.getsize(os.path.join(work, "flat_int8.tflite"))})
   result = {"command": " ".join(["python"] + sys.argv), "backbone": backbone,
             "machine": platform.machine(), "cpus": os.cpu_count(), "threads": _THREADS.value,
             "build": info, "settings": {}}
@@ -320,7 +370,7 @@ def main(argv):
     entry["storage"]["saved_model_goal_bytes"] = savedmodel_bound(backbone, info[name]["trunk"])
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
-    entry["rebuild"] = _worker({**common, "kind": "rebuild", "model": bundle})
+    entry["rebuild"] = measure_rebuild(bundle)
     runs = [("cache1_random", 1, False), ("cache1_grouped", 1, True), ("cache_all_random", 16,
                                                                        False)]
     if name.startswith("sparse"):
@@ -335,15 +385,26 @@ def main(argv):
       entry = {"storage": {**entry["storage"], "tflite_bytes": _bytes(stored)}}
       unit = entry["storage"]["fp32_network_bytes"]
       entry["storage"]["tflite_ratio"] = entry["storage"]["tflite_bytes"] / unit
-      entry["storage"]["tflite_b"] = (entry["storage"]["tflite_ratio"]  # a is unchanged
-                                      - entry["storage"]["tflite_a"]) / specialist_count(bundle))
+      entry["storage"]["tflite_b"] = (  # a is unchanged
+          entry["storage"]["tflite_ratio"] - entry["storage"]["tflite_a"]) / specialist_count(bundle)
       print(f"{name}, deltas stored: rebuild")
-      entry["rebuild"] = _worker({**common, "kind": "rebuild", "model": stored})
+      entry["rebuild"] = measure_rebuild(stored)
       for label, cache, grouped in runs[:2]:
         print(f"{name}, deltas stored: {label}")
         entry[label] = _worker({**common, "kind": "two_stage", "model": stored, "cache": cache,
                                 "grouped": grouped})
       result["settings"][name + "_stored"] = entry
+  for name, k in settings() if _RESAVE.value else ():
+    print(f"{name}: SavedModel with the current exporter")
+    storage = result["settings"][name]["storage"]
+    keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+    storage["saved_model_bytes_built"] = storage["saved_model_bytes"]
+    storage.update(saved_model_now(backbone, k, keep))
+    storage["saved_model_ratio"] = storage["saved_model_bytes"] / storage["fp32_network_bytes"]
+    if name + "_stored" in result["settings"]:  # the same SavedModel
+      result["settings"][name + "_stored"]["storage"].update(
+          {key: storage[key] for key in ("saved_model_bytes", "saved_model_variables_bytes",
+                                         "saved_model_ratio", "saved_model_bytes_built")})
   out = _OUT.value or f"bench/results/deployment_{backbone}"
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   with open(out + ".json", "w", encoding="utf-8") as f:

@@ -128,13 +128,24 @@ def test_quantization_aware_models_export_with_their_float_weights(models_and_pa
   np.testing.assert_allclose(out["label_probs"].numpy(), expected["label_probs"], atol=1e-5)
 
 
-def _conv_ops(module, shape) -> int:
-  """Convolutions in the serving graph, specialists' branches included."""
+def _conv_ops(module, shape) -> tuple[int, int]:
+  """(convolutions in the serving graph, convolutions run when every specialist gets rows):
+  the first counts each traced function once, the second once per call."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   graph = tf.function(module.serve).get_concrete_function(
       tf.TensorSpec([None, *shape], tf.float32)).graph.as_graph_def()
-  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-  return sum(n.op in ("Conv2D", "DepthwiseConv2dNative") for n in nodes)
+  functions = {f.signature.name: list(f.node_def) for f in graph.library.function}
+
+  def is_conv(node):
+    return node.op in ("Conv2D", "DepthwiseConv2dNative")
+
+  def run(nodes):  # a called function's convolutions, each time it is called
+    called = [a.func.name for n in nodes for key, a in n.attr.items()
+              if a.HasField("func") and key != "else_branch"]  # else: a specialist without rows
+    return sum(map(is_conv, nodes)) + sum(run(functions[f]) for f in called if f in functions)
+
+  stored = sum(map(is_conv, graph.node)) + sum(sum(map(is_conv, f)) for f in functions.values())
+  return stored, run(list(graph.node))
 
 
 def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
@@ -159,8 +170,9 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
   shared = saved_model_lib.SuperSubModule(generalist, specialists, h, shared_stages=2)
   plain = saved_model_lib.SuperSubModule(generalist, specialists, h)
   models = 1 + len(specialists)
-  assert _conv_ops(plain, (28, 28, 1)) == models * convs
-  assert _conv_ops(shared, (28, 28, 1)) == trunk_convs + models * (convs - trunk_convs)
+  # The graph holds each convolution once; the trunk's run once, the rest once per model.
+  assert _conv_ops(plain, (28, 28, 1)) == (convs, models * convs)
+  assert _conv_ops(shared, (28, 28, 1)) == (convs, trunk_convs + models * (convs - trunk_convs))
   # The trunk's weights store no delta.
   for k in specialists:
     changed = {i for i, *_ in shared.deltas[str(k)] + shared.dense_deltas[str(k)]}
