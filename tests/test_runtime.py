@@ -358,6 +358,22 @@ def test_skeleton_that_does_not_parse_is_refused_and_the_runtime_stays_usable(
   assert others.size and lite.predict(images[others])["label"].shape == others.shape
 
 
+def test_deltas_stay_on_disk_and_are_verified_again_at_each_rebuild(bundle_dir, tmp_path):
+  """A loaded bundle keeps its deltas on disk (at 224 px they are most of its bytes): a delta
+  changed after loading is refused when its specialist is rebuilt, naming the file."""
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  lite = runtime.TwoStageLite(copy)
+  rel = "specialists/1_tops.delta.npz"
+  _corrupt(os.path.join(copy, rel), "changed byte")
+  with pytest.raises(runtime.BundleError, match=rf"specialist 1 .*{rel}: sha256 differs"):
+    lite.specialist(1)
+  assert lite.specialist(0) is not None  # the others still rebuild
+  os.remove(os.path.join(copy, rel))
+  with pytest.raises(runtime.BundleError, match=rf"{rel}: listed in the manifest but missing"):
+    lite.specialist(1)
+
+
 def test_pickled_delta_is_never_unpickled(bundle_dir, tmp_path, images):
   copy = str(tmp_path / "tflite")
   shutil.copytree(bundle_dir, copy)

@@ -13,13 +13,16 @@ Layout (everything but manifest.json is listed in it with its byte count and sha
   hierarchy.json                         super_sub.Hierarchy.to_dict()
   labels.txt                             one subclass name per global subclass index
 
-`load_bundle` reads every listed file into memory and checks its size and sha256 before anything
-parses it, so an interpreter only ever sees verified bytes (and never re-reads the disk).
+`load_bundle` reads every listed file and checks its size and sha256 before anything parses it.
+It keeps the generalist, trunk, hierarchy and labels in memory; the skeletons and deltas (most of
+the bytes at 224 px) stay on disk and are read, and checked again, when a specialist is rebuilt.
+So an interpreter only ever sees verified bytes.
 Needs only numpy, flatbuffers and ai_edge_litert: no TensorFlow.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import gzip
 import hashlib
@@ -48,7 +51,7 @@ class BundleError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-  """A loaded, verified bundle. All bytes here passed their manifest checksum.
+  """A loaded, verified bundle. Every byte it hands out passed its manifest checksum.
 
   Attributes:
     path: the bundle folder.
@@ -62,9 +65,10 @@ class Bundle:
     trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
       generalist and the specialists take images themselves.
     generalist: the generalist's .tflite bytes (the base of every specialist).
-    skeletons: superclass index -> specialist skeleton .tflite bytes (decompressed).
-    deltas: superclass index -> delta .npz bytes, kept compressed and decompressed only while
-      that specialist is rebuilt (a dense delta is as large as the network it rebuilds).
+    skeletons: superclass index -> specialist skeleton .tflite bytes (decompressed), read
+      from disk and verified again when asked for (`VerifiedFiles`).
+    deltas: superclass index -> delta .npz bytes, likewise: they stay on disk between
+      rebuilds (a dense delta is about as large as the network it rebuilds).
   """
   path: str
   manifest: dict[str, Any]
@@ -72,8 +76,8 @@ class Bundle:
   input_shape: tuple[int, int, int]
   input_range: tuple[float, float]
   generalist: bytes
-  skeletons: dict[int, bytes]
-  deltas: dict[int, bytes]
+  skeletons: Mapping[int, bytes]
+  deltas: Mapping[int, bytes]
   trunk: bytes | None = None
   input_framing: str = "resize"
   _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
@@ -185,27 +189,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   path = os.fspath(bundle_dir)
   manifest = _read_manifest(path)
   listed = manifest["files"]
-  data = {}
-  for rel, entry in listed.items():
-    where = os.path.join(path, rel)
-    if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) or not isinstance(
-        entry.get("sha256"), str):
-      raise BundleError(f"{path}/{MANIFEST}: files[{rel!r}] must be {{'bytes': int, "
-                        f"'sha256': str}}; got {entry!r}")
-    try:
-      with open(where, "rb") as f:
-        content = f.read()
-    except FileNotFoundError:
-      raise BundleError(f"{where}: listed in the manifest but missing") from None
-    except (OSError, ValueError) as e:  # a folder, a name too long, a NUL character
-      raise BundleError(f"{where}: listed in the manifest but cannot be read ({e})") from None
-    if len(content) != entry["bytes"]:
-      how = "truncated" if len(content) < entry["bytes"] else "grown or replaced"
-      raise BundleError(f"{where}: {len(content)} bytes, the manifest says {entry['bytes']} "
-                        f"({how})")
-    if hashlib.sha256(content).hexdigest() != entry["sha256"].lower():
-      raise BundleError(f"{where}: sha256 differs from the manifest's (the file was changed)")
-    data[rel] = content
+  data = {rel: _read_verified(path, rel, entry) for rel, entry in listed.items()}
   unlisted = sorted(rel for rel in _walk(path)
                     if rel not in listed and rel.endswith((".tflite", ".npz", ".gz")))
   if unlisted:
@@ -235,19 +219,13 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   if sorted(specs) != h.specialist_superclasses():
     raise BundleError(f"{path}/{MANIFEST}: specialists {sorted(specs)} do not match the "
                       f"superclasses with >= 2 subclasses {h.specialist_superclasses()}")
-  skeletons, deltas = {}, {}
   for k, entry in sorted(specs.items()):
     if entry["superclass"] != h.superclasses[k].name:
       raise BundleError(f"{path}/{MANIFEST}: specialist {k} is for {entry['superclass']!r} but "
                         f"superclass {k} is {h.superclasses[k].name!r}")
-    try:
-      skeletons[k] = gzip.decompress(data[entry["skeleton"]])
-    except (OSError, EOFError, zlib.error) as e:
-      raise BundleError(f"{path}/{entry['skeleton']}: not a gzip-compressed skeleton "
-                        f"({e})") from None
-    deltas[k] = data[entry["delta"]]
+    _gunzip(data[entry["skeleton"]], f"{path}/{entry['skeleton']}")
     try:  # lists the members only; arrays are decompressed when the specialist is rebuilt
-      with np.load(io.BytesIO(deltas[k]), allow_pickle=False) as npz:
+      with np.load(io.BytesIO(data[entry["delta"]]), allow_pickle=False) as npz:
         names = set(npz.files)
     except Exception as e:  # zipfile and numpy raise assorted types on a corrupt archive
       raise BundleError(f"{path}/{entry['delta']}: not an .npz archive ({e!r})") from None
@@ -257,11 +235,70 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   shape, lo_hi, framing = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
   return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
                 input_framing=framing,
-                generalist=data[manifest["generalist"]], skeletons=skeletons, deltas=deltas,
+                generalist=data[manifest["generalist"]],
+                skeletons=VerifiedFiles(path, {k: e["skeleton"] for k, e in specs.items()},
+                                        listed, _gunzip),
+                deltas=VerifiedFiles(path, {k: e["delta"] for k, e in specs.items()}, listed),
                 trunk=data[manifest["trunk"]] if manifest.get("trunk") is not None else None)
 
 
+class VerifiedFiles(collections.abc.Mapping):
+  """Superclass -> the bytes of one of its bundle files, read from disk when asked for and
+  checked against the manifest's size and sha256 each time (BundleError naming the file).
+
+  At 224 px the deltas are most of a bundle (ten ResNet-50 specialists: 130-240 MB), so a
+  loaded bundle keeps them on disk and reads one only while its specialist is rebuilt;
+  verifying it again (sha256, ~1 GB/s) costs far less than the rebuild.
+  """
+
+  def __init__(self, folder: str, files_by_key: Mapping[int, str], listed: Mapping[str, Any],
+               decode=None):
+    self._folder, self._rels, self._listed = folder, dict(files_by_key), listed
+    self._decode = decode
+
+  def __getitem__(self, key: int) -> bytes:
+    rel = self._rels[key]
+    data = _read_verified(self._folder, rel, self._listed[rel])
+    return self._decode(data, f"{self._folder}/{rel}") if self._decode else data
+
+  def __iter__(self):
+    return iter(self._rels)
+
+  def __len__(self) -> int:
+    return len(self._rels)
+
+
 # --- internals ------------------------------------------------------------------------------------
+def _read_verified(folder: str, rel: str, entry: Any) -> bytes:
+  """A listed file's bytes, refused unless its size and sha256 are the manifest's."""
+  where = os.path.join(folder, rel)
+  if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) or not isinstance(
+      entry.get("sha256"), str):
+    raise BundleError(f"{folder}/{MANIFEST}: files[{rel!r}] must be {{'bytes': int, "
+                      f"'sha256': str}}; got {entry!r}")
+  try:
+    with open(where, "rb") as f:
+      content = f.read()
+  except FileNotFoundError:
+    raise BundleError(f"{where}: listed in the manifest but missing") from None
+  except (OSError, ValueError) as e:  # a folder, a name too long, a NUL character
+    raise BundleError(f"{where}: listed in the manifest but cannot be read ({e})") from None
+  if len(content) != entry["bytes"]:
+    how = "truncated" if len(content) < entry["bytes"] else "grown or replaced"
+    raise BundleError(f"{where}: {len(content)} bytes, the manifest says {entry['bytes']} "
+                      f"({how})")
+  if hashlib.sha256(content).hexdigest() != entry["sha256"].lower():
+    raise BundleError(f"{where}: sha256 differs from the manifest's (the file was changed)")
+  return content
+
+
+def _gunzip(data: bytes, where: str) -> bytes:
+  try:
+    return gzip.decompress(data)
+  except (OSError, EOFError, zlib.error) as e:
+    raise BundleError(f"{where}: not a gzip-compressed skeleton ({e})") from None
+
+
 def _write(folder: str, rel: str, data: bytes) -> None:
   target = os.path.join(folder, rel)
   os.makedirs(os.path.dirname(target), exist_ok=True)
