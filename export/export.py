@@ -31,9 +31,9 @@ _REPRESENTATIVE = flags.DEFINE_string(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the training one.")
 _COMPRESS_DELTAS = flags.DEFINE_boolean(
     "compress_deltas", True, "Deflate the TFLite bundle's specialist deltas (the smallest "
-    "bundle). --nocompress_deltas stores them as they are: ~1.6x larger deltas after dense "
-    "fine-tuning, but a specialist switch skips inflating them, most of its time at 224 px "
-    "(BENCHMARKS.md).")
+    "bundle). --nocompress_deltas stores them as they are: 1.6-1.9x larger deltas after "
+    "dense fine-tuning, but a specialist switch skips inflating them, most of its time at "
+    "224 px (BENCHMARKS.md).")
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace --export_dir even when it is not an earlier super-sub export "
     "(without it, a folder holding anything else is refused and left untouched).")
