@@ -67,7 +67,6 @@ _OUT = flags.DEFINE_string("out", None, "Results path without suffix "
                            "(default bench/results/deployment_<backbone>).")
 # Internal: one measurement in a fresh process.
 _WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
-_MARKDOWN = flags.DEFINE_string("markdown_from", None, "Only rewrite <out>.md from this JSON.")
 
 _SHAPE = (224, 224, 3)
 _CHANGE = 0.05  # a changed weight moves by this fraction of its tensor's standard deviation
@@ -168,7 +167,6 @@ def build(work: str, backbone: str, log=print) -> dict:
                     "num_params": flat.count_params()}
     with open(flat_path, "wb") as f:
       f.write(data)
-  info.setdefault("flat", {"bytes": os.path.getsize(flat_path)})
   for name, k in settings():
     export_dir = os.path.join(work, name)
     if os.path.exists(os.path.join(export_dir, "manifest.json")):
@@ -336,14 +334,6 @@ def main(argv):
   if _WORKER.value:
     spec = json.loads(_WORKER.value)
     print(json.dumps(measure_runtime(spec)))
-    return
-  if _MARKDOWN.value:
-    with open(_MARKDOWN.value, encoding="utf-8") as f:
-      result = json.load(f)
-    result["build"].setdefault("flat", {"bytes": os.path.getsize(os.path.join(
-        _WORK_DIR.value, result["backbone"], "flat_int8.tflite"))})
-    with open(_MARKDOWN.value[:-len(".json")] + ".md", "w", encoding="utf-8") as f:
-      f.write(to_markdown(result))
     return
   backbone = _BACKBONE.value
   work = os.path.join(_WORK_DIR.value, backbone)

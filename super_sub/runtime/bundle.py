@@ -189,16 +189,14 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   path = os.fspath(bundle_dir)
   manifest = _read_manifest(path)
   listed = manifest["files"]
-  # Every file is verified now; only the small ones and those every prediction needs stay in
-  # memory. Skeletons and deltas are read again, one at a time, when checked and when used,
-  # so loading never holds the whole bundle (ResNet-50 with ten specialists: 150-260 MB).
-  resident = {manifest[key] for key in ("hierarchy", "labels", "generalist", "trunk")
-              if manifest.get(key) is not None}
-  data = {}
-  for rel, entry in listed.items():
-    content = _read_verified(path, rel, entry)
-    if rel in resident:
-      data[rel] = content
+  # Every listed file is verified before anything parses it. The specialists' skeletons and
+  # deltas are verified one at a time below, as their content is checked, and read again only
+  # when used, so loading never holds the whole bundle (ResNet-50 with ten specialists:
+  # 150-260 MB); the other files stay in memory.
+  per_specialist = {e[key] for e in manifest["specialists"].values()
+                    for key in ("skeleton", "delta")}
+  data = {rel: _read_verified(path, rel, entry) for rel, entry in listed.items()
+          if rel not in per_specialist}
   unlisted = sorted(rel for rel in _walk(path)
                     if rel not in listed and rel.endswith((".tflite", ".npz", ".gz")))
   if unlisted:
