@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
 
+from super_sub.bundles import tflite
 from super_sub.models import classifiers
+from super_sub.runtime import delta as delta_lib
 from super_sub.training import config as config_lib
 from super_sub.training import deltas as compression
 from super_sub.training import fit
@@ -100,6 +103,45 @@ def test_budget_bounds_the_changed_fraction(tmp_path, _train):
   base = [v.numpy() for v in compression.backbone_variables(generalist)]
   stats = compression.delta_stats(specialist, base)
   assert 0 < stats["changed"] <= 0.01 * stats["kernel_weights"]
+
+
+@pytest.mark.slow
+def test_affine_specialist_keeps_every_int8_kernel_of_the_base(tmp_path, _train):
+  config = _train(tmp_path, qat=True, qat_epochs=1, specialist_form="affine",
+                  learning_rate=3e-3)
+  base = _stage(config, run_lib.GENERALIST_QAT)
+  specialist = _stage(config, run_lib.specialist(4))
+  pairs = list(zip(compression.backbone_variables(specialist),
+                   compression.backbone_variables(base)))
+  kernels = [(s, b) for s, b in pairs if compression.is_kernel(s)]
+  assert len(kernels) >= 9
+  for s, b in kernels:
+    np.testing.assert_array_equal(s.numpy(), b.numpy(), err_msg=s.name)
+  for name in ("gamma", "beta", "moving_mean"):  # what an affine specialist learns
+    assert any(not np.array_equal(s.numpy(), b.numpy()) for s, b in pairs if name in s.name)
+  # In TFLite BatchNorm folds into the scales and biases: the int8 kernels stay the base's.
+  base_obj, spec_obj = (delta_lib.parse_model(tflite.to_tflite(m, None))
+                        for m in (base, specialist))
+  int8_weights = changed_biases = 0
+  for t, u in zip(spec_obj.subgraphs[0].tensors, base_obj.subgraphs[0].tensors):
+    a, b = spec_obj.buffers[t.buffer].data, base_obj.buffers[u.buffer].data
+    if a is None or b is None or list(t.shape) != list(u.shape) or t.shape[0] == 5:
+      continue  # activations, and the head (5 subclasses of "dots" against 5 superclasses)
+    if t.type == schema.TensorType.INT8 and len(t.shape) == 4:
+      int8_weights += 1
+      np.testing.assert_array_equal(a, b, err_msg=str(t.name))
+    elif t.type == schema.TensorType.INT32:
+      changed_biases += not np.array_equal(a, b)
+  assert int8_weights >= 8 and changed_biases >= 4
+
+
+def test_affine_specialist_refuses_kernel_delta_options(tmp_path):
+  for option in (dict(delta_keep=0.02), dict(delta_l1=1.0), dict(freeze_bn=True)):
+    with pytest.raises(ValueError, match=r"specialist_form='affine' keeps every kernel .* "
+                       r"cannot be combined with --(delta_keep|delta_l1|freeze_bn)"):
+      config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="affine", **option)
+  with pytest.raises(ValueError, match=r"specialist_form must be one of \('delta', 'affine'\)"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="lowrank")
 
 
 def test_delta_keep_must_be_a_fraction(tmp_path):

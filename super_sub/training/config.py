@@ -16,6 +16,8 @@ STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
 DISTILL_SOURCES = ("flat",)
+# How a specialist differs from the generalist it starts from (super_sub.training.deltas).
+SPECIALIST_FORMS = ("delta", "affine")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
@@ -116,6 +118,14 @@ class TrainConfig:
       "magnitude pruning over the first two thirds of the epochs, the rest recovers with the "
       "mask fixed. Pair with --freeze_bn: free BatchNorm statistics change every folded "
       "weight anyway. Default: no budget.")
+  specialist_form: str = _field(
+      "delta", "What a specialist may change of the generalist it starts from. delta: its "
+      "kernels (W - W_generalist, dense, or sparse with --delta_keep / --delta_l1), BatchNorm "
+      "unless --freeze_bn, and the head. affine: only a scale and a shift per channel "
+      "(BatchNorm's gamma, beta and statistics) and the head; every kernel stays the "
+      "generalist's, so its int8 weights are the base's byte for byte (TFLite folds BatchNorm "
+      "into the per-channel quantization scales and the biases) and the stored delta holds "
+      "only biases and scales (TinyTL, Cai et al. 2020).", SPECIALIST_FORMS)
   freeze_bn: bool = _field(
       False, "Specialists keep the generalist's BatchNorm (parameters and statistics): smaller "
       "deltas, since re-estimated statistics change every folded weight.")
@@ -145,7 +155,8 @@ class TrainConfig:
   hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
 
   def __post_init__(self):
-    for name in ("stage", "strategy", "generalist_init", "augment", "distill_from"):
+    for name in ("stage", "strategy", "generalist_init", "augment", "distill_from",
+                 "specialist_form"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
       value = getattr(self, name)
       if value is not None and value not in choices:
@@ -158,6 +169,14 @@ class TrainConfig:
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")
+    if self.specialist_form == "affine":
+      conflicts = [flag for flag, on in (("--delta_keep", self.delta_keep is not None),
+                                         ("--delta_l1", self.delta_l1 != 0.0),
+                                         ("--freeze_bn", self.freeze_bn)) if on]
+      if conflicts:
+        raise ValueError(f"specialist_form='affine' keeps every kernel the generalist's and "
+                         f"trains BatchNorm, so it cannot be combined with "
+                         f"{' or '.join(conflicts)} (options of specialist_form='delta')")
     if self.mixed_precision and self.qat:
       raise ValueError("mixed_precision cannot be combined with qat: tfmot's fake-quantization "
                        "layers compute in float32 only; train the float stages with "

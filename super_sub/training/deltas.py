@@ -13,6 +13,12 @@ Four things make a specialist's delta small (measured in BENCHMARKS.md):
     weight equal to the base's has the same int8 value, and the int8 delta is a sparse
     tensor of small integers (activation ranges adapt: a few bytes each).
 The head is free and stored whole.
+
+An affine specialist (`--specialist_form=affine`, `freeze_kernels`) goes further: no kernel
+changes at all, only BatchNorm's per-channel scale and shift (and its statistics) and the head.
+TFLite folds BatchNorm into each output channel's quantization scale and the bias, and an int8
+weight is round(W * 127 / kernel_max) with the base's pinned range, so every int8 kernel stays
+the base's byte for byte and the delta holds only biases and scales.
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ def frozen_variables(model: keras.Model) -> list[bool]:
 def is_kernel(variable: tf.Variable) -> bool:
   """Convolution and dense kernels: the weights a specialist may change (sparsely)."""
   return variable.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")
+
+
+def freeze_kernels(model: keras.Model) -> None:
+  """Freezes every backbone layer that holds a kernel (convolutions; also inside tfmot
+  wrappers), leaving BatchNorm and the head trainable: the affine specialist. `DeltaToBase`
+  pins the frozen layers' variables to the base, which also holds them in tfmot's wrappers
+  (their trainable weights ignore `.trainable`, tensorflow/model-optimization#1067)."""
+  for layer in model.layers[:-1]:
+    inner = getattr(layer, "layer", layer)
+    if any(is_kernel(v) for v in layer.weights):
+      inner.trainable = False
 
 
 def freeze_batchnorm(model: keras.Model) -> None:

@@ -261,6 +261,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
       if config.freeze_bn:
         deltas.freeze_batchnorm(model)
+      if config.specialist_form == "affine":
+        deltas.freeze_kernels(model)
       base = [v.numpy() for v in deltas.backbone_variables(model)]
       callbacks.append(deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
                                           keep=config.delta_keep, epochs=epochs))
