@@ -27,7 +27,6 @@ seeds, each gain paired by seed, and whether it exceeds the seed-to-seed spread.
 import json
 import os
 import platform
-import shutil
 import time
 
 from absl import app
@@ -36,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from _common import copy_stages
 from super_sub import evaluation
 from super_sub._internal import files
 from super_sub.data import pipeline
@@ -66,16 +66,6 @@ def _config(model_dir, epochs, seed, **overrides):
   return config_lib.TrainConfig(model_dir=model_dir, dataset=DATASET, data_dir=_DATA_DIR.value,
                                 manual_dir=_MANUAL_DIR.value, epochs=epochs, seed=seed,
                                 **overrides)
-
-
-def _copy_stages(source, target, stages):
-  """Finished stages of `source` into a new run `target`, so they are not trained again."""
-  for stage in stages:
-    src, dst = os.path.join(source, stage), os.path.join(target, stage)
-    if not os.path.exists(dst):
-      if not os.path.exists(os.path.join(src, "metrics.json")):
-        raise FileNotFoundError(f"{src} is not finished; train the supersub run first")
-      shutil.copytree(src, dst)
 
 
 def _done(model_dir, stages):
@@ -135,7 +125,7 @@ def run_one(seed, epochs):
     if variant not in variants:
       continue
     if _TRAIN.value:
-      _copy_stages(dirs["supersub"], dirs[variant], copied)
+      copy_stages(dirs["supersub"], dirs[variant], copied)
       fit.train(_config(dirs[variant], epochs, seed, **overrides))
     if _specialists_done(dirs[variant]):
       out[variant] = _two_stage(dirs[variant])

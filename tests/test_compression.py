@@ -11,6 +11,7 @@ from super_sub.runtime import delta as delta_lib
 from super_sub.training import config as config_lib
 from super_sub.training import deltas as compression
 from super_sub.training import fit
+from super_sub.training import qat as qat_lib
 from super_sub.training import run as run_lib
 
 
@@ -142,6 +143,56 @@ def test_affine_specialist_refuses_kernel_delta_options(tmp_path):
       config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="affine", **option)
   with pytest.raises(ValueError, match=r"specialist_form must be one of \('delta', 'affine'\)"):
     config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="lowrank")
+
+
+def test_grow_range_widens_only_the_channels_that_outgrew_it():
+  kernel = np.zeros((3, 3, 2, 3), np.float32)
+  kernel[0, 0, 0, :] = [1.5, -0.5, -3.0]  # channel 0 grew past 1, channel 2 past -2 (|W|)
+  np.testing.assert_array_equal(
+      compression.grow_range(np.array([1.0, 2.0, 2.0], np.float32), kernel, is_min=False),
+      [1.5, 2.0, 3.0])
+  np.testing.assert_array_equal(
+      compression.grow_range(np.array([-1.0, -2.0, -2.0], np.float32), kernel, is_min=True),
+      [-1.5, -2.0, -3.0])
+  assert compression.grow_range(np.float32(2.5), kernel, is_min=False) == 3.0  # per tensor
+
+
+@pytest.mark.parametrize("ranges", ["pinned", "grow"])
+def test_delta_to_base_pins_or_grows_weight_quantizer_ranges(ranges):
+  model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
+                                                        "specialist", "s"))
+  variables = compression.backbone_variables(model)
+  owners = compression.range_owners(model)
+  assert len(owners) == 2 * sum(compression.is_kernel(v) for v in variables
+                                if "input_norm" not in v.name)
+  lo, hi = sorted(i for i, k in owners.items() if k == min(owners.values()))
+  kernel = variables[owners[hi]]
+  extent = np.abs(kernel.numpy()).max(axis=(0, 1, 2))
+  variables[lo].assign(-extent)
+  variables[hi].assign(extent)  # the base's ranges: its kernel's, as after QAT
+  base = [v.numpy() for v in variables]
+  moved = base[owners[hi]].copy()
+  moved[0, 0, 0, 0] = 3 * extent[0]
+  kernel.assign(moved)
+  for i in (lo, hi):
+    variables[i].assign(np.full_like(base[i], 9.0))  # as a training step's batch ranges leave them
+  compression.DeltaToBase(base, 0.0, ranges=ranges).project(model, threshold=0.0)
+  expected = extent.copy()
+  if ranges == "grow":
+    expected[0] = 3 * extent[0]
+  np.testing.assert_array_equal(variables[hi].numpy(), expected)
+  np.testing.assert_array_equal(variables[lo].numpy(), -expected)
+  np.testing.assert_array_equal(kernel.numpy(), moved)
+
+
+def test_delta_ranges_grow_needs_qat_delta_specialists(tmp_path):
+  with pytest.raises(ValueError, match="delta_ranges='grow' .* needs qat=True"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), delta_ranges="grow")
+  with pytest.raises(ValueError, match="delta_ranges='grow' .* specialist_form='delta'"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), delta_ranges="grow", qat=True,
+                           specialist_form="affine")
+  assert config_lib.TrainConfig(model_dir=str(tmp_path), delta_ranges="grow",
+                                qat=True).delta_ranges == "grow"
 
 
 def test_delta_keep_must_be_a_fraction(tmp_path):

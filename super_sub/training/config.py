@@ -126,6 +126,12 @@ class TrainConfig:
       "generalist's, so its int8 weights are the base's byte for byte (TFLite folds BatchNorm "
       "into the per-channel quantization scales and the biases) and the stored delta holds "
       "only biases and scales (TinyTL, Cai et al. 2020).", SPECIALIST_FORMS)
+  delta_ranges: str = _field(
+      "pinned", "With --qat, specialists' weight quantizer ranges: pinned to the generalist's "
+      "(an unchanged weight keeps its int8 value; a weight that grows past its channel's range "
+      "is clipped in int8) or grow: widened for just the channels whose changed weights "
+      "outgrew them (those channels' int8 scales, and so all their int8 weights, change).",
+      ("pinned", "grow"))
   freeze_bn: bool = _field(
       False, "Specialists keep the generalist's BatchNorm (parameters and statistics): smaller "
       "deltas, since re-estimated statistics change every folded weight.")
@@ -156,7 +162,7 @@ class TrainConfig:
 
   def __post_init__(self):
     for name in ("stage", "strategy", "generalist_init", "augment", "distill_from",
-                 "specialist_form"):
+                 "specialist_form", "delta_ranges"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
       value = getattr(self, name)
       if value is not None and value not in choices:
@@ -177,6 +183,9 @@ class TrainConfig:
         raise ValueError(f"specialist_form='affine' keeps every kernel the generalist's and "
                          f"trains BatchNorm, so it cannot be combined with "
                          f"{' or '.join(conflicts)} (options of specialist_form='delta')")
+    if self.delta_ranges == "grow" and (not self.qat or self.specialist_form != "delta"):
+      raise ValueError("delta_ranges='grow' widens the QAT weight quantizer ranges of changed "
+                       "kernels, so it needs qat=True and specialist_form='delta'")
     if self.mixed_precision and self.qat:
       raise ValueError("mixed_precision cannot be combined with qat: tfmot's fake-quantization "
                        "layers compute in float32 only; train the float stages with "

@@ -11,7 +11,9 @@ Four things make a specialist's delta small (measured in BENCHMARKS.md):
     folded weight and cost accuracy);
   * with quantization-aware training, the weight quantizer ranges stay the base's, so a
     weight equal to the base's has the same int8 value, and the int8 delta is a sparse
-    tensor of small integers (activation ranges adapt: a few bytes each).
+    tensor of small integers (activation ranges adapt: a few bytes each). A pinned range
+    clips a weight that grew past it; `--delta_ranges=grow` widens the range of just those
+    channels, at the price of their whole channel's int8 values.
 The head is free and stored whole.
 
 An affine specialist (`--specialist_form=affine`, `freeze_kernels`) goes further: no kernel
@@ -114,6 +116,45 @@ def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
   return {i: s > threshold for i, s in sizes.items()}
 
 
+# How a specialist's weight quantizer ranges may move (`DeltaToBase`, --delta_ranges).
+RANGES = ("pinned", "grow")
+# tfmot's weight quantizer range variables (QuantizeWrapperV2 over Conv2D, DepthwiseConv2D).
+_RANGE_NAMES = ("kernel_min", "kernel_max", "depthwise_kernel_min", "depthwise_kernel_max")
+
+
+def range_owners(model: keras.Model) -> dict[int, int]:
+  """For each weight quantizer range variable (index into `backbone_variables(model)`): the
+  index of the kernel it quantizes (the one in the same layer)."""
+  owners, start = {}, 0
+  for layer in model.layers[:-1]:
+    names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
+    kernel = next((start + j for j, n in enumerate(names) if n in ("kernel", "depthwise_kernel")),
+                  None)
+    if kernel is not None:
+      owners.update({start + j: kernel for j, n in enumerate(names) if n in _RANGE_NAMES})
+    start += len(names)
+  return owners
+
+
+def grow_range(base: np.ndarray, kernel: np.ndarray, is_min: bool) -> np.ndarray:
+  """A weight quantizer bound widened where `kernel` outgrew it, per quantization axis.
+
+  tfmot quantizes per output channel symmetrically (narrow range: int8 = round(W * 127 / r),
+  r = max(|min|, |max|)); where a channel's largest |W| exceeds the base's r, the base range
+  would clip it, so the bound moves to +-max|W| there (that channel's int8 scale, and so all its
+  int8 weights, change). Elsewhere the base's bound stays, so unchanged channels keep their int8
+  values. The channel axis is the kernel axis as long as the range (the last one on ties).
+  """
+  base = np.asarray(base)
+  if base.ndim == 0:
+    extent = np.abs(kernel).max()
+  else:
+    axis = max(a for a in range(kernel.ndim) if kernel.shape[a] == base.shape[0])
+    extent = np.abs(kernel).max(axis=tuple(a for a in range(kernel.ndim) if a != axis))
+  grown = np.minimum(base, -extent) if is_min else np.maximum(base, extent)
+  return grown.astype(base.dtype)
+
+
 class DeltaToBase(keras.callbacks.Callback):
   """Keeps a specialist's backbone a sparse delta over the base after every training step.
 
@@ -124,8 +165,10 @@ class DeltaToBase(keras.callbacks.Callback):
   `keep_schedule` fraction, recomputed from the weights at every epoch start, so a resumed
   run gets the same mask) are reset to the base as well.
   BatchNorm parameters and statistics: pinned to the base when `pin_batchnorm`. Weight
-  quantizer ranges (so an unchanged weight keeps its int8 value), the input range, step
-  counters and every variable of a frozen layer (`--freeze_stages`): always pinned.
+  quantizer ranges: the base's (so an unchanged weight keeps its int8 value), or with
+  `ranges="grow"` widened per output channel where the changed kernel outgrew them (`grow_range`).
+  The input range, step counters and every variable of a frozen layer (`--freeze_stages`):
+  always pinned.
   Activation quantizer ranges follow the specialist's activations. tfmot's QuantizeWrapperV2 lists its
   layer's weights as trainable even when the layer is frozen
   (tensorflow/model-optimization#1067), so pinning,
@@ -133,13 +176,17 @@ class DeltaToBase(keras.callbacks.Callback):
   """
 
   def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True,
-               keep: float | None = None, epochs: int = 1):
+               keep: float | None = None, epochs: int = 1, ranges: str = "pinned"):
     """`base`: values of `backbone_variables(model)` when the specialist was made;
     `keep`: the budget (fraction of kernel weights that may differ), None for no budget;
-    `epochs`: the length of the training, which `keep_schedule` spreads the pruning over."""
+    `epochs`: the length of the training, which `keep_schedule` spreads the pruning over;
+    `ranges`: weight quantizer ranges "pinned" to the base's or allowed to "grow"."""
     super().__init__()
     if keep is not None and not 0.0 <= keep <= 1.0:
       raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
+    if ranges not in RANGES:
+      raise ValueError(f"ranges must be one of {RANGES}, got {ranges!r}")
+    self.ranges = ranges
     self.base = base
     self.l1 = float(l1)
     self.pin_batchnorm = pin_batchnorm
@@ -167,9 +214,13 @@ class DeltaToBase(keras.callbacks.Callback):
 
   def project(self, model: keras.Model, threshold: float) -> None:
     """Soft-thresholds kernel deltas by `threshold`, applies the budget's masks and pins
-    the rest of the backbone."""
+    the rest of the backbone (weight quantizer ranges last, after the kernels they cover)."""
     frozen = frozen_variables(model)
-    for i, (var, base) in enumerate(zip(self._variables(model), self.base)):
+    variables = self._variables(model)
+    owners = range_owners(model)
+    for i, (var, base) in enumerate(zip(variables, self.base)):
+      if i in owners and not frozen[i]:
+        continue
       short = var.name.split("/")[-1].split(":")[0]
       if frozen[i]:
         var.assign(base)
@@ -186,7 +237,12 @@ class DeltaToBase(keras.callbacks.Callback):
         if self.pin_batchnorm:
           var.assign(base)
       elif not var.trainable and not short.startswith(_ACTIVATION_RANGES):
-        var.assign(base)  # weight quantizer ranges, input range and step counters
+        var.assign(base)  # the input range and step counters
+    for i, kernel in owners.items():
+      if not frozen[i]:
+        variables[i].assign(self.base[i] if self.ranges == "pinned" else
+                            grow_range(self.base[i], variables[kernel].numpy(),
+                                       is_min=variables[i].name.split(":")[0].endswith("_min")))
 
 
 def delta_stats(model: keras.Model, base: list[np.ndarray]) -> dict[str, float | int]:

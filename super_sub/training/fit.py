@@ -265,7 +265,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         deltas.freeze_kernels(model)
       base = [v.numpy() for v in deltas.backbone_variables(model)]
       callbacks.append(deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
-                                          keep=config.delta_keep, epochs=epochs))
+                                          keep=config.delta_keep, epochs=epochs,
+                                          ranges=config.delta_ranges))
       if config.distill_from:
         trained = model  # the distilled model shares its layers; `model` is what is saved
         model = distill.distilled(

@@ -1,0 +1,63 @@
+"""Helpers the bench scripts share (no flags here: each script defines its own)."""
+
+import glob
+import json
+import os
+import shutil
+
+from super_sub.bundles import storage as storage_lib
+from super_sub.training import config as config_lib
+
+# Training options that shape a specialist, reported beside each trade-off row.
+SPECIALIST_KNOBS = ("qat", "specialist_form", "delta_l1", "delta_keep", "delta_ranges",
+                    "freeze_bn", "freeze_stages", "distill_from", "specialist_epochs")
+
+
+def copy_stages(source: str, target: str, stages) -> None:
+  """Finished stages of the run in `source` into the run `target`, so they are not trained
+  again (a stage is finished when its metrics.json exists)."""
+  for stage in stages:
+    src, dst = os.path.join(source, stage), os.path.join(target, stage)
+    if not os.path.exists(dst):
+      if not os.path.exists(os.path.join(src, "metrics.json")):
+        raise FileNotFoundError(f"{src} is not finished; train it first")
+      shutil.copytree(src, dst)
+
+
+def tradeoff_row(label: str, model_dir: str, export_dir: str) -> dict:
+  """One evaluated and exported run's accuracy, delta sparsity and storage: eval.json
+  (two-stage and oracle-specialist top-1), the specialists' metrics.json (fraction of backbone
+  kernel weights that differ from the generalist's) and the export's manifest (b = cost of one
+  specialist in units of one fp32 network, super_sub.bundles.storage.storage_fit)."""
+  config = config_lib.load_config(model_dir)
+  with open(os.path.join(model_dir, "eval.json"), encoding="utf-8") as f:
+    result = json.load(f)
+  with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
+    storage = storage_lib.storage_fit(json.load(f))
+  changed = []
+  for path in sorted(glob.glob(os.path.join(model_dir, "specialists", "*", "metrics.json"))):
+    with open(path, encoding="utf-8") as f:
+      changed.append(json.load(f)["delta"]["changed_fraction"])
+  return {"label": label, "model_dir": model_dir, "export_dir": export_dir,
+          "knobs": {k: getattr(config, k) for k in SPECIALIST_KNOBS},
+          "flat_top1": result["flat"]["top1"],
+          "two_stage_top1": result["two_stage"]["hard"]["top1"],
+          "oracle_top1": result["oracle_specialists"]["top1"],
+          "per_superclass": result["oracle_specialists"]["per_superclass"],
+          "changed_fraction": {"min": min(changed), "max": max(changed)},
+          "storage_ratio": storage["storage_ratio"], "a": storage["a"], "b": storage["b"],
+          "ratio_at_n10": storage["ratio_at_n10"]}
+
+
+def tradeoff_table(rows: list[dict]) -> str:
+  """The rows of `tradeoff_row` as a Markdown table."""
+  lines = ["| run | kernel weights changed | two-stage top-1 | oracle specialists | "
+           "per superclass (oracle) | b (x fp32 net) | bundle, N here | a + 10 b |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    c = r["changed_fraction"]
+    per = ", ".join(f"{k} {v:.1%}" for k, v in r["per_superclass"].items() if v is not None)
+    lines.append(f"| {r['label']} | {c['min']:.1%}-{c['max']:.1%} | {r['two_stage_top1']:.2%} | "
+                 f"{r['oracle_top1']:.2%} | {per} | {r['b']:.4f} | {r['storage_ratio']:.3f} | "
+                 f"{r['ratio_at_n10']:.2f} |")
+  return "\n".join(lines) + "\n"
