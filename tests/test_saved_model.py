@@ -52,16 +52,11 @@ def test_deltas_hold_only_the_changed_weights_the_cheaper_way(models_and_path):
   sparse_k, dense_k = h.specialist_superclasses()
   stem = generalist.layers[1].weights[0].numpy()
 
-  def stored_bytes(k):
-    return (sum(w.numpy().nbytes + v.numpy().nbytes for _, _, w, v in module.deltas[str(k)])
-            + sum(d.numpy().nbytes for _, _, d in module.dense_deltas[str(k)]))
-
-  assert [int(w.shape[0]) for _, _, w, _ in module.deltas[str(sparse_k)]] == [20]
-  assert module.dense_deltas[str(sparse_k)] == []
-  assert stored_bytes(sparse_k) == 20 * (4 + 4)
-  assert module.deltas[str(dense_k)] == []
-  assert [d.shape for _, _, d in module.dense_deltas[str(dense_k)]] == [stem.shape]
-  assert stored_bytes(dense_k) == stem.nbytes
+  sparse, dense = module.specialists[str(sparse_k)], module.specialists[str(dense_k)]
+  assert sparse.changed == [(1, 0, "sparse")] and int(sparse.positions.shape[0]) == 20
+  assert sparse.stored_bytes() == 20 * (4 + 4)
+  assert dense.changed == [(1, 0, "dense")]
+  assert dense.stored_bytes() == stem.nbytes + 4  # the difference and the tensor's ordinal
   # Base + delta gives back every weight of each specialist (whatever the routing of a test's
   # images exercises).
   for k, model in specialists.items():
@@ -175,7 +170,7 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
   assert _conv_ops(shared, (28, 28, 1)) == (convs, trunk_convs + models * (convs - trunk_convs))
   # The trunk's weights store no delta.
   for k in specialists:
-    changed = {i for i, *_ in shared.deltas[str(k)] + shared.dense_deltas[str(k)]}
+    changed = {i for i, *_ in shared.specialists[str(k)].changed}
     assert min(changed) > max(i for i, l in enumerate(generalist.layers)
                               if l.name.startswith(("stem_", "stage1_")))
   path = str(tmp_path / "saved_model")
