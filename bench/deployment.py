@@ -31,6 +31,13 @@ super_sub.runtime:
 Builds are kept in --work_dir (delete it to rebuild); `--nobuild` only measures, `--nomeasure`
 only builds.
 Writes <out>.json and <out>.md.
+
+  .venv/bin/python bench/deployment.py --backbone=mobilenet_v2 --saved_model_only
+
+only exports each setting's SavedModel with the current exporter (no build, no timings: it
+may run alongside other work) and writes <out>_saved_model.json and .md: its bytes, of which
+variables and graph, against the goal (one fp32 network + every specialist's dense delta of
+what it changed).
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ _IMAGES_B32 = flags.DEFINE_integer("images_batch32", 128, "Images timed at batch
 _THREADS = flags.DEFINE_integer("num_threads", 2, "LiteRT threads per interpreter.")
 _OUT = flags.DEFINE_string("out", None, "Results path without suffix "
                            "(default bench/results/deployment_<backbone>).")
+_SAVED_MODEL_ONLY = flags.DEFINE_bool("saved_model_only", False, "Only report the SavedModel's "
+                                      "size per setting (see the module docstring).")
 # Internal: one measurement in a fresh process.
 _WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
 
@@ -208,6 +217,37 @@ def savedmodel_bound(backbone: str, frozen_stages: int) -> int:
               + heads)
 
 
+def saved_model_sizes(backbone: str, out: str) -> None:
+  """Writes out.json and out.md: each setting's SavedModel size against the goal."""
+  rows = {}
+  for name, k in settings():
+    keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+    sizes = saved_model_now(backbone, k, keep)
+    goal = savedmodel_bound(backbone, k)
+    rows[name] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
+                  - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
+                  "bytes_over_goal": sizes["saved_model_bytes"] - goal}
+    print(name, rows[name], flush=True)
+  command = (f"python bench/deployment.py --backbone={backbone} "
+             f"--trunks={','.join(_TRUNKS.value)} --sparse_keep={_SPARSE_KEEP.value} "
+             "--saved_model_only")
+  files_out = {"command": command, "backbone": backbone, "machine": platform.machine(),
+               "settings": rows}
+  with open(out + ".json", "w", encoding="utf-8") as f:
+    json.dump(files_out, f, indent=2)
+  lines = [f"# SavedModel size, {backbone} at 224 px, N = 10 (superclassed_imagenet)", "",
+           f"Command: `{command}`", "",
+           "| setting | SavedModel (MB) | variables | graph | goal | over the goal |",
+           "|---|---|---|---|---|---|"]
+  for name, r in rows.items():
+    over = 100 * r["bytes_over_goal"] / r["goal_bytes"]
+    lines.append(f"| {name} | {r['saved_model_bytes'] / 1e6:.1f} | "
+                 f"{r['saved_model_variables_bytes'] / 1e6:.2f} | {r['graph_bytes'] / 1e6:.2f} | "
+                 f"{r['goal_bytes'] / 1e6:.2f} | {over:+.1f}% |")
+  with open(out + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
 # --- measuring (worker processes: no TensorFlow) ------------------------------------------------
 def _rss_mb(field: str) -> float:
   """VmRSS (now) or VmHWM (peak) of this process in MiB."""
@@ -336,6 +376,10 @@ def main(argv):
     print(json.dumps(measure_runtime(spec)))
     return
   backbone = _BACKBONE.value
+  if _SAVED_MODEL_ONLY.value:
+    saved_model_sizes(backbone, (_OUT.value or f"bench/results/deployment_{backbone}")
+                      + "_saved_model")
+    return
   work = os.path.join(_WORK_DIR.value, backbone)
   if _BUILD.value:
     build(work, backbone)

@@ -1,4 +1,8 @@
-"""Specialists distilled from the flat network: the loss by hand, training, and bad input."""
+"""Specialists distilled from the flat network or another run's specialists: the loss by hand,
+training, and bad input."""
+
+import json
+import os
 
 import numpy as np
 import pytest
@@ -64,8 +68,17 @@ def test_bad_distillation_options_name_the_problem():
     distill.distilled(student, teacher, (0, 2), 0.0, 0.5)
   with pytest.raises(ValueError, match="distill_weight must lie in \\[0, 1\\]"):
     config_lib.TrainConfig(model_dir="x", distill_from="flat", distill_weight=1.5)
-  with pytest.raises(ValueError, match="distill_from must be one of"):
-    config_lib.TrainConfig(model_dir="x", distill_from="generalist")
+  with pytest.raises(ValueError, match="distill_from must be 'flat' or the model_dir of a run"):
+    config_lib.TrainConfig(model_dir="x", distill_from=" ")
+
+
+def test_distill_from_something_that_is_not_a_run_is_refused_before_training(tmp_path,
+                                                                             smoke_config):
+  config = smoke_config(tmp_path / "run", stage="specialists", distill_from="generalist")
+  with pytest.raises(FileNotFoundError, match="--distill_from=generalist: expected 'flat' or "
+                     "the model_dir of a super-sub-train run"):
+    fit.train(config, log=lambda _: None)
+  assert not (tmp_path / "run" / "specialists").exists()
 
 
 def test_distill_from_an_untrained_flat_is_refused_before_training(tmp_path, smoke_config):
@@ -86,3 +99,46 @@ def test_distilled_specialists_train_and_load_as_plain_specialists(tmp_path, smo
   assert two_stage.predict(images)["label_probs"].shape == (4, run.hierarchy.num_subclasses)
   for stage in run.specialists().values():
     assert np.isfinite(run.metrics(stage)["final"]["loss"])
+
+
+@pytest.fixture(scope="module")
+def _teacher_run(tmp_path_factory, smoke_config):
+  """A finished smoke run whose specialists teach others."""
+  return fit.train(smoke_config(tmp_path_factory.mktemp("teacher") / "run"),
+                   log=lambda _: None).model_dir
+
+
+@pytest.mark.slow
+def test_specialists_distill_from_another_runs_specialists(tmp_path, smoke_config, _teacher_run):
+  config = fit.train(smoke_config(tmp_path / "run", distill_from=_teacher_run, delta_keep=0.05,
+                                  freeze_bn=True), log=lambda _: None)
+  run = run_lib.Run.open(config.model_dir)
+  for k, stage in run.specialists().items():
+    teacher, columns = fit._teacher(run, _teacher_run, k)  # pylint: disable=protected-access
+    assert columns == (0, len(run.hierarchy.subclass_range(k)))
+    # The teacher is the other run's specialist of the same superclass, weight for weight.
+    other = run_lib.Run.open(_teacher_run).load_model(stage)
+    for a, b in zip(teacher.weights, other.weights):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert np.isfinite(run.metrics(stage)["final"]["loss"])
+  assert run.metrics(run.specialists()[k])["delta"]["changed_fraction"] <= 0.05
+
+
+@pytest.mark.slow
+def test_distill_from_a_run_on_other_data_or_without_the_specialist_is_refused(
+    tmp_path, smoke_config, _teacher_run):
+  run_dir = tmp_path / "run"
+  fit.train(smoke_config(run_dir, stage="flat"), log=lambda _: None)
+  run = run_lib.Run.open(str(run_dir))
+  other = tmp_path / "other"
+  other.mkdir()
+  with open(os.path.join(_teacher_run, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  with open(other / "config.json", "w", encoding="utf-8") as f:
+    json.dump({**saved, "image_size": saved["image_size"] * 2}, f)
+  with pytest.raises(ValueError, match=r"trained on other data: image_size \d+ \(this run: "):
+    fit._teacher(run, str(other), 4)  # pylint: disable=protected-access
+  with open(other / "config.json", "w", encoding="utf-8") as f:
+    json.dump(saved, f)  # the same data, but no specialist trained there
+  with pytest.raises(FileNotFoundError, match="has no trained specialist for superclass 4"):
+    fit._teacher(run, str(other), 4)  # pylint: disable=protected-access

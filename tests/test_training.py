@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -242,6 +243,15 @@ def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   with open(os.path.join(trained.model_dir, "eval.json"), encoding="utf-8") as f:
     assert json.load(f)["two_stage"]["soft"]["k"] == 3
+
+
+def test_a_moved_run_reads_its_stages_where_it_now_lives(trained, tmp_path):
+  first, moved = tmp_path / "first", tmp_path / "moved"
+  shutil.copytree(trained.model_dir, first)
+  shutil.move(str(first), str(moved))  # config.json still names the folder it was copied as
+  run = run_lib.Run.open(str(moved))
+  assert run.model_dir == str(moved) and run.stage_dir(run_lib.FLAT) == str(moved / "flat")
+  assert run.load_model(run_lib.FLAT).count_params() > 0  # read here: `first` is gone
 
 
 def test_load_config_of_a_folder_that_is_no_run(tmp_path):

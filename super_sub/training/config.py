@@ -15,7 +15,7 @@ from typing import Any
 STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
-DISTILL_SOURCES = ("flat",)
+DISTILL_SOURCES = ("flat",)  # besides another run's model_dir (its specialists)
 # How a specialist differs from the generalist it starts from (super_sub.training.deltas).
 SPECIALIST_FORMS = ("delta", "affine")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
@@ -145,9 +145,11 @@ class TrainConfig:
                                            "stage (default: --learning_rate / 10).")
   # Specialists that learn from the flat network's soft targets (super_sub.training.distill).
   distill_from: str | None = _field(
-      None, "Specialists also learn from this trained stage's soft targets over their "
-      "subclasses (Hinton et al. 2015): `flat`, the network trained on every subclass "
-      "(--stage=all trains it first). Default: hard labels only.", DISTILL_SOURCES)
+      None, "Specialists also learn from a teacher's soft targets over their subclasses "
+      "(Hinton et al. 2015): `flat`, this run's network trained on every subclass (--stage=all "
+      "trains it first), or the model_dir of another run on the same data whose specialists "
+      "teach the specialists of the same superclasses (e.g. dense ones teaching compressed "
+      "ones). Default: hard labels only.")
   distill_weight: float = _field(0.5, "With --distill_from: the soft targets' share w of the "
                                  "specialist loss, in [0, 1].")
   distill_temperature: float = _field(2.0, "With --distill_from: the temperature T softening "
@@ -161,8 +163,8 @@ class TrainConfig:
   hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
 
   def __post_init__(self):
-    for name in ("stage", "strategy", "generalist_init", "augment", "distill_from",
-                 "specialist_form", "delta_ranges"):
+    for name in ("stage", "strategy", "generalist_init", "augment", "specialist_form",
+                 "delta_ranges"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
       value = getattr(self, name)
       if value is not None and value not in choices:
@@ -198,6 +200,9 @@ class TrainConfig:
     if not 0.0 <= self.dustbin <= 10.0:
       raise ValueError(f"dustbin is the number of other superclasses' images per own image a "
                        f"specialist trains on, in [0, 10]; got {self.dustbin}")
+    if self.distill_from is not None and not self.distill_from.strip():
+      raise ValueError("distill_from must be 'flat' or the model_dir of a run whose specialists "
+                       "teach; got an empty string")
     if not 0.0 <= self.distill_weight <= 1.0 or not self.distill_temperature > 0:
       raise ValueError(f"distill_weight must lie in [0, 1] and distill_temperature be "
                        f"positive; got {self.distill_weight} and {self.distill_temperature}")
@@ -251,7 +256,10 @@ def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
     if expected:
       raise ConfigError(f"{path}: {name!r} must be {expected}; got {value!r:.80}")
   try:
-    return TrainConfig(**{**saved, **({"data_dir": data_dir} if data_dir else {})})
+    # The folder it was read from is the run's folder, wherever it was trained: a run that
+    # was moved or copied reads its stages here, not where config.json says it once lived.
+    return TrainConfig(**{**saved, "model_dir": str(model_dir),
+                          **({"data_dir": data_dir} if data_dir else {})})
   except (TypeError, ValueError) as e:
     raise ConfigError(f"{path}: {e}") from None
 

@@ -129,7 +129,8 @@ def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> Tra
         "or --stage=all trains both) or pass --generalist_init=scratch")
   if (config.distill_from and "specialists" in config.stages()
       and config.distill_from not in config.stages()):
-    _teacher(run, config.distill_from)  # its error before any training, not after
+    for stage in chosen:  # the teachers' errors before any training, not after
+      _teacher(run, config.distill_from, stage.superclass, load=False)
   for name in config.stages():
     stages = {"flat": [run_lib.FLAT],
               "generalist": [run_lib.GENERALIST] + ([run_lib.GENERALIST_QAT] if config.qat
@@ -206,15 +207,44 @@ def _precision(config: TrainConfig, strategy: tf.distribute.Strategy):
     keras.mixed_precision.set_global_policy(previous)
 
 
-def _teacher(run: run_lib.Run, source: str) -> keras.Model:
-  """The trained stage specialists distill from (config.DISTILL_SOURCES)."""
-  stage = {"flat": run_lib.FLAT}[source]
-  if not run.is_done(stage):
-    raise FileNotFoundError(
-        f"--distill_from={source} needs the trained {source} network, and {run.stage_dir(stage)} "
-        f"holds none; train it first (--stage=flat, or --stage=all trains it before the "
-        "specialists)")
-  return run.load_model(stage)
+def _teacher(run: run_lib.Run, source: str, superclass: int, load: bool = True
+             ) -> tuple[keras.Model | None, tuple[int, int]]:
+  """What superclass `superclass`'s specialist distills from (config.distill_from) and which of
+  its output columns are that specialist's subclasses; with load=False only checks that it
+  exists (the model is then None).
+
+  Raises:
+    FileNotFoundError: the flat network, or the other run or its specialist, is not trained.
+    ValueError: the other run was trained on other data (dataset, hierarchy or image size).
+  """
+  h = run.hierarchy
+  if source == "flat":
+    if not run.is_done(run_lib.FLAT):
+      raise FileNotFoundError(
+          f"--distill_from=flat needs the trained flat network, and {run.stage_dir(run_lib.FLAT)} "
+          "holds none; train it first (--stage=flat, or --stage=all trains it before the "
+          "specialists)")
+    columns = (int(h.superclass_offsets[superclass]), int(h.superclass_offsets[superclass + 1]))
+    return (run.load_model(run_lib.FLAT) if load else None), columns
+  try:
+    other = run_lib.Run.open(source, data_dir=run.config.data_dir)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"--distill_from={source}: expected 'flat' or the model_dir of a "
+                            "super-sub-train run whose specialists teach; it is neither"
+                            ) from None
+  mine, theirs = run.config, other.config
+  clashes = [f"{key} {getattr(theirs, key)!r} (this run: {getattr(mine, key)!r})"
+             for key in ("dataset", "hierarchy", "image_size")
+             if getattr(theirs, key) != getattr(mine, key)]
+  if clashes:
+    raise ValueError(f"--distill_from={source} was trained on other data: {'; '.join(clashes)}")
+  stage = run_lib.specialist(superclass)
+  if not other.is_done(stage):
+    raise FileNotFoundError(f"--distill_from={source} has no trained specialist for superclass "
+                            f"{superclass} ({h.superclasses[superclass].name!r}): "
+                            f"{other.stage_dir(stage)} holds none")
+  columns = (0, len(h.subclass_range(superclass)))  # a dustbin's last output is not taught
+  return (other.load_model(stage) if load else None), columns
 
 
 def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks,
@@ -269,10 +299,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                                           ranges=config.delta_ranges))
       if config.distill_from:
         trained = model  # the distilled model shares its layers; `model` is what is saved
-        model = distill.distilled(
-            model, _teacher(run, config.distill_from),
-            (h.superclass_offsets[stage.superclass], h.superclass_offsets[stage.superclass + 1]),
-            config.distill_temperature, config.distill_weight)
+        teacher, columns = _teacher(run, config.distill_from, stage.superclass)
+        model = distill.distilled(model, teacher, columns, config.distill_temperature,
+                                  config.distill_weight)
     elif stage.qat:
       model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
     else:
