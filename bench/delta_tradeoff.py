@@ -12,6 +12,8 @@ Writes <out>.json and <out>.md.
 """
 
 import os
+import shlex
+import sys
 
 from absl import app
 from absl import flags
@@ -34,9 +36,11 @@ def main(argv):
     if len(parts) != 3:
       raise app.UsageError(f"--run={spec!r}: expected LABEL:MODEL_DIR:EXPORT_DIR")
     rows.append(tradeoff_row(*parts))
-  markdown = tradeoff_table(rows)
+  command = "python bench/delta_tradeoff.py " + " ".join(
+      shlex.quote(arg) for arg in sys.argv[1:])
+  markdown = f"Command: `{command}`\n\n" + tradeoff_table(rows)
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  files.write_json(_OUT.value + ".json", {"runs": rows})
+  files.write_json(_OUT.value + ".json", {"command": command, "runs": rows})
   with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
     f.write(markdown)
   print(markdown)

@@ -189,6 +189,9 @@ class SuperSubModule(tf.Module):
     self._shapes = [[w.shape for w in layer] for layer in base[:-1]]
     offsets = np.cumsum([0] + [w.size for layer in base[:-1] for w in layer])
     self._sizes = [int(n) for n in np.diff(offsets)]
+    if offsets[-1] >= 2**31:
+      raise ValueError(f"the backbone has {offsets[-1]:,} weights; the SavedModel addresses them "
+                       "with int32 positions (at most 2**31 - 1)")
     self.base = tf.Variable(np.concatenate([w.ravel() for layer in base[:-1] for w in layer]
                                            ).astype(np.float32), trainable=False)
     self.base_head = [tf.Variable(v, trainable=False) for v in base[-1]]
