@@ -24,7 +24,6 @@ distill its generalist). Writes <out>.json and <out>.md: mean ± standard deviat
 seeds, each gain paired by seed, and whether it exceeds the seed-to-seed spread.
 """
 
-import json
 import os
 import platform
 import time

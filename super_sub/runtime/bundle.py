@@ -93,9 +93,11 @@ class Bundle:
     try:
       with np.load(io.BytesIO(self.deltas[k]), allow_pickle=False) as npz:
         if k in self._fast:
-          # The delta was verified against the manifest as it was read, and the base when the
-          # bundle was loaded: the same inputs as the first rebuild, whose result was checked.
-          return self._fast[k].apply(self.generalist, npz, verify=False)
+          # A loaded bundle verified the delta against the manifest as it was read, and the
+          # base when it loaded: the same inputs as the first rebuild, whose result was
+          # checked. Deltas from anywhere else are checked again.
+          return self._fast[k].apply(self.generalist, npz,
+                                     verify=not isinstance(self.deltas, VerifiedFiles))
         model = delta_lib.apply_delta(self.generalist, self.skeletons[k], npz)
         self._fast[k] = delta_lib.FastRebuild.from_rebuilt(self.generalist, model, npz)
         return model
