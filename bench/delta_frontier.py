@@ -179,6 +179,8 @@ def main(argv):
            f"per base network, {_SPECIALIST_EPOCHS.value} per specialist, "
            f"{'QAT' if _QAT.value else 'float'}, seed {_SEED.value}", "",
            f"Command: `{command}`  ", f"Machine: {out['machine']}", "",
+           f"The shared base: flat network top-1 {rows[0]['flat_top1']:.2%} on the evaluation "
+           "split (every setting's specialists start from the same generalist).", "",
            tradeoff_table(rows),
            f"Goal: b <= {_B_GOAL.value} within {100 * _TOLERANCE.value:.1f} point of the dense "
            "specialists' two-stage top-1. Met by: "
