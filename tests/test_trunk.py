@@ -12,6 +12,7 @@ from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.models import classifiers
 from super_sub.models import trunk as trunk_lib
+from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
 from super_sub.runtime import predictor
 from super_sub.training import deltas as compression
@@ -78,7 +79,16 @@ def test_trunk_tflite_feeds_the_generalist_tail_like_the_whole_network(run, expo
   whole = predictor._LiteModel(tflite.to_tflite(generalist, images), 1, "whole")  # pylint: disable=protected-access
   lite = predictor.TwoStageLite(os.path.join(exported[0], "tflite"))
   split = lite.generalist(lite.trunk(images))
-  assert np.mean(split.argmax(1) == whole(images).argmax(1)) >= 31 / 32
+  full = whole(images)
+  # int8 noise moves a probability by ~0.02 here (the two parts quantize the trunk's output
+  # once more); on this near-chance smoke model a few images are near-ties, whose argmax
+  # that noise may flip, so the answers are compared where the margin exceeds it.
+  split_p, full_p = core.softmax(split), core.softmax(full)
+  assert np.abs(split_p - full_p).max() < 0.05
+  top2 = np.sort(full_p, axis=1)[:, -2:]
+  clear = top2[:, 1] - top2[:, 0] > 0.1
+  assert clear.sum() >= 12
+  np.testing.assert_array_equal(split.argmax(1)[clear], full.argmax(1)[clear])
 
 
 @pytest.mark.slow
