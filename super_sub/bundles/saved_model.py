@@ -275,8 +275,9 @@ class SuperSubModule(tf.Module):
   def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """Hard two-stage routing; see export_saved_model for the signature."""
     cut = self._cut
-    features = self._graph(images, self._base_weights(), stop=cut) if cut else images
-    return two_stage_graph(features, self._h, lambda x: self._logits(x, self._base_weights()),
+    base = self._base_weights()  # unpacked once for the trunk and the generalist
+    features = self._graph(images, base, stop=cut) if cut else images
+    return two_stage_graph(features, self._h, lambda x: self._logits(x, base),
                            lambda k, x: self._logits(x, self._specialist_weights(k)))
 
 

@@ -233,16 +233,14 @@ class FastRebuild:
   @classmethod
   def from_rebuilt(cls, base: bytes, specialist: bytes, arrays) -> "FastRebuild":
     """The fast form of a specialist that `apply_delta(base, skeleton, arrays)` returned."""
-    try:  # only the pairing: the difference stream (as large as the buffers) stays unread
-      buffers = np.asarray(arrays["buffers"]).astype(np.int64)
-    except Exception as e:  # zipfile, its decompressors and numpy raise assorted types
-      raise DeltaError(f"delta array 'buffers' cannot be read ({e!r})") from None
+    # Only the pairing: the difference stream (as large as the buffers) stays unread.
+    buffers = _as_indices(_read_member(arrays, "buffers"), "buffers")
     if buffers.ndim != 2 or buffers.shape[1] != 3:
       raise DeltaError(f"delta array 'buffers' has shape {buffers.shape}; expected (B, 3)")
     base_spans, spec_spans = _buffer_spans(base), _buffer_spans(specialist)
     spans = []
     for i, j, n in buffers.tolist():
-      if min(i, j) < 0 or i >= len(spec_spans) or j >= len(base_spans):
+      if i >= len(spec_spans) or j >= len(base_spans):
         raise DeltaError(f"delta pairs specialist buffer {i} with base buffer {j}, but the "
                          f"specialist has {len(spec_spans)} buffers and the base {len(base_spans)}")
       (so, sn), (bo, bn) = spec_spans[i], base_spans[j]
@@ -385,15 +383,7 @@ def _read_arrays(arrays) -> dict[str, np.ndarray]:
   if missing:
     raise DeltaError(f"delta arrays lack {missing}; expected {list(_COMMON)} plus either 'diff' "
                      f"(dense) or 'gaps' and 'values' (sparse); got {sorted(names)}")
-  out = {}
-  for name in _COMMON + encoding:
-    try:  # an .npz member is decompressed (and its CRC checked) here
-      out[name] = np.asarray(arrays[name])
-    except Exception as e:  # zipfile, its decompressors and numpy raise assorted types
-      raise DeltaError(f"delta array {name!r} cannot be read ({e!r})") from None
-    want = "uint8" if name in _BYTES else "integer"
-    if out[name].dtype.kind not in "iu" or (name in _BYTES and out[name].dtype != np.uint8):
-      raise DeltaError(f"delta array {name!r} has dtype {out[name].dtype}; expected {want}")
+  out = {name: _read_member(arrays, name) for name in _COMMON + encoding}
   if out["version"].shape != () or int(out["version"]) != FORMAT_VERSION:
     raise DeltaError(f"delta version {out['version']} is not supported (this runtime reads "
                      f"{FORMAT_VERSION})")
@@ -402,13 +392,29 @@ def _read_arrays(arrays) -> dict[str, np.ndarray]:
     raise DeltaError(f"delta arrays have the wrong shapes: sha256 {out['sha256'].shape} (want "
                      f"(2, 32)), buffers {out['buffers'].shape} (want (B, 3)), quant "
                      f"{out['quant'].shape} (want (Q, 3))")
-  for name in ("buffers", "quant"):  # indices and lengths: uint32 as written
-    values = out[name]
-    if values.size and (values.min() < 0 or values.max() >= 2**32):
-      raise DeltaError(f"delta array {name!r} holds {values.min()}..{values.max()}; indices "
-                       f"and lengths lie in [0, 2**32)")
-    out[name] = values.astype(np.int64)
+  for name in ("buffers", "quant"):
+    out[name] = _as_indices(out[name], name)
   return out
+
+
+def _read_member(arrays, name: str) -> np.ndarray:
+  """One delta array, read and checked for an integer dtype (uint8 for the byte arrays)."""
+  try:  # an .npz member is decompressed (and its CRC checked) here
+    value = np.asarray(arrays[name])
+  except Exception as e:  # zipfile, its decompressors and numpy raise assorted types
+    raise DeltaError(f"delta array {name!r} cannot be read ({e!r})") from None
+  want = "uint8" if name in _BYTES else "integer"
+  if value.dtype.kind not in "iu" or (name in _BYTES and value.dtype != np.uint8):
+    raise DeltaError(f"delta array {name!r} has dtype {value.dtype}; expected {want}")
+  return value
+
+
+def _as_indices(values: np.ndarray, name: str) -> np.ndarray:
+  """Indices and lengths (uint32 as written) as int64, refused outside [0, 2**32)."""
+  if values.size and (values.min() < 0 or values.max() >= 2**32):
+    raise DeltaError(f"delta array {name!r} holds {values.min()}..{values.max()}; indices "
+                     f"and lengths lie in [0, 2**32)")
+  return values.astype(np.int64)
 
 
 def _decode(arrays: dict[str, np.ndarray], total: int) -> np.ndarray:

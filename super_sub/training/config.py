@@ -15,9 +15,10 @@ from typing import Any
 STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
-DISTILL_SOURCES = ("flat",)  # besides another run's model_dir (its specialists)
 # How a specialist differs from the generalist it starts from (super_sub.training.deltas).
 SPECIALIST_FORMS = ("delta", "affine")
+# How a specialist's QAT weight quantizer ranges may move (super_sub.training.deltas.DeltaToBase).
+DELTA_RANGES = ("pinned", "grow")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
@@ -131,7 +132,7 @@ class TrainConfig:
       "(an unchanged weight keeps its int8 value; a weight that grows past its channel's range "
       "is clipped in int8) or grow: widened for just the channels whose changed weights "
       "outgrew them (those channels' int8 scales, and so all their int8 weights, change).",
-      ("pinned", "grow"))
+      DELTA_RANGES)
   freeze_bn: bool = _field(
       False, "Specialists keep the generalist's BatchNorm (parameters and statistics): smaller "
       "deltas, since re-estimated statistics change every folded weight.")

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from super_sub._internal.compat import keras
+from super_sub.training import config as config_lib
 
 
 def backbone_variables(model: keras.Model) -> list[tf.Variable]:
@@ -43,9 +44,14 @@ def frozen_variables(model: keras.Model) -> list[bool]:
           for layer in model.layers[:-1] for _ in layer.weights]
 
 
+def short_name(variable: tf.Variable) -> str:
+  """A variable's own name, without its layer and device suffix ("kernel", "gamma", ...)."""
+  return variable.name.split("/")[-1].split(":")[0]
+
+
 def is_kernel(variable: tf.Variable) -> bool:
   """Convolution and dense kernels: the weights a specialist may change (sparsely)."""
-  return variable.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")
+  return short_name(variable) in ("kernel", "depthwise_kernel")
 
 
 def freeze_kernels(model: keras.Model) -> None:
@@ -116,8 +122,6 @@ def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
   return {i: s > threshold for i, s in sizes.items()}
 
 
-# How a specialist's weight quantizer ranges may move (`DeltaToBase`, --delta_ranges).
-RANGES = ("pinned", "grow")
 # tfmot's weight quantizer range variables (QuantizeWrapperV2 over Conv2D, DepthwiseConv2D).
 _RANGE_NAMES = ("kernel_min", "kernel_max", "depthwise_kernel_min", "depthwise_kernel_max")
 
@@ -127,7 +131,7 @@ def range_owners(model: keras.Model) -> dict[int, int]:
   index of the kernel it quantizes (the one in the same layer)."""
   owners, start = {}, 0
   for layer in model.layers[:-1]:
-    names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
+    names = [short_name(v) for v in layer.weights]
     kernel = next((start + j for j, n in enumerate(names) if n in ("kernel", "depthwise_kernel")),
                   None)
     if kernel is not None:
@@ -184,9 +188,10 @@ class DeltaToBase(keras.callbacks.Callback):
     super().__init__()
     if keep is not None and not 0.0 <= keep <= 1.0:
       raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
-    if ranges not in RANGES:
-      raise ValueError(f"ranges must be one of {RANGES}, got {ranges!r}")
+    if ranges not in config_lib.DELTA_RANGES:
+      raise ValueError(f"ranges must be one of {config_lib.DELTA_RANGES}, got {ranges!r}")
     self.ranges = ranges
+    self._owners: tuple[keras.Model, dict[int, int]] | None = None  # range_owners, per model
     self.base = base
     self.l1 = float(l1)
     self.pin_batchnorm = pin_batchnorm
@@ -217,11 +222,13 @@ class DeltaToBase(keras.callbacks.Callback):
     the rest of the backbone (weight quantizer ranges last, after the kernels they cover)."""
     frozen = frozen_variables(model)
     variables = self._variables(model)
-    owners = range_owners(model)
+    if self._owners is None or self._owners[0] is not model:  # once, not after every step
+      self._owners = (model, range_owners(model))
+    owners = self._owners[1]
     for i, (var, base) in enumerate(zip(variables, self.base)):
       if i in owners and not frozen[i]:
         continue
-      short = var.name.split("/")[-1].split(":")[0]
+      short = short_name(var)
       if frozen[i]:
         var.assign(base)
       elif is_kernel(var):
@@ -242,7 +249,7 @@ class DeltaToBase(keras.callbacks.Callback):
       if not frozen[i]:
         variables[i].assign(self.base[i] if self.ranges == "pinned" else
                             grow_range(self.base[i], variables[kernel].numpy(),
-                                       is_min=variables[i].name.split(":")[0].endswith("_min")))
+                                       is_min=short_name(variables[i]).endswith("_min")))
 
 
 def delta_stats(model: keras.Model, base: list[np.ndarray]) -> dict[str, float | int]:
