@@ -14,6 +14,8 @@ evaluated (super-sub-eval) and exported (super-sub-export), so b comes from the 
 re-run to add settings. A setting is parts joined by "+":
   dense     plain fine-tuning of every kernel, BatchNorm free: the accuracy to match
   affine    --specialist_form=affine: BatchNorm's per-channel scale and shift and the head
+  sign      --specialist_form=sign (needs --qat): every kernel weight moves by +-k int8 steps of
+            its channel (about one bit per weight), BatchNorm free
   keepP     --delta_keep=P/100 --freeze_bn: a sparse kernel delta (P in percent, e.g. keep2)
   bn        with keepP: BatchNorm free (the sparse delta plus the affine part)
   grow      with dense or keepP and --qat: --delta_ranges=grow (weight quantizer ranges widen
@@ -76,15 +78,17 @@ def setting_overrides(setting: str) -> dict:
   overrides: dict = {}
   keeps = [p for p in parts if re.fullmatch(r"keep\d+(\.\d+)?", p)]
   unknown = [p for p in parts
-             if p not in ("dense", "affine", "bn", "grow", "distill") and p not in keeps]
-  if unknown or len(keeps) > 1 or sum(p in ("dense", "affine") for p in parts) + len(keeps) != 1:
-    raise ValueError(f"setting {setting!r}: expected one of dense, affine or keepP (P in "
+             if p not in ("dense", "affine", "sign", "bn", "grow", "distill") and p not in keeps]
+  forms = sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps)
+  if unknown or len(keeps) > 1 or forms != 1:
+    raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign or keepP (P in "
                      "percent), optionally +bn (with keepP), +grow and +distill")
   if "bn" in parts and not keeps:
-    raise ValueError(f"setting {setting!r}: +bn frees BatchNorm next to a keepP budget; dense "
-                     "and affine train BatchNorm already")
-  if "affine" in parts:
-    overrides["specialist_form"] = "affine"
+    raise ValueError(f"setting {setting!r}: +bn frees BatchNorm next to a keepP budget; dense, "
+                     "affine and sign train BatchNorm already")
+  for form in ("affine", "sign"):
+    if form in parts:
+      overrides["specialist_form"] = form
   if keeps:
     overrides["delta_keep"] = float(keeps[0][4:]) / 100
     overrides["freeze_bn"] = "bn" not in parts

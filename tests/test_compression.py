@@ -136,12 +136,99 @@ def test_affine_specialist_keeps_every_int8_kernel_of_the_base(tmp_path, _train)
   assert int8_weights >= 8 and changed_biases >= 4
 
 
+@pytest.mark.slow
+def test_sign_specialist_moves_int8_kernels_by_whole_steps_per_channel(tmp_path, _train):
+  config = _train(tmp_path, qat=True, qat_epochs=1, specialist_form="sign",
+                  learning_rate=3e-3)
+  base, specialist = _stage(config, run_lib.GENERALIST_QAT), _stage(config, run_lib.specialist(4))
+  base_tflite, spec_tflite = (tflite.to_tflite(m, None) for m in (base, specialist))
+  base_obj, spec_obj = (delta_lib.parse_model(m) for m in (base_tflite, spec_tflite))
+  kernels = moved = clipped = weights = 0
+  for t, u in zip(spec_obj.subgraphs[0].tensors, base_obj.subgraphs[0].tensors):
+    a, b = spec_obj.buffers[t.buffer].data, base_obj.buffers[u.buffer].data
+    if (a is None or b is None or t.type != schema.TensorType.INT8 or len(t.shape) != 4
+        or list(t.shape) != list(u.shape)):
+      continue
+    kernels += 1
+    # [C_out, H, W, C_in]: in each output channel every int8 weight is the base's +-k, the
+    # same k, except where +-k would leave [-127, 127] (clipped).
+    a, b = (np.asarray(x, np.uint8).view(np.int8).astype(np.int16) for x in (a, b))
+    diff = (a - b).reshape(t.shape[0], -1)
+    unclipped = np.abs(a).reshape(diff.shape) < 127
+    k = np.abs(diff).max(axis=1, where=unclipped, initial=0)
+    assert np.all((np.abs(diff) == k[:, None]) | ~unclipped), t.name
+    moved += np.count_nonzero(k)
+    clipped += np.count_nonzero(~unclipped)
+    weights += diff.size
+  assert kernels >= 9 and moved > 0
+  assert clipped < 0.05 * weights  # at least one weight per channel is +-127 in the base
+  skeleton, arrays = delta_lib.make_delta(base_tflite, spec_tflite)  # auto: the signed encoding
+  assert "runs" in arrays and len(arrays["runs"]) >= 9
+  assert delta_lib.apply_delta(base_tflite, skeleton, arrays) == spec_tflite
+
+
+def test_sign_delta_hand_computed():
+  latent = np.array([[0.30, -0.01], [-0.10, 0.02], [0.05, 0.00]], np.float32)  # 2 channels
+  step = np.array([0.1, 0.04], np.float32)
+  # Channel 0: mean |latent| = 0.15 = 1.5 steps -> k = 2; channel 1: 0.01 = 0.25 steps -> 0.
+  np.testing.assert_allclose(compression.sign_delta(latent, step),
+                             [[0.2, 0.0], [-0.2, 0.0], [0.2, 0.0]], atol=1e-7)
+  # Per tensor: mean 0.08 = 2 steps of 0.04, zero counts as +.
+  np.testing.assert_allclose(compression.sign_delta(latent, np.float32(0.04))[2], [0.08, 0.08],
+                             atol=1e-7)
+
+
+def test_sign_form_accumulates_updates_below_half_a_step():
+  """The straight-through update: a change too small to move a whole step is kept in the
+  latent delta (the model holds the base), and moves the channel once the changes add up."""
+  model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
+                                                        "specialist", "s"))
+  variables = compression.backbone_variables(model)
+  owners = compression.range_owners(model)
+  lo, hi = sorted(i for i, k in owners.items() if k == min(owners.values()))
+  kernel = variables[owners[hi]]
+  extent = np.full(kernel.shape[-1], 1.27, np.float32)  # a step of 0.01 in every channel
+  variables[lo].assign(-extent)
+  variables[hi].assign(extent)
+  base = [v.numpy() for v in variables]
+  callback = compression.DeltaToBase(base, 0.0, pin_batchnorm=False, form="sign")
+  nudge = np.zeros_like(base[owners[hi]])
+  nudge[..., 0] = 0.004  # 0.4 steps in channel 0, every weight
+  nudge[0, 0, 0, 0] = -0.004
+  kernel.assign(base[owners[hi]] + nudge)  # as an optimizer step would
+  callback.project(model, threshold=0.0)
+  np.testing.assert_array_equal(kernel.numpy(), base[owners[hi]])  # k = round(0.4) = 0
+  kernel.assign(kernel.numpy() + nudge)  # the next step: latent 0.8 steps -> k = 1
+  callback.project(model, threshold=0.0)
+  expected = np.zeros_like(nudge)
+  expected[..., 0] = 0.01
+  expected[0, 0, 0, 0] = -0.01
+  np.testing.assert_allclose(kernel.numpy() - base[owners[hi]], expected, atol=1e-6)
+  np.testing.assert_array_equal(variables[hi].numpy(), extent)  # ranges stay pinned
+
+
+def test_sign_specialist_needs_qat_and_refuses_budgets(tmp_path):
+  with pytest.raises(ValueError, match=r"specialist_form='sign' .* needs qat=True .* got "
+                     r"qat=False$"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign")
+  for option in (dict(delta_keep=0.02), dict(delta_l1=1.0)):
+    with pytest.raises(ValueError, match=rf"specialist_form='sign' .* got qat=True, "
+                       rf"--{next(iter(option))}$"):
+      config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign", qat=True, **option)
+  with pytest.raises(ValueError, match="delta_ranges='grow' .* specialist_form='delta'"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign", qat=True,
+                           delta_ranges="grow")
+  assert config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign",
+                                qat=True).specialist_form == "sign"
+
+
 def test_affine_specialist_refuses_kernel_delta_options(tmp_path):
   for option in (dict(delta_keep=0.02), dict(delta_l1=1.0), dict(freeze_bn=True)):
     with pytest.raises(ValueError, match=r"specialist_form='affine' keeps every kernel .* "
                        r"cannot be combined with --(delta_keep|delta_l1|freeze_bn)"):
       config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="affine", **option)
-  with pytest.raises(ValueError, match=r"specialist_form must be one of \('delta', 'affine'\)"):
+  with pytest.raises(ValueError, match=r"specialist_form must be one of \('delta', 'affine', "
+                     r"'sign'\)"):
     config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="lowrank")
 
 

@@ -121,7 +121,8 @@ BYTE_EDIT = st.one_of(
     st.tuples(st.just("replace"), st.binary(max_size=200)))
 
 # Delta arrays: names a delta has, and any small array under any of them.
-DELTA_NAMES = ("version", "sha256", "buffers", "quant", "gaps", "values", "diff")
+DELTA_NAMES = ("version", "sha256", "buffers", "quant", "gaps", "values", "diff", "runs",
+               "magnitudes", "signs")
 ANY_ARRAY = npst.arrays(
     dtype=npst.scalar_dtypes() | npst.byte_string_dtypes(max_len=3)
     | npst.unicode_string_dtypes(max_len=3),
@@ -321,7 +322,7 @@ def models():
 def deltas(models):
   """(k, encoding) -> (skeleton, arrays) of specialist k over the generalist."""
   return {(k, enc): delta_lib.make_delta(models["generalist"], models[k], encoding=enc)
-          for k in (0, 1) for enc in ("sparse", "dense")}
+          for k in (0, 1) for enc in ("sparse", "dense", "signed")}
 
 
 @pytest.fixture(scope="module")
@@ -537,7 +538,7 @@ def test_parse_model_any_bytes(edit, models):
 
 
 @fuzz(200)
-@given(which=st.sampled_from([(0, "sparse"), (0, "dense"), (1, "sparse"), (1, "dense")]),
+@given(which=st.sampled_from([(k, enc) for k in (0, 1) for enc in ("sparse", "dense", "signed")]),
        edits=ARRAY_EDITS)
 @example(which=(0, "sparse"), edits=[("replace", "values", np.zeros((), np.uint8))])  # IndexError
 @example(which=(0, "sparse"), edits=[("astype", "gaps", np.dtype("U4"))])  # text: read as numbers
@@ -571,7 +572,7 @@ def test_apply_delta_with_altered_arrays(which, edits, models, deltas, fast, loa
 
 
 @fuzz(120)
-@given(which=st.sampled_from([(0, "sparse"), (1, "dense")]), part=st.sampled_from(
+@given(which=st.sampled_from([(0, "sparse"), (1, "dense"), (1, "signed")]), part=st.sampled_from(
     ["skeleton", "base"]), edit=BYTE_EDIT)
 @example(which=(1, "dense"), part="base", edit=("cut", 500))  # FastRebuild: was a ValueError
 @example(which=(0, "sparse"), part="skeleton", edit=("flip", [(20, 4)]))

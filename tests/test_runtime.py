@@ -19,6 +19,7 @@ from super_sub._internal.compat import keras  # sets TF_USE_LEGACY_KERAS before 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 from ai_edge_litert import interpreter as litert
+from ai_edge_litert import schema_py_generated as schema
 from super_sub import hierarchy as hierarchy_lib
 from super_sub import routing
 from super_sub import runtime
@@ -139,12 +140,14 @@ def _direct(models, x, mode, k):
 
 
 # --- deltas --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("encoding", ["auto", "sparse", "dense"])
+@pytest.mark.parametrize("encoding", ["auto", "sparse", "dense", "signed"])
 @pytest.mark.parametrize("k", [0, 1])
 def test_delta_rebuilds_specialist_bit_exactly(models, images, k, encoding):
   skeleton, arrays = runtime.make_delta(models["generalist"], models[k], encoding=encoding)
   if encoding != "auto":
     assert ("diff" in arrays) == (encoding == "dense")
+    assert ("runs" in arrays) == (encoding == "signed")
+    assert int(arrays["version"]) == (2 if encoding == "signed" else 1)
   saved = io.BytesIO()
   np.savez_compressed(saved, **arrays)
   saved.seek(0)
@@ -179,6 +182,93 @@ def test_delta_pairs_buffers_the_converter_permuted(models, images):
   assert runtime.apply_delta(models["generalist"], skeleton, arrays) == permuted
   assert {(a, b), (b, a)} <= {(int(i), int(j)) for i, j, _ in arrays["buffers"]}
   assert delta_lib.delta_nbytes(arrays) < 1400 and len(skeleton) < 0.25 * len(permuted)
+
+
+def test_signed_encoding_hand_computed():
+  # A [2, 3] int8 kernel (channel = row): channel 0 moved by +2, -2, +2, channel 1 by 0, +5, 0;
+  # then a 4-byte int32 bias (no sign structure) whose low byte moved by +1.
+  diff = np.array([2, 254, 2, 0, 5, 0, 1, 0, 0, 0], np.uint8)
+  encoded = delta_lib._signed(diff, np.array([[0, 6, 3, 2]]), force=False)
+  np.testing.assert_array_equal(encoded["runs"], [[0, 6, 3, 2]])
+  # Channel 1: one byte moved by 5 and two not at all, so k = 0 (the 5 stays a residual).
+  np.testing.assert_array_equal(encoded["magnitudes"], [2, 0])
+  np.testing.assert_array_equal(encoded["signs"], [0b101])  # +, -, + (least significant first)
+  np.testing.assert_array_equal(encoded["gaps"][0], [4, 2])  # residual at bytes 4 and 6
+  np.testing.assert_array_equal(encoded["values"], [5, 1])
+  np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
+  # An int8 buffer whose changes have no sign structure is not worth its bits.
+  assert delta_lib._signed(np.array([0, 0, 0, 7, 0, 0], np.uint8), np.array([[0, 6, 3, 2]]),
+                           force=False) is None
+
+
+def _moved_by_sign(model: bytes, ks, seed: int) -> tuple[bytes, int]:
+  """`model` with every byte of its largest per-channel int8 kernel moved by +-k of its channel
+  (`ks`: one k for all, or one per channel; random signs), and that buffer's index."""
+  obj = delta_lib.parse_model(model)
+  tensors = [t for t in obj.subgraphs[0].tensors if t.type == schema.TensorType.INT8
+             and t.quantization is not None and t.quantization.scale is not None
+             and len(t.quantization.scale) > 1 and obj.buffers[t.buffer].data is not None]
+  kernel = max(tensors, key=lambda t: len(obj.buffers[t.buffer].data))
+  data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
+  assert kernel.quantization.quantizedDimension == 0  # [C_out, ...]: channels are row blocks
+  per_byte = np.repeat(np.broadcast_to(ks, len(kernel.quantization.scale)), data.size //
+                       len(kernel.quantization.scale)).astype(np.uint8)
+  up = np.random.default_rng(seed).random(data.size) < 0.5
+  obj.buffers[kernel.buffer].data = data + np.where(up, per_byte, np.negative(per_byte))
+  return delta_lib.pack_model(obj), kernel.buffer
+
+
+def test_auto_encoding_stores_a_sign_delta_in_about_a_bit_per_weight(models):
+  ks = np.random.default_rng(3).integers(1, 10, 64)  # the dense layer's 64 output channels
+  specialist, buffer = _moved_by_sign(models[1], ks, seed=0)
+  n = len(delta_lib.parse_model(models[1]).buffers[buffer].data)
+  sizes = {}
+  for encoding in ("sparse", "dense", "auto"):
+    skeleton, arrays = runtime.make_delta(models["generalist"], specialist, encoding=encoding)
+    assert runtime.apply_delta(models["generalist"], skeleton, arrays) == specialist
+    sizes[encoding] = delta_lib.delta_nbytes(arrays)
+  assert "runs" in arrays and int(arrays["version"]) == 2
+  # One run (the kernel) with each channel's k; the residual holds the sparse fine-tune's
+  # CHANGED_WEIGHTS moves of another layer and a few bytes of conversion metadata.
+  np.testing.assert_array_equal(arrays["magnitudes"], ks)
+  assert arrays["runs"].tolist() == [[arrays["runs"][0, 0], n, n // 64, 64]]
+  assert len(arrays["values"]) <= CHANGED_WEIGHTS + 16
+  # A bit per weight and ~2 KB of other arrays and .npz headers; deflate needs ~2.2 bits a
+  # byte for the same changes.
+  assert sizes["auto"] < n / 8 + 2200 and sizes["auto"] < 0.9 * min(sizes["sparse"],
+                                                                    sizes["dense"]), (sizes, n)
+
+
+def test_delta_pairs_a_buffer_with_the_nearest_not_the_one_with_most_equal_bytes(models):
+  """Every byte of a sign-moved kernel differs from its base; an unrelated buffer of the same
+  length agrees with it by chance in ~1/256 of the bytes. Pairing by equal bytes chose that
+  one (and stored the whole kernel); pairing by distance chooses the kernel's own base."""
+  specialist, buffer = _moved_by_sign(models[1], 1, seed=1)
+  obj, spec = delta_lib.parse_model(models["generalist"]), delta_lib.parse_model(specialist)
+  stranger = schema.BufferT()
+  n = len(spec.buffers[buffer].data)
+  stranger.data = np.random.default_rng(2).integers(0, 256, n, dtype=np.uint8)
+  stranger.data[::2] = np.asarray(spec.buffers[buffer].data)[::2]  # half its bytes equal
+  obj.buffers.insert(buffer, stranger)  # the same length, at the kernel's own index
+  for t in obj.subgraphs[0].tensors:
+    t.buffer += t.buffer >= buffer
+  base = delta_lib.pack_model(obj)
+  skeleton, arrays = runtime.make_delta(base, specialist)
+  assert runtime.apply_delta(base, skeleton, arrays) == specialist
+  assert (buffer, buffer + 1, n) in {tuple(map(int, row)) for row in arrays["buffers"]}
+
+
+def test_apply_delta_refuses_a_signed_delta_that_claims_version_1(models):
+  specialist, _ = _moved_by_sign(models[1], 3, seed=0)
+  skeleton, arrays = runtime.make_delta(models["generalist"], specialist, encoding="signed")
+  with pytest.raises(runtime.DeltaError, match=r"delta version 1 with signed arrays is not "
+                     r"supported \(this runtime reads version 1 with dense or sparse arrays, 2 "
+                     r"with signed\)"):
+    runtime.apply_delta(models["generalist"], skeleton,
+                        dict(arrays, version=np.array(1, np.int64)))
+  with pytest.raises(runtime.DeltaError, match="signed delta runs do not fit"):
+    runtime.apply_delta(models["generalist"], skeleton,
+                        dict(arrays, runs=arrays["runs"] + np.array([0, 1, 0, 0], np.uint32)))
 
 
 def test_apply_delta_refuses_a_base_it_was_not_made_for(models):
@@ -224,7 +314,8 @@ def test_bundle_layout_and_manifest(bundle_dir):
     assert f.read().splitlines() == HIERARCHY.subclass_names
   with np.load(os.path.join(bundle_dir, "specialists/1_tops.delta.npz"),
                allow_pickle=False) as npz:
-    assert set(npz.files) <= {"version", "sha256", "buffers", "quant", "gaps", "values", "diff"}
+    assert set(npz.files) <= {"version", "sha256", "buffers", "quant", "gaps", "values", "diff",
+                              "runs", "magnitudes", "signs"}
   bundle = runtime.load_bundle(bundle_dir)
   assert bundle.hierarchy == HIERARCHY and bundle.input_shape == SHAPE
   assert manifest["input"]["framing"] == bundle.input_framing == "resize"  # INPUT_INFO's default

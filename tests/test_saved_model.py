@@ -66,6 +66,37 @@ def test_deltas_hold_only_the_changed_weights_the_cheaper_way(models_and_path):
         np.testing.assert_allclose(value.numpy(), want.numpy(), atol=1e-6, err_msg=want.name)
 
 
+def test_a_sign_delta_costs_a_bit_per_weight_and_rebuilds_within_float_tolerance(
+    models_and_path):
+  """A kernel whose every weight moved by +-a of its output channel (a sign specialist) is
+  stored as one bit a weight plus a float32 a channel, and base + delta gives it back."""
+  h, generalist, specialists, _ = models_and_path
+  sparse_k, dense_k = h.specialist_superclasses()
+  rng = np.random.default_rng(3)
+  signed = classifiers.make_specialist(generalist, len(h.superclasses[sparse_k].subclasses),
+                                       "signed")
+  kernel = signed.layers[1].weights[0]  # the stem conv [3, 3, 1, C]
+  amounts = rng.uniform(0.001, 0.01, kernel.shape[-1]).astype(np.float32)
+  amounts[0] = 0.0  # a channel that did not move
+  up = rng.random(kernel.shape) < 0.5
+  kernel.assign(kernel.numpy() + np.where(up, amounts, -amounts))
+  module = saved_model_lib.SuperSubModule(generalist, {sparse_k: signed,
+                                                       dense_k: specialists[dense_k]}, h)
+  delta = module.specialists[str(sparse_k)]
+  assert delta.changed == [(1, 0, "signed")]
+  size, channels = int(np.prod(kernel.shape)), int(kernel.shape[-1])
+  assert delta.stored_bytes() == -(-size // 8) + 4 * channels + 4  # bits, amounts, ordinal
+  rebuilt = module._specialist_weights(sparse_k)  # pylint: disable=protected-access
+  for layer, got in zip(signed.layers, rebuilt):
+    for want, value in zip(saved_model_lib._weights(layer), got):  # pylint: disable=protected-access
+      np.testing.assert_allclose(value.numpy(), want.numpy(), atol=1e-6, err_msg=want.name)
+  moved = rebuilt[1][0].numpy() - generalist.layers[1].weights[0].numpy()
+  np.testing.assert_allclose(np.abs(moved).max(axis=(0, 1, 2)), amounts, atol=1e-6)
+  # The dense specialist next to it still rebuilds exactly as before.
+  dense = module._specialist_weights(dense_k)[1][0].numpy()  # pylint: disable=protected-access
+  np.testing.assert_allclose(dense, specialists[dense_k].layers[1].weights[0].numpy(), atol=1e-6)
+
+
 def test_matches_keras_two_stage_in_a_fresh_process(models_and_path, tmp_path):
   h, generalist, specialists, path = models_and_path
   images = np.random.default_rng(1).uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)

@@ -9,9 +9,11 @@ traced function that every model calls with its own weights, so the graph holds 
 Only one specialist's weights exist at a time, so memory stays close to one network, and
 the SavedModel needs nothing but TensorFlow to load (`tf.saved_model.load`).
 
-Each changed weight tensor is stored the cheaper way: sparse (int32 positions and float32
-differences, 8 bytes a changed weight) when fewer than half its weights changed, else dense
-(the whole float32 difference, 4 bytes a weight). Unchanged tensors (frozen stages) cost
+Each changed weight tensor is stored the cheapest way: sparse (int32 positions and float32
+differences, 8 bytes a changed weight), dense (the whole float32 difference, 4 bytes a weight),
+or, when every weight of each output channel moved by the same amount up or down (a sign
+specialist, `--specialist_form=sign`), signed (one bit a weight and a float32 per channel).
+Unchanged tensors (frozen stages) cost
 nothing, so a specialist never costs more than the dense difference of what it changed: at
 224 px with dense fine-tuning, int64 positions for every weight had made the SavedModel
 ~3x the eleven separate networks. The base's backbone is one flat variable and each
@@ -138,19 +140,26 @@ class _Delta(tf.Module):
   """One specialist over the base, packed into a few variables (each costs ~1 KB of SavedModel
   graph for its save and restore functions: per tensor, ~3,000 of them had been 9 MB).
 
-  A weight tensor with fewer than half its weights changed stores those: `positions` (int32,
+  Each changed weight tensor is stored the cheapest of three ways. Sparse: `positions` (int32,
   into the backbone's weights laid end to end, `SuperSubModule.unflatten` order) and `values`
-  (float32 differences), 8 bytes a changed weight. One with more stores its whole difference:
-  `dense_tensors` lists such tensors (ordinals in that order) and `dense` holds their
-  differences end to end, 4 bytes a weight. An unchanged tensor stores nothing.
+  (float32 differences), 8 bytes a changed weight. Dense: `dense_tensors` lists such tensors
+  (ordinals in that order) and `dense` holds their differences end to end, 4 bytes a weight.
+  Signed, where each channel's weights all moved by +-a (`_sign_form`): `sign_tensors`
+  (ordinals), `signs` (one bit a weight, uint8, least significant first, the tensors end to
+  end) and `amounts` (float32 a, per channel, the tensors end to end). An unchanged tensor
+  stores nothing.
   """
 
-  def __init__(self, positions, values, dense_tensors, dense, head, changed):
+  def __init__(self, positions, values, dense_tensors, dense, sign_tensors, signs, amounts,
+               head, changed):
     super().__init__()
     self.positions = tf.Variable(positions.astype(np.int32), trainable=False)
     self.values = tf.Variable(values.astype(np.float32), trainable=False)
     self.dense_tensors = tf.Variable(dense_tensors.astype(np.int32), trainable=False)
     self.dense = tf.Variable(dense.astype(np.float32), trainable=False)
+    self.sign_tensors = tf.Variable(sign_tensors.astype(np.int32), trainable=False)
+    self.signs = tf.Variable(signs.astype(np.uint8), trainable=False)
+    self.amounts = tf.Variable(amounts.astype(np.float32), trainable=False)
     self.head = [tf.Variable(v, trainable=False) for v in head]
     # (layer, weight, "sparse" or "dense") of each changed tensor: for inspection, not saved.
     self._changed = changed
@@ -160,9 +169,35 @@ class _Delta(tf.Module):
     return self._changed
 
   def stored_bytes(self) -> int:
-    """Bytes of the backbone delta (positions, differences and dense tensor ordinals)."""
+    """Bytes of the backbone delta (positions, differences, signs and amounts, ordinals)."""
     return sum(int(np.prod(v.shape)) * v.dtype.size for v in (
-        self.positions, self.values, self.dense_tensors, self.dense))
+        self.positions, self.values, self.dense_tensors, self.dense, self.sign_tensors,
+        self.signs, self.amounts))
+
+  def arrays(self) -> tuple[tf.Variable, ...]:
+    """What `SuperSubModule._add_delta` takes, in its order."""
+    return (self.positions, self.values, self.dense_tensors, self.dense, self.sign_tensors,
+            self.signs, self.amounts)
+
+
+def _channels(shape) -> int:
+  """Output channels of a Keras weight tensor: its last axis, or the one before for a
+  depthwise kernel ([H, W, C, 1]); element t of the flat tensor is channel t % that."""
+  return int(shape[-1] if shape[-1] > 1 or len(shape) < 2 else shape[-2])
+
+
+def _sign_form(diff: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+  """(signs, amounts) when every weight of each channel moved by the same amount a up or down,
+  else None. Same to float32 rounding: (base + a) - base is a only to within an ulp of the
+  base, so the tolerance is a few ulps of the tensor's largest weight."""
+  if base.ndim < 2:
+    return None
+  per_channel = np.abs(diff).reshape(-1, _channels(base.shape))
+  amounts = per_channel.mean(axis=0)
+  tolerance = 2.0**-21 * (np.abs(base).max() + amounts.max())
+  if not np.all(np.abs(per_channel - amounts) <= tolerance):
+    return None
+  return diff >= 0, amounts.astype(np.float32)
 
 
 class SuperSubModule(tf.Module):
@@ -197,9 +232,13 @@ class SuperSubModule(tf.Module):
     self.base_head = [tf.Variable(v, trainable=False) for v in base[-1]]
     # The base's weight tensors, and base + one specialist's delta: each traced once.
     self._base_backbone = tf.function(lambda: self.unflatten(tf.convert_to_tensor(self.base)))
+    self._channels = [_channels(shape) if len(shape) >= 2 else 1
+                      for layer in self._shapes for shape in layer]
     self._patched = tf.function(self._add_delta, input_signature=[
         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
-        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)])
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.uint8),
+        tf.TensorSpec([None], tf.float32)])
     self.specialists = {}
     for k, model in specialists.items():
       layers = model.layers
@@ -207,6 +246,7 @@ class SuperSubModule(tf.Module):
         raise ValueError(f"specialist {k} has {len(layers)} layers, the generalist "
                          f"{len(generalist.layers)}: its backbone does not match the base")
       positions, values, dense_tensors, dense, changed = [], [], [], [], []
+      sign_tensors, signs, amounts = [], [], []
       tensor = 0
       for i, layer in enumerate(layers[:-1]):
         for j, v in enumerate(_weights(layer)):
@@ -215,7 +255,15 @@ class SuperSubModule(tf.Module):
                              f"{base[i][j].shape}: its backbone does not match the base")
           diff = (v.numpy() - base[i][j]).ravel()
           where = np.flatnonzero(diff)
-          if 2 * where.size < diff.size:  # 8 bytes a changed weight < 4 bytes a weight
+          signed = _sign_form(diff, base[i][j]) if where.size else None
+          # Bytes: 8 a changed weight (sparse), 4 a weight (dense), 1/8 a weight + 4 a
+          # channel (signed).
+          if signed is not None and diff.size / 8 + 4 * signed[1].size < 8 * where.size:
+            sign_tensors.append(tensor)
+            signs.append(signed[0])
+            amounts.append(signed[1])
+            changed.append((i, j, "signed"))
+          elif 2 * where.size < diff.size:
             if where.size:
               positions.append(offsets[tensor] + where)
               values.append(diff[where])
@@ -229,27 +277,46 @@ class SuperSubModule(tf.Module):
           np.concatenate(positions or [np.zeros(0, np.int64)]),
           np.concatenate(values or [np.zeros(0, np.float32)]), np.array(dense_tensors, np.int64),
           np.concatenate(dense or [np.zeros(0, np.float32)]),
+          np.array(sign_tensors, np.int64),
+          np.packbits(np.concatenate(signs or [np.zeros(0, bool)]), bitorder="little"),
+          np.concatenate(amounts or [np.zeros(0, np.float32)]),
           [v.numpy() for v in _weights(layers[-1])], changed)
 
-  def _add_delta(self, positions, values, dense_tensors, dense) -> list[list[tf.Tensor]]:
+  def _add_delta(self, positions, values, dense_tensors, dense, sign_tensors, signs,
+                 amounts) -> list[list[tf.Tensor]]:
     """The backbone weights of base + delta (`_Delta` says what each argument holds).
 
     Every tensor takes its slice of `dense` times 1 if it is one of the dense tensors, else
-    times 0 (a slice inside the zero padding): one traced loop over the tensors for every
-    specialist. Scattering the dense differences instead (an index per weight) took ~12x the
-    time of adding them tensor by tensor on this CPU (MobileNetV2, one-off measurement).
+    times 0 (a slice inside the zero padding), and likewise its signed part: one traced loop
+    over the tensors for every specialist. Scattering the dense differences instead (an index
+    per weight) took ~12x the time of adding them tensor by tensor on this CPU (MobileNetV2,
+    one-off measurement).
     """
     sizes = tf.constant(self._sizes, tf.int32)
-    is_dense = tf.scatter_nd(dense_tensors[:, None], tf.ones_like(dense_tensors),
-                             tf.shape(sizes))
-    start = tf.cumsum(sizes * is_dense, exclusive=True)  # each tensor's place in `dense`
-    padded = tf.concat([dense, tf.zeros([max(self._sizes, default=0)])], axis=0)
-    scale = tf.cast(is_dense, tf.float32)
+    channels = tf.constant(self._channels, tf.int32)
+    longest = max(self._sizes, default=0)
+
+    def places(chosen, lengths):  # 0/1 per tensor, and its start in the chosen ones' stream
+      mask = tf.scatter_nd(chosen[:, None], tf.ones_like(chosen), tf.shape(sizes))
+      return tf.cast(mask, tf.float32), tf.cumsum(lengths * mask, exclusive=True)
+
+    is_dense, dense_start = places(dense_tensors, sizes)
+    is_signed, sign_start = places(sign_tensors, sizes)
+    _, amount_start = places(sign_tensors, channels)
+    dense = tf.concat([dense, tf.zeros([longest])], axis=0)
+    bits = tf.bitwise.bitwise_and(signs[:, None], tf.constant([1 << b for b in range(8)],
+                                                              tf.uint8))
+    unit = tf.concat([tf.where(tf.reshape(bits, [-1]) > 0, 1.0, -1.0), tf.zeros([longest])], 0)
+    amounts = tf.concat([amounts, tf.zeros([max(self._channels, default=0)])], axis=0)
     flat = tf.tensor_scatter_nd_add(self.base, positions[:, None], values)
     parts = tf.split(flat, self._sizes) if self._sizes else []
-    parts = [part + tf.slice(padded, [start[t]], [size]) * scale[t]
-             for t, (part, size) in enumerate(zip(parts, self._sizes))]
-    return self._reshaped(parts)
+    out = []
+    for t, (part, size, c) in enumerate(zip(parts, self._sizes, self._channels)):
+      moved = tf.reshape(tf.slice(unit, [sign_start[t]], [size]), [-1, c]) * tf.slice(
+          amounts, [amount_start[t]], [c])
+      out.append(part + tf.slice(dense, [dense_start[t]], [size]) * is_dense[t]
+                 + tf.reshape(moved, [-1]) * is_signed[t])
+    return self._reshaped(out)
 
   def _reshaped(self, parts: list[tf.Tensor]) -> list[list[tf.Tensor]]:
     parts = iter(parts)
@@ -269,7 +336,7 @@ class SuperSubModule(tf.Module):
 
   def _specialist_weights(self, k: int) -> list[list[tf.Tensor]]:
     d = self.specialists[str(k)]
-    backbone = self._patched(d.positions, d.values, d.dense_tensors, d.dense)
+    backbone = self._patched(*d.arrays())
     return backbone + [[tf.convert_to_tensor(v) for v in d.head]]
 
   def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -7,7 +7,9 @@ base's, and the buffers that stay whole (e.g. the head, whose shape differs). Th
 the buffer at the same index, but not always: in a 680k-parameter ResNet whose specialist's layers
 were auto-numbered differently (conv2d_34.. instead of conv2d_8..), three equal-length kernels came
 out of the converter permuted. So each buffer takes, among the base's buffers of its length, the one
-it differs from in the fewest bytes (the same index on ties), and the delta records the pairing.
+it differs from least (the sum of |byte differences| read as signed bytes; the same index on ties),
+and the delta records the pairing. (Counting differing bytes instead paired the two equal-shaped
+convolutions of a sign-delta specialist crosswise: nearly every byte differs from both.)
 Quantization parameters equal to the paired base tensor's (QAT with the base's ranges frozen keeps
 them so; per-channel scales and zero points were ~80% of that ResNet's skeleton) are copied back
 from the base too. `apply_delta` repacks the skeleton with everything restored and gives back the
@@ -23,12 +25,21 @@ member of an .npz costs ~180 bytes of headers):
   quant    uint32 [Q, 3]: (subgraph, specialist tensor, base tensor) whose quantization parameters
            the skeleton leaves out because they equal the base tensor's
   The B paired buffers, concatenated, form one byte stream; its difference
-  d = (specialist - base) mod 256 is stored in one of two lossless encodings (by default whichever
+  d = (specialist - base) mod 256 is stored in one of three lossless encodings (by default whichever
   np.savez_compressed makes smaller):
   sparse: gaps uint8 [4, n], the little-endian bytes of the uint32 gaps between successive nonzero
           positions of d (the first gap is the first position), one byte plane per row (the high
           planes are nearly all zero and compress to almost nothing); values uint8 [n], d there.
   dense:  diff uint8 [stream length], d itself (wins when most bytes changed).
+  signed (delta version 2): a sign-structured part plus a sparse residual (gaps, values as above).
+          runs uint32 [R, 4]: (stream offset, length, block, period) of int8 weight buffers whose
+          bytes each moved by +-k of their output channel: byte t of a run belongs to channel
+          (t // block) % period (a [C_out, ...] kernel: block = its size / C_out, period = C_out;
+          a depthwise [1, H, W, C] one: block 1, period C); magnitudes uint8 [sum of periods],
+          each channel's k in run order; signs uint8, one bit per run byte (all runs in order,
+          numpy's packbits, least significant bit first): 1 adds k, 0 subtracts it (mod 256).
+          d is the residual plus those +-k. A sign-delta specialist (`--specialist_form=sign`,
+          BitDelta, Liu et al. 2024) stores about one bit per weight this way.
 This module needs only numpy, flatbuffers and ai_edge_litert's schema: no TensorFlow.
 """
 
@@ -44,6 +55,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 FORMAT_VERSION = 1
+ENCODINGS = ("auto", "sparse", "dense", "signed")
+SIGNED_VERSION = 2  # deltas in the signed encoding, which version-1 readers cannot decode
 FILE_IDENTIFIER = b"TFL3"  # as tensorflow/lite/tools/flatbuffer_utils.py writes it
 _MAX_BYTES = 2**31 - 1  # larger models keep buffers outside the flatbuffer (offset/size fields)
 
@@ -104,7 +117,8 @@ def make_delta(base: bytes, specialist: bytes,
     base: the generalist's .tflite bytes (the shared base of every specialist).
     specialist: a specialist's .tflite bytes, converted the same way from a model fine-tuned from
       the generalist.
-    encoding: "sparse", "dense", or "auto" (whichever np.savez_compressed stores smaller).
+    encoding: "sparse", "dense", "signed", or "auto" (whichever np.savez_compressed stores
+      smaller; "signed" only where some int8 buffer's channels moved by +-k).
 
   Returns:
     (skeleton, arrays): the skeleton .tflite bytes (buffers covered by the delta emptied) and the
@@ -116,8 +130,8 @@ def make_delta(base: bytes, specialist: bytes,
       round trip byte for byte (so no delta could rebuild it exactly).
     ValueError: an unknown encoding.
   """
-  if encoding not in ("auto", "sparse", "dense"):
-    raise ValueError(f"encoding must be 'auto', 'sparse' or 'dense'; got {encoding!r}")
+  if encoding not in ENCODINGS:
+    raise ValueError(f"encoding must be one of {ENCODINGS}; got {encoding!r}")
   base_obj = parse_model(base, "base model")
   spec_obj = parse_model(specialist, "specialist model")
   if pack_model(spec_obj, len(specialist) + 65536) != bytes(specialist):
@@ -133,25 +147,27 @@ def make_delta(base: bytes, specialist: bytes,
     if spec_buf.data is None or len(spec_buf.data) not in by_length:
       continue
     data = np.asarray(spec_buf.data, np.uint8)
-    # Fewest differing bytes; the same index first, so ties keep the converter's alignment.
+    # Smallest difference; the same index first, so ties keep the converter's alignment.
     candidates = sorted(by_length[len(data)], key=lambda j: j != i)
-    j = min(candidates, key=lambda j: np.count_nonzero(base_bufs[j].data != data))
+    j = min(candidates, key=lambda j: _distance(base_bufs[j].data, data))
     pairs.append((i, j, len(data)))
     chunks_base.append(np.asarray(base_bufs[j].data, np.uint8))
     chunks_spec.append(data)
     spec_buf.data = None  # emptied in the skeleton; apply_delta puts it back
+  layouts = _int8_layouts(spec_obj, pairs)  # before the shared quantization is stripped
   quant = _strip_shared_quantization(base_obj, spec_obj, {i: j for i, j, _ in pairs})
   skeleton = pack_model(spec_obj)
   stream_base = np.concatenate(chunks_base) if chunks_base else np.zeros(0, np.uint8)
   stream_spec = np.concatenate(chunks_spec) if chunks_spec else np.zeros(0, np.uint8)
   diff = stream_spec - stream_base  # uint8 arithmetic wraps: (specialist - base) mod 256
+  encoded = _encode(diff, encoding, layouts)
   arrays = {
-      "version": np.array(FORMAT_VERSION, np.int64),
+      "version": np.array(SIGNED_VERSION if "runs" in encoded else FORMAT_VERSION, np.int64),
       "sha256": np.stack([_digest(base), _digest(specialist)]),
       "buffers": np.array(pairs, np.uint32).reshape(-1, 3),
       "quant": np.array(quant, np.uint32).reshape(-1, 3),
+      **encoded,
   }
-  arrays.update(_encode(diff, encoding))
   if apply_delta(base, skeleton, arrays) != bytes(specialist):  # also guards the encoders
     raise DeltaError("internal error: the delta does not rebuild the specialist bit-exactly")
   return skeleton, arrays
@@ -300,11 +316,18 @@ def delta_nbytes(arrays) -> int:
 
 # --- internals ------------------------------------------------------------------------------------
 _COMMON = ("version", "sha256", "buffers", "quant")
-_BYTES = ("sha256", "gaps", "values", "diff")
+_BYTES = ("sha256", "gaps", "values", "diff", "magnitudes", "signs")
+_EXCEPTION_BYTES = 2  # about what one nonzero residual byte costs in a deflated sparse encoding
 
 
 def _digest(data: bytes) -> np.ndarray:
   return np.frombuffer(hashlib.sha256(data).digest(), np.uint8).copy()
+
+
+def _distance(base: np.ndarray, data: np.ndarray) -> int:
+  """How far two equal-length buffers are apart: the sum of |data - base| byte by byte, each
+  difference read as a signed byte (mod 256 into [-128, 127])."""
+  return int(np.abs((data - np.asarray(base, np.uint8)).view(np.int8).astype(np.int16)).sum())
 
 
 def _strip_shared_quantization(base_obj, spec_obj, buffer_pairs: dict[int, int]) -> list:
@@ -358,17 +381,82 @@ def _tensor(obj, g: int, t: int):
   return tensors[t] if t < len(tensors) else None
 
 
-def _encode(diff: np.ndarray, encoding: str) -> dict[str, np.ndarray]:
+def _int8_layouts(spec_obj, pairs: list[tuple[int, int, int]]) -> np.ndarray:
+  """(stream offset, length, block, period) of each paired buffer that an int8 tensor reads.
+
+  Per-channel quantization on axis q of shape S: block = prod(S[q+1:]), period = S[q] (byte t
+  belongs to channel (t // block) % period); per-tensor: block = the length, period = 1. Other
+  buffers (int32 biases, float tensors) have no sign structure."""
+  readers = {}
+  for sg in spec_obj.subgraphs or []:
+    for t in sg.tensors or []:
+      readers.setdefault(t.buffer, t)
+  layouts, offset = [], 0
+  for i, _, n in pairs:
+    t = readers.get(i)
+    q = t.quantization if t is not None else None
+    scales = 0 if q is None or q.scale is None else len(q.scale)
+    if t is not None and t.type == schema.TensorType.INT8 and scales and t.shape is not None:
+      shape = [int(d) for d in t.shape]
+      axis = int(q.quantizedDimension) if scales > 1 else 0
+      if int(np.prod(shape)) == n and (scales == 1 or shape[axis] == scales):
+        block = int(np.prod(shape[axis + 1:])) if scales > 1 else n
+        layouts.append((offset, n, block, scales))
+    offset += n
+  return np.array(layouts, np.int64).reshape(-1, 4)
+
+
+def _sparse(diff: np.ndarray) -> dict[str, np.ndarray]:
+  positions = np.flatnonzero(diff)
+  gaps = np.diff(positions, prepend=0).astype("<u4")
+  return {"gaps": gaps.view(np.uint8).reshape(-1, 4).T.copy(), "values": diff[positions]}
+
+
+def _signed(diff: np.ndarray, layouts: np.ndarray, force: bool) -> dict[str, np.ndarray] | None:
+  """The signed encoding: per channel of each int8 buffer the magnitude k that most of its bytes
+  moved by (+-k), one sign bit per byte, and whatever else as a sparse residual. A buffer is
+  encoded so only where that saves bytes (every one when `force`); None when none is."""
+  residual = diff.copy()
+  runs, magnitudes, signs = [], [], []
+  for offset, length, block, period in layouts.tolist():
+    moved = diff[offset:offset + length].view(np.int8).astype(np.int16)
+    channel = (np.arange(length) // block) % period
+    counts = np.bincount(channel * 129 + np.abs(moved), minlength=period * 129).reshape(period, 129)
+    k = counts[:, 1:128].argmax(axis=1) + 1  # +-128 is one byte value: left to the residual
+    # A channel that uses k turns its +-k bytes into matches and its unchanged bytes into
+    # residual exceptions; the run pays one bit per byte.
+    gain = counts[np.arange(period), k] - counts[:, 0]
+    k = np.where(gain > 0, k, 0)
+    if not force and _EXCEPTION_BYTES * gain[gain > 0].sum() <= length / 8:
+      continue
+    per_byte = k[channel].astype(np.int16)
+    positive = (moved >= 0) & (per_byte > 0)
+    residual[offset:offset + length] -= np.where(positive, per_byte, -per_byte).astype(np.uint8)
+    runs.append((offset, length, block, period))
+    magnitudes.append(k.astype(np.uint8))
+    signs.append(positive)
+  if not runs:
+    return None
+  return {"runs": np.array(runs, np.uint32), "magnitudes": np.concatenate(magnitudes),
+          "signs": np.packbits(np.concatenate(signs), bitorder="little"), **_sparse(residual)}
+
+
+def _encode(diff: np.ndarray, encoding: str, layouts: np.ndarray) -> dict[str, np.ndarray]:
   """`diff` in the given lossless encoding; "auto" keeps whichever .npz is smaller."""
   if len(diff) >= 2**32:
     raise DeltaError("delta streams of 4 GiB or more are not supported")
-  positions = np.flatnonzero(diff)
-  gaps = np.diff(positions, prepend=0).astype("<u4")
-  sparse = {"gaps": gaps.view(np.uint8).reshape(-1, 4).T.copy(), "values": diff[positions]}
-  dense = {"diff": diff}
-  if encoding != "auto":
-    return sparse if encoding == "sparse" else dense
-  return min((sparse, dense), key=delta_nbytes)
+  if encoding == "sparse":
+    return _sparse(diff)
+  if encoding == "dense":
+    return {"diff": diff}
+  signed = _signed(diff, layouts, force=encoding == "signed")
+  if encoding == "signed":
+    if signed is None:
+      raise DeltaError("the signed encoding needs int8 weight buffers; this specialist has none "
+                       "the delta rebuilds")
+    return signed
+  candidates = [_sparse(diff), {"diff": diff}] + ([signed] if signed is not None else [])
+  return min(candidates, key=delta_nbytes)
 
 
 def _read_arrays(arrays) -> dict[str, np.ndarray]:
@@ -378,22 +466,31 @@ def _read_arrays(arrays) -> dict[str, np.ndarray]:
   (sha256, gaps, values, diff) as uint8.
   """
   names = set(arrays.keys()) if hasattr(arrays, "keys") else set()
-  encoding = ("diff",) if "diff" in names else ("gaps", "values")
+  encoding = (("diff",) if "diff" in names else
+              ("gaps", "values", "runs", "magnitudes", "signs") if "runs" in names else
+              ("gaps", "values"))
   missing = [n for n in _COMMON + encoding if n not in names]
   if missing:
     raise DeltaError(f"delta arrays lack {missing}; expected {list(_COMMON)} plus either 'diff' "
-                     f"(dense) or 'gaps' and 'values' (sparse); got {sorted(names)}")
+                     f"(dense), 'gaps' and 'values' (sparse), or those and 'runs', 'magnitudes' "
+                     f"and 'signs' (signed); got {sorted(names)}")
   out = {name: _read_member(arrays, name) for name in _COMMON + encoding}
-  if out["version"].shape != () or int(out["version"]) != FORMAT_VERSION:
-    raise DeltaError(f"delta version {out['version']} is not supported (this runtime reads "
-                     f"{FORMAT_VERSION})")
+  signed = "runs" in encoding
+  if out["version"].shape != () or int(out["version"]) != (
+      SIGNED_VERSION if signed else FORMAT_VERSION):
+    what = "signed" if signed else "dense or sparse"
+    raise DeltaError(f"delta version {out['version']} with {what} arrays is not supported "
+                     f"(this runtime reads version "
+                     f"{FORMAT_VERSION} with dense or sparse arrays, {SIGNED_VERSION} with signed)")
   if (out["sha256"].shape != (2, 32) or out["buffers"].ndim != 2 or out["buffers"].shape[1] != 3
       or out["quant"].ndim != 2 or out["quant"].shape[1] != 3):
     raise DeltaError(f"delta arrays have the wrong shapes: sha256 {out['sha256'].shape} (want "
                      f"(2, 32)), buffers {out['buffers'].shape} (want (B, 3)), quant "
                      f"{out['quant'].shape} (want (Q, 3))")
-  for name in ("buffers", "quant"):
+  for name in ("buffers", "quant") + (("runs",) if "runs" in out else ()):
     out[name] = _as_indices(out[name], name)
+  if "runs" in out and (out["runs"].ndim != 2 or out["runs"].shape[1] != 4):
+    raise DeltaError(f"delta array 'runs' has shape {out['runs'].shape}; expected (R, 4)")
   return out
 
 
@@ -435,4 +532,31 @@ def _decode(arrays: dict[str, np.ndarray], total: int) -> np.ndarray:
     raise DeltaError(f"sparse delta points at byte {positions[-1]}; its buffers hold {total}")
   diff = np.zeros(total, np.uint8)
   diff[positions] = values
+  if "runs" in arrays:
+    _add_signed(diff, arrays["runs"], arrays["magnitudes"], arrays["signs"])
   return diff
+
+
+def _add_signed(diff: np.ndarray, runs: np.ndarray, magnitudes: np.ndarray,
+                signs: np.ndarray) -> None:
+  """Adds the signed encoding's +-k to `diff` (mod 256), run by run, after checking that runs,
+  magnitudes and sign bits fit the stream and each other."""
+  offset, length, block, period = (runs[:, c] for c in range(4))
+  if runs.size and (block.min() < 1 or period.min() < 1 or np.any(length % (block * period))
+                    or (offset + length).max() > len(diff)):
+    raise DeltaError(f"signed delta runs do not fit a stream of {len(diff)} bytes: each needs "
+                     f"block, period >= 1, a length that is a multiple of block x period, and "
+                     f"to end inside the stream")
+  if magnitudes.shape != (int(period.sum()),) or signs.shape != ((int(length.sum()) + 7) // 8,):
+    raise DeltaError(f"signed delta has {magnitudes.shape} magnitudes and {signs.shape} sign "
+                     f"bytes; its runs need ({int(period.sum())},) and "
+                     f"({(int(length.sum()) + 7) // 8},)")
+  bits = np.unpackbits(signs, count=int(length.sum()), bitorder="little").view(bool)
+  first_magnitude = first_bit = 0
+  for o, n, b, p in runs.tolist():
+    k = magnitudes[first_magnitude:first_magnitude + p]
+    per_byte = np.tile(np.repeat(k, b), n // (b * p))
+    moved = np.where(bits[first_bit:first_bit + n], per_byte, np.negative(per_byte))
+    diff[o:o + n] += moved  # uint8 arithmetic wraps: mod 256
+    first_magnitude += p
+    first_bit += n

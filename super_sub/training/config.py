@@ -16,7 +16,7 @@ STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
 # How a specialist differs from the generalist it starts from (super_sub.training.deltas).
-SPECIALIST_FORMS = ("delta", "affine")
+SPECIALIST_FORMS = ("delta", "affine", "sign")
 # How a specialist's QAT weight quantizer ranges may move (super_sub.training.deltas.DeltaToBase).
 DELTA_RANGES = ("pinned", "grow")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
@@ -126,7 +126,10 @@ class TrainConfig:
       "(BatchNorm's gamma, beta and statistics) and the head; every kernel stays the "
       "generalist's, so its int8 weights are the base's byte for byte (TFLite folds BatchNorm "
       "into the per-channel quantization scales and the biases) and the stored delta holds "
-      "only biases and scales (TinyTL, Cai et al. 2020).", SPECIALIST_FORMS)
+      "only biases and scales (TinyTL, Cai et al. 2020). sign (needs --qat): every kernel "
+      "weight moves up or down by its channel's amount, a whole number of int8 steps, "
+      "BatchNorm as with delta; the bundle stores about one bit per weight (BitDelta, Liu et "
+      "al. 2024).", SPECIALIST_FORMS)
   delta_ranges: str = _field(
       "pinned", "With --qat, specialists' weight quantizer ranges: pinned to the generalist's "
       "(an unchanged weight keeps its int8 value; a weight that grows past its channel's range "
@@ -186,6 +189,14 @@ class TrainConfig:
         raise ValueError(f"specialist_form='affine' keeps every kernel the generalist's and "
                          f"trains BatchNorm, so it cannot be combined with "
                          f"{' or '.join(conflicts)} (options of specialist_form='delta')")
+    if self.specialist_form == "sign":
+      conflicts = [flag for flag, on in (("--delta_keep", self.delta_keep is not None),
+                                         ("--delta_l1", self.delta_l1 != 0.0)) if on]
+      if conflicts or not self.qat:
+        raise ValueError(f"specialist_form='sign' moves every weight of a channel by whole int8 "
+                         f"steps of the base's pinned quantizer ranges, so it needs qat=True and "
+                         f"cannot be combined with --delta_keep or --delta_l1; got "
+                         f"qat={self.qat}{''.join(', ' + c for c in conflicts)}")
     if self.delta_ranges == "grow" and (not self.qat or self.specialist_form != "delta"):
       raise ValueError("delta_ranges='grow' widens the QAT weight quantizer ranges of changed "
                        "kernels, so it needs qat=True and specialist_form='delta'")

@@ -16,6 +16,13 @@ Four things make a specialist's delta small (measured in BENCHMARKS.md):
     channels, at the price of their whole channel's int8 values.
 The head is free and stored whole.
 
+A sign specialist (`--specialist_form=sign`, `sign_delta`; BitDelta, Liu et al. 2024) changes every
+weight of a kernel channel by the same amount, up or down: W = W_base + k x step x sign, with k a
+whole number of the channel's int8 steps. With the base's pinned quantizer ranges its int8 weights
+are the base's +-k, which the bundle stores in about one bit per weight (the signed encoding of
+`super_sub.runtime.delta`). Training keeps a free-moving latent delta that each step's update goes
+to and projects it onto that form for the next forward pass (a straight-through estimator).
+
 An affine specialist (`--specialist_form=affine`, `freeze_kernels`) goes further: no kernel
 changes at all, only BatchNorm's per-channel scale and shift (and its statistics) and the head.
 TFLite folds BatchNorm into each output channel's quantization scale and the bias, and an int8
@@ -122,6 +129,26 @@ def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
   return {i: s > threshold for i, s in sizes.items()}
 
 
+def sign_delta(latent: np.ndarray, step: np.ndarray) -> np.ndarray:
+  """The sign form closest to `latent`: per channel, k x step x sign(latent) (0 counts as +),
+  with k = round(mean |latent| / step) (BitDelta's L2-optimal scale, in whole int8 steps).
+
+  `step`: the int8 step of each channel (a scalar for per-tensor quantization); the channel
+  axis is the kernel axis as long as `step` (the last one on ties), as in `grow_range`.
+  """
+  step = np.asarray(step, np.float32)
+  if step.ndim == 0:
+    k = np.round(np.abs(latent).mean() / max(float(step), 1e-12))
+    return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
+  axis = max(a for a in range(latent.ndim) if latent.shape[a] == step.shape[0])
+  others = tuple(a for a in range(latent.ndim) if a != axis)
+  shape = [1] * latent.ndim
+  shape[axis] = step.shape[0]
+  step = step.reshape(shape)
+  k = np.round(np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12))
+  return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
+
+
 # tfmot's weight quantizer range variables (QuantizeWrapperV2 over Conv2D, DepthwiseConv2D).
 _RANGE_NAMES = ("kernel_min", "kernel_max", "depthwise_kernel_min", "depthwise_kernel_max")
 
@@ -180,18 +207,28 @@ class DeltaToBase(keras.callbacks.Callback):
   """
 
   def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True,
-               keep: float | None = None, epochs: int = 1, ranges: str = "pinned"):
+               keep: float | None = None, epochs: int = 1, ranges: str = "pinned",
+               form: str = "delta"):
     """`base`: values of `backbone_variables(model)` when the specialist was made;
     `keep`: the budget (fraction of kernel weights that may differ), None for no budget;
     `epochs`: the length of the training, which `keep_schedule` spreads the pruning over;
-    `ranges`: weight quantizer ranges "pinned" to the base's or allowed to "grow"."""
+    `ranges`: weight quantizer ranges "pinned" to the base's or allowed to "grow";
+    `form`: "sign" keeps each quantized kernel `sign_delta` of a latent delta (pinned ranges,
+    no budget, no L1), "delta" (or "affine", whose kernels are frozen) as above."""
     super().__init__()
     if keep is not None and not 0.0 <= keep <= 1.0:
       raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
     if ranges not in config_lib.DELTA_RANGES:
       raise ValueError(f"ranges must be one of {config_lib.DELTA_RANGES}, got {ranges!r}")
+    if form not in config_lib.SPECIALIST_FORMS:
+      raise ValueError(f"form must be one of {config_lib.SPECIALIST_FORMS}, got {form!r}")
+    if form == "sign" and (keep is not None or l1 or ranges != "pinned"):
+      raise ValueError("sign deltas take no budget, no L1 step and the base's pinned ranges")
     self.ranges = ranges
+    self.form = form
     self._owners: tuple[keras.Model, dict[int, int]] | None = None  # range_owners, per model
+    # Sign form, per kernel index: (latent delta, the projection last assigned), per model.
+    self._latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self.base = base
     self.l1 = float(l1)
     self.pin_batchnorm = pin_batchnorm
@@ -224,13 +261,20 @@ class DeltaToBase(keras.callbacks.Callback):
     variables = self._variables(model)
     if self._owners is None or self._owners[0] is not model:  # once, not after every step
       self._owners = (model, range_owners(model))
+      self._latent = {}
     owners = self._owners[1]
+    steps = self._sign_steps(owners) if self.form == "sign" else {}
     for i, (var, base) in enumerate(zip(variables, self.base)):
       if i in owners and not frozen[i]:
         continue
       short = short_name(var)
       if frozen[i]:
         var.assign(base)
+      elif is_kernel(var) and self.form == "sign":
+        if i in steps:
+          var.assign(base + self._sign_step(i, var.numpy() - base, steps[i]))
+        else:
+          var.assign(base)  # a kernel no weight quantizer covers stays the base's
       elif is_kernel(var):
         mask = self.masks.get(i) if self.masks is not None else None
         if threshold > 0 or mask is not None:
@@ -250,6 +294,25 @@ class DeltaToBase(keras.callbacks.Callback):
         variables[i].assign(self.base[i] if self.ranges == "pinned" else
                             grow_range(self.base[i], variables[kernel].numpy(),
                                        is_min=short_name(variables[i]).endswith("_min")))
+
+
+  def _sign_steps(self, owners: dict[int, int]) -> dict[int, np.ndarray]:
+    """Each quantized kernel's int8 step per channel, from the base's (pinned) symmetric range:
+    max(|min|, |max|) / 127."""
+    extent: dict[int, np.ndarray] = {}
+    for r, kernel in owners.items():
+      extent[kernel] = np.maximum(extent.get(kernel, 0.0), np.abs(self.base[r]))
+    return {kernel: e / 127.0 for kernel, e in extent.items()}
+
+  def _sign_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The straight-through update of kernel i: the optimizer's change since the last
+    projection goes to the latent delta, whose `sign_delta` the model then holds. A resumed or
+    first call starts the latent delta from the weights."""
+    latent, applied = self._latent.get(i, (delta, delta))
+    latent = latent + (delta - applied)
+    projected = sign_delta(latent, step)
+    self._latent[i] = (latent, projected)
+    return projected
 
 
 def delta_stats(model: keras.Model, base: list[np.ndarray]) -> dict[str, float | int]:

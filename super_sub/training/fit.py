@@ -296,7 +296,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       base = [v.numpy() for v in deltas.backbone_variables(model)]
       callbacks.append(deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
                                           keep=config.delta_keep, epochs=epochs,
-                                          ranges=config.delta_ranges))
+                                          ranges=config.delta_ranges,
+                                          form=config.specialist_form))
       if config.distill_from:
         trained = model  # the distilled model shares its layers; `model` is what is saved
         teacher, columns = _teacher(run, config.distill_from, stage.superclass)
