@@ -21,6 +21,8 @@ re-run to add settings. A setting is parts joined by "+":
   grow      with dense or keepP and --qat: --delta_ranges=grow (weight quantizer ranges widen
             where changed weights outgrew them, instead of clipping them)
   distill   --distill_from=flat: the specialists also learn the flat network's soft targets
+  teach     --distill_from=<work_dir>/dense: they learn the dense specialists' soft targets
+            (list dense before it)
 Writes <out>.json, <out>.md and <out>.png (top-1 against b, with the dense setting's accuracy
 minus --tolerance and b = --b_goal marked).
 """
@@ -78,11 +80,12 @@ def setting_overrides(setting: str) -> dict:
   overrides: dict = {}
   keeps = [p for p in parts if re.fullmatch(r"keep\d+(\.\d+)?", p)]
   unknown = [p for p in parts
-             if p not in ("dense", "affine", "sign", "bn", "grow", "distill") and p not in keeps]
+             if p not in ("dense", "affine", "sign", "bn", "grow", "distill", "teach")
+             and p not in keeps]
   forms = sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps)
   if unknown or len(keeps) > 1 or forms != 1:
     raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign or keepP (P in "
-                     "percent), optionally +bn (with keepP), +grow and +distill")
+                     "percent), optionally +bn (with keepP), +grow and +distill or +teach")
   if "bn" in parts and not keeps:
     raise ValueError(f"setting {setting!r}: +bn frees BatchNorm next to a keepP budget; dense, "
                      "affine and sign train BatchNorm already")
@@ -94,8 +97,12 @@ def setting_overrides(setting: str) -> dict:
     overrides["freeze_bn"] = "bn" not in parts
   if "grow" in parts:
     overrides["delta_ranges"] = "grow"  # TrainConfig refuses it with affine or without QAT
+  if "distill" in parts and "teach" in parts:
+    raise ValueError(f"setting {setting!r}: +distill and +teach name two teachers; pick one")
   if "distill" in parts:
     overrides["distill_from"] = "flat"
+  if "teach" in parts:
+    overrides["distill_from"] = os.path.join(_WORK_DIR.value, "dense")
   return overrides
 
 
@@ -153,9 +160,12 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  for setting in _SETTINGS.value:  # a typo or a refused combination fails before training
+  for i, setting in enumerate(_SETTINGS.value):  # typos and refusals fail before training
     _config(os.path.join(_WORK_DIR.value, setting), stage="specialists",
             **setting_overrides(setting))
+    if "teach" in setting.split("+") and "dense" not in _SETTINGS.value[:i]:
+      raise ValueError(f"setting {setting!r} learns from the dense specialists: list dense "
+                       "before it in --settings")
   start = time.perf_counter()
   base_dir = os.path.join(_WORK_DIR.value, "base")
   fit.train(_config(base_dir, stage="flat"))
