@@ -16,6 +16,8 @@ re-run to add settings. A setting is parts joined by "+":
   affine    --specialist_form=affine: BatchNorm's per-channel scale and shift and the head
   sign      --specialist_form=sign (needs --qat): every kernel weight moves by +-k int8 steps of
             its channel (about one bit per weight), BatchNorm free
+  rankR     --specialist_form=lowrank --delta_rank=R (needs --qat): each kernel's int8 delta is
+            a rank-R integer product (e.g. rank8), BatchNorm free
   keepP     --delta_keep=P/100 --freeze_bn: a sparse kernel delta (P in percent, e.g. keep2)
   bn        with keepP: BatchNorm free (the sparse delta plus the affine part)
   grow      with dense or keepP and --qat: --delta_ranges=grow (weight quantizer ranges widen
@@ -79,19 +81,23 @@ def setting_overrides(setting: str) -> dict:
   parts = setting.split("+")
   overrides: dict = {}
   keeps = [p for p in parts if re.fullmatch(r"keep\d+(\.\d+)?", p)]
+  ranks = [p for p in parts if re.fullmatch(r"rank\d+", p)]
   unknown = [p for p in parts
              if p not in ("dense", "affine", "sign", "bn", "grow", "distill", "teach")
-             and p not in keeps]
-  forms = sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps)
+             and p not in keeps + ranks]
+  forms = sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps) + len(ranks)
   if unknown or len(keeps) > 1 or forms != 1:
-    raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign or keepP (P in "
-                     "percent), optionally +bn (with keepP), +grow and +distill or +teach")
+    raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign, rankR or "
+                     "keepP (P in percent), optionally +bn (with keepP), +grow and +distill or "
+                     "+teach")
   if "bn" in parts and not keeps:
     raise ValueError(f"setting {setting!r}: +bn frees BatchNorm next to a keepP budget; dense, "
                      "affine and sign train BatchNorm already")
   for form in ("affine", "sign"):
     if form in parts:
       overrides["specialist_form"] = form
+  if ranks:
+    overrides.update(specialist_form="lowrank", delta_rank=int(ranks[0][4:]))
   if keeps:
     overrides["delta_keep"] = float(keeps[0][4:]) / 100
     overrides["freeze_bn"] = "bn" not in parts

@@ -5,6 +5,9 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 
+from super_sub import runtime
+from super_sub._internal import files
+from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.models import classifiers
 from super_sub.runtime import delta as delta_lib
@@ -222,14 +225,99 @@ def test_sign_specialist_needs_qat_and_refuses_budgets(tmp_path):
                                 qat=True).specialist_form == "sign"
 
 
+def test_low_rank_factors_hand_computed():
+  rows = np.outer([1, -2, 3], [2, -1, 4, 0]).astype(np.float32)  # rank 1, in int8 steps
+  left, right, scales = compression.low_rank_factors(rows, rank=1)
+  assert left.dtype == right.dtype == np.int8 and scales.dtype == np.float32
+  assert (left.shape, right.shape) == ((3, 1), (1, 4))
+  np.testing.assert_array_equal(delta_lib.factored_product(left, right, scales), rows)
+  # Rank 2 of a rank-2 matrix; a rank above min(m, n) is capped there.
+  rows = rows + np.outer([0, 1, 0], [5, 5, -5, 5])
+  left, right, scales = compression.low_rank_factors(rows, rank=8)
+  assert left.shape == (3, 3)
+  np.testing.assert_array_equal(delta_lib.factored_product(left, right, scales), rows)
+
+
+def test_rows_are_the_tflite_kernel_layout():
+  kernel = np.arange(3 * 3 * 2 * 4, dtype=np.float32).reshape(3, 3, 2, 4)  # [H, W, C_in, C_out]
+  rows = compression.as_rows(kernel)
+  assert rows.shape == (4, 18)
+  np.testing.assert_array_equal(rows[1], kernel[..., 1].reshape(-1))  # [C_out, H, W, C_in]
+  np.testing.assert_array_equal(compression.from_rows(rows, kernel.shape), kernel)
+
+
+def test_low_rank_form_holds_the_integer_product_of_its_factors():
+  model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
+                                                        "specialist", "s"))
+  variables = compression.backbone_variables(model)
+  owners = compression.range_owners(model)
+  lo, hi = sorted(i for i, k in owners.items() if k == max(owners.values()))
+  kernel = variables[owners[hi]]
+  step = np.abs(kernel.numpy()).max(axis=(0, 1, 2)) / 127
+  variables[lo].assign(-127 * step)
+  variables[hi].assign(127 * step)
+  base = [v.numpy() for v in variables]
+  callback = compression.DeltaToBase(base, 0.0, pin_batchnorm=False, form="lowrank", rank=2)
+  rng = np.random.default_rng(0)
+  shape = base[owners[hi]].shape
+  rank2 = rng.normal(0, 2, (shape[-1], 2)) @ rng.normal(0, 2, (2, int(np.prod(shape[:-1]))))
+  noise = rng.normal(0, 0.05, rank2.shape)  # in int8 steps; the rank-2 part ~4 steps
+  kernel.assign(base[owners[hi]] + compression.from_rows(
+      (rank2 + noise) * step[:, None], shape).astype(np.float32))  # as optimizer steps would
+  callback.project(model, threshold=0.0)
+  factors = callback.factors[owners[hi]]
+  assert factors[0].shape[1] == 2
+  steps = compression.as_rows(kernel.numpy() - base[owners[hi]]) / step[:, None]
+  product = delta_lib.factored_product(*factors)
+  np.testing.assert_allclose(steps, product, atol=1e-3)  # whole int8 steps: the product
+  assert np.abs(product - rank2).max() <= 1.0  # the rank-2 part, rounded (noise dropped)
+  assert np.mean(product == np.rint(rank2)) > 0.9
+  with pytest.raises(ValueError, match=r"delta_rank=1000 is larger than any kernel allows: the "
+                     r"largest min\(output channels, kernel size\) of this model is 128"):
+    compression.DeltaToBase(base, 0.0, form="lowrank", rank=1000).project(model, 0.0)
+
+
+def test_low_rank_specialist_needs_qat_and_a_rank_the_bundle_can_hold(tmp_path):
+  with pytest.raises(ValueError, match=r"specialist_form='lowrank' .* needs qat=True"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="lowrank")
+  for rank in (0, 1025):
+    with pytest.raises(ValueError, match=rf"delta_rank must be in \[1, 1024\] .* got {rank}"):
+      config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="lowrank", qat=True,
+                             delta_rank=rank)
+
+
+@pytest.mark.slow
+def test_low_rank_specialists_export_as_their_factors(tmp_path, smoke_config):
+  config = fit.train(smoke_config(tmp_path / "run", qat=True, qat_epochs=1,
+                                  specialist_form="lowrank", delta_rank=3, learning_rate=3e-3),
+                     log=lambda _: None)
+  run = run_lib.Run(config)
+  export_dir = tmp_path / "export"
+  export_lib.export(run, str(export_dir), log=lambda _: None)  # checks every rebuild
+  for k, stage in run.specialists().items():
+    factors = run.load_factors(stage)
+    assert len(factors) >= 9 and all(f[0].shape[1] <= 3 for f in factors)
+    name = files.safe_name(run.hierarchy.superclasses[k].name)
+    with np.load(export_dir / "tflite" / "specialists" / f"{k}_{name}.delta.npz",
+                 allow_pickle=False) as arrays:
+      assert len(arrays["factored"]) == len(factors) and int(arrays["version"]) == 2
+      np.testing.assert_array_equal(arrays["left"][:factors[0][0].size],
+                                    factors[0][0].reshape(-1))
+      kernel_bytes = int(arrays["factored"][:, 1:3].prod(axis=1).sum())
+      assert len(arrays["values"]) < 0.05 * kernel_bytes  # clipped bytes, biases, scales
+  bundle = runtime.load_bundle(str(export_dir / "tflite"))
+  for k in run.specialists():
+    assert bundle.specialist(k)  # rebuilt and checked against the recorded sha256
+
+
 def test_affine_specialist_refuses_kernel_delta_options(tmp_path):
   for option in (dict(delta_keep=0.02), dict(delta_l1=1.0), dict(freeze_bn=True)):
     with pytest.raises(ValueError, match=r"specialist_form='affine' keeps every kernel .* "
                        r"cannot be combined with --(delta_keep|delta_l1|freeze_bn)"):
       config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="affine", **option)
   with pytest.raises(ValueError, match=r"specialist_form must be one of \('delta', 'affine', "
-                     r"'sign'\)"):
-    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="lowrank")
+                     r"'sign', 'lowrank'\)"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="bogus")
 
 
 def test_grow_range_widens_only_the_channels_that_outgrew_it():

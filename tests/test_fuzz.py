@@ -122,7 +122,7 @@ BYTE_EDIT = st.one_of(
 
 # Delta arrays: names a delta has, and any small array under any of them.
 DELTA_NAMES = ("version", "sha256", "buffers", "quant", "gaps", "values", "diff", "runs",
-               "magnitudes", "signs")
+               "magnitudes", "signs", "factored", "left", "right", "scales")
 ANY_ARRAY = npst.arrays(
     dtype=npst.scalar_dtypes() | npst.byte_string_dtypes(max_len=3)
     | npst.unicode_string_dtypes(max_len=3),

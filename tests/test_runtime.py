@@ -261,14 +261,87 @@ def test_delta_pairs_a_buffer_with_the_nearest_not_the_one_with_most_equal_bytes
 def test_apply_delta_refuses_a_signed_delta_that_claims_version_1(models):
   specialist, _ = _moved_by_sign(models[1], 3, seed=0)
   skeleton, arrays = runtime.make_delta(models["generalist"], specialist, encoding="signed")
-  with pytest.raises(runtime.DeltaError, match=r"delta version 1 with signed arrays is not "
-                     r"supported \(this runtime reads version 1 with dense or sparse arrays, 2 "
-                     r"with signed\)"):
+  with pytest.raises(runtime.DeltaError, match=r"delta version 1 with signed or factored arrays "
+                     r"is not supported \(this runtime reads version 1 with dense or sparse "
+                     r"arrays, 2 with signed or factored\)"):
     runtime.apply_delta(models["generalist"], skeleton,
                         dict(arrays, version=np.array(1, np.int64)))
   with pytest.raises(runtime.DeltaError, match="signed delta runs do not fit"):
     runtime.apply_delta(models["generalist"], skeleton,
                         dict(arrays, runs=arrays["runs"] + np.array([0, 1, 0, 0], np.uint32)))
+
+
+def test_factored_product_hand_computed():
+  left = np.array([[1, -2], [127, 0]], np.int8)
+  right = np.array([[3, 0, -1], [1, 1, 1]], np.int8)
+  scales = np.array([0.5, 0.25], np.float32)
+  # left @ right = [[1, -2, -3], [381, 0, -127]]; x 0.5 and x 0.25, halves to even.
+  np.testing.assert_array_equal(delta_lib.factored_product(left, right, scales),
+                                [[0, -1, -2], [95, 0, -32]])
+
+
+def _factored_specialist(model: bytes, rank: int, seed: int):
+  """`model` with its largest per-channel int8 kernel moved by a rank-`rank` factored product
+  (mod 256, as the delta adds it), the factors, and the kernel's buffer index."""
+  obj = delta_lib.parse_model(model)
+  tensors = [t for t in obj.subgraphs[0].tensors if t.type == schema.TensorType.INT8
+             and t.quantization is not None and t.quantization.scale is not None
+             and len(t.quantization.scale) > 1 and obj.buffers[t.buffer].data is not None]
+  kernel = max(tensors, key=lambda t: len(obj.buffers[t.buffer].data))
+  data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
+  rows = int(kernel.shape[0])
+  rng = np.random.default_rng(seed)
+  factors = (rng.integers(-127, 128, (rows, rank)).astype(np.int8),
+             rng.integers(-127, 128, (rank, data.size // rows)).astype(np.int8),
+             rng.uniform(0, 30 / (127 * 127 * rank), rows).astype(np.float32))
+  moved = (delta_lib.factored_product(*factors) % 256).astype(np.uint8).reshape(-1)
+  obj.buffers[kernel.buffer].data = data + moved
+  return delta_lib.pack_model(obj), factors, kernel.buffer
+
+
+def test_factored_delta_stores_the_factors_and_rebuilds_bit_exactly(models):
+  specialist, factors, buffer = _factored_specialist(models[1], 3, seed=0)
+  skeleton, arrays = runtime.make_delta(models["generalist"], specialist, factors=[factors])
+  assert int(arrays["version"]) == 2
+  np.testing.assert_array_equal(arrays["left"], factors[0].reshape(-1))
+  np.testing.assert_array_equal(arrays["scales"], factors[2])
+  n = len(delta_lib.parse_model(models[1]).buffers[buffer].data)
+  assert arrays["factored"][:, 1:].tolist() == [[64, n // 64, 3]]  # the dense layer, 64 rows
+  # The residual: only the sparse fine-tune's moves elsewhere and conversion metadata.
+  assert len(arrays["values"]) <= CHANGED_WEIGHTS + 16
+  assert runtime.apply_delta(models["generalist"], skeleton, arrays) == specialist
+  saved = io.BytesIO()
+  np.savez_compressed(saved, **arrays)
+  saved.seek(0)
+  with np.load(saved, allow_pickle=False) as loaded:
+    fast = delta_lib.FastRebuild.from_rebuilt(models["generalist"], specialist, loaded)
+    assert fast.apply(models["generalist"], loaded) == specialist
+  _, dense = runtime.make_delta(models["generalist"], specialist, "dense")
+  # ~1.1 KB of factors and ~2.4 KB of other arrays and headers, against ~10 KB dense.
+  assert delta_lib.delta_nbytes(arrays) < delta_lib.delta_nbytes(dense) / 2.5
+
+
+def test_factors_that_do_not_reproduce_the_specialist_are_refused(models):
+  specialist, (left, right, scales), _ = _factored_specialist(models[1], 3, seed=0)
+  other = (np.roll(left, 1, axis=0), right, scales)  # the rows of another kernel
+  with pytest.raises(runtime.DeltaError, match=r"low-rank factors of a 64 x \d+ kernel \(rank "
+                     r"3\) do not reproduce any int8 weight buffer"):
+    runtime.make_delta(models["generalist"], specialist, factors=[other])
+  with pytest.raises(runtime.DeltaError, match=r"do not fit together; expected \[m, r\], "
+                     r"\[r, n\], \[m\]"):
+    runtime.make_delta(models["generalist"], specialist, factors=[(left, right.T, scales)])
+  with pytest.raises(ValueError, match="factored encoding; got 'dense'"):
+    runtime.make_delta(models["generalist"], specialist, "dense", factors=[(left, right, scales)])
+  skeleton, arrays = runtime.make_delta(models["generalist"], specialist,
+                                        factors=[(left, right, scales)])
+  with pytest.raises(runtime.DeltaError, match="delta version 1 with signed or factored arrays"):
+    runtime.apply_delta(models["generalist"], skeleton,
+                        dict(arrays, version=np.array(1, np.int64)))
+  with pytest.raises(runtime.DeltaError, match=r"factored delta has left \(\d+,\), right"):
+    runtime.apply_delta(models["generalist"], skeleton, dict(arrays, left=arrays["left"][1:]))
+  with pytest.raises(runtime.DeltaError, match="'scales' has dtype float64; expected float32"):
+    runtime.apply_delta(models["generalist"], skeleton,
+                        dict(arrays, scales=arrays["scales"].astype(np.float64)))
 
 
 def test_apply_delta_refuses_a_base_it_was_not_made_for(models):
@@ -315,7 +388,8 @@ def test_bundle_layout_and_manifest(bundle_dir):
   with np.load(os.path.join(bundle_dir, "specialists/1_tops.delta.npz"),
                allow_pickle=False) as npz:
     assert set(npz.files) <= {"version", "sha256", "buffers", "quant", "gaps", "values", "diff",
-                              "runs", "magnitudes", "signs"}
+                              "runs", "magnitudes", "signs", "factored", "left", "right",
+                              "scales"}
   bundle = runtime.load_bundle(bundle_dir)
   assert bundle.hierarchy == HIERARCHY and bundle.input_shape == SHAPE
   assert manifest["input"]["framing"] == bundle.input_framing == "resize"  # INPUT_INFO's default

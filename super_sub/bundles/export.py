@@ -64,10 +64,13 @@ def export(run: run_lib.Run, export_dir: str,
   if representative is None:
     representative = tflite.representative_images(run)
   # The paper's unit: one float network, counted from the float generalist's parameters.
+  factors = {k: run.load_factors(stage) for k, stage in run.specialists().items()
+             if run.config.specialist_form == "lowrank"}
   return export_models(export_dir, run.hierarchy, generalist, specialists, representative,
                        shared_stages=run.config.freeze_stages, framing=run.config.framing,
                        fp32_network_bytes=4 * run.metrics(run_lib.GENERALIST)["num_params"],
-                       log=log, overwrite=overwrite, compress_deltas=compress_deltas)
+                       log=log, overwrite=overwrite, compress_deltas=compress_deltas,
+                       factors=factors)
 
 
 def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
@@ -75,7 +78,7 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
                   representative: np.ndarray, shared_stages: int = 0, framing: str = "resize",
                   fp32_network_bytes: int | None = None,
                   log: Callable[[str], None] = print, overwrite: bool = False,
-                  compress_deltas: bool = True) -> dict:
+                  compress_deltas: bool = True, factors: dict | None = None) -> dict:
   """`export` for models in memory (what bench/deployment.py exports without a training run).
 
   Args:
@@ -84,6 +87,8 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
     framing: how image files become model input ("resize" or "center_crop").
     fp32_network_bytes: the paper's unit, one float network (default: 4 x the generalist's
       parameters).
+    factors: superclass -> the low-rank factors of a `--specialist_form=lowrank` specialist
+      (`Run.load_factors`), stored factored in the TFLite bundle.
   Other arguments and the result as `export`.
   """
   files.check_replaceable(export_dir, "export", "manifest.json", FORMAT, overwrite)
@@ -115,7 +120,7 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
          "framing": framing},
-        trunk=trunk_tflite, compress_deltas=compress_deltas)
+        trunk=trunk_tflite, compress_deltas=compress_deltas, factors=factors)
     listing = storage.listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))
     saved_model_bytes = sum(v["bytes"] for p, v in listing.items()

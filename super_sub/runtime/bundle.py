@@ -30,7 +30,7 @@ import io
 import json
 import os
 import zlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -110,7 +110,8 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
                         generalist: bytes, specialists: Mapping[int, bytes],
                         input_info: Mapping[str, Any],
                         trunk: bytes | None = None, overwrite: bool = False,
-                        compress_deltas: bool = True) -> dict[str, Any]:
+                        compress_deltas: bool = True,
+                        factors: Mapping[int, Sequence] | None = None) -> dict[str, Any]:
   """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
 
   Args:
@@ -128,6 +129,9 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
     compress_deltas: deflate the delta arrays (np.savez_compressed; smallest bundle) or store
       them as they are (np.savez): dense fine-tuning differences are noise-like, and
       inflating them is most of a later rebuild's time at 224 px (bench/deployment.py).
+    factors: superclass index -> the (left, right, scales) low-rank factors its training
+      stored (`--specialist_form=lowrank`): that delta is stored factored
+      (`super_sub.runtime.delta.make_delta`).
 
   Returns:
     The manifest written to manifest.json.
@@ -160,7 +164,8 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
       _write(tmp, "trunk.tflite", bytes(trunk))
     _write(tmp, "generalist.tflite", bytes(generalist))
     for k, model in sorted(specialists.items()):
-      skeleton, arrays = delta_lib.make_delta(generalist, model)
+      skeleton, arrays = delta_lib.make_delta(generalist, model,
+                                              factors=(factors or {}).get(k, ()))
       stem = f"specialists/{k}_{files.safe_name(h.superclasses[k].name)}"
       _write(tmp, f"{stem}.skeleton.tflite.gz", gzip.compress(skeleton, 9, mtime=0))
       buf = io.BytesIO()

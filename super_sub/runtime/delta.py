@@ -40,6 +40,14 @@ member of an .npz costs ~180 bytes of headers):
           numpy's packbits, least significant bit first): 1 adds k, 0 subtracts it (mod 256).
           d is the residual plus those +-k. A sign-delta specialist (`--specialist_form=sign`,
           BitDelta, Liu et al. 2024) stores about one bit per weight this way.
+  factored (delta version 2): int8 weight buffers whose difference is a low-rank product, plus
+          a sparse residual (gaps, values). factored uint32 [F, 4]: (stream offset, rows m,
+          columns n, rank r) of each [m, n] buffer (a [C_out, ...] kernel as C_out rows);
+          left int8 [sum m r] and right int8 [sum r n]: the factors, row-major, one after
+          another; scales float32 [sum m]: a scale per row. The buffer's d is
+          `factored_product(left, right, scales) mod 256`, exactly reproducible in any
+          language. A low-rank specialist (`--specialist_form=lowrank`) stores
+          r (m + n) bytes + 4 m per kernel this way.
 This module needs only numpy, flatbuffers and ai_edge_litert's schema: no TensorFlow.
 """
 
@@ -56,6 +64,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 FORMAT_VERSION = 1
 ENCODINGS = ("auto", "sparse", "dense", "signed")
+MAX_RANK = 1024  # r x 127 x 128 < 2**24: the int32 sums convert to float32 exactly
 SIGNED_VERSION = 2  # deltas in the signed encoding, which version-1 readers cannot decode
 FILE_IDENTIFIER = b"TFL3"  # as tensorflow/lite/tools/flatbuffer_utils.py writes it
 _MAX_BYTES = 2**31 - 1  # larger models keep buffers outside the flatbuffer (offset/size fields)
@@ -109,8 +118,8 @@ def pack_model(obj: schema.ModelT, size_hint: int = 1024) -> bytes:
   return bytes(memoryview(builder.Bytes)[builder.Head():])  # one copy (Output() makes two)
 
 
-def make_delta(base: bytes, specialist: bytes,
-               encoding: str = "auto") -> tuple[bytes, dict[str, np.ndarray]]:
+def make_delta(base: bytes, specialist: bytes, encoding: str = "auto",
+               factors=()) -> tuple[bytes, dict[str, np.ndarray]]:
   """Splits `specialist` into a skeleton and a difference against `base`.
 
   Args:
@@ -119,6 +128,10 @@ def make_delta(base: bytes, specialist: bytes,
       the generalist.
     encoding: "sparse", "dense", "signed", or "auto" (whichever np.savez_compressed stores
       smaller; "signed" only where some int8 buffer's channels moved by +-k).
+    factors: (left, right, scales) triples, the low-rank factors a training stored for the
+      specialist's kernels (`factored_product`); each must reproduce the difference of one of
+      its int8 buffers (to the few clipped bytes, which the sparse residual holds). With
+      factors, the encoding is "factored" (+ sparse residual) and `encoding` must be "auto".
 
   Returns:
     (skeleton, arrays): the skeleton .tflite bytes (buffers covered by the delta emptied) and the
@@ -132,6 +145,8 @@ def make_delta(base: bytes, specialist: bytes,
   """
   if encoding not in ENCODINGS:
     raise ValueError(f"encoding must be one of {ENCODINGS}; got {encoding!r}")
+  if factors and encoding != "auto":
+    raise ValueError(f"low-rank factors are stored in the factored encoding; got {encoding!r}")
   base_obj = parse_model(base, "base model")
   spec_obj = parse_model(specialist, "specialist model")
   if pack_model(spec_obj, len(specialist) + 65536) != bytes(specialist):
@@ -160,9 +175,11 @@ def make_delta(base: bytes, specialist: bytes,
   stream_base = np.concatenate(chunks_base) if chunks_base else np.zeros(0, np.uint8)
   stream_spec = np.concatenate(chunks_spec) if chunks_spec else np.zeros(0, np.uint8)
   diff = stream_spec - stream_base  # uint8 arithmetic wraps: (specialist - base) mod 256
-  encoded = _encode(diff, encoding, layouts)
+  encoded = (_factored(diff, [n for _, _, n in pairs], factors) if factors
+             else _encode(diff, encoding, layouts))
   arrays = {
-      "version": np.array(SIGNED_VERSION if "runs" in encoded else FORMAT_VERSION, np.int64),
+      "version": np.array(SIGNED_VERSION if {"runs", "factored"} & set(encoded) else
+                          FORMAT_VERSION, np.int64),
       "sha256": np.stack([_digest(base), _digest(specialist)]),
       "buffers": np.array(pairs, np.uint32).reshape(-1, 3),
       "quant": np.array(quant, np.uint32).reshape(-1, 3),
@@ -307,6 +324,19 @@ class FastRebuild:
     return out.tobytes()
 
 
+def factored_product(left: np.ndarray, right: np.ndarray, scales: np.ndarray) -> np.ndarray:
+  """The integer matrix that low-rank factors stand for: round(float32(left @ right) x scale of
+  the row), rounding half to even.
+
+  left int8 [m, r], right int8 [r, n], scales float32 [m]. The sums are exact in int32 and
+  convert to float32 exactly (|sum| <= r x 127 x 128 < 2**24 for r <= MAX_RANK), and the one
+  float32 product is correctly rounded, so every IEEE-754 implementation gets the same int64
+  [m, n] result.
+  """
+  acc = left.astype(np.int32) @ right.astype(np.int32)
+  return np.rint(acc.astype(np.float32) * scales.astype(np.float32)[:, None]).astype(np.int64)
+
+
 def delta_nbytes(arrays) -> int:
   """Bytes of `arrays` written with np.savez_compressed (what a bundle stores)."""
   f = io.BytesIO()
@@ -316,7 +346,11 @@ def delta_nbytes(arrays) -> int:
 
 # --- internals ------------------------------------------------------------------------------------
 _COMMON = ("version", "sha256", "buffers", "quant")
-_BYTES = ("sha256", "gaps", "values", "diff", "magnitudes", "signs")
+_SIGNED = ("runs", "magnitudes", "signs")
+_FACTORED = ("factored", "left", "right", "scales")
+_DTYPES = {**{name: "uint8" for name in ("sha256", "gaps", "values", "diff", "magnitudes",
+                                         "signs")},
+           "left": "int8", "right": "int8", "scales": "float32"}
 _EXCEPTION_BYTES = 2  # about what one nonzero residual byte costs in a deflated sparse encoding
 
 
@@ -441,6 +475,43 @@ def _signed(diff: np.ndarray, layouts: np.ndarray, force: bool) -> dict[str, np.
           "signs": np.packbits(np.concatenate(signs), bitorder="little"), **_sparse(residual)}
 
 
+def _factored(diff: np.ndarray, lengths: list[int], factors) -> dict[str, np.ndarray]:
+  """The factored encoding: each factor triple claims the paired buffer whose difference it
+  reproduces best (most equal bytes; it must be most of them), and the rest of the stream is
+  the sparse residual."""
+  residual = diff.copy()
+  starts = np.cumsum([0] + lengths[:-1]).tolist()
+  free = set(range(len(lengths)))
+  rows, lefts, rights, scales = [], [], [], []
+  for left, right, scale in factors:
+    left, right = np.asarray(left, np.int8), np.asarray(right, np.int8)
+    scale = np.asarray(scale, np.float32)
+    if (left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]
+        or scale.shape != (left.shape[0],) or not 1 <= left.shape[1] <= MAX_RANK):
+      raise DeltaError(f"low-rank factors of shapes {left.shape}, {right.shape}, {scale.shape} "
+                       f"do not fit together; expected [m, r], [r, n], [m] with 1 <= r <= "
+                       f"{MAX_RANK}")
+    (m, r), n = left.shape, right.shape[1]
+    moved = (factored_product(left, right, scale) % 256).astype(np.uint8).reshape(-1)
+    matches = {b: int(np.count_nonzero(diff[starts[b]:starts[b] + m * n] == moved))
+               for b in free if lengths[b] == m * n}
+    best = max(matches, key=matches.get, default=None)
+    if best is None or matches[best] * 2 <= m * n:
+      raise DeltaError(f"the low-rank factors of a {m} x {n} kernel (rank {r}) do not reproduce "
+                       f"any int8 weight buffer of the specialist (best: "
+                       f"{max(matches.values(), default=0)} of {m * n} bytes): the factors do "
+                       f"not belong to this model")
+    free.remove(best)
+    residual[starts[best]:starts[best] + m * n] -= moved
+    rows.append((starts[best], m, n, r))
+    lefts.append(left.reshape(-1))
+    rights.append(right.reshape(-1))
+    scales.append(scale)
+  return {"factored": np.array(rows, np.uint32).reshape(-1, 4),
+          "left": np.concatenate(lefts), "right": np.concatenate(rights),
+          "scales": np.concatenate(scales), **_sparse(residual)}
+
+
 def _encode(diff: np.ndarray, encoding: str, layouts: np.ndarray) -> dict[str, np.ndarray]:
   """`diff` in the given lossless encoding; "auto" keeps whichever .npz is smaller."""
   if len(diff) >= 2**32:
@@ -466,31 +537,33 @@ def _read_arrays(arrays) -> dict[str, np.ndarray]:
   (sha256, gaps, values, diff) as uint8.
   """
   names = set(arrays.keys()) if hasattr(arrays, "keys") else set()
-  encoding = (("diff",) if "diff" in names else
-              ("gaps", "values", "runs", "magnitudes", "signs") if "runs" in names else
-              ("gaps", "values"))
+  encoding = ("diff",) if "diff" in names else (
+      ("gaps", "values") + (_SIGNED if "runs" in names else ())
+      + (_FACTORED if "factored" in names else ()))
   missing = [n for n in _COMMON + encoding if n not in names]
   if missing:
     raise DeltaError(f"delta arrays lack {missing}; expected {list(_COMMON)} plus either 'diff' "
-                     f"(dense), 'gaps' and 'values' (sparse), or those and 'runs', 'magnitudes' "
-                     f"and 'signs' (signed); got {sorted(names)}")
+                     f"(dense), 'gaps' and 'values' (sparse), or those and {list(_SIGNED)} "
+                     f"(signed) and/or {list(_FACTORED)} (factored); got {sorted(names)}")
   out = {name: _read_member(arrays, name) for name in _COMMON + encoding}
-  signed = "runs" in encoding
+  extended = "runs" in encoding or "factored" in encoding
   if out["version"].shape != () or int(out["version"]) != (
-      SIGNED_VERSION if signed else FORMAT_VERSION):
-    what = "signed" if signed else "dense or sparse"
+      SIGNED_VERSION if extended else FORMAT_VERSION):
+    what = "signed or factored" if extended else "dense or sparse"
     raise DeltaError(f"delta version {out['version']} with {what} arrays is not supported "
-                     f"(this runtime reads version "
-                     f"{FORMAT_VERSION} with dense or sparse arrays, {SIGNED_VERSION} with signed)")
+                     f"(this runtime reads version {FORMAT_VERSION} with dense or sparse "
+                     f"arrays, {SIGNED_VERSION} with signed or factored)")
   if (out["sha256"].shape != (2, 32) or out["buffers"].ndim != 2 or out["buffers"].shape[1] != 3
       or out["quant"].ndim != 2 or out["quant"].shape[1] != 3):
     raise DeltaError(f"delta arrays have the wrong shapes: sha256 {out['sha256'].shape} (want "
                      f"(2, 32)), buffers {out['buffers'].shape} (want (B, 3)), quant "
                      f"{out['quant'].shape} (want (Q, 3))")
-  for name in ("buffers", "quant") + (("runs",) if "runs" in out else ()):
-    out[name] = _as_indices(out[name], name)
-  if "runs" in out and (out["runs"].ndim != 2 or out["runs"].shape[1] != 4):
-    raise DeltaError(f"delta array 'runs' has shape {out['runs'].shape}; expected (R, 4)")
+  for name in ("buffers", "quant", "runs", "factored"):
+    if name in out:
+      out[name] = _as_indices(out[name], name)
+  for name in ("runs", "factored"):
+    if name in out and (out[name].ndim != 2 or out[name].shape[1] != 4):
+      raise DeltaError(f"delta array {name!r} has shape {out[name].shape}; expected (R, 4)")
   return out
 
 
@@ -500,8 +573,8 @@ def _read_member(arrays, name: str) -> np.ndarray:
     value = np.asarray(arrays[name])
   except Exception as e:  # zipfile, its decompressors and numpy raise assorted types
     raise DeltaError(f"delta array {name!r} cannot be read ({e!r})") from None
-  want = "uint8" if name in _BYTES else "integer"
-  if value.dtype.kind not in "iu" or (name in _BYTES and value.dtype != np.uint8):
+  want = _DTYPES.get(name, "integer")
+  if (value.dtype.kind not in "iu" if want == "integer" else value.dtype != np.dtype(want)):
     raise DeltaError(f"delta array {name!r} has dtype {value.dtype}; expected {want}")
   return value
 
@@ -534,7 +607,29 @@ def _decode(arrays: dict[str, np.ndarray], total: int) -> np.ndarray:
   diff[positions] = values
   if "runs" in arrays:
     _add_signed(diff, arrays["runs"], arrays["magnitudes"], arrays["signs"])
+  if "factored" in arrays:
+    _add_factored(diff, arrays["factored"], arrays["left"], arrays["right"], arrays["scales"])
   return diff
+
+
+def _add_factored(diff: np.ndarray, factored: np.ndarray, left: np.ndarray, right: np.ndarray,
+                  scales: np.ndarray) -> None:
+  """Adds each low-rank buffer's `factored_product` to `diff` (mod 256), after checking that the
+  rows and the factor arrays fit the stream and each other."""
+  offset, m, n, r = (factored[:, c] for c in range(4))
+  if factored.size and (r.min() < 1 or r.max() > MAX_RANK or (offset + m * n).max() > len(diff)):
+    raise DeltaError(f"factored delta rows do not fit a stream of {len(diff)} bytes: each needs "
+                     f"a rank in [1, {MAX_RANK}] and its m x n bytes inside the stream")
+  want = (int((m * r).sum()),), (int((r * n).sum()),), (int(m.sum()),)
+  if (left.shape, right.shape, scales.shape) != want:
+    raise DeltaError(f"factored delta has left {left.shape}, right {right.shape} and scales "
+                     f"{scales.shape}; its rows need {want[0]}, {want[1]} and {want[2]}")
+  a = b = c = 0
+  for o, rows, cols, rank in factored.tolist():
+    product = factored_product(left[a:a + rows * rank].reshape(rows, rank),
+                               right[b:b + rank * cols].reshape(rank, cols), scales[c:c + rows])
+    diff[o:o + rows * cols] += (product % 256).astype(np.uint8).reshape(-1)
+    a, b, c = a + rows * rank, b + rank * cols, c + rows
 
 
 def _add_signed(diff: np.ndarray, runs: np.ndarray, magnitudes: np.ndarray,

@@ -12,11 +12,13 @@ import math
 import os
 from typing import Any
 
+from super_sub.runtime import delta as delta_lib
+
 STAGES = ("flat", "generalist", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
 # How a specialist differs from the generalist it starts from (super_sub.training.deltas).
-SPECIALIST_FORMS = ("delta", "affine", "sign")
+SPECIALIST_FORMS = ("delta", "affine", "sign", "lowrank")
 # How a specialist's QAT weight quantizer ranges may move (super_sub.training.deltas.DeltaToBase).
 DELTA_RANGES = ("pinned", "grow")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
@@ -129,7 +131,12 @@ class TrainConfig:
       "only biases and scales (TinyTL, Cai et al. 2020). sign (needs --qat): every kernel "
       "weight moves up or down by its channel's amount, a whole number of int8 steps, "
       "BatchNorm as with delta; the bundle stores about one bit per weight (BitDelta, Liu et "
-      "al. 2024).", SPECIALIST_FORMS)
+      "al. 2024). lowrank (needs --qat): each kernel's int8 weights move by an integer "
+      "product of two int8 factors of rank --delta_rank (LoRA, Hu et al. 2021, per "
+      "[output channels, kernel size] matrix), BatchNorm as with delta, depthwise kernels "
+      "the generalist's; the bundle stores the factors.", SPECIALIST_FORMS)
+  delta_rank: int = _field(8, "With --specialist_form=lowrank: the rank of each kernel's "
+                           "delta (a kernel that allows less gets its full rank).")
   delta_ranges: str = _field(
       "pinned", "With --qat, specialists' weight quantizer ranges: pinned to the generalist's "
       "(an unchanged weight keeps its int8 value; a weight that grows past its channel's range "
@@ -189,14 +196,17 @@ class TrainConfig:
         raise ValueError(f"specialist_form='affine' keeps every kernel the generalist's and "
                          f"trains BatchNorm, so it cannot be combined with "
                          f"{' or '.join(conflicts)} (options of specialist_form='delta')")
-    if self.specialist_form == "sign":
+    if self.specialist_form in ("sign", "lowrank"):
       conflicts = [flag for flag, on in (("--delta_keep", self.delta_keep is not None),
                                          ("--delta_l1", self.delta_l1 != 0.0)) if on]
       if conflicts or not self.qat:
-        raise ValueError(f"specialist_form='sign' moves every weight of a channel by whole int8 "
-                         f"steps of the base's pinned quantizer ranges, so it needs qat=True and "
-                         f"cannot be combined with --delta_keep or --delta_l1; got "
+        raise ValueError(f"specialist_form={self.specialist_form!r} moves kernel weights by whole "
+                         f"int8 steps of the base's pinned quantizer ranges, so it needs "
+                         f"qat=True and cannot be combined with --delta_keep or --delta_l1; got "
                          f"qat={self.qat}{''.join(', ' + c for c in conflicts)}")
+    if not 1 <= self.delta_rank <= delta_lib.MAX_RANK:
+      raise ValueError(f"delta_rank must be in [1, {delta_lib.MAX_RANK}] (the bundle's integer "
+                       f"product stays exact up to there); got {self.delta_rank}")
     if self.delta_ranges == "grow" and (not self.qat or self.specialist_form != "delta"):
       raise ValueError("delta_ranges='grow' widens the QAT weight quantizer ranges of changed "
                        "kernels, so it needs qat=True and specialist_form='delta'")

@@ -23,6 +23,13 @@ are the base's +-k, which the bundle stores in about one bit per weight (the sig
 `super_sub.runtime.delta`). Training keeps a free-moving latent delta that each step's update goes
 to and projects it onto that form for the next forward pass (a straight-through estimator).
 
+A low-rank specialist (`--specialist_form=lowrank`, `low_rank_factors`; LoRA, Hu et al. 2021,
+applied to each kernel as a [C_out, kernel size] matrix) changes each kernel's int8 weights by
+the product of two int8 factors of rank `--delta_rank` and a scale per output channel, the same
+integer product (`super_sub.runtime.delta.factored_product`) that the bundle's runtime computes,
+so the specialist's int8 weights are rebuilt exactly from r (C_out + kernel size) bytes. The
+factors are saved beside the specialist's weights (`FACTORS_FILE`) for the export.
+
 An affine specialist (`--specialist_form=affine`, `freeze_kernels`) goes further: no kernel
 changes at all, only BatchNorm's per-channel scale and shift (and its statistics) and the head.
 TFLite folds BatchNorm into each output channel's quantization scale and the bias, and an int8
@@ -32,11 +39,16 @@ the base's byte for byte and the delta holds only biases and scales.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from super_sub._internal.compat import keras
+from super_sub.runtime import delta as delta_lib
 from super_sub.training import config as config_lib
+
+FACTORS_FILE = "factors.npz"  # a low-rank specialist's factors, in its stage folder
 
 
 def backbone_variables(model: keras.Model) -> list[tf.Variable]:
@@ -149,6 +161,33 @@ def sign_delta(latent: np.ndarray, step: np.ndarray) -> np.ndarray:
   return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
 
 
+def as_rows(kernel: np.ndarray) -> np.ndarray:
+  """A Keras kernel ([..., C_out]) as TFLite lays it out, [C_out, ...], flattened to C_out rows
+  (conv [H, W, C_in, C_out] -> [C_out, H W C_in]; dense [in, out] -> [out, in])."""
+  return np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
+
+
+def from_rows(rows: np.ndarray, shape) -> np.ndarray:
+  """`as_rows` undone: [C_out, ...] rows back to the Keras kernel shape."""
+  return np.moveaxis(rows.reshape(shape[-1], *shape[:-1]), 0, -1)
+
+
+def low_rank_factors(rows: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """int8 factors and row scales (`factored_product`'s arguments) of the best rank-`rank`
+  approximation of `rows` ([m, n], in int8 steps): a truncated SVD U S V^T, left = U S and
+  right = V^T quantized to int8, left per row and right as a whole. The rank is capped at
+  min(m, n)."""
+  u, s, vt = np.linalg.svd(rows.astype(np.float64), full_matrices=False)
+  r = min(rank, s.size)
+  left, right = u[:, :r] * s[:r], vt[:r]
+  right_max = float(np.abs(right).max()) or 1.0
+  left_max = np.abs(left).max(axis=1)
+  left_max[left_max == 0] = 1.0
+  return (np.round(left * 127 / left_max[:, None]).astype(np.int8),
+          np.round(right * 127 / right_max).astype(np.int8),
+          (left_max / 127 * right_max / 127).astype(np.float32))
+
+
 # tfmot's weight quantizer range variables (QuantizeWrapperV2 over Conv2D, DepthwiseConv2D).
 _RANGE_NAMES = ("kernel_min", "kernel_max", "depthwise_kernel_min", "depthwise_kernel_max")
 
@@ -208,13 +247,14 @@ class DeltaToBase(keras.callbacks.Callback):
 
   def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True,
                keep: float | None = None, epochs: int = 1, ranges: str = "pinned",
-               form: str = "delta"):
+               form: str = "delta", rank: int = 8):
     """`base`: values of `backbone_variables(model)` when the specialist was made;
     `keep`: the budget (fraction of kernel weights that may differ), None for no budget;
     `epochs`: the length of the training, which `keep_schedule` spreads the pruning over;
     `ranges`: weight quantizer ranges "pinned" to the base's or allowed to "grow";
-    `form`: "sign" keeps each quantized kernel `sign_delta` of a latent delta (pinned ranges,
-    no budget, no L1), "delta" (or "affine", whose kernels are frozen) as above."""
+    `form`: "sign" keeps each quantized kernel `sign_delta` of a latent delta, "lowrank" its
+    rank-`rank` `low_rank_factors` (both: pinned ranges, no budget, no L1), "delta" (or
+    "affine", whose kernels are frozen) as above."""
     super().__init__()
     if keep is not None and not 0.0 <= keep <= 1.0:
       raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
@@ -222,8 +262,13 @@ class DeltaToBase(keras.callbacks.Callback):
       raise ValueError(f"ranges must be one of {config_lib.DELTA_RANGES}, got {ranges!r}")
     if form not in config_lib.SPECIALIST_FORMS:
       raise ValueError(f"form must be one of {config_lib.SPECIALIST_FORMS}, got {form!r}")
-    if form == "sign" and (keep is not None or l1 or ranges != "pinned"):
-      raise ValueError("sign deltas take no budget, no L1 step and the base's pinned ranges")
+    if form in ("sign", "lowrank") and (keep is not None or l1 or ranges != "pinned"):
+      raise ValueError(f"{form} deltas take no budget, no L1 step and the base's pinned ranges")
+    if not 1 <= rank <= delta_lib.MAX_RANK:
+      raise ValueError(f"rank must be in [1, {delta_lib.MAX_RANK}], got {rank}")
+    self.rank = rank
+    # Low-rank form, per kernel index: the factors of its last projection (what is saved).
+    self.factors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     self.ranges = ranges
     self.form = form
     self._owners: tuple[keras.Model, dict[int, int]] | None = None  # range_owners, per model
@@ -263,18 +308,20 @@ class DeltaToBase(keras.callbacks.Callback):
       self._owners = (model, range_owners(model))
       self._latent = {}
     owners = self._owners[1]
-    steps = self._sign_steps(owners) if self.form == "sign" else {}
+    steps = self._sign_steps(owners) if self.form in ("sign", "lowrank") else {}
+    if self.form == "lowrank" and not self.factors:
+      self._check_rank(variables, steps)
     for i, (var, base) in enumerate(zip(variables, self.base)):
       if i in owners and not frozen[i]:
         continue
       short = short_name(var)
       if frozen[i]:
         var.assign(base)
-      elif is_kernel(var) and self.form == "sign":
-        if i in steps:
-          var.assign(base + self._sign_step(i, var.numpy() - base, steps[i]))
-        else:
-          var.assign(base)  # a kernel no weight quantizer covers stays the base's
+      elif is_kernel(var) and self.form in ("sign", "lowrank"):
+        if i in steps and not (self.form == "lowrank" and short == "depthwise_kernel"):
+          var.assign(base + self._projected_step(i, var.numpy() - base, steps[i]))
+        else:  # no weight quantizer (or, low-rank, a depthwise kernel): the base's
+          var.assign(base)
       elif is_kernel(var):
         mask = self.masks.get(i) if self.masks is not None else None
         if threshold > 0 or mask is not None:
@@ -304,15 +351,48 @@ class DeltaToBase(keras.callbacks.Callback):
       extent[kernel] = np.maximum(extent.get(kernel, 0.0), np.abs(self.base[r]))
     return {kernel: e / 127.0 for kernel, e in extent.items()}
 
-  def _sign_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
+  def _projected_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
     """The straight-through update of kernel i: the optimizer's change since the last
-    projection goes to the latent delta, whose `sign_delta` the model then holds. A resumed or
-    first call starts the latent delta from the weights."""
+    projection goes to the latent delta, whose projection (`sign_delta`, or the low-rank
+    product in whole int8 steps) the model then holds. A resumed or first call starts the
+    latent delta from the weights."""
     latent, applied = self._latent.get(i, (delta, delta))
     latent = latent + (delta - applied)
-    projected = sign_delta(latent, step)
+    if self.form == "sign":
+      projected = sign_delta(latent, step)
+    else:
+      step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
+      factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
+      self.factors[i] = factors
+      projected = (from_rows(delta_lib.factored_product(*factors).astype(np.float32)
+                             * step_rows, latent.shape)).astype(latent.dtype)
     self._latent[i] = (latent, projected)
     return projected
+
+  def _check_rank(self, variables, steps) -> None:
+    """Refuses a rank that no factored kernel allows (rank <= min(C_out, kernel size) for
+    some); layers that allow less get their full rank."""
+    sides = [min(as_rows(variables[i].numpy()).shape) for i in steps
+             if short_name(variables[i]) != "depthwise_kernel"]
+    if sides and self.rank > max(sides):
+      raise ValueError(f"delta_rank={self.rank} is larger than any kernel allows: the largest "
+                       f"min(output channels, kernel size) of this model is {max(sides)}")
+
+  def save_factors(self, path: str) -> None:
+    """Writes the low-rank factors of the last projection (`FACTORS_FILE`): per kernel k,
+    arrays k<i>_left, k<i>_right, k<i>_scales (i: the kernel's backbone variable index)."""
+    arrays = {f"k{i}_{part}": value for i, factors in sorted(self.factors.items())
+              for part, value in zip(("left", "right", "scales"), factors)}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_factors(path: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """The (left, right, scales) triples `DeltaToBase.save_factors` wrote, in kernel order."""
+  with np.load(path, allow_pickle=False) as f:
+    kernels = sorted({int(name[1:].split("_")[0]) for name in f.files})
+    return [tuple(f[f"k{i}_{part}"] for part in ("left", "right", "scales")) for i in kernels]
 
 
 def delta_stats(model: keras.Model, base: list[np.ndarray]) -> dict[str, float | int]:

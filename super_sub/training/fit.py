@@ -294,10 +294,11 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       if config.specialist_form == "affine":
         deltas.freeze_kernels(model)
       base = [v.numpy() for v in deltas.backbone_variables(model)]
-      callbacks.append(deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
+      delta_callback = deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
                                           keep=config.delta_keep, epochs=epochs,
                                           ranges=config.delta_ranges,
-                                          form=config.specialist_form))
+                                          form=config.specialist_form, rank=config.delta_rank)
+      callbacks.append(delta_callback)
       if config.distill_from:
         trained = model  # the distilled model shares its layers; `model` is what is saved
         teacher, columns = _teacher(run, config.distill_from, stage.superclass)
@@ -358,6 +359,10 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   weights_dir = os.path.join(stage_dir, "weights")
   with _writing(stage, weights_dir):
     _save_weights(model, weights_dir)
+  if base is not None and config.specialist_form == "lowrank":
+    factors_path = os.path.join(stage_dir, deltas.FACTORS_FILE)
+    with _writing(stage, factors_path):
+      delta_callback.save_factors(factors_path)
   history = _read_history(history_path)
   metrics_path = os.path.join(stage_dir, "metrics.json")
   digest = _weights_digest(model)

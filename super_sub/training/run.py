@@ -232,6 +232,19 @@ class Run:
     model.load_weights(os.path.join(self._finished(stage), "weights", "model")).expect_partial()
     return model
 
+  def load_factors(self, stage: Stage) -> list:
+    """A finished low-rank specialist's factors (`deltas.load_factors`).
+
+    Raises:
+      FileNotFoundError: the stage has not finished, or was not trained low-rank.
+    """
+    from super_sub.training import deltas  # pylint: disable=import-outside-toplevel
+    path = os.path.join(self._finished(stage), deltas.FACTORS_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: stage {stage.key!r} was not trained "
+                              f"with --specialist_form=lowrank (or predates it)")
+    return deltas.load_factors(path)
+
   def load_two_stage(self, flat: keras.Model | None = None):
     """The routing generalist and every specialist as a `super_sub.routing.TwoStage`
     (`flat`: the loaded flat network, for the routers that use it)."""
