@@ -238,7 +238,8 @@ class DeltaToBase(keras.callbacks.Callback):
   quantizer ranges: the base's (so an unchanged weight keeps its int8 value), or with
   `ranges="grow"` widened per output channel where the changed kernel outgrew them (`grow_range`).
   The input range, step counters and every variable of a frozen layer (`--freeze_stages`):
-  always pinned.
+  always pinned. With `form` "sign" or "lowrank", each quantized kernel instead holds the
+  projection of a latent delta (`sign_delta`, `low_rank_factors`) after every step.
   Activation quantizer ranges follow the specialist's activations. tfmot's QuantizeWrapperV2 lists its
   layer's weights as trainable even when the layer is frozen
   (tensorflow/model-optimization#1067), so pinning,
@@ -308,7 +309,7 @@ class DeltaToBase(keras.callbacks.Callback):
       self._owners = (model, range_owners(model))
       self._latent = {}
     owners = self._owners[1]
-    steps = self._sign_steps(owners) if self.form in ("sign", "lowrank") else {}
+    steps = self._int8_steps(owners) if self.form in ("sign", "lowrank") else {}
     if self.form == "lowrank" and not self.factors:
       self._check_rank(variables, steps)
     for i, (var, base) in enumerate(zip(variables, self.base)):
@@ -343,9 +344,9 @@ class DeltaToBase(keras.callbacks.Callback):
                                        is_min=short_name(variables[i]).endswith("_min")))
 
 
-  def _sign_steps(self, owners: dict[int, int]) -> dict[int, np.ndarray]:
-    """Each quantized kernel's int8 step per channel, from the base's (pinned) symmetric range:
-    max(|min|, |max|) / 127."""
+  def _int8_steps(self, owners: dict[int, int]) -> dict[int, np.ndarray]:
+    """Each quantized kernel's int8 step per channel (or per tensor), from the base's pinned
+    symmetric range: max(|min|, |max|) / 127."""
     extent: dict[int, np.ndarray] = {}
     for r, kernel in owners.items():
       extent[kernel] = np.maximum(extent.get(kernel, 0.0), np.abs(self.base[r]))
