@@ -181,14 +181,21 @@ def test_sign_delta_hand_computed():
                              atol=1e-7)
 
 
+def _qat_model_and_ranges(first: bool):
+  """A small QAT model, its backbone variables, `range_owners`, and the (min, max) range
+  variable indices of its first or last quantized kernel."""
+  model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
+                                                        "specialist", "s"))
+  owners = compression.range_owners(model)
+  kernel = (min if first else max)(owners.values())
+  return (model, compression.backbone_variables(model), owners,
+          tuple(sorted(i for i, k in owners.items() if k == kernel)))
+
+
 def test_sign_form_accumulates_updates_below_half_a_step():
   """The straight-through update: a change too small to move a whole step is kept in the
   latent delta (the model holds the base), and moves the channel once the changes add up."""
-  model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
-                                                        "specialist", "s"))
-  variables = compression.backbone_variables(model)
-  owners = compression.range_owners(model)
-  lo, hi = sorted(i for i, k in owners.items() if k == min(owners.values()))
+  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=True)
   kernel = variables[owners[hi]]
   extent = np.full(kernel.shape[-1], 1.27, np.float32)  # a step of 0.01 in every channel
   variables[lo].assign(-extent)
@@ -247,11 +254,7 @@ def test_rows_are_the_tflite_kernel_layout():
 
 
 def test_low_rank_form_holds_the_integer_product_of_its_factors():
-  model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
-                                                        "specialist", "s"))
-  variables = compression.backbone_variables(model)
-  owners = compression.range_owners(model)
-  lo, hi = sorted(i for i, k in owners.items() if k == max(owners.values()))
+  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=False)
   kernel = variables[owners[hi]]
   step = np.abs(kernel.numpy()).max(axis=(0, 1, 2)) / 127
   variables[lo].assign(-127 * step)

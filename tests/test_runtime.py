@@ -201,14 +201,19 @@ def test_signed_encoding_hand_computed():
                            force=False) is None
 
 
+def _largest_per_channel_kernel(obj):
+  """The int8 tensor with per-channel quantization and the most bytes of a parsed model."""
+  tensors = [t for t in obj.subgraphs[0].tensors if t.type == schema.TensorType.INT8
+             and t.quantization is not None and t.quantization.scale is not None
+             and len(t.quantization.scale) > 1 and obj.buffers[t.buffer].data is not None]
+  return max(tensors, key=lambda t: len(obj.buffers[t.buffer].data))
+
+
 def _moved_by_sign(model: bytes, ks, seed: int) -> tuple[bytes, int]:
   """`model` with every byte of its largest per-channel int8 kernel moved by +-k of its channel
   (`ks`: one k for all, or one per channel; random signs), and that buffer's index."""
   obj = delta_lib.parse_model(model)
-  tensors = [t for t in obj.subgraphs[0].tensors if t.type == schema.TensorType.INT8
-             and t.quantization is not None and t.quantization.scale is not None
-             and len(t.quantization.scale) > 1 and obj.buffers[t.buffer].data is not None]
-  kernel = max(tensors, key=lambda t: len(obj.buffers[t.buffer].data))
+  kernel = _largest_per_channel_kernel(obj)
   data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
   assert kernel.quantization.quantizedDimension == 0  # [C_out, ...]: channels are row blocks
   per_byte = np.repeat(np.broadcast_to(ks, len(kernel.quantization.scale)), data.size //
@@ -284,10 +289,7 @@ def _factored_specialist(model: bytes, rank: int, seed: int):
   """`model` with its largest per-channel int8 kernel moved by a rank-`rank` factored product
   (mod 256, as the delta adds it), the factors, and the kernel's buffer index."""
   obj = delta_lib.parse_model(model)
-  tensors = [t for t in obj.subgraphs[0].tensors if t.type == schema.TensorType.INT8
-             and t.quantization is not None and t.quantization.scale is not None
-             and len(t.quantization.scale) > 1 and obj.buffers[t.buffer].data is not None]
-  kernel = max(tensors, key=lambda t: len(obj.buffers[t.buffer].data))
+  kernel = _largest_per_channel_kernel(obj)
   data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
   rows = int(kernel.shape[0])
   rng = np.random.default_rng(seed)
