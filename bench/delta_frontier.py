@@ -20,6 +20,8 @@ re-run to add settings. A setting is parts joined by "+":
             a rank-R integer product (e.g. rank8), BatchNorm free
   keepP     --delta_keep=P/100 --freeze_bn: a sparse kernel delta (P in percent, e.g. keep2)
   bn        with keepP: BatchNorm free (the sparse delta plus the affine part)
+  nobn      with dense, sign or rankR: --freeze_bn (BatchNorm stays the generalist's, so the
+            per-channel scales and biases stay the base's too)
   grow      with dense or keepP and --qat: --delta_ranges=grow (weight quantizer ranges widen
             where changed weights outgrew them, instead of clipping them)
   distill   --distill_from=flat: the specialists also learn the flat network's soft targets
@@ -83,16 +85,21 @@ def setting_overrides(setting: str) -> dict:
   keeps = [p for p in parts if re.fullmatch(r"keep\d+(\.\d+)?", p)]
   ranks = [p for p in parts if re.fullmatch(r"rank\d+", p)]
   unknown = [p for p in parts
-             if p not in ("dense", "affine", "sign", "bn", "grow", "distill", "teach")
+             if p not in ("dense", "affine", "sign", "bn", "nobn", "grow", "distill", "teach")
              and p not in keeps + ranks]
   forms = sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps) + len(ranks)
   if unknown or len(keeps) > 1 or forms != 1:
     raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign, rankR or "
-                     "keepP (P in percent), optionally +bn (with keepP), +grow and +distill or "
-                     "+teach")
+                     "keepP (P in percent), optionally +bn (with keepP), +nobn (without), +grow "
+                     "and +distill or +teach")
   if "bn" in parts and not keeps:
     raise ValueError(f"setting {setting!r}: +bn frees BatchNorm next to a keepP budget; dense, "
                      "affine and sign train BatchNorm already")
+  if "nobn" in parts:
+    if keeps or "affine" in parts:
+      raise ValueError(f"setting {setting!r}: keepP freezes BatchNorm already and affine "
+                       "trains only BatchNorm; +nobn goes with dense, sign or rankR")
+    overrides["freeze_bn"] = True
   for form in ("affine", "sign"):
     if form in parts:
       overrides["specialist_form"] = form
