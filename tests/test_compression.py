@@ -146,7 +146,7 @@ def test_sign_specialist_moves_int8_kernels_by_whole_steps_per_channel(tmp_path,
   base, specialist = _stage(config, run_lib.GENERALIST_QAT), _stage(config, run_lib.specialist(4))
   base_tflite, spec_tflite = (tflite.to_tflite(m, None) for m in (base, specialist))
   base_obj, spec_obj = (delta_lib.parse_model(m) for m in (base_tflite, spec_tflite))
-  kernels = moved = clipped = weights = 0
+  kernels = moved = clipped = weights = off = 0
   for t, u in zip(spec_obj.subgraphs[0].tensors, base_obj.subgraphs[0].tensors):
     a, b = spec_obj.buffers[t.buffer].data, base_obj.buffers[u.buffer].data
     if (a is None or b is None or t.type != schema.TensorType.INT8 or len(t.shape) != 4
@@ -154,17 +154,24 @@ def test_sign_specialist_moves_int8_kernels_by_whole_steps_per_channel(tmp_path,
       continue
     kernels += 1
     # [C_out, H, W, C_in]: in each output channel every int8 weight is the base's +-k, the
-    # same k, except where +-k would leave [-127, 127] (clipped).
+    # same k, except where either is clipped at +-127 (the pinned range is the kernel's one
+    # step before QAT ended, so a few base weights lie past it) and, rarely, one step off
+    # where W / scale lies within float32 rounding of a half (the converter's scale is not
+    # bit for bit the float32 step the training moved by). The bundle's residual holds both.
     a, b = (np.asarray(x, np.uint8).view(np.int8).astype(np.int16) for x in (a, b))
-    diff = (a - b).reshape(t.shape[0], -1)
-    unclipped = np.abs(a).reshape(diff.shape) < 127
-    k = np.abs(diff).max(axis=1, where=unclipped, initial=0)
-    assert np.all((np.abs(diff) == k[:, None]) | ~unclipped), t.name
+    diff = np.abs(a - b).reshape(t.shape[0], -1)
+    unclipped = (np.maximum(np.abs(a), np.abs(b)) < 127).reshape(diff.shape)
+    k = np.array([np.bincount(row[keep]).argmax() if keep.any() else 0
+                  for row, keep in zip(diff, unclipped)])
+    wrong = unclipped & (diff != k[:, None])
+    assert np.all(np.abs(diff[wrong] - np.broadcast_to(k[:, None], diff.shape)[wrong]) <= 1)
+    off += np.count_nonzero(wrong)
     moved += np.count_nonzero(k)
     clipped += np.count_nonzero(~unclipped)
     weights += diff.size
   assert kernels >= 9 and moved > 0
   assert clipped < 0.05 * weights  # at least one weight per channel is +-127 in the base
+  assert off <= 1e-4 * weights, off
   skeleton, arrays = delta_lib.make_delta(base_tflite, spec_tflite)  # auto: the signed encoding
   assert "runs" in arrays and len(arrays["runs"]) >= 9
   assert delta_lib.apply_delta(base_tflite, skeleton, arrays) == spec_tflite
