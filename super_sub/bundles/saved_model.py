@@ -281,6 +281,8 @@ class SuperSubModule(tf.Module):
           np.packbits(np.concatenate(signs or [np.zeros(0, bool)]), bitorder="little"),
           np.concatenate(amounts or [np.zeros(0, np.float32)]),
           [v.numpy() for v in _weights(layers[-1])], changed)
+    self._any_signed = any(kind == "signed" for d in self.specialists.values()
+                           for *_, kind in d.changed)
 
   def _add_delta(self, positions, values, dense_tensors, dense, sign_tensors, signs,
                  amounts) -> list[list[tf.Tensor]]:
@@ -312,10 +314,12 @@ class SuperSubModule(tf.Module):
     parts = tf.split(flat, self._sizes) if self._sizes else []
     out = []
     for t, (part, size, c) in enumerate(zip(parts, self._sizes, self._channels)):
-      moved = tf.reshape(tf.slice(unit, [sign_start[t]], [size]), [-1, c]) * tf.slice(
-          amounts, [amount_start[t]], [c])
-      out.append(part + tf.slice(dense, [dense_start[t]], [size]) * is_dense[t]
-                 + tf.reshape(moved, [-1]) * is_signed[t])
+      part += tf.slice(dense, [dense_start[t]], [size]) * is_dense[t]
+      if self._any_signed:  # decided when tracing: no sign ops for bundles without them
+        moved = tf.reshape(tf.slice(unit, [sign_start[t]], [size]), [-1, c]) * tf.slice(
+            amounts, [amount_start[t]], [c])
+        part += tf.reshape(moved, [-1]) * is_signed[t]
+      out.append(part)
     return self._reshaped(out)
 
   def _reshaped(self, parts: list[tf.Tensor]) -> list[list[tf.Tensor]]:

@@ -272,8 +272,9 @@ class DeltaToBase(keras.callbacks.Callback):
     self.factors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     self.ranges = ranges
     self.form = form
-    self._owners: tuple[keras.Model, dict[int, int]] | None = None  # range_owners, per model
-    # Sign form, per kernel index: (latent delta, the projection last assigned), per model.
+    # Per model, computed once: range_owners, and each quantized kernel's int8 steps.
+    self._owners: tuple[keras.Model, dict[int, int], dict[int, np.ndarray]] | None = None
+    # Sign and low-rank forms, per kernel index: (latent delta, the projection last assigned).
     self._latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self.base = base
     self.l1 = float(l1)
@@ -306,12 +307,12 @@ class DeltaToBase(keras.callbacks.Callback):
     frozen = frozen_variables(model)
     variables = self._variables(model)
     if self._owners is None or self._owners[0] is not model:  # once, not after every step
-      self._owners = (model, range_owners(model))
-      self._latent = {}
-    owners = self._owners[1]
-    steps = self._int8_steps(owners) if self.form in ("sign", "lowrank") else {}
-    if self.form == "lowrank" and not self.factors:
-      self._check_rank(variables, steps)
+      owners = range_owners(model)
+      steps = self._int8_steps(owners) if self.form in ("sign", "lowrank") else {}
+      if self.form == "lowrank":
+        self._check_rank(variables, steps)
+      self._owners, self._latent, self.factors = (model, owners, steps), {}, {}
+    _, owners, steps = self._owners
     for i, (var, base) in enumerate(zip(variables, self.base)):
       if i in owners and not frozen[i]:
         continue
