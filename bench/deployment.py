@@ -26,10 +26,12 @@ super_sub.runtime:
             routing forced (the random generalist would route every image to one superclass):
             superclasses drawn in proportion to their ImageNet share (random order: a cache
             of one rebuilds whenever the superclass changes), or the same images grouped by
-            superclass.
+            superclass; and with a cache of one plus a `cache_dir` (disk1_random: every
+            specialist rebuilt once into a fresh folder during the warm-up, so each switch
+            maps its file instead of rebuilding).
 
 Builds are kept in --work_dir (delete it to rebuild); `--nobuild` only measures, `--nomeasure`
-only builds.
+only builds; `--only=dense_k4 --runs=cache1_random,disk1_random` measures a subset.
 Writes <out>.json and <out>.md.
 
   .venv/bin/python bench/deployment.py --backbone=mobilenet_v2 --saved_model_only
@@ -45,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +77,10 @@ _OUT = flags.DEFINE_string("out", None, "Results path without suffix "
                            "(default bench/results/deployment_<backbone>).")
 _SAVED_MODEL_ONLY = flags.DEFINE_bool("saved_model_only", False, "Only report the SavedModel's "
                                       "size per setting (see the module docstring).")
+_ONLY = flags.DEFINE_list("only", [], "Settings to measure (e.g. dense_k4; its _stored copy comes "
+                          "with it); default: all.")
+RUNS = ("cache1_random", "cache1_grouped", "cache_all_random", "disk1_random")
+_RUNS = flags.DEFINE_list("runs", list(RUNS), "Runtime runs to time per setting.")
 # Internal: one measurement in a fresh process.
 _WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
 
@@ -291,32 +298,38 @@ def measure_runtime(spec: dict) -> dict:
   images = rng.integers(0, 256, (max(n1, n32), *_SHAPE), dtype=np.uint8)
   rss_before = _rss_mb("VmRSS")
   result = {}
+  cache_dir = tempfile.mkdtemp(prefix="super_sub_cache_") if spec.get("disk") else None
   if spec["kind"] == "flat":
     with open(spec["model"], "rb") as f:
       flat = predictor._LiteModel(f.read(), spec["threads"], "flat")  # pylint: disable=protected-access
     run = lambda x: flat(x.astype(np.float32) / 255)  # noqa: E731
-    rebuilds = lambda: 0  # noqa: E731
+    counts = lambda: (0, 0)  # noqa: E731
     run(images[:1])
   else:
     lite = predictor.TwoStageLite(spec["model"], cache_size=spec["cache"],
-                                  num_threads=spec["threads"])
+                                  num_threads=spec["threads"], cache_dir=cache_dir)
     # Warm-up: each specialist's first rebuild goes through its skeleton once per process
-    # (timed apart, by rebuild_speed); a cache of all then holds every interpreter.
+    # (timed apart, by rebuild_speed); a cache of all then holds every interpreter, a
+    # cache_dir every specialist's file.
     for k in sorted(lite.bundle.deltas):
       lite.specialist(k)
     lite.predict(images[:1])
     real = lite.generalist
-    rebuilds = lambda: lite.num_rebuilds  # noqa: E731
+    counts = lambda: (lite.num_rebuilds, lite.num_loads)  # noqa: E731
     run = lambda x: lite.predict(x, batch_size=len(x))  # noqa: E731
   for batch, count in ((1, n1), (32, n32)):
     if spec["kind"] != "flat":
       lite.generalist = ForcedRouting(real, schedule(count, spec["grouped"], seed=batch))
-    start_rebuilds, start = rebuilds(), time.perf_counter()
+    before, start = counts(), time.perf_counter()
     for i in range(0, count, batch):
       run(images[i:i + batch])
     seconds = time.perf_counter() - start
+    after = counts()
     result[f"batch_{batch}"] = {"ms_per_image": 1000 * seconds / count,
-                                "rebuilds": rebuilds() - start_rebuilds, "images": count}
+                                "rebuilds": after[0] - before[0],
+                                "switches": after[1] - before[1], "images": count}
+  if cache_dir is not None:
+    shutil.rmtree(cache_dir)  # this process's own temporary folder
   result["rss_after_imports_mb"] = rss_before
   result["peak_rss_mb"] = _rss_mb("VmHWM")
   result["model_rss_mb"] = result["peak_rss_mb"] - rss_before
@@ -397,6 +410,8 @@ def main(argv):
   print("runtime: flat int8")
   flat_runs = [_worker(flat_spec)]
   for name, _ in settings():
+    if _ONLY.value and name not in _ONLY.value:
+      continue
     export_dir = os.path.join(work, name)
     with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
       manifest = json.load(f)
@@ -405,14 +420,16 @@ def main(argv):
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
     entry["rebuild"] = measure_rebuild(bundle)
-    runs = [("cache1_random", 1, False), ("cache1_grouped", 1, True), ("cache_all_random", 16,
-                                                                       False)]
+    # (label, cache size, grouped, cache_dir)
+    runs = [("cache1_random", 1, False, False), ("cache1_grouped", 1, True, False),
+            ("cache_all_random", 16, False, False), ("disk1_random", 1, False, True)]
+    runs = [r for r in runs if r[0] in _RUNS.value]
     if name.startswith("sparse"):
-      runs = runs[:1]
-    for label, cache, grouped in runs:
+      runs = [r for r in runs if r[0] == "cache1_random"]
+    for label, cache, grouped, disk in runs:
       print(f"{name}: {label}")
       entry[label] = _worker({**common, "kind": "two_stage", "model": bundle, "cache": cache,
-                              "grouped": grouped})
+                              "grouped": grouped, "disk": disk})
     result["settings"][name] = entry
     if name.startswith("dense"):
       stored = stored_copy(bundle)
@@ -423,10 +440,12 @@ def main(argv):
           entry["storage"]["tflite_ratio"] - entry["storage"]["tflite_a"]) / specialist_count(bundle)
       print(f"{name}, deltas stored: rebuild")
       entry["rebuild"] = measure_rebuild(stored)
-      for label, cache, grouped in runs[:2]:
+      for label, cache, grouped, disk in runs:
+        if label not in ("cache1_random", "cache1_grouped"):  # no switch reads a delta there
+          continue
         print(f"{name}, deltas stored: {label}")
         entry[label] = _worker({**common, "kind": "two_stage", "model": stored, "cache": cache,
-                                "grouped": grouped})
+                                "grouped": grouped, "disk": disk})
       result["settings"][name + "_stored"] = entry
   # The flat network again at the end: this machine's speed drifts by 10-30% over a run, so
   # the two-stage runtimes are compared with the mean of a measurement before and after them.
@@ -438,6 +457,8 @@ def main(argv):
     result["flat"][batch] = {"ms_per_image": float(np.mean(
         [r[batch]["ms_per_image"] for r in flat_runs]))}
   for name, k in settings() if _RESAVE.value else ():
+    if name not in result["settings"]:
+      continue
     print(f"{name}: SavedModel with the current exporter")
     storage = result["settings"][name]["storage"]
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
@@ -505,23 +526,26 @@ def to_markdown(r: dict) -> str:
                  f"{rb['later_rebuild_ms']:.1f} | {rb['new_interpreter_ms']:.1f} | "
                  f"{rb['first_invoke_ms']:.1f} |")
   lines += ["", "x flat: against the mean of the flat network's two measurements.", "",
-            "| runtime | ms/image batch 1 (x flat) | rebuilds | ms/image batch 32 (x flat) "
-            "| rebuilds | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",
+            "switches: specialist interpreters built (each a rebuild, except disk1_random's, "
+            "which map a file).", "",
+            "| runtime | ms/image batch 1 (x flat) | switches | ms/image batch 32 (x flat) "
+            "| switches | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",
             f"| flat int8 (before / after the others) | {_runs(flat, 'batch_1')} | | "
             f"{_runs(flat, 'batch_32')} | | {flat['peak_rss_mb']:.0f} | "
             f"{flat['model_rss_mb']:.0f} |"]
   for name, e in r["settings"].items():
-    for label in ("cache1_random", "cache1_grouped", "cache_all_random"):
+    for label in RUNS:
       if label not in e:
         continue
       x = e[label]
+      switches = {b: x[b].get("switches", x[b]["rebuilds"]) for b in ("batch_1", "batch_32")}
       lines.append(
           f"| {name}, {label} | {x['batch_1']['ms_per_image']:.1f} "
           f"({x['batch_1']['ms_per_image'] / flat['batch_1']['ms_per_image']:.2f}) | "
-          f"{x['batch_1']['rebuilds']}/{x['batch_1']['images']} | "
+          f"{switches['batch_1']}/{x['batch_1']['images']} | "
           f"{x['batch_32']['ms_per_image']:.1f} "
           f"({x['batch_32']['ms_per_image'] / flat['batch_32']['ms_per_image']:.2f}) | "
-          f"{x['batch_32']['rebuilds']} | {x['peak_rss_mb']:.0f} "
+          f"{switches['batch_32']} | {x['peak_rss_mb']:.0f} "
           f"({x['peak_rss_mb'] / flat['peak_rss_mb']:.2f}) | {x['model_rss_mb']:.0f} |")
   return "\n".join(lines) + "\n"
 

@@ -425,6 +425,28 @@ def test_predict_cli_soft_json_lines(tiny_bundle, tiny_models, pngs):
                    "label_prob": round(float(out["label_probs"][i, label]), 6)}
 
 
+
+def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny_bundle, pngs,
+                                                                            tmp_path):
+  """--cache_dir: the same output, with the routed specialists written there as verified
+  .tflite files (named by sha256) for the next run; a cache_dir that is a file is an error."""
+  plain = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--k=2", *pngs)
+  cache = tmp_path / "cache"
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
+                      *pngs) == plain
+  bundle = runtime.load_bundle(tiny_bundle)
+  written = sorted(os.listdir(cache))
+  assert written and all(name.endswith(".tflite") for name in written)
+  for name in written:
+    assert hashlib.sha256((cache / name).read_bytes()).hexdigest() == name[:-len(".tflite")]
+  assert set(written) <= {bundle.specialist_sha256(k).hex() + ".tflite" for k in bundle.deltas}
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
+                      *pngs) == plain
+  result = subprocess.run([sys.executable, "-m", "super_sub.export.predict",
+                           f"--bundle={tiny_bundle}", f"--cache_dir={pngs[0]}", *pngs],
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0 and "is a file; expected a folder" in result.stderr
+
 # --- CSV predictions for super-sub-analyze -------------------------------------------------------
 def _write(path, text):
   path.write_text(text, encoding="utf-8")

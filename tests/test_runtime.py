@@ -634,6 +634,82 @@ def test_cache_holds_at_most_cache_size_specialists(bundle_dir, images):
   assert len(constructed) == 2 + 3 + 2  # generalists + rebuilt specialists
 
 
+def test_cache_dir_rebuilds_each_specialist_once_then_maps_its_verified_file(
+    bundle_dir, images, tmp_path):
+  plain = runtime.TwoStageLite(bundle_dir).predict(images, mode="soft", k=3)
+  cache = tmp_path / "cache"
+  lite = runtime.TwoStageLite(bundle_dir, cache_dir=cache)
+  paths = []
+  real = predictor.litert.Interpreter
+
+  def spy(*args, **kwargs):
+    paths.append(kwargs.get("model_path"))
+    return real(*args, **kwargs)
+
+  with mock.patch.object(predictor.litert, "Interpreter", side_effect=spy):
+    for _ in range(2):
+      out = lite.predict(images, mode="soft", k=3)  # both specialists, one held at a time
+      for key in plain:
+        np.testing.assert_array_equal(out[key], plain[key])
+  assert lite.num_rebuilds == 2 and lite.num_loads == 3 and lite.cache_dir.num_written == 2
+  bundle = lite.bundle
+  names = {bundle.specialist_sha256(k).hex() + ".tflite": bundle.specialist(k)
+           for k in bundle.deltas}
+  assert sorted(os.listdir(cache)) == sorted(names)  # no temporary file left behind
+  for name, model in names.items():
+    assert (cache / name).read_bytes() == model
+  assert paths == [str(cache / name) for name in
+                   [bundle.specialist_sha256(k).hex() + ".tflite" for k in (0, 1, 0)]]
+
+  # A new process (here: a new runtime) verifies the files once and rebuilds nothing.
+  again = runtime.TwoStageLite(bundle_dir, cache_dir=cache)
+  again.predict(images, mode="soft", k=3)
+  again.predict(images, mode="soft", k=3)
+  assert again.num_rebuilds == 0 and again.num_loads == 3
+  assert again.cache_dir.num_verified == 2 and again.cache_dir.num_written == 0
+
+
+def test_cache_dir_leaves_a_file_that_does_not_match_and_rebuilds_in_memory(
+    bundle_dir, images, tmp_path):
+  cache = tmp_path / "cache"
+  lite = runtime.TwoStageLite(bundle_dir, cache_dir=cache)
+  expected = lite.predict(images, mode="soft", k=3)
+  k = 0
+  name = cache / (lite.bundle.specialist_sha256(k).hex() + ".tflite")
+  tampered = bytearray(name.read_bytes())
+  tampered[len(tampered) // 2] ^= 0xFF
+  name.write_bytes(bytes(tampered))  # after this runtime verified it: a changed stat
+  before = lite.num_rebuilds
+  with pytest.warns(RuntimeWarning, match=f"{name}: its sha256 does not match"):
+    out = lite.predict(images, mode="soft", k=3)
+  for key in expected:
+    np.testing.assert_array_equal(out[key], expected[key])
+  assert lite.num_rebuilds == before + 1  # the bad one rebuilt in memory (the other was held)
+  assert name.read_bytes() == bytes(tampered)  # and the file left as it was
+
+
+def test_cache_dir_that_is_a_file_or_cannot_be_written_is_refused_or_bypassed(
+    bundle_dir, images, tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a folder")
+  with pytest.raises(ValueError, match="is a file; expected a folder"):
+    runtime.TwoStageLite(bundle_dir, cache_dir=a_file)
+  with mock.patch.dict(os.environ, {"HOME": str(tmp_path)}):
+    assert runtime.TwoStageLite(bundle_dir, cache_dir="~/home_cache").cache_dir.folder == str(
+        tmp_path / "home_cache")
+  if os.geteuid() == 0:  # root writes through read-only modes; block the file name instead
+    lite = runtime.TwoStageLite(bundle_dir, cache_dir=tmp_path / "cache")
+    for k in lite.bundle.deltas:
+      (tmp_path / "cache" / (lite.bundle.specialist_sha256(k).hex() + ".tflite")).mkdir()
+  else:
+    (tmp_path / "cache").mkdir(mode=0o500)
+    lite = runtime.TwoStageLite(bundle_dir, cache_dir=tmp_path / "cache")
+  with pytest.warns(RuntimeWarning, match="cannot be written"):
+    out = lite.predict(images, mode="soft", k=3)
+  expected = runtime.TwoStageLite(bundle_dir).predict(images, mode="soft", k=3)
+  np.testing.assert_array_equal(out["label_probs"], expected["label_probs"])
+
+
 def test_later_rebuilds_copy_bytes_and_still_check_the_result(bundle_dir, models, monkeypatch):
   bundle = runtime.load_bundle(bundle_dir)
   k = sorted(bundle.skeletons)[0]

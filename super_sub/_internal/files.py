@@ -13,15 +13,21 @@ from typing import Any, Iterator
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:
-  """Writes `payload` as indented JSON: a temporary file in the same folder, then rename."""
+  """Writes `payload` as indented JSON, atomically (`write_bytes`)."""
+  text = json.dumps(payload, indent=1, ensure_ascii=False) + "\n"
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path`: a temporary file in the same folder, then rename, so a reader
+  sees the old file or the whole new one, and a failed write leaves nothing behind."""
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(payload, f, indent=1, ensure_ascii=False)
-      f.write("\n")
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
     os.replace(tmp, path)
   except BaseException:

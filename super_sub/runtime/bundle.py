@@ -105,6 +105,15 @@ class Bundle:
       raise BundleError(f"{self.path}: specialist {k} "
                         f"({self.hierarchy.superclasses[k].name!r}): {e}") from None
 
+  def specialist_sha256(self, k: int) -> bytes:
+    """The sha256 of superclass k's rebuilt specialist, as its verified delta records it."""
+    try:
+      with np.load(io.BytesIO(self.deltas[k]), allow_pickle=False) as npz:
+        return delta_lib.specialist_sha256(npz)
+    except ValueError as e:
+      raise BundleError(f"{self.path}: specialist {k} "
+                        f"({self.hierarchy.superclasses[k].name!r}): {e}") from None
+
 
 def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
                         generalist: bytes, specialists: Mapping[int, bytes],

@@ -244,6 +244,20 @@ def apply_delta(base: bytes, skeleton: bytes, arrays) -> bytes:
   return out
 
 
+def specialist_sha256(arrays) -> bytes:
+  """The sha256 (32 bytes) of the specialist a delta rebuilds, as recorded in it.
+
+  Raises:
+    DeltaError: no readable uint8 `sha256` array of shape (2, 32).
+  """
+  if not hasattr(arrays, "keys") or "sha256" not in arrays.keys():
+    raise DeltaError("delta arrays lack 'sha256' (the base's and the specialist's digests)")
+  digests = _read_member(arrays, "sha256")
+  if digests.shape != (2, 32):
+    raise DeltaError(f"delta array 'sha256' has shape {digests.shape}; expected (2, 32)")
+  return bytes(digests[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class FastRebuild:
   """Rebuilds one specialist by copying bytes, at memory speed, instead of `apply_delta`'s

@@ -2,7 +2,9 @@
 
 The generalist stays loaded; a specialist is rebuilt from the base + its delta only when a batch
 routes rows to it, and at most `cache_size` rebuilt specialists are kept (least recently used
-dropped first), so memory stays about one network at the default of 1. Rows are grouped by routed
+dropped first), so memory stays about one network at the default of 1. With a `cache_dir`, each
+specialist is rebuilt once and kept there as a file that later switches map instead of rebuilding
+(super_sub.runtime.disk_cache): about half a switch's cost at 224 px, for disk. Rows are grouped by routed
 superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
 dimension is resized to the group), and never on zero rows. A bundle with a trunk (stages every
 model shares, super_sub.models.trunk) runs it once per image and feeds its output to the
@@ -21,6 +23,7 @@ from ai_edge_litert import interpreter as litert
 from super_sub.data import images as images_lib
 from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
+from super_sub.runtime import disk_cache
 
 
 class TwoStageLite:
@@ -33,21 +36,27 @@ class TwoStageLite:
     framing: how `load_images` should frame image files for these models ("resize" or
       "center_crop"), from the manifest.
     cache_size: how many rebuilt specialists stay in memory.
+    cache_dir: the `disk_cache.SpecialistFiles` holding rebuilt specialists on disk, or None.
     num_rebuilds: how many times a specialist has been rebuilt from base + delta so far.
+    num_loads: how many specialist interpreters have been built so far (one per switch to a
+      specialist that is not in memory), whether rebuilt or mapped from `cache_dir`.
   """
 
   def __init__(self, bundle_dir: str | os.PathLike | bundle_lib.Bundle, cache_size: int = 1,
-               num_threads: int | None = None):
+               num_threads: int | None = None,
+               cache_dir: str | os.PathLike | None = None):
     """Loads and verifies the bundle (every checksum before any interpreter exists).
 
     Args:
       bundle_dir: a `tflite/` bundle folder, or an already loaded `Bundle`.
       cache_size: rebuilt specialists kept in memory (>= 1).
       num_threads: LiteRT threads per interpreter (None: LiteRT's default).
+      cache_dir: a folder (created if missing) where each specialist, once rebuilt, is kept as
+        a verified file that later switches map instead of rebuilding; None: rebuild each time.
 
     Raises:
       BundleError: the bundle does not verify or its models do not fit its hierarchy.
-      ValueError: a bad cache_size or num_threads.
+      ValueError: a bad cache_size, num_threads or cache_dir.
     """
     if not isinstance(cache_size, (int, np.integer)) or cache_size < 1:
       raise ValueError(f"cache_size must be a positive integer; got {cache_size!r}")
@@ -62,8 +71,11 @@ class TwoStageLite:
     self.framing = self.bundle.input_framing
     self.cache_size = int(cache_size)
     self.num_threads = num_threads
+    self.cache_dir = disk_cache.SpecialistFiles(cache_dir) if cache_dir is not None else None
     self.num_rebuilds = 0
+    self.num_loads = 0
     self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
+    self._digests: dict[int, bytes] = {}  # superclass -> its specialist's sha256 (cache_dir)
     # With a trunk, it takes the images and every other model takes its output (features).
     self.trunk = (_LiteModel(self.bundle.trunk, num_threads, "trunk")
                   if self.bundle.trunk is not None else None)
@@ -105,20 +117,32 @@ class TwoStageLite:
                         first=lambda sup: sup in self._cache)
 
   def specialist(self, k: int) -> "_LiteModel":
-    """Superclass k's specialist interpreter, rebuilt from base + delta unless cached."""
+    """Superclass k's specialist interpreter: from memory if cached, else from `cache_dir`'s
+    verified file if any, else rebuilt from base + delta."""
     if k in self._cache:
       self._cache.move_to_end(k)
       return self._cache[k]
     while len(self._cache) >= self.cache_size:  # free before building: peak stays ~cache_size
       self._cache.popitem(last=False)
-    model = _LiteModel(self.bundle.specialist(k), self.num_threads,
+    if self.cache_dir is None:
+      source = self._rebuild(k)
+    else:
+      if k not in self._digests:
+        self._digests[k] = self.bundle.specialist_sha256(k)
+      source = self.cache_dir.get(self._digests[k], lambda: self._rebuild(k))
+    model = _LiteModel(source, self.num_threads,
                        f"specialist {k} ({self.hierarchy.superclasses[k].name!r})")
     self._check(model, len(self.hierarchy.subclass_range(k)))
-    self.num_rebuilds += 1
+    self.num_loads += 1
     self._cache[k] = model
     return model
 
   # --- internals -------------------------------------------------------------------------------
+  def _rebuild(self, k: int) -> bytes:
+    model = self.bundle.specialist(k)
+    self.num_rebuilds += 1
+    return model
+
   def _check(self, model: "_LiteModel", width: int) -> None:
     if model.input_shape != self._model_input:
       what = "the trunk's output" if self.trunk is not None else "the manifest's input"
@@ -138,9 +162,11 @@ class TwoStageLite:
 class _LiteModel:
   """One LiteRT interpreter: float inputs in, float32 outputs out, any batch size."""
 
-  def __init__(self, model: bytes, num_threads: int | None, name: str):
+  def __init__(self, model: bytes | str, num_threads: int | None, name: str):
+    """`model`: .tflite bytes, or the path of a verified .tflite file (LiteRT maps it)."""
     self.name = name
-    self._interpreter = litert.Interpreter(model_content=model, num_threads=num_threads)
+    source = {"model_path": model} if isinstance(model, str) else {"model_content": model}
+    self._interpreter = litert.Interpreter(**source, num_threads=num_threads)
     self._interpreter.allocate_tensors()
     (self._in,), (self._out,) = self._details()
     self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
