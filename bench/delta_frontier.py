@@ -16,6 +16,8 @@ re-run to add settings. A setting is parts joined by "+":
   affine    --specialist_form=affine: BatchNorm's per-channel scale and shift and the head
   sign      --specialist_form=sign (needs --qat): every kernel weight moves by +-k int8 steps of
             its channel (about one bit per weight), BatchNorm free
+  signP     sign with --delta_keep=P/100: only the output channels that move most, P percent
+            of the kernel weights, move (e.g. sign60); the rest store no sign bits
   rankR     --specialist_form=lowrank --delta_rank=R (needs --qat): each kernel's int8 delta is
             a rank-R integer product (e.g. rank8), BatchNorm free
   keepP     --delta_keep=P/100 --freeze_bn: a sparse kernel delta (P in percent, e.g. keep2)
@@ -84,12 +86,14 @@ def setting_overrides(setting: str) -> dict:
   overrides: dict = {}
   keeps = [p for p in parts if re.fullmatch(r"keep\d+(\.\d+)?", p)]
   ranks = [p for p in parts if re.fullmatch(r"rank\d+", p)]
+  signs = [p for p in parts if re.fullmatch(r"sign\d+(\.\d+)?", p)]
   unknown = [p for p in parts
              if p not in ("dense", "affine", "sign", "bn", "nobn", "grow", "distill", "teach")
-             and p not in keeps + ranks]
-  forms = sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps) + len(ranks)
+             and p not in keeps + ranks + signs]
+  forms = (sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps) + len(ranks)
+           + len(signs))
   if unknown or len(keeps) > 1 or forms != 1:
-    raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign, rankR or "
+    raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign, signP, rankR or "
                      "keepP (P in percent), optionally +bn (with keepP), +nobn (without), +grow "
                      "and +distill or +teach")
   if "bn" in parts and not keeps:
@@ -98,13 +102,15 @@ def setting_overrides(setting: str) -> dict:
   if "nobn" in parts:
     if keeps or "affine" in parts:
       raise ValueError(f"setting {setting!r}: keepP freezes BatchNorm already and affine "
-                       "trains only BatchNorm; +nobn goes with dense, sign or rankR")
+                       "trains only BatchNorm; +nobn goes with dense, sign(P) or rankR")
     overrides["freeze_bn"] = True
   for form in ("affine", "sign"):
     if form in parts:
       overrides["specialist_form"] = form
   if ranks:
     overrides.update(specialist_form="lowrank", delta_rank=int(ranks[0][4:]))
+  if signs:
+    overrides.update(specialist_form="sign", delta_keep=float(signs[0][4:]) / 100)
   if keeps:
     overrides["delta_keep"] = float(keeps[0][4:]) / 100
     overrides["freeze_bn"] = "bn" not in parts

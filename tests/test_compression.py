@@ -188,6 +188,29 @@ def test_sign_delta_hand_computed():
                              atol=1e-7)
 
 
+def test_sign_channel_masks_spend_the_budget_on_the_channels_that_move_most():
+  # Kernel 0: 2 channels of 3 weights, step 0.1; kernel 5: 3 channels of 2 weights, step 0.5;
+  # kernel 7: per tensor (one channel of 4 weights), step 1.
+  latents = {0: np.array([[0.3, 0.0], [0.3, -0.1], [-0.3, 0.1]], np.float32),  # k 3.0, 0.67
+             5: np.array([[1.0, 0.0, -0.5], [-1.0, 0.0, 0.5]], np.float32),  # k 2.0, 0, 1.0
+             7: np.full((2, 2), 0.5, np.float32)}  # k 0.5
+  steps = {0: np.array([0.1, 0.1], np.float32), 5: np.full(3, 0.5, np.float32),
+           7: np.float32(1.0)}
+  # 16 weights; keep 0.5 = 8: channels by k: (0,0) 3 weights, (5,0) 2, (5,2) 2 -> 7; next
+  # (0,1) has 3 and would make 10.
+  masks = compression.sign_channel_masks(latents, steps, 0.5)
+  np.testing.assert_array_equal(masks[0], [True, False])
+  np.testing.assert_array_equal(masks[5], [True, False, True])
+  assert masks[7].shape == () and not masks[7]
+  masks = compression.sign_channel_masks(latents, steps, 1.0)
+  assert all(np.all(m) for m in masks.values())
+  # The mask zeroes k of the channels left out.
+  np.testing.assert_allclose(compression.sign_delta(latents[0], steps[0], np.array([True, False])),
+                             [[0.3, 0.0], [0.3, 0.0], [-0.3, 0.0]], atol=1e-7)
+  np.testing.assert_allclose(compression.sign_delta(latents[7], steps[7], np.array(False)),
+                             np.zeros((2, 2)))
+
+
 def _qat_model_and_ranges(first: bool):
   """A small QAT model, its backbone variables, `range_owners`, and the (min, max) range
   variable indices of its first or last quantized kernel."""
@@ -224,14 +247,42 @@ def test_sign_form_accumulates_updates_below_half_a_step():
   np.testing.assert_array_equal(variables[hi].numpy(), extent)  # ranges stay pinned
 
 
-def test_sign_specialist_needs_qat_and_refuses_budgets(tmp_path):
+def test_sign_form_with_a_budget_moves_only_the_channels_that_fit():
+  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=True)
+  kernel = variables[owners[hi]]
+  extent = np.full(kernel.shape[-1], 1.27, np.float32)  # a step of 0.01 in every channel
+  variables[lo].assign(-extent)
+  variables[hi].assign(extent)
+  base = [v.numpy() for v in variables]
+  total = sum(base[k].size for k in set(owners.values()))
+  per_channel = kernel.numpy()[..., 0].size
+  callback = compression.DeltaToBase(base, 0.0, pin_batchnorm=False, form="sign",
+                                     keep=1.5 * per_channel / total, epochs=1)
+  callback.on_epoch_begin(0)
+  nudge = np.zeros_like(base[owners[hi]])
+  nudge[..., 0] = 0.03  # 3 steps
+  nudge[..., 1] = -0.01  # 1 step: a whole channel, but the budget holds only one and a half
+  kernel.assign(base[owners[hi]] + nudge)
+  callback.project(model, threshold=0.0)
+  moved = kernel.numpy() - base[owners[hi]]
+  np.testing.assert_allclose(moved[..., 0], 0.03, atol=1e-6)
+  np.testing.assert_array_equal(moved[..., 1:], 0.0)
+  # The channel left out keeps its latent change: with a budget of all, it moves.
+  callback.keep_now = 1.0
+  callback.project(model, threshold=0.0)
+  np.testing.assert_allclose(kernel.numpy()[..., 1] - base[owners[hi]][..., 1], -0.01, atol=1e-6)
+
+
+def test_sign_specialist_needs_qat_and_refuses_l1(tmp_path):
   with pytest.raises(ValueError, match=r"specialist_form='sign' .* needs qat=True .* got "
                      r"qat=False$"):
     config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign")
-  for option in (dict(delta_keep=0.02), dict(delta_l1=1.0)):
-    with pytest.raises(ValueError, match=rf"specialist_form='sign' .* got qat=True, "
-                       rf"--{next(iter(option))}$"):
-      config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign", qat=True, **option)
+  with pytest.raises(ValueError, match=r"specialist_form='sign' .* cannot be combined with "
+                     r"--delta_l1; got qat=True, --delta_l1$"):
+    config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign", qat=True,
+                           delta_l1=1.0)
+  assert config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign", qat=True,
+                                delta_keep=0.7).delta_keep == 0.7  # a budget of channels
   with pytest.raises(ValueError, match="delta_ranges='grow' .* specialist_form='delta'"):
     config_lib.TrainConfig(model_dir=str(tmp_path), specialist_form="sign", qat=True,
                            delta_ranges="grow")

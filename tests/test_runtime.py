@@ -189,9 +189,10 @@ def test_signed_encoding_hand_computed():
   # then a 4-byte int32 bias (no sign structure) whose low byte moved by +1.
   diff = np.array([2, 254, 2, 0, 5, 0, 1, 0, 0, 0], np.uint8)
   encoded = delta_lib._signed(diff, np.array([[0, 6, 3, 2]]), force=False)
-  np.testing.assert_array_equal(encoded["runs"], [[0, 6, 3, 2]])
-  # Channel 1: one byte moved by 5 and two not at all, so k = 0 (the 5 stays a residual).
-  np.testing.assert_array_equal(encoded["magnitudes"], [2, 0])
+  # Channel 1: one byte moved by 5 and two not at all, so k = 0 (the 5 stays a residual), and
+  # the run leaves it out: channel 0 only.
+  np.testing.assert_array_equal(encoded["runs"], [[0, 3, 3, 1]])
+  np.testing.assert_array_equal(encoded["magnitudes"], [2])
   np.testing.assert_array_equal(encoded["signs"], [0b101])  # +, -, + (least significant first)
   np.testing.assert_array_equal(encoded["gaps"][0], [4, 2])  # residual at bytes 4 and 6
   np.testing.assert_array_equal(encoded["values"], [5, 1])
@@ -199,6 +200,21 @@ def test_signed_encoding_hand_computed():
   # An int8 buffer whose changes have no sign structure is not worth its bits.
   assert delta_lib._signed(np.array([0, 0, 0, 7, 0, 0], np.uint8), np.array([[0, 6, 3, 2]]),
                            force=False) is None
+
+
+def test_signed_runs_leave_out_unmoved_channels_where_that_saves_bytes():
+  # An [8, 48] int8 kernel whose channels moved by k = 2, 0, 0, 0, 3, 0, 4, 0 (random signs).
+  k = np.array([2, 0, 0, 0, 3, 0, 4, 0])
+  up = np.random.default_rng(0).random(8 * 48) < 0.5
+  per_byte = np.repeat(k, 48)
+  diff = np.where(up, per_byte, -per_byte).astype(np.uint8)
+  encoded = delta_lib._signed(diff, np.array([[0, 8 * 48, 48, 8]]), force=False)
+  # Three unmoved channels (144 bytes, 18 sign bytes) cost more than a second run (16 bytes):
+  # left out. One (48 bytes, 6 sign bytes) costs less: kept, with k = 0. The last: left out.
+  np.testing.assert_array_equal(encoded["runs"], [[0, 48, 48, 1], [4 * 48, 3 * 48, 48, 3]])
+  np.testing.assert_array_equal(encoded["magnitudes"], [2, 3, 0, 4])
+  assert encoded["signs"].shape == (4 * 48 // 8,) and encoded["values"].size == 0
+  np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
 
 
 def _largest_per_channel_kernel(obj):

@@ -32,7 +32,8 @@ member of an .npz costs ~180 bytes of headers):
           planes are nearly all zero and compress to almost nothing); values uint8 [n], d there.
   dense:  diff uint8 [stream length], d itself (wins when most bytes changed).
   signed (delta version 2): a sign-structured part plus a sparse residual (gaps, values as above).
-          runs uint32 [R, 4]: (stream offset, length, block, period) of int8 weight buffers whose
+          runs uint32 [R, 4]: (stream offset, length, block, period) of int8 weight buffers, or
+          of ranges of whole channels in them (unmoved channels left out), whose
           bytes each moved by +-k of their output channel: byte t of a run belongs to channel
           (t // block) % period (a [C_out, ...] kernel: block = its size / C_out, period = C_out;
           a depthwise [1, H, W, C] one: block 1, period C); magnitudes uint8 [sum of periods],
@@ -65,6 +66,7 @@ from ai_edge_litert import schema_py_generated as schema
 FORMAT_VERSION = 1
 ENCODINGS = ("auto", "sparse", "dense", "signed")
 MAX_RANK = 1024  # r x 127 x 128 < 2**24: the int32 sums convert to float32 exactly
+_RUN_BYTES = 16  # one row of a signed delta's runs: four uint32
 SIGNED_VERSION = 2  # deltas in the signed encoding, which version-1 readers cannot decode
 FILE_IDENTIFIER = b"TFL3"  # as tensorflow/lite/tools/flatbuffer_utils.py writes it
 _MAX_BYTES = 2**31 - 1  # larger models keep buffers outside the flatbuffer (offset/size fields)
@@ -480,13 +482,35 @@ def _signed(diff: np.ndarray, layouts: np.ndarray, force: bool) -> dict[str, np.
     per_byte = k[channel].astype(np.int16)
     positive = (moved >= 0) & (per_byte > 0)
     residual[offset:offset + length] -= np.where(positive, per_byte, -per_byte).astype(np.uint8)
-    runs.append((offset, length, block, period))
-    magnitudes.append(k.astype(np.uint8))
-    signs.append(positive)
+    for first, last in _moved_channels(k, block, length):
+      runs.append((offset + first * block, (last - first) * block, block, last - first))
+      magnitudes.append(k[first:last].astype(np.uint8))
+      signs.append(positive[first * block:last * block])
   if not runs:
     return None
   return {"runs": np.array(runs, np.uint32), "magnitudes": np.concatenate(magnitudes),
           "signs": np.packbits(np.concatenate(signs), bitorder="little"), **_sparse(residual)}
+
+
+def _moved_channels(k: np.ndarray, block: int, length: int) -> list[tuple[int, int]]:
+  """[first, last) channel ranges of a buffer that its signed runs cover.
+
+  In a [C_out, ...] buffer each channel's bytes are contiguous, so runs can leave out the
+  channels that did not move (k = 0, e.g. a budgeted sign specialist's), saving their sign
+  bits. A gap is left out only where it saves more than a run's 16 bytes of (offset, length,
+  block, period). Buffers whose channels interleave (a depthwise kernel: block 1, or channels
+  repeating along the buffer) are covered whole.
+  """
+  period = len(k)
+  if block * period != length or block == 1:
+    return [(0, period)]
+  ranges: list[list[int]] = []
+  for c in np.flatnonzero(k).tolist():
+    if ranges and (c - ranges[-1][1]) * block <= 8 * _RUN_BYTES:
+      ranges[-1][1] = c + 1
+    else:
+      ranges.append([c, c + 1])
+  return [(first, last) for first, last in ranges] or [(0, period)]
 
 
 def _factored(diff: np.ndarray, lengths: list[int], factors) -> dict[str, np.ndarray]:

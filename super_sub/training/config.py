@@ -120,7 +120,9 @@ class TrainConfig:
       "the generalist's (e.g. 0.02). The largest changes (in int8 steps) are kept by gradual "
       "magnitude pruning over the first two thirds of the epochs, the rest recovers with the "
       "mask fixed. Pair with --freeze_bn: free BatchNorm statistics change every folded "
-      "weight anyway. Default: no budget.")
+      "weight anyway. With --specialist_form=sign: the budget is spent on whole output "
+      "channels (those that would move most, in int8 steps), and the others stay the "
+      "generalist's and store no sign bits. Default: no budget.")
   specialist_form: str = _field(
       "delta", "What a specialist may change of the generalist it starts from. delta: its "
       "kernels (W - W_generalist, dense, or sparse with --delta_keep / --delta_l1), BatchNorm "
@@ -197,12 +199,14 @@ class TrainConfig:
                          f"trains BatchNorm, so it cannot be combined with "
                          f"{' or '.join(conflicts)} (options of specialist_form='delta')")
     if self.specialist_form in ("sign", "lowrank"):
-      conflicts = [flag for flag, on in (("--delta_keep", self.delta_keep is not None),
-                                         ("--delta_l1", self.delta_l1 != 0.0)) if on]
+      conflicts = [flag for flag, on in (
+          ("--delta_keep", self.delta_keep is not None and self.specialist_form == "lowrank"),
+          ("--delta_l1", self.delta_l1 != 0.0)) if on]
+      refused = "--delta_l1" if self.specialist_form == "sign" else "--delta_keep or --delta_l1"
       if conflicts or not self.qat:
         raise ValueError(f"specialist_form={self.specialist_form!r} moves kernel weights by whole "
                          f"int8 steps of the base's pinned quantizer ranges, so it needs "
-                         f"qat=True and cannot be combined with --delta_keep or --delta_l1; got "
+                         f"qat=True and cannot be combined with {refused}; got "
                          f"qat={self.qat}{''.join(', ' + c for c in conflicts)}")
     if not 1 <= self.delta_rank <= delta_lib.MAX_RANK:
       raise ValueError(f"delta_rank must be in [1, {delta_lib.MAX_RANK}] (the bundle's integer "

@@ -22,6 +22,8 @@ whole number of the channel's int8 steps. With the base's pinned quantizer range
 are the base's +-k, which the bundle stores in about one bit per weight (the signed encoding of
 `super_sub.runtime.delta`). Training keeps a free-moving latent delta that each step's update goes
 to and projects it onto that form for the next forward pass (a straight-through estimator).
+With a budget (`--delta_keep`), only the output channels that would move most, in int8 steps, may
+move (`sign_channel_masks`). Channels that do not move store no sign bits.
 
 A low-rank specialist (`--specialist_form=lowrank`, `low_rank_factors`; LoRA, Hu et al. 2021,
 applied to each kernel as a [C_out, kernel size] matrix) changes each kernel's int8 weights by
@@ -141,23 +143,71 @@ def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
   return {i: s > threshold for i, s in sizes.items()}
 
 
-def sign_delta(latent: np.ndarray, step: np.ndarray) -> np.ndarray:
+def _channel_axis(latent: np.ndarray, step: np.ndarray) -> int:
+  """The axis of `latent` that `step` (one int8 step per channel) runs along: the kernel axis as
+  long as `step`, the last one on ties (a depthwise kernel's channels come before its
+  multiplier)."""
+  return max(a for a in range(latent.ndim) if latent.shape[a] == step.shape[0])
+
+
+def sign_channel_masks(latents: dict[int, np.ndarray], steps: dict[int, np.ndarray],
+                       keep: float) -> dict[int, np.ndarray]:
+  """Per kernel (by index), which output channels a sign specialist may move under a budget.
+
+  Every channel of every kernel is ranked by how far its latent delta would move it, in its
+  own int8 steps (`mean |latent| / step`, the k of `sign_delta` before rounding). Channels are
+  taken in that order (ties: kernel index, then channel) as long as their weights fit in `keep`
+  of all kernel weights: a moved channel costs a sign bit per weight. A kernel quantized per
+  tensor counts as one channel.
+
+  Returns: kernel index -> bool [C] (a scalar array for a per-tensor kernel).
+  """
+  scores, sizes, owners = [], [], []
+  for i in sorted(latents):
+    latent, step = latents[i], np.asarray(steps[i], np.float32)
+    if step.ndim == 0:
+      score = np.reshape(np.abs(latent).mean() / max(float(step), 1e-12), (1,))
+    else:
+      axis = _channel_axis(latent, step)
+      others = tuple(a for a in range(latent.ndim) if a != axis)
+      score = np.abs(latent).mean(axis=others) / np.maximum(step, 1e-12)
+    scores.append(score)
+    sizes.append(np.full(score.shape, latent.size // score.size))
+    owners.append(np.full(score.shape, i))
+  if not scores:
+    return {}
+  score, size, owner = (np.concatenate(a) for a in (scores, sizes, owners))
+  order = np.argsort(-score, kind="stable")
+  taken = np.zeros(len(score), bool)
+  taken[order[np.cumsum(size[order]) <= keep * size.sum()]] = True
+  masks = {}
+  for i in sorted(latents):
+    mask = taken[owner == i]
+    masks[i] = mask if np.ndim(steps[i]) else mask.reshape(())
+  return masks
+
+
+def sign_delta(latent: np.ndarray, step: np.ndarray,
+               channels: np.ndarray | None = None) -> np.ndarray:
   """The sign form closest to `latent`: per channel, k x step x sign(latent) (0 counts as +),
   with k = round(mean |latent| / step) (BitDelta's L2-optimal scale, in whole int8 steps).
 
   `step`: the int8 step of each channel (a scalar for per-tensor quantization); the channel
   axis is the kernel axis as long as `step` (the last one on ties), as in `grow_range`.
+  `channels`: which channels may move (`sign_channel_masks`); the others get k = 0.
   """
   step = np.asarray(step, np.float32)
   if step.ndim == 0:
     k = np.round(np.abs(latent).mean() / max(float(step), 1e-12))
-    return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
-  axis = max(a for a in range(latent.ndim) if latent.shape[a] == step.shape[0])
-  others = tuple(a for a in range(latent.ndim) if a != axis)
-  shape = [1] * latent.ndim
-  shape[axis] = step.shape[0]
-  step = step.reshape(shape)
-  k = np.round(np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12))
+  else:
+    axis = _channel_axis(latent, step)
+    others = tuple(a for a in range(latent.ndim) if a != axis)
+    shape = [1] * latent.ndim
+    shape[axis] = step.shape[0]
+    step = step.reshape(shape)
+    k = np.round(np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12))
+  if channels is not None:
+    k = k * np.reshape(channels, np.shape(k))
   return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
 
 
@@ -239,7 +289,9 @@ class DeltaToBase(keras.callbacks.Callback):
   `ranges="grow"` widened per output channel where the changed kernel outgrew them (`grow_range`).
   The input range, step counters and every variable of a frozen layer (`--freeze_stages`):
   always pinned. With `form` "sign" or "lowrank", each quantized kernel instead holds the
-  projection of a latent delta (`sign_delta`, `low_rank_factors`) after every step.
+  projection of a latent delta (`sign_delta`, `low_rank_factors`) after every step; a sign
+  budget picks the channels that may move (`sign_channel_masks` at the `keep_schedule`
+  fraction) again at every step, from all latent deltas.
   Activation quantizer ranges follow the specialist's activations. tfmot's QuantizeWrapperV2 lists its
   layer's weights as trainable even when the layer is frozen
   (tensorflow/model-optimization#1067), so pinning,
@@ -253,9 +305,10 @@ class DeltaToBase(keras.callbacks.Callback):
     `keep`: the budget (fraction of kernel weights that may differ), None for no budget;
     `epochs`: the length of the training, which `keep_schedule` spreads the pruning over;
     `ranges`: weight quantizer ranges "pinned" to the base's or allowed to "grow";
-    `form`: "sign" keeps each quantized kernel `sign_delta` of a latent delta, "lowrank" its
-    rank-`rank` `low_rank_factors` (both: pinned ranges, no budget, no L1), "delta" (or
-    "affine", whose kernels are frozen) as above."""
+    `form`: "sign" keeps each quantized kernel `sign_delta` of a latent delta (a `keep`
+    budget counts whole channels), "lowrank" its rank-`rank` `low_rank_factors` (both: pinned
+    ranges and no L1; low rank: no budget), "delta" (or "affine", whose kernels are frozen)
+    as above."""
     super().__init__()
     if keep is not None and not 0.0 <= keep <= 1.0:
       raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
@@ -263,8 +316,10 @@ class DeltaToBase(keras.callbacks.Callback):
       raise ValueError(f"ranges must be one of {config_lib.DELTA_RANGES}, got {ranges!r}")
     if form not in config_lib.SPECIALIST_FORMS:
       raise ValueError(f"form must be one of {config_lib.SPECIALIST_FORMS}, got {form!r}")
-    if form in ("sign", "lowrank") and (keep is not None or l1 or ranges != "pinned"):
-      raise ValueError(f"{form} deltas take no budget, no L1 step and the base's pinned ranges")
+    if form in ("sign", "lowrank") and (l1 or ranges != "pinned" or
+                                        (keep is not None and form == "lowrank")):
+      raise ValueError(f"{form} deltas take no L1 step and the base's pinned ranges"
+                       + (", and no budget" if form == "lowrank" else ""))
     if not 1 <= rank <= delta_lib.MAX_RANK:
       raise ValueError(f"rank must be in [1, {delta_lib.MAX_RANK}], got {rank}")
     self.rank = rank
@@ -282,10 +337,13 @@ class DeltaToBase(keras.callbacks.Callback):
     self.keep = keep
     self.epochs = epochs
     self.masks: dict[int, np.ndarray] | None = None
+    self.keep_now: float | None = None  # this epoch's budget (`keep_schedule`)
 
   def on_epoch_begin(self, epoch, logs=None):
     del logs
     if self.keep is not None:
+      self.keep_now = keep_schedule(epoch, self.epochs, self.keep)
+    if self.keep is not None and self.form != "sign":  # sign: channels chosen at every step
       self.masks = budget_masks(self._variables(self.model), self.base,
                                 keep_schedule(epoch, self.epochs, self.keep))
       self.project(self.model, threshold=0.0)
@@ -313,6 +371,12 @@ class DeltaToBase(keras.callbacks.Callback):
         self._check_rank(variables, steps)
       self._owners, self._latent, self.factors = (model, owners, steps), {}, {}
     _, owners, steps = self._owners
+    channels = None
+    if self.form == "sign":
+      latents = {i: self._update_latent(i, variables[i].numpy() - self.base[i])
+                 for i in steps if not frozen[i] and is_kernel(variables[i])}
+      if self.keep_now is not None and self.keep_now < 1.0:
+        channels = sign_channel_masks(latents, steps, self.keep_now)
     for i, (var, base) in enumerate(zip(variables, self.base)):
       if i in owners and not frozen[i]:
         continue
@@ -320,7 +384,10 @@ class DeltaToBase(keras.callbacks.Callback):
       if frozen[i]:
         var.assign(base)
       elif is_kernel(var) and self.form in ("sign", "lowrank"):
-        if i in steps and not (self.form == "lowrank" and short == "depthwise_kernel"):
+        if i in steps and self.form == "sign":
+          var.assign(base + self._projected_sign(
+              i, steps[i], channels[i] if channels is not None else None))
+        elif i in steps and short != "depthwise_kernel":
           var.assign(base + self._projected_step(i, var.numpy() - base, steps[i]))
         else:  # no weight quantizer (or, low-rank, a depthwise kernel): the base's
           var.assign(base)
@@ -353,21 +420,31 @@ class DeltaToBase(keras.callbacks.Callback):
       extent[kernel] = np.maximum(extent.get(kernel, 0.0), np.abs(self.base[r]))
     return {kernel: e / 127.0 for kernel, e in extent.items()}
 
-  def _projected_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """The straight-through update of kernel i: the optimizer's change since the last
-    projection goes to the latent delta, whose projection (`sign_delta`, or the low-rank
-    product in whole int8 steps) the model then holds. A resumed or first call starts the
-    latent delta from the weights."""
+  def _update_latent(self, i: int, delta: np.ndarray) -> np.ndarray:
+    """The straight-through update of kernel i's latent delta: it takes the optimizer's change
+    since the last projection (a resumed or first call starts it from the weights)."""
     latent, applied = self._latent.get(i, (delta, delta))
     latent = latent + (delta - applied)
-    if self.form == "sign":
-      projected = sign_delta(latent, step)
-    else:
-      step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
-      factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
-      self.factors[i] = factors
-      projected = (from_rows(delta_lib.factored_product(*factors).astype(np.float32)
-                             * step_rows, latent.shape)).astype(latent.dtype)
+    self._latent[i] = (latent, applied)
+    return latent
+
+  def _projected_sign(self, i: int, step: np.ndarray, channels: np.ndarray | None) -> np.ndarray:
+    """Kernel i's latent delta (updated by `_update_latent`) projected by `sign_delta`; that
+    projection is what the model holds until the next step."""
+    latent, _ = self._latent[i]
+    projected = sign_delta(latent, step, channels)
+    self._latent[i] = (latent, projected)
+    return projected
+
+  def _projected_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Kernel i's latent delta, updated, projected onto the low-rank product in whole int8
+    steps: what the model then holds."""
+    latent = self._update_latent(i, delta)
+    step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
+    factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
+    self.factors[i] = factors
+    projected = (from_rows(delta_lib.factored_product(*factors).astype(np.float32)
+                           * step_rows, latent.shape)).astype(latent.dtype)
     self._latent[i] = (latent, projected)
     return projected
 
