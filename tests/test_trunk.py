@@ -1,5 +1,6 @@
 """Shared trunk: frozen stages cut out once, the generalist and specialists as tails."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -8,12 +9,14 @@ import numpy as np
 import pytest
 
 from super_sub import evaluation
+from super_sub._internal.compat import keras
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.models import classifiers
 from super_sub.models import trunk as trunk_lib
 from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
+from super_sub.runtime import delta as delta_lib
 from super_sub.runtime import predictor
 from super_sub.training import deltas as compression
 from super_sub.training import fit
@@ -113,3 +116,51 @@ def test_bundle_manifest_must_checksum_the_trunk(exported, tmp_path):
   (copy / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(bundle_lib.BundleError, match="trunk.tflite"):
     bundle_lib.load_bundle(copy)
+
+
+@pytest.mark.slow
+def test_trunk_features_cross_to_the_tails_as_int8_quantized_once(run, exported, tmp_path):
+  """The trunk's int8 output carries the tails' input parameters, so the runtime hands the
+  features over as they are (a quarter of float32's bytes, no second quantization)."""
+  folder = os.path.join(exported[0], "tflite")
+  lite = predictor.TwoStageLite(folder)
+  images = tflite.representative_images(run, count=8)
+  features = lite.trunk(images)
+  assert features.dtype == np.int8
+  assert lite.trunk.raw_output == lite.generalist.input_quantization
+  assert lite.generalist.input_quantization[0] == "int8"
+  boundary = tflite.boundary_quantization(lite.bundle.generalist)
+  assert lite.trunk.raw_output[1:] == boundary
+  for k in lite.bundle.deltas:
+    assert tflite.boundary_quantization(lite.bundle.specialist(k)) == boundary
+
+  # A tail that reads its input with other parameters is refused, naming both.
+  copy = tmp_path / "tflite"
+  shutil.copytree(folder, copy)
+  obj = delta_lib.parse_model((copy / "generalist.tflite").read_bytes())
+  graph = obj.subgraphs[0]
+  graph.tensors[graph.inputs[0]].quantization.scale = np.array([boundary[0] * 2], np.float32)
+  changed = delta_lib.pack_model(obj)
+  (copy / "generalist.tflite").write_bytes(changed)
+  manifest = json.loads((copy / "manifest.json").read_text())
+  manifest["files"]["generalist.tflite"] = {"bytes": len(changed),
+                                            "sha256": hashlib.sha256(changed).hexdigest()}
+  (copy / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(bundle_lib.BundleError, match=r"generalist takes int8 inputs with \(scale, "
+                     r"zero point\) \(.*\); the trunk gives int8 features with"):
+    predictor.TwoStageLite(copy)
+
+
+def test_feeding_refuses_boundaries_it_cannot_join():
+  inputs = keras.Input((4, 4, 2))
+  pooled = keras.layers.MaxPooling2D()(keras.layers.Conv2D(2, 1)(inputs))
+  rep = np.random.default_rng(0).random((8, 4, 4, 2)).astype(np.float32)
+  trunk = tflite.to_tflite(keras.Model(inputs, pooled), rep, int8_output=True)
+  features = keras.Input((2, 2, 2))
+  tail_model = keras.Model(features, keras.layers.Dense(3)(keras.layers.Flatten()(features)))
+  tail = tflite.to_tflite(tail_model, rep[:, :2, :2], int8_input=True)
+  with pytest.raises(ValueError, match="trunk's output comes from a MAX_POOL_2D op"):
+    tflite.feeding(trunk, tail)
+  float_tail = tflite.to_tflite(tail_model, rep[:, :2, :2])
+  with pytest.raises(ValueError, match="the tail input must be int8 with one scale"):
+    tflite.feeding(trunk, float_tail)

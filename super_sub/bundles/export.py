@@ -101,11 +101,21 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
     for m in specialists.values():
       trunk_lib.check_shared(generalist, m, shared)
     trunk, generalist_tail = trunk_lib.split(generalist, shared)
-    trunk_tflite = tflite.to_tflite(trunk, representative)
     features = trunk.predict(representative, batch_size=64, verbose=0)
-    generalist_tflite = tflite.to_tflite(generalist_tail, features)
-    specialist_tflite = {k: tflite.to_tflite(trunk_lib.split(m, shared)[1], features)
-                         for k, m in specialists.items()}
+    # The features cross from trunk to tails as int8 with the tails' input parameters
+    # (`tflite.feeding`); every tail is calibrated on the same features, so they share them.
+    generalist_tflite = tflite.to_tflite(generalist_tail, features, int8_input=True)
+    specialist_tflite = {k: tflite.to_tflite(trunk_lib.split(m, shared)[1], features,
+                                             int8_input=True) for k, m in specialists.items()}
+    boundary = tflite.boundary_quantization(generalist_tflite, "generalist tail input")
+    for k, model in specialist_tflite.items():
+      theirs = tflite.boundary_quantization(model, f"specialist {k}'s tail input")
+      if theirs != boundary:
+        raise ValueError(f"specialist {k}'s tail quantizes the trunk's features with (scale, "
+                         f"zero point) {theirs}, the generalist's with {boundary}: the trunk "
+                         f"can feed only one")
+    trunk_tflite = tflite.feeding(tflite.to_tflite(trunk, representative, int8_output=True),
+                                  generalist_tflite)
   else:
     generalist_tflite = tflite.to_tflite(generalist, representative)
     specialist_tflite = {k: tflite.to_tflite(m, representative) for k, m in specialists.items()}

@@ -77,7 +77,7 @@ class TwoStageLite:
     self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
     self._digests: dict[int, bytes] = {}  # superclass -> its specialist's sha256 (cache_dir)
     # With a trunk, it takes the images and every other model takes its output (features).
-    self.trunk = (_LiteModel(self.bundle.trunk, num_threads, "trunk")
+    self.trunk = (_LiteModel(self.bundle.trunk, num_threads, "trunk", raw_output=True)
                   if self.bundle.trunk is not None else None)
     if self.trunk is not None and self.trunk.input_shape != self.input_shape:
       raise bundle_lib.BundleError(f"{self.bundle.path}: the trunk takes inputs of shape "
@@ -148,6 +148,13 @@ class TwoStageLite:
       what = "the trunk's output" if self.trunk is not None else "the manifest's input"
       raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} takes inputs of shape "
                                    f"{model.input_shape}; {what} has {self._model_input}")
+    if self.trunk is not None and self.trunk.raw_output is not None:
+      # int8 features go to the tails as they are, so the tails must read them alike.
+      if model.input_quantization != self.trunk.raw_output:
+        raise bundle_lib.BundleError(
+            f"{self.bundle.path}: {model.name} takes {model.input_quantization[0]} inputs with "
+            f"(scale, zero point) {model.input_quantization[1:]}; the trunk gives "
+            f"{self.trunk.raw_output[0]} features with {self.trunk.raw_output[1:]}")
     if model.width != width:
       raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} outputs {model.width} "
                                    f"logits; the hierarchy needs {width}")
@@ -160,10 +167,16 @@ class TwoStageLite:
 
 
 class _LiteModel:
-  """One LiteRT interpreter: float inputs in, float32 outputs out, any batch size."""
+  """One LiteRT interpreter: float inputs in, float32 outputs out, any batch size.
 
-  def __init__(self, model: bytes | str, num_threads: int | None, name: str):
-    """`model`: .tflite bytes, or the path of a verified .tflite file (LiteRT maps it)."""
+  A shared trunk whose output is int8 gives its features as they are (`raw_output`: the dtype
+  name, scale and zero point); tails take them as they are when their input has the same.
+  """
+
+  def __init__(self, model: bytes | str, num_threads: int | None, name: str,
+               raw_output: bool = False):
+    """`model`: .tflite bytes, or the path of a verified .tflite file (LiteRT maps it);
+    `raw_output`: give an integer output as it is instead of dequantized."""
     self.name = name
     source = {"model_path": model} if isinstance(model, str) else {"model_content": model}
     self._interpreter = litert.Interpreter(**source, num_threads=num_threads)
@@ -176,6 +189,9 @@ class _LiteModel:
     # (a model converted with a fixed batch) is fed in chunks of that size, the last one padded.
     self._resizable = int(self._in["shape_signature"][0]) == -1
     self._batch = int(self._in["shape"][0])
+    self.input_quantization = _quantization(self._in)
+    integer_output = not np.issubdtype(np.dtype(self._out["dtype"]), np.floating)
+    self.raw_output = _quantization(self._out) if raw_output and integer_output else None
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
     """Outputs [n, ...] (logits, or a trunk's features) for x [n, ...] (n >= 1)."""
@@ -200,7 +216,14 @@ class _LiteModel:
       (self._in,), (self._out,) = self._details()
     it.set_tensor(self._in["index"], _quantize(x, self._in))
     it.invoke()
-    return _dequantize(it.get_tensor(self._out["index"]), self._out)
+    out = it.get_tensor(self._out["index"])
+    return out if self.raw_output is not None else _dequantize(out, self._out)
+
+
+def _quantization(detail: dict) -> tuple[str, float, int]:
+  """(dtype name, scale, zero point) of a tensor; ("float32", 0.0, 0) for a float one."""
+  scale, zero_point = detail["quantization"]
+  return np.dtype(detail["dtype"]).name, float(scale), int(zero_point)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -208,6 +231,8 @@ def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
   dtype = np.dtype(detail["dtype"])
   if np.issubdtype(dtype, np.floating):
     return x.astype(dtype, copy=False)
+  if x.dtype == dtype:  # a trunk's raw features, whose parameters TwoStageLite._check matched
+    return x
   scale, zero_point = detail["quantization"]
   info = np.iinfo(dtype)
   return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
