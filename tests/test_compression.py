@@ -222,15 +222,21 @@ def _qat_model_and_ranges(first: bool):
           tuple(sorted(i for i, k in owners.items() if k == kernel)))
 
 
+def _model_with_steps_of_a_hundredth():
+  """`_qat_model_and_ranges(first=True)` with the first kernel's range pinned at +-1.27 (an int8
+  step of 0.01 in every channel), and the backbone's values as the base."""
+  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=True)
+  extent = np.full(variables[owners[hi]].shape[-1], 1.27, np.float32)
+  variables[lo].assign(-extent)
+  variables[hi].assign(extent)
+  return model, variables, owners, hi, extent, [v.numpy() for v in variables]
+
+
 def test_sign_form_accumulates_updates_below_half_a_step():
   """The straight-through update: a change too small to move a whole step is kept in the
   latent delta (the model holds the base), and moves the channel once the changes add up."""
-  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=True)
+  model, variables, owners, hi, extent, base = _model_with_steps_of_a_hundredth()
   kernel = variables[owners[hi]]
-  extent = np.full(kernel.shape[-1], 1.27, np.float32)  # a step of 0.01 in every channel
-  variables[lo].assign(-extent)
-  variables[hi].assign(extent)
-  base = [v.numpy() for v in variables]
   callback = compression.DeltaToBase(base, 0.0, pin_batchnorm=False, form="sign")
   nudge = np.zeros_like(base[owners[hi]])
   nudge[..., 0] = 0.004  # 0.4 steps in channel 0, every weight
@@ -248,12 +254,8 @@ def test_sign_form_accumulates_updates_below_half_a_step():
 
 
 def test_sign_form_with_a_budget_moves_only_the_channels_that_fit():
-  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=True)
+  model, variables, owners, hi, _, base = _model_with_steps_of_a_hundredth()
   kernel = variables[owners[hi]]
-  extent = np.full(kernel.shape[-1], 1.27, np.float32)  # a step of 0.01 in every channel
-  variables[lo].assign(-extent)
-  variables[hi].assign(extent)
-  base = [v.numpy() for v in variables]
   total = sum(base[k].size for k in set(owners.values()))
   per_channel = kernel.numpy()[..., 0].size
   callback = compression.DeltaToBase(base, 0.0, pin_batchnorm=False, form="sign",
