@@ -393,6 +393,11 @@ def main(argv):
     saved_model_sizes(backbone, (_OUT.value or f"bench/results/deployment_{backbone}")
                       + "_saved_model")
     return
+  unknown = ([f"--runs={r}" for r in _RUNS.value if r not in RUNS]
+             + [f"--only={n}" for n in _ONLY.value if n not in dict(settings())])
+  if unknown:
+    raise app.UsageError(f"{', '.join(unknown)}: expected runs from {list(RUNS)} and settings "
+                         f"from {[n for n, _ in settings()]}")
   work = os.path.join(_WORK_DIR.value, backbone)
   if _BUILD.value:
     build(work, backbone)
