@@ -38,7 +38,7 @@ def main(argv):
                                  num_threads=_NUM_THREADS.value, cache_dir=_CACHE_DIR.value)
     out = model.predict(runtime.load_images(paths, model.input_shape, model.framing), mode=_MODE.value,
                         k=_K.value)
-  except (runtime.BundleError, runtime.ImageError, ValueError) as e:
+  except ValueError as e:  # BundleError, ImageError, a bad --cache_dir
     sys.exit(f"super-sub-predict: {e}")
   h = model.hierarchy
   for i, path in enumerate(paths):

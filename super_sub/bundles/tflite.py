@@ -49,7 +49,7 @@ def to_tflite(model: keras.Model, representative: np.ndarray | None, int8_input:
   A quantization-aware model carries its own ranges; a float model needs representative
   images for full-integer conversion. The input and output are float32 (quantized and
   dequantized inside the model) unless `int8_input` / `int8_output`: a shared trunk's features
-  pass between trunk and tails as int8 (`feed_from`).
+  pass between trunk and tails as int8 (`feeding`).
 
   Raises:
     ValueError: a float model without representative images, or images of the wrong shape.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from typing import Callable
 
@@ -65,10 +66,10 @@ class SpecialistFiles:
     against the delta's recorded sha256); it is called only when the file is missing or bad.
     """
     path = os.path.join(self.folder, sha256.hex() + SUFFIX)
-    stat = _stat(path)
-    if stat is not None and self._trusted.get(path) == stat:
+    seen = _stat(path)
+    if seen is not None and self._trusted.get(path) == seen:
       return path
-    if stat is not None:
+    if seen is not None:
       if self._matches(path, sha256):
         return path
       self._warn(path, "its sha256 does not match the specialist's; it is left in place (delete "
@@ -94,9 +95,10 @@ class SpecialistFiles:
     except OSError:
       return False
     self.num_verified += 1
-    if digest != sha256 or _stat(path) != before:  # replaced while being read: check again later
-      return digest == sha256
-    self._trusted[path] = before
+    if digest != sha256:
+      return False
+    if _stat(path) == before:  # else replaced while being read: checked again at its next use
+      self._trusted[path] = before
     return True
 
   def _warn(self, path: str, what: str) -> None:
@@ -111,6 +113,6 @@ def _stat(path: str) -> tuple[int, int, int, int] | None:
     st = os.stat(path)
   except OSError:
     return None
-  if not os.path.isfile(path):
+  if not stat.S_ISREG(st.st_mode):
     return None
   return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -143,11 +143,23 @@ def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
   return {i: s > threshold for i, s in sizes.items()}
 
 
-def _channel_axis(latent: np.ndarray, step: np.ndarray) -> int:
-  """The axis of `latent` that `step` (one int8 step per channel) runs along: the kernel axis as
-  long as `step`, the last one on ties (a depthwise kernel's channels come before its
-  multiplier)."""
-  return max(a for a in range(latent.ndim) if latent.shape[a] == step.shape[0])
+def _steps_moved(latent: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(mean |latent| / step per channel, step), both shaped to broadcast against `latent`: how
+  many int8 steps each channel's latent delta would move it (`sign_delta`'s k before rounding).
+
+  `step`: the int8 step of each channel (a scalar for per-tensor quantization, one channel); the
+  channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
+  channels come before its multiplier), as in `grow_range`.
+  """
+  step = np.asarray(step, np.float32)
+  if step.ndim == 0:
+    return np.abs(latent).mean() / max(float(step), 1e-12), step
+  axis = max(a for a in range(latent.ndim) if latent.shape[a] == step.shape[0])
+  others = tuple(a for a in range(latent.ndim) if a != axis)
+  shape = [1] * latent.ndim
+  shape[axis] = step.shape[0]
+  step = step.reshape(shape)
+  return np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12), step
 
 
 def sign_channel_masks(latents: dict[int, np.ndarray], steps: dict[int, np.ndarray],
@@ -155,24 +167,17 @@ def sign_channel_masks(latents: dict[int, np.ndarray], steps: dict[int, np.ndarr
   """Per kernel (by index), which output channels a sign specialist may move under a budget.
 
   Every channel of every kernel is ranked by how far its latent delta would move it, in its
-  own int8 steps (`mean |latent| / step`, the k of `sign_delta` before rounding). Channels are
-  taken in that order (ties: kernel index, then channel) as long as their weights fit in `keep`
-  of all kernel weights: a moved channel costs a sign bit per weight. A kernel quantized per
-  tensor counts as one channel.
+  own int8 steps (`_steps_moved`). Channels are taken in that order (ties: kernel index, then
+  channel) as long as their weights fit in `keep` of all kernel weights: a moved channel costs
+  a sign bit per weight. A kernel quantized per tensor counts as one channel.
 
   Returns: kernel index -> bool [C] (a scalar array for a per-tensor kernel).
   """
   scores, sizes, owners = [], [], []
   for i in sorted(latents):
-    latent, step = latents[i], np.asarray(steps[i], np.float32)
-    if step.ndim == 0:
-      score = np.reshape(np.abs(latent).mean() / max(float(step), 1e-12), (1,))
-    else:
-      axis = _channel_axis(latent, step)
-      others = tuple(a for a in range(latent.ndim) if a != axis)
-      score = np.abs(latent).mean(axis=others) / np.maximum(step, 1e-12)
+    score = np.ravel(_steps_moved(latents[i], steps[i])[0])
     scores.append(score)
-    sizes.append(np.full(score.shape, latent.size // score.size))
+    sizes.append(np.full(score.shape, latents[i].size // score.size))
     owners.append(np.full(score.shape, i))
   if not scores:
     return {}
@@ -192,20 +197,11 @@ def sign_delta(latent: np.ndarray, step: np.ndarray,
   """The sign form closest to `latent`: per channel, k x step x sign(latent) (0 counts as +),
   with k = round(mean |latent| / step) (BitDelta's L2-optimal scale, in whole int8 steps).
 
-  `step`: the int8 step of each channel (a scalar for per-tensor quantization); the channel
-  axis is the kernel axis as long as `step` (the last one on ties), as in `grow_range`.
+  `step`: the int8 step of each channel, or a scalar (`_steps_moved`).
   `channels`: which channels may move (`sign_channel_masks`); the others get k = 0.
   """
-  step = np.asarray(step, np.float32)
-  if step.ndim == 0:
-    k = np.round(np.abs(latent).mean() / max(float(step), 1e-12))
-  else:
-    axis = _channel_axis(latent, step)
-    others = tuple(a for a in range(latent.ndim) if a != axis)
-    shape = [1] * latent.ndim
-    shape[axis] = step.shape[0]
-    step = step.reshape(shape)
-    k = np.round(np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12))
+  moved, step = _steps_moved(latent, step)
+  k = np.round(moved)
   if channels is not None:
     k = k * np.reshape(channels, np.shape(k))
   return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
