@@ -28,7 +28,8 @@ super_sub.runtime:
             of one rebuilds whenever the superclass changes), or the same images grouped by
             superclass; and with a cache of one plus a `cache_dir` (disk1_random: every
             specialist rebuilt once into a fresh folder during the warm-up, so each switch
-            maps its file instead of rebuilding).
+            maps its file instead of rebuilding; disk1_packed_random: `packed_weights` too,
+            so that it also maps LiteRT's packed weights instead of repacking them).
 
 Builds are kept in --work_dir (delete it to rebuild); `--nobuild` only measures, `--nomeasure`
 only builds; `--only=dense_k4 --runs=cache1_random,disk1_random` measures a subset.
@@ -79,7 +80,8 @@ _SAVED_MODEL_ONLY = flags.DEFINE_bool("saved_model_only", False, "Only report th
                                       "size per setting (see the module docstring).")
 _ONLY = flags.DEFINE_list("only", [], "Settings to measure (e.g. dense_k4; its _stored copy comes "
                           "with it); default: all.")
-RUNS = ("cache1_random", "cache1_grouped", "cache_all_random", "disk1_random")
+RUNS = ("cache1_random", "cache1_grouped", "cache_all_random", "disk1_random",
+        "disk1_packed_random")
 _RUNS = flags.DEFINE_list("runs", list(RUNS), "Runtime runs to time per setting.")
 # Internal: one measurement in a fresh process.
 _WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
@@ -307,7 +309,8 @@ def measure_runtime(spec: dict) -> dict:
     run(images[:1])
   else:
     lite = predictor.TwoStageLite(spec["model"], cache_size=spec["cache"],
-                                  num_threads=spec["threads"], cache_dir=cache_dir)
+                                  num_threads=spec["threads"], cache_dir=cache_dir,
+                                  packed_weights=spec.get("disk") == "packed")
     # Warm-up: each specialist's first rebuild goes through its skeleton once per process
     # (timed apart, by rebuild_speed); a cache of all then holds every interpreter, a
     # cache_dir every specialist's file.
@@ -425,9 +428,10 @@ def main(argv):
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
     entry["rebuild"] = measure_rebuild(bundle)
-    # (label, cache size, grouped, cache_dir)
+    # (label, cache size, grouped, cache_dir: False, True or "packed": with packed weights)
     runs = [("cache1_random", 1, False, False), ("cache1_grouped", 1, True, False),
-            ("cache_all_random", 16, False, False), ("disk1_random", 1, False, True)]
+            ("cache_all_random", 16, False, False), ("disk1_random", 1, False, True),
+            ("disk1_packed_random", 1, False, "packed")]
     runs = [r for r in runs if r[0] in _RUNS.value]
     if name.startswith("sparse"):
       runs = [r for r in runs if r[0] == "cache1_random"]
@@ -531,8 +535,8 @@ def to_markdown(r: dict) -> str:
                  f"{rb['later_rebuild_ms']:.1f} | {rb['new_interpreter_ms']:.1f} | "
                  f"{rb['first_invoke_ms']:.1f} |")
   lines += ["", "x flat: against the mean of the flat network's two measurements.", "",
-            "switches: specialist interpreters built (each a rebuild, except disk1_random's, "
-            "which map a file).", "",
+            "switches: specialist interpreters built (each a rebuild, except the disk1 runs', "
+            "which map a file; disk1_packed_random also maps the packed weights).", "",
             "| runtime | ms/image batch 1 (x flat) | switches | ms/image batch 32 (x flat) "
             "| switches | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",
             f"| flat int8 (before / after the others) | {_runs(flat, 'batch_1')} | | "

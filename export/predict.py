@@ -25,6 +25,11 @@ _CACHE_SIZE = flags.DEFINE_integer("cache_size", 1, "Rebuilt specialists kept in
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "A folder where each specialist, once "
                                  "rebuilt, is kept as a verified .tflite file that later runs "
                                  "map instead of rebuilding (disk for speed; default: none).")
+_PACKED_WEIGHTS = flags.DEFINE_bool("packed_weights", False, "With --cache_dir, also keep "
+                                    "LiteRT's packed weights of each specialist there, so that "
+                                    "a switch maps them instead of repacking: faster switches "
+                                    "for large specialists (ResNet-50's), slower for small "
+                                    "ones (MobileNetV2's).")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "LiteRT threads (default: LiteRT's).",
                                     lower_bound=1)
 
@@ -35,7 +40,8 @@ def main(argv):
     raise app.UsageError("give one or more image files after the flags")
   try:
     model = runtime.TwoStageLite(_BUNDLE.value, cache_size=_CACHE_SIZE.value,
-                                 num_threads=_NUM_THREADS.value, cache_dir=_CACHE_DIR.value)
+                                 num_threads=_NUM_THREADS.value, cache_dir=_CACHE_DIR.value,
+                                 packed_weights=_PACKED_WEIGHTS.value)
     out = model.predict(runtime.load_images(paths, model.input_shape, model.framing), mode=_MODE.value,
                         k=_K.value)
   except ValueError as e:  # BundleError, ImageError, a bad --cache_dir

@@ -99,6 +99,21 @@ def test_runtime_installs_and_predicts_without_tensorflow(tmp_path):
       capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   rows = [json.loads(line) for line in predicted.stdout.splitlines()]
+  # Packed weights run specialists through LiteRT's CompiledModel: the same
+  # output (soft routing over every superclass, so that each specialist runs).
+  cache = tmp_path / "cache"
+  outputs = []
+  for extra in ([], *[[f"--cache_dir={cache}", "--packed_weights"]] * 2):  # writes, then maps
+    soft = subprocess.run(
+        [str(venv / "bin" / "super-sub-predict"), f"--bundle={BUNDLE}", "--mode=soft", "--k=3",
+         *extra, "--json", *paths], capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path)
+    assert soft.returncode == 0, soft.stderr[-3000:]
+    outputs.append(soft.stdout)
+  assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
+  kept = sorted(os.listdir(cache))
+  assert len(kept) == 2 * 3 and sorted(n for n in kept if n.endswith(".xnnpack")) == sorted(
+      n[:-len(".tflite")] + ".xnnpack" for n in kept if n.endswith(".tflite"))
 
   here = runtime.TwoStageLite(BUNDLE)
   expected = here.predict(runtime.load_images(paths, here.input_shape, here.framing))

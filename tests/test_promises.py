@@ -429,7 +429,8 @@ def test_predict_cli_soft_json_lines(tiny_bundle, tiny_models, pngs):
 def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny_bundle, pngs,
                                                                             tmp_path):
   """--cache_dir: the same output, with the routed specialists written there as verified
-  .tflite files (named by sha256) for the next run; a cache_dir that is a file is an error."""
+  .tflite files (named by sha256) for the next run, and with --packed_weights LiteRT's packed
+  weights too; a cache_dir that is a file is an error."""
   plain = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--k=2", *pngs)
   cache = tmp_path / "cache"
   assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
@@ -442,6 +443,12 @@ def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny
   assert set(written) <= {bundle.specialist_sha256(k).hex() + ".tflite" for k in bundle.deltas}
   assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
                       *pngs) == plain
+  packed = tmp_path / "packed"
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={packed}", "--packed_weights",
+                      "--mode=soft", "--k=2", *pngs) == plain
+  assert sorted(os.listdir(packed)) == sorted(  # with LiteRT's packed weights and their records
+      name[:-len(".tflite")] + suffix for name in written
+      for suffix in (".tflite", ".xnnpack", ".xnnpack.json"))
   result = subprocess.run([sys.executable, "-m", "super_sub.export.predict",
                            f"--bundle={tiny_bundle}", f"--cache_dir={pngs[0]}", *pngs],
                           capture_output=True, text=True, timeout=120, check=False)

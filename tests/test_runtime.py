@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -683,6 +684,83 @@ def test_cache_dir_rebuilds_each_specialist_once_then_maps_its_verified_file(
   again.predict(images, mode="soft", k=3)
   assert again.num_rebuilds == 0 and again.num_loads == 3
   assert again.cache_dir.num_verified == 2 and again.cache_dir.num_written == 0
+
+
+def test_cache_dir_keeps_litert_packed_weights_checked_against_their_record(
+    bundle_dir, images, tmp_path):
+  """LiteRT maps a damaged packed-weights file without complaint (wrong outputs), so each one
+  is checked against the record super-sub wrote beside it; one that does not match is left in
+  place and the specialist runs without packed weights, with the same outputs."""
+  expected = runtime.TwoStageLite(bundle_dir).predict(images, mode="soft", k=3)
+  cache = tmp_path / "cache"
+  first = runtime.TwoStageLite(bundle_dir, cache_dir=cache, packed_weights=True)
+  first.predict(images, mode="soft", k=3)
+  assert first.cache_dir.num_packed == 2
+  digest = first.bundle.specialist_sha256(0).hex()
+  packed, record = cache / (digest + ".xnnpack"), cache / (digest + ".xnnpack.json")
+  assert json.loads(record.read_text()) == {
+      "sha256": hashlib.sha256(packed.read_bytes()).hexdigest(),
+      "litert": importlib.metadata.version("ai-edge-litert")}
+
+  # A new process (here: a new runtime) maps both, checked once.
+  again = runtime.TwoStageLite(bundle_dir, cache_dir=cache, packed_weights=True)
+  out = again.predict(images, mode="soft", k=3)
+  assert again.cache_dir.num_packed == 0 and again.cache_dir.num_verified == 4
+  for key in expected:
+    np.testing.assert_array_equal(out[key], expected[key])
+
+  damaged = bytearray(packed.read_bytes())
+  damaged[len(damaged) // 2] ^= 0xFF
+  packed.write_bytes(bytes(damaged))
+  with pytest.warns(RuntimeWarning, match=f"{packed}: its sha256 does not match {record}"):
+    out = runtime.TwoStageLite(bundle_dir, cache_dir=cache, packed_weights=True).predict(
+        images, mode="soft", k=3)
+  for key in expected:
+    np.testing.assert_array_equal(out[key], expected[key])
+  assert packed.read_bytes() == bytes(damaged)  # left as it was
+
+  record.unlink()
+  with pytest.warns(RuntimeWarning, match="does not match a record"):
+    runtime.TwoStageLite(bundle_dir, cache_dir=cache, packed_weights=True).predict(
+        images, mode="soft", k=3)
+  assert packed.read_bytes() == bytes(damaged)
+
+  unpacked = runtime.TwoStageLite(bundle_dir, cache_dir=cache)  # the default
+  out = unpacked.predict(images, mode="soft", k=3)  # the damaged file is not even looked at
+  assert unpacked.cache_dir.num_verified == 2
+  for key in expected:
+    np.testing.assert_array_equal(out[key], expected[key])
+
+  # Packed weights from another LiteRT version: super-sub wrote both, so both are replaced.
+  record.write_text(json.dumps({"sha256": "00", "litert": "0.0.1"}))
+  newer = runtime.TwoStageLite(bundle_dir, cache_dir=cache, packed_weights=True)
+  out = newer.predict(images, mode="soft", k=3)
+  assert newer.cache_dir.num_packed == 1
+  assert json.loads(record.read_text())["sha256"] == hashlib.sha256(
+      packed.read_bytes()).hexdigest()
+  for key in expected:
+    np.testing.assert_array_equal(out[key], expected[key])
+
+
+def test_cache_dir_leaves_no_packed_weights_behind_when_litert_fails_to_build(
+    bundle_dir, images, tmp_path):
+  cache = tmp_path / "cache"
+  lite = runtime.TwoStageLite(bundle_dir, cache_dir=cache, packed_weights=True)
+  real = predictor._PackedRunner  # pylint: disable=protected-access
+
+  def half_written(path, num_threads, packed_weights):
+    real(path, num_threads, packed_weights)  # LiteRT wrote the file; then the build fails
+    raise RuntimeError("LiteRT failed")
+
+  with mock.patch.object(predictor, "_PackedRunner", side_effect=half_written):
+    with pytest.raises(RuntimeError, match="LiteRT failed"):
+      lite.predict(images, mode="soft", k=3)
+  left = os.listdir(cache)
+  assert len(left) == 1 and left[0].endswith(".tflite")  # the model file only
+  out = lite.predict(images, mode="soft", k=3)  # and the runtime goes on
+  expected = runtime.TwoStageLite(bundle_dir).predict(images, mode="soft", k=3)
+  np.testing.assert_array_equal(out["label_probs"], expected["label_probs"])
+  assert lite.cache_dir.num_packed == 2
 
 
 def test_cache_dir_leaves_a_file_that_does_not_match_and_rebuilds_in_memory(

@@ -4,7 +4,10 @@ The generalist stays loaded; a specialist is rebuilt from the base + its delta o
 routes rows to it, and at most `cache_size` rebuilt specialists are kept (least recently used
 dropped first), so memory stays about one network at the default of 1. With a `cache_dir`, each
 specialist is rebuilt once and kept there as a file that later switches map instead of rebuilding
-(super_sub.runtime.disk_cache): about half a switch's cost at 224 px, for disk. Rows are grouped by routed
+(super_sub.runtime.disk_cache): about half a switch's cost at 224 px, for disk. With
+`packed_weights`, LiteRT also keeps XNNPACK's packed weights of each specialist there, so that
+building its interpreter maps them instead of repacking every kernel (most of the other half,
+for large tails). Rows are grouped by routed
 superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
 dimension is resized to the group), and never on zero rows. A bundle with a trunk (stages every
 model shares, super_sub.models.trunk) runs it once per image and feeds its output to the
@@ -15,10 +18,16 @@ outputs match TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_lit
 from __future__ import annotations
 
 import collections
+import importlib.metadata
 import os
 
 import numpy as np
+from ai_edge_litert import compiled_model as litert_compiled
+from ai_edge_litert import cpu_options as litert_cpu
+from ai_edge_litert import environment as litert_environment
+from ai_edge_litert import hardware_accelerator as litert_accelerator
 from ai_edge_litert import interpreter as litert
+from ai_edge_litert import options as litert_options
 
 from super_sub.data import images as images_lib
 from super_sub.routing import core
@@ -37,6 +46,7 @@ class TwoStageLite:
       "center_crop"), from the manifest.
     cache_size: how many rebuilt specialists stay in memory.
     cache_dir: the `disk_cache.SpecialistFiles` holding rebuilt specialists on disk, or None.
+    packed_weights: whether cache_dir also keeps LiteRT's packed weights.
     num_rebuilds: how many times a specialist has been rebuilt from base + delta so far.
     num_loads: how many specialist interpreters have been built so far (one per switch to a
       specialist that is not in memory), whether rebuilt or mapped from `cache_dir`.
@@ -44,7 +54,7 @@ class TwoStageLite:
 
   def __init__(self, bundle_dir: str | os.PathLike | bundle_lib.Bundle, cache_size: int = 1,
                num_threads: int | None = None,
-               cache_dir: str | os.PathLike | None = None):
+               cache_dir: str | os.PathLike | None = None, packed_weights: bool = False):
     """Loads and verifies the bundle (every checksum before any interpreter exists).
 
     Args:
@@ -53,6 +63,11 @@ class TwoStageLite:
       num_threads: LiteRT threads per interpreter (None: LiteRT's default).
       cache_dir: a folder (created if missing) where each specialist, once rebuilt, is kept as
         a verified file that later switches map instead of rebuilding; None: rebuild each time.
+      packed_weights: with a cache_dir, also keep LiteRT's packed weights of each specialist
+        there, so that a switch maps them instead of repacking. It pays for large tails
+        (ResNet-50 k4, 15 MB: batch 1 at 1.3x the flat network instead of 1.5x, for as much
+        disk again and 1.3x its memory instead of 1.23x) and costs for small ones (MobileNetV2
+        k4, 2 MB: 1.9x instead of 1.6x): bench/deployment.py.
 
     Raises:
       BundleError: the bundle does not verify or its models do not fit its hierarchy.
@@ -72,6 +87,7 @@ class TwoStageLite:
     self.cache_size = int(cache_size)
     self.num_threads = num_threads
     self.cache_dir = disk_cache.SpecialistFiles(cache_dir) if cache_dir is not None else None
+    self.packed_weights = bool(packed_weights)
     self.num_rebuilds = 0
     self.num_loads = 0
     self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
@@ -130,8 +146,17 @@ class TwoStageLite:
       if k not in self._digests:
         self._digests[k] = self.bundle.specialist_sha256(k)
       source = self.cache_dir.get(self._digests[k], lambda: self._rebuild(k))
-    model = _LiteModel(source, self.num_threads,
-                       f"specialist {k} ({self.hierarchy.superclasses[k].name!r})")
+    packed = (self.cache_dir.packed_weights(self._digests[k], _litert_version())
+              if self.packed_weights and self.cache_dir is not None and isinstance(source, str)
+              else None)
+    model = None
+    try:
+      model = _LiteModel(source, self.num_threads,
+                         f"specialist {k} ({self.hierarchy.superclasses[k].name!r})",
+                         packed_weights=packed.path if packed is not None else None)
+    finally:
+      if packed is not None:
+        packed.commit(built=model is not None)
     self._check(model, len(self.hierarchy.subclass_range(k)))
     self.num_loads += 1
     self._cache[k] = model
@@ -174,13 +199,19 @@ class _LiteModel:
   """
 
   def __init__(self, model: bytes | str, num_threads: int | None, name: str,
-               raw_output: bool = False):
+               raw_output: bool = False, packed_weights: str | None = None):
     """`model`: .tflite bytes, or the path of a verified .tflite file (LiteRT maps it);
-    `raw_output`: give an integer output as it is instead of dequantized."""
+    `raw_output`: give an integer output as it is instead of dequantized; `packed_weights`: a
+    file where LiteRT keeps XNNPACK's packed weights (`model` must then be a path): read if it
+    holds them, else written (super_sub.runtime.disk_cache)."""
     self.name = name
     source = {"model_path": model} if isinstance(model, str) else {"model_content": model}
     self._interpreter = litert.Interpreter(**source, num_threads=num_threads)
-    self._interpreter.allocate_tensors()
+    self._compiled = None
+    if packed_weights is None:
+      self._interpreter.allocate_tensors()
+    else:  # the interpreter above only describes the tensors; the compiled model runs them
+      self._compiled = _PackedRunner(model, num_threads, packed_weights)
     (self._in,), (self._out,) = self._details()
     self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
     self.output_shape = tuple(int(d) for d in self._out["shape"][1:])
@@ -209,6 +240,9 @@ class _LiteModel:
     return self._interpreter.get_input_details(), self._interpreter.get_output_details()
 
   def _invoke(self, x: np.ndarray) -> np.ndarray:
+    if self._compiled is not None:
+      out = self._compiled(_quantize(x, self._in), np.dtype(self._out["dtype"]))
+      return out if self.raw_output is not None else _dequantize(out, self._out)
     it = self._interpreter
     if self._resizable and int(self._in["shape"][0]) != len(x):
       it.resize_tensor_input(self._in["index"], [len(x), *self.input_shape])
@@ -218,6 +252,64 @@ class _LiteModel:
     it.invoke()
     out = it.get_tensor(self._out["index"])
     return out if self.raw_output is not None else _dequantize(out, self._out)
+
+
+class _PackedRunner:
+  """A LiteRT CompiledModel of one .tflite file whose XNNPACK packed weights live in a file.
+
+  The classic Interpreter cannot be given that file; the CompiledModel API can
+  (CpuOptions.xnnpack_weight_cache_path). The caller quantizes inputs and dequantizes outputs.
+  """
+
+  def __init__(self, path: str, num_threads: int | None, packed_weights: str):
+    options = litert_options.Options(
+        hardware_accelerators=litert_accelerator.HardwareAccelerator.CPU,
+        cpu_options=litert_cpu.CpuOptions(num_threads=num_threads or 0,
+                                          xnnpack_weight_cache_path=packed_weights))
+    self._model = litert_compiled.CompiledModel.from_file(path, environment=_environment(),
+                                                          options=options)
+    self._inputs = self._model.create_input_buffers(0)
+    self._outputs = self._model.create_output_buffers(0)
+    (detail,) = self._model.get_input_tensor_details(self._model.get_signature_list().popitem()[0]
+                                                     ).values()
+    self._rows = int(detail["shape"][0])  # a fixed batch is only ever fed whole
+
+  def __call__(self, x: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    """The model's output [n, ...] for x [n, ...], whose batch dimension it resizes to n."""
+    if self._rows != len(x):
+      self._model.resize_input_tensor(0, list(x.shape))
+      self._inputs = self._model.create_input_buffers(0)
+      self._outputs = self._model.create_output_buffers(0)
+      self._rows = len(x)
+    self._inputs[0].write(np.ascontiguousarray(x))
+    self._model.run_by_index(0, self._inputs, self._outputs)
+    shape = self._outputs[0].get_tensor_details()["shape"]
+    return self._outputs[0].read(int(np.prod(shape)), out_dtype).reshape(shape)
+
+
+_ENVIRONMENT = None
+
+
+def _environment():
+  """One LiteRT environment for every compiled model of this process, for the CPU only.
+
+  `Environment.create()` would look for NPU compiler plugins in the package and try each one
+  at every model build (a few ms and a page of log each time); empty plugin and dispatch paths
+  tell LiteRT there are none.
+  """
+  global _ENVIRONMENT
+  if _ENVIRONMENT is None:
+    runtime_path = os.path.dirname(os.path.abspath(litert_environment.__file__))
+    _ENVIRONMENT = litert_environment.Environment(
+        litert_environment._env.CreateEnvironment(  # pylint: disable=protected-access
+            runtime_path=runtime_path, compiler_plugin_path="", dispatch_library_path=""),
+        litert_environment.EnvironmentOptions(runtime_path=runtime_path))
+  return _ENVIRONMENT
+
+
+def _litert_version() -> str:
+  """The installed ai-edge-litert version: packed weights are kept per version."""
+  return importlib.metadata.version("ai-edge-litert")
 
 
 def _quantization(detail: dict) -> tuple[str, float, int]:
