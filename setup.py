@@ -53,7 +53,7 @@ setuptools.setup(
     install_requires=[
         "numpy>=1.24",
         "pillow>=9.0",  # image files -> model inputs (super_sub.data.images)
-        "ai-edge-litert>=2.0",  # the LiteRT interpreter
+        "ai-edge-litert>=2.2",  # the LiteRT interpreter (2.2: CompiledModel with packed weights)
         "flatbuffers>=24.3",  # parsing TFLite flatbuffers to rebuild specialists
         "absl-py>=1.0",  # the command-line entry points
     ],

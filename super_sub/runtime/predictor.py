@@ -294,8 +294,9 @@ def _environment():
   """One LiteRT environment for every compiled model of this process, for the CPU only.
 
   `Environment.create()` would look for NPU compiler plugins in the package and try each one
-  at every model build (a few ms and a page of log each time); empty plugin and dispatch paths
-  tell LiteRT there are none.
+  at every model build (a few ms and a page of log each time; LiteRT's Python package has no
+  log level yet: https://github.com/google-ai-edge/LiteRT/issues/7420); empty plugin and
+  dispatch paths tell the native environment there are none.
   """
   global _ENVIRONMENT
   if _ENVIRONMENT is None:
