@@ -5,12 +5,22 @@ import json
 import os
 import shutil
 
+from super_sub._internal import files
 from super_sub.bundles import storage as storage_lib
 from super_sub.training import config as config_lib
 
 # Training options that shape a specialist, reported beside each trade-off row.
 SPECIALIST_KNOBS = ("qat", "specialist_form", "delta_l1", "delta_keep", "delta_ranges",
                     "freeze_bn", "freeze_stages", "distill_from", "specialist_epochs")
+
+
+def write_results(out: str, result: dict, markdown: str) -> None:
+  """Writes <out>.json and <out>.md (creating their folder) and prints the Markdown."""
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  files.write_json(out + ".json", result)
+  with open(out + ".md", "w", encoding="utf-8") as f:
+    f.write(markdown)
+  print(markdown)
 
 
 def copy_stages(source: str, target: str, stages) -> None:

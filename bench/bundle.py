@@ -94,7 +94,7 @@ def main(argv):
     raise app.UsageError("--model_dir is required")
   # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds
-  from super_sub._internal import files
+  from _common import write_results
   from super_sub.bundles import parity as parity_lib
   from super_sub.bundles import storage
   from super_sub.bundles import tflite
@@ -169,12 +169,7 @@ def main(argv):
         "latency_batch_32": (rt["batch_32"]["ms_per_image"]
                              / flat_rt["batch_32"]["ms_per_image"])}
 
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  files.write_json(_OUT.value + ".json", result)
-  markdown = to_markdown(result)
-  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
-    f.write(markdown)
-  print(markdown)
+  write_results(_OUT.value, result, to_markdown(result))
 
 
 def to_markdown(r: dict) -> str:

@@ -11,7 +11,6 @@ manifest (b = cost of one specialist in units of one fp32 network, super_sub.bun
 Writes <out>.json and <out>.md.
 """
 
-import os
 import shlex
 import sys
 
@@ -20,7 +19,7 @@ from absl import flags
 
 from _common import tradeoff_row
 from _common import tradeoff_table
-from super_sub._internal import files
+from _common import write_results
 
 _RUNS = flags.DEFINE_multi_string("run", [], "LABEL:MODEL_DIR:EXPORT_DIR, one per run.")
 _OUT = flags.DEFINE_string("out", "bench/results/delta_tradeoff", "Output path without suffix.")
@@ -39,11 +38,7 @@ def main(argv):
   command = "python bench/delta_tradeoff.py " + " ".join(
       shlex.quote(arg) for arg in sys.argv[1:])
   markdown = f"Command: `{command}`\n\n" + tradeoff_table(rows)
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  files.write_json(_OUT.value + ".json", {"command": command, "runs": rows})
-  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
-    f.write(markdown)
-  print(markdown)
+  write_results(_OUT.value, {"command": command, "runs": rows}, markdown)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from _common import copy_stages
+from _common import write_results
 from super_sub import evaluation
-from super_sub._internal import files
 from super_sub.data import pipeline
 from super_sub.data import prepare
 from super_sub.routing import core
@@ -250,11 +250,7 @@ def main(argv):
       "runs": runs, "budgets": summarize(runs),
       "wall_time_s_this_run": round(time.perf_counter() - start, 1),
   }
-  files.write_json(_OUT.value + ".json", report)
-  text = markdown(report)
-  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
-    f.write(text)
-  print(text)
+  write_results(_OUT.value, report, markdown(report))
 
 
 if __name__ == "__main__":

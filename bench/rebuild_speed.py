@@ -10,7 +10,6 @@ first invoke after a rebuild). Needs no TensorFlow.
 Writes <out>.json and <out>.md.
 """
 
-import os
 import sys
 import time
 
@@ -18,7 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from super_sub._internal import files
+from _common import write_results
 from super_sub.runtime import bundle as bundle_lib
 from super_sub.runtime import predictor
 
@@ -63,11 +62,8 @@ def main(argv):
            "|---|---|---|---|"]
   lines += [f"| {r['bundle']} | {r['first_rebuild_ms']:.1f} | {r['later_rebuild_ms']:.2f} | "
             f"{r['new_interpreter_ms']:.2f} |" for r in rows]
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  files.write_json(_OUT.value + ".json", {"command": " ".join(sys.argv), "bundles": rows})
-  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_results(_OUT.value, {"command": " ".join(sys.argv), "bundles": rows},
+                "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
