@@ -7,7 +7,8 @@
   bundle     the `tflite/` bundle format: writing (the exporter calls it) and verified loading
   delta      a specialist as a lossless byte delta over the generalist's .tflite
   predictor  `TwoStageLite`: super_sub.routing.core over LiteRT interpreters
-  disk_cache rebuilt specialists kept as verified files, so a switch maps one (`cache_dir`)
+  disk_cache rebuilt specialists kept as verified files, so a switch maps one (`cache_dir`),
+             and LiteRT's packed weights beside them (`packed_weights`)
 
 The bundle writer lives here too (it needs no TensorFlow either), so the exporter and the runtime
 share one definition of the format. Images go in through super_sub.data.images (`load_images`).
