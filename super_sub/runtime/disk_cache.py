@@ -120,7 +120,8 @@ class SpecialistFiles:
     if seen is not None and self._trusted.get(path) == seen:
       return PackedWeights(path)
     record = _read_record(record_path)
-    if seen is not None and not (record is not None and record.get("litert") != litert_version):
+    other_litert = record is not None and record["litert"] != litert_version
+    if seen is not None and not other_litert:  # replaced below when super-sub's record says so
       if record is not None and self._matches(path, bytes.fromhex(record["sha256"])):
         return PackedWeights(path)
       self._warn(path, "its sha256 does not match " + (

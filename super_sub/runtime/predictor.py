@@ -18,6 +18,7 @@ outputs match TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_lit
 from __future__ import annotations
 
 import collections
+import functools
 import importlib.metadata
 import os
 
@@ -308,6 +309,7 @@ def _environment():
   return _ENVIRONMENT
 
 
+@functools.cache  # read from the package metadata once, not at every specialist switch
 def _litert_version() -> str:
   """The installed ai-edge-litert version: packed weights are kept per version."""
   return importlib.metadata.version("ai-edge-litert")
