@@ -268,13 +268,13 @@ def _rss_mb(field: str) -> float:
 
 
 class ForcedRouting:
-  """Runs the real generalist (its cost counts), then routes to a given superclass schedule."""
+  """Runs the real router (its cost counts), then routes to a given superclass schedule."""
 
-  def __init__(self, generalist, schedule: np.ndarray):
-    self.generalist, self.schedule, self.position = generalist, schedule, 0
+  def __init__(self, router, schedule: np.ndarray):
+    self.router, self.schedule, self.position = router, schedule, 0
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
-    logits = self.generalist(x)
+    logits = self.router(x)
     forced = np.full_like(logits, -30.0)
     n = len(x)
     forced[np.arange(n), self.schedule[self.position:self.position + n]] = 0.0
@@ -317,12 +317,12 @@ def measure_runtime(spec: dict) -> dict:
     for k in sorted(lite.bundle.deltas):
       lite.specialist(k)
     lite.predict(images[:1])
-    real = lite.generalist
+    real = lite.router
     counts = lambda: (lite.num_rebuilds, lite.num_loads)  # noqa: E731
     run = lambda x: lite.predict(x, batch_size=len(x))  # noqa: E731
   for batch, count in ((1, n1), (32, n32)):
     if spec["kind"] != "flat":
-      lite.generalist = ForcedRouting(real, schedule(count, spec["grouped"], seed=batch))
+      lite.router = ForcedRouting(real, schedule(count, spec["grouped"], seed=batch))
     before, start = counts(), time.perf_counter()
     for i in range(0, count, batch):
       run(images[i:i + batch])

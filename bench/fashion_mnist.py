@@ -157,6 +157,9 @@ def summarize(runs):
   budgets = {}
   for epochs in sorted({r["epochs"] for r in runs}):
     these = [r for r in runs if r["epochs"] == epochs]
+    # The routers every Super-Sub run of the budget has (a router head only where trained).
+    routers = [ro for ro in core.ROUTERS
+               if all(ro in r["supersub"]["routers"] for r in these if "supersub" in r)]
     table = {}
     for name, get in rows.items():
       stats = _stats([get(r) for r in these])
@@ -175,12 +178,12 @@ def summarize(runs):
                                 router: _stats([r["supersub"]["oracle"]
                                                 - r["supersub"]["routers"][router]["hard_top1"]
                                                 for r in these if "supersub" in r])
-                                for router in core.ROUTERS},
+                                for router in routers},
                             "superclass_top1": {
                                 router: _stats([r["supersub"]["routers"][router]
                                                 ["superclass_top1"]
                                                 for r in these if "supersub" in r])
-                                for router in core.ROUTERS}}
+                                for router in routers}}
   return budgets
 
 
@@ -225,7 +228,7 @@ def markdown(report):
           f"{'' if rer is None or not vs_flat else f'{100 * rer:.1f} %'} |")
     lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
               "|---|---|---|"]
-    for router in core.ROUTERS:
+    for router in b["superclass_top1"]:
       lines.append(f"| {router} | {_pct(b['superclass_top1'][router])} | "
                    f"{_pct(b['routing_loss'][router])} |")
     lines.append("")

@@ -54,7 +54,7 @@ def topk(probs: np.ndarray, k: int = 5) -> np.ndarray:
 
 
 def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
-             batch_size: int = 256, router: str = "generalist",
+             batch_size: int = 256, router: str | None = None,
              log: Callable[[str], None] = print) -> dict:
   """Runs every trained model of `config.model_dir` over `split` and writes the results.
 
@@ -63,14 +63,19 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
     split: dataset split; default the validation split ("test" for Fashion-MNIST).
     soft_k: how many superclasses soft routing combines.
     router: what routes the two-stage system whose predictions, reports and `two_stage`
-      entry are written (super_sub.routing.core.ROUTERS). Every router's top-1 is in
-      `routers` whichever is chosen, so they can be compared on one pass.
+      entry are written (super_sub.routing.core.ROUTERS); default: the run's own, "head"
+      where it has a router head (`--router_head`), else "generalist". Every router the run
+      has is in `routers` whichever is chosen, so they can be compared on one pass.
   Returns:
     The eval.json content.
   """
   config, builder, h = run.config, run.builder, run.hierarchy
   split = split or run.evaluation_split
-  core.check_router(router)  # an unknown router fails before any model is loaded
+  has_head = bool(config.router_head)
+  router = router or ("head" if has_head else "generalist")
+  # An unknown router, or a router head the run lacks, fails before any model is loaded.
+  core.check_router(router, has_head=has_head)
+  routers = [name for name in core.ROUTERS if name != "head" or has_head]
   flat = run.load_model(run_lib.FLAT)
   two_stage = run.load_two_stage(flat=flat)
 
@@ -84,7 +89,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
         "flat": core.softmax(flat.predict_on_batch(images)),
         "oracle_specialists": oracle["label_probs"],
     }
-    for name in core.ROUTERS:
+    for name in routers:
       hard = two_stage.predict(images, mode="hard", router=name)
       soft = two_stage.predict(images, mode="soft", k=soft_k, router=name)
       batch.update({f"{name}/superclass": hard["superclass_probs"],
@@ -134,7 +139,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
           "soft_top1": float(np.mean(got[f"{name}/soft"].argmax(axis=1) == labels)),
           "routing_loss": top1("oracle_specialists")
                           - float(np.mean(got[f"{name}/hard"].argmax(axis=1) == labels)),
-      } for name in core.ROUTERS},
+      } for name in routers},
   }
   with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
                         "two_stage_hard.npz") as folder:

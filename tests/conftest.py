@@ -29,9 +29,11 @@ def smoke_config(smoke_data_dir):
   return make
 
 
-def assert_bundle_matches_keras(run, tflite_dir: str, atol: float) -> None:
+def assert_bundle_matches_keras(run, tflite_dir: str, atol: float, router=None) -> None:
   """The TFLite bundle (hard routing) answers as the Keras two-stage model did in
-  super-sub-eval (model_dir/predictions/), image by image, up to int8 noise.
+  super-sub-eval (model_dir/predictions/), image by image, up to int8 noise. Its superclass
+  probabilities are the generalist's there, or those of `router` (a Keras router head) when
+  given.
 
   int8 moves a probability by up to about `atol` on most images and never by more than 4 *
   atol. Matching answers alone prove little on a smoke run near chance, and demanding them on
@@ -42,6 +44,7 @@ def assert_bundle_matches_keras(run, tflite_dir: str, atol: float) -> None:
   - on images routed alike, the label probabilities to the same tolerances, and the Keras
     label wherever its margin exceeds 6 * atol.
   """
+  from super_sub.routing import core  # pylint: disable=import-outside-toplevel
   from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
   folder = os.path.join(run.model_dir, "predictions")
   with np.load(os.path.join(folder, "two_stage_hard.npz")) as two_stage, \
@@ -59,6 +62,8 @@ def assert_bundle_matches_keras(run, tflite_dir: str, atol: float) -> None:
     seen[rows] = True
     for key in got:
       got[key][rows] = out[key]
+    if router is not None:
+      keras["superclass_probs"][rows] = core.softmax(router.predict_on_batch(images))
   assert seen.all(), f"{np.sum(~seen)} evaluated images not in the evaluation split"
 
   def assert_close(actual, desired, what):

@@ -538,7 +538,7 @@ def test_skeleton_that_does_not_parse_is_refused_and_the_runtime_stays_usable(
   assert lite.specialist(1) is not None and lite.num_rebuilds == 1
   with pytest.raises(runtime.BundleError, match=r"specialist 0 \('shoes'\)"):
     lite.predict(images)  # some images are routed to shoes
-  others = np.nonzero(lite.generalist(images).argmax(1) != 0)[0]
+  others = np.nonzero(lite.router(images).argmax(1) != 0)[0]
   assert others.size and lite.predict(images[others])["label"].shape == others.shape
 
 

@@ -69,7 +69,7 @@ def test_frozen_stages_are_exported_once_as_a_trunk(run, exported):
       len(lite.bundle.specialist(k)) for k in range(5))
   # Six separate int8 networks would each carry the trunk.
   assert manifest["bytes"]["tflite_naive_int8"] == 6 * trunk_bytes + tails
-  assert lite.trunk is not None and lite.generalist.input_shape == lite.trunk.output_shape
+  assert lite.trunk is not None and lite.router.input_shape == lite.trunk.output_shape
   # QAT: the int8 bundle computes what the Keras model's fake quantization does (README:
   # 99.6-100% of answers alike), to within int8 noise image by image.
   assert_bundle_matches_keras(run, os.path.join(export_dir, "tflite"), atol=0.03)
@@ -81,7 +81,7 @@ def test_trunk_tflite_feeds_the_generalist_tail_like_the_whole_network(run, expo
   generalist = run.load_model(run_lib.GENERALIST_QAT)
   whole = predictor._LiteModel(tflite.to_tflite(generalist, images), 1, "whole")  # pylint: disable=protected-access
   lite = predictor.TwoStageLite(os.path.join(exported[0], "tflite"))
-  split = lite.generalist(lite.trunk(images))
+  split = lite.router(lite.trunk(images))
   full = whole(images)
   # int8 noise moves a probability by ~0.02 here (the two parts quantize the trunk's output
   # once more); on this near-chance smoke model a few images are near-ties, whose argmax
@@ -127,8 +127,8 @@ def test_trunk_features_cross_to_the_tails_as_int8_quantized_once(run, exported,
   images = tflite.representative_images(run, count=8)
   features = lite.trunk(images)
   assert features.dtype == np.int8
-  assert lite.trunk.raw_output == lite.generalist.input_quantization
-  assert lite.generalist.input_quantization[0] == "int8"
+  assert lite.trunk.raw_output == lite.router.input_quantization
+  assert lite.router.input_quantization[0] == "int8"
   boundary = tflite.boundary_quantization(lite.bundle.generalist)
   assert lite.trunk.raw_output[1:] == boundary
   for k in lite.bundle.deltas:

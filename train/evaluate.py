@@ -17,10 +17,11 @@ _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: validat
                              "where there is no validation split).")
 _SOFT_K = flags.DEFINE_integer("soft_k", 2, "Superclasses combined by soft routing.")
 _ROUTER = flags.DEFINE_enum(
-    "router", "generalist", list(core.ROUTERS),
-    "What routes the two-stage system written out: the generalist (what the bundles deploy), "
-    "the flat network's summed subclass probabilities, or their normalised product. eval.json "
-    "compares all three either way.")
+    "router", None, list(core.ROUTERS),
+    "What routes the two-stage system written out: the generalist, the flat network's summed "
+    "subclass probabilities, their normalised product, or the router head (runs trained with "
+    "--router_head). Default: what the bundles deploy, the router head where the run has one, "
+    "else the generalist. eval.json compares every router the run has either way.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the one used "
                                 "for training.")
 

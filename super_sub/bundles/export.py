@@ -6,7 +6,8 @@
   export_dir/tflite/        the edge bundle (super_sub.runtime.bundle): the int8 generalist,
                             which is also the base, and each specialist as a delta over it;
                             with --freeze_stages=K, the first K stages once as a shared trunk
-                            (super_sub.models.trunk) and the generalist and specialists as tails
+                            (super_sub.models.trunk) and the generalist and specialists as tails;
+                            with --router_head, the router head's tail, which then routes
   export_dir/manifest.json  sizes against the paper's unit (one fp32 network) and checksums
 """
 
@@ -66,11 +67,12 @@ def export(run: run_lib.Run, export_dir: str,
   # The paper's unit: one float network, counted from the float generalist's parameters.
   factors = {k: run.load_factors(stage) for k, stage in run.specialists().items()
              if run.config.specialist_form == "lowrank"}
+  router = run.load_model(run_lib.ROUTER_HEAD) if run.config.router_head else None
   return export_models(export_dir, run.hierarchy, generalist, specialists, representative,
                        shared_stages=run.config.freeze_stages, framing=run.config.framing,
                        fp32_network_bytes=4 * run.metrics(run_lib.GENERALIST)["num_params"],
                        log=log, overwrite=overwrite, compress_deltas=compress_deltas,
-                       factors=factors)
+                       factors=factors, router_head=router)
 
 
 def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
@@ -78,7 +80,8 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
                   representative: np.ndarray, shared_stages: int = 0, framing: str = "resize",
                   fp32_network_bytes: int | None = None,
                   log: Callable[[str], None] = print, overwrite: bool = False,
-                  compress_deltas: bool = True, factors: dict | None = None) -> dict:
+                  compress_deltas: bool = True, factors: dict | None = None,
+                  router_head: keras.Model | None = None) -> dict:
   """`export` for models in memory (what bench/deployment.py exports without a training run).
 
   Args:
@@ -89,16 +92,21 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
       parameters).
     factors: superclass -> the low-rank factors of a `--specialist_form=lowrank` specialist
       (`Run.load_factors`), stored factored in the TFLite bundle.
+    router_head: a router head (super_sub.models.router_head) on the same trunk, which then
+      routes in both bundles; needs shared_stages > 0.
   Other arguments and the result as `export`.
   """
   files.check_replaceable(export_dir, "export", "manifest.json", FORMAT, overwrite)
   h = hierarchy
   shared = shared_stages
+  if router_head is not None and not shared:
+    raise ValueError("a router head reads the shared trunk's features: export it with "
+                     "shared_stages >= 1 (the run's --freeze_stages)")
   log(f"converting the generalist and {len(specialists)} specialists to int8 TFLite"
       + (f", the first {shared} stages as a shared trunk" if shared else ""))
-  trunk_tflite = None
+  trunk_tflite = router_tflite = None
   if shared:
-    for m in specialists.values():
+    for m in [*specialists.values()] + ([router_head] if router_head is not None else []):
       trunk_lib.check_shared(generalist, m, shared)
     trunk, generalist_tail = trunk_lib.split(generalist, shared)
     features = trunk.predict(representative, batch_size=64, verbose=0)
@@ -107,11 +115,16 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
     generalist_tflite = tflite.to_tflite(generalist_tail, features, int8_input=True)
     specialist_tflite = {k: tflite.to_tflite(trunk_lib.split(m, shared)[1], features,
                                              int8_input=True) for k, m in specialists.items()}
+    tails = {f"specialist {k}'s": model for k, model in specialist_tflite.items()}
+    if router_head is not None:
+      router_tflite = tflite.to_tflite(trunk_lib.split(router_head, shared)[1], features,
+                                       int8_input=True)
+      tails["the router head's"] = router_tflite
     boundary = tflite.boundary_quantization(generalist_tflite, "generalist tail input")
-    for k, model in specialist_tflite.items():
-      theirs = tflite.boundary_quantization(model, f"specialist {k}'s tail input")
+    for what, model in tails.items():
+      theirs = tflite.boundary_quantization(model, f"{what} tail input")
       if theirs != boundary:
-        raise ValueError(f"specialist {k}'s tail quantizes the trunk's features with (scale, "
+        raise ValueError(f"{what} tail quantizes the trunk's features with (scale, "
                          f"zero point) {theirs}, the generalist's with {boundary}: the trunk "
                          f"can feed only one")
     trunk_tflite = tflite.feeding(tflite.to_tflite(trunk, representative, int8_output=True),
@@ -125,12 +138,14 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
   fp32_network = fp32_network_bytes or 4 * generalist.count_params()
   with files.atomic_dir(export_dir, "export", "manifest.json", FORMAT, overwrite) as tmp:
     saved_model.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
-                                   specialists, h, shared_stages=shared)
+                                   specialists, h, shared_stages=shared,
+                                   router_head=router_head)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
          "framing": framing},
-        trunk=trunk_tflite, compress_deltas=compress_deltas, factors=factors)
+        trunk=trunk_tflite, compress_deltas=compress_deltas, factors=factors,
+        router_head=router_tflite)
     listing = storage.listing(tmp)
     tflite_bytes = sum(v["bytes"] for p, v in listing.items() if p.startswith("tflite/"))
     saved_model_bytes = sum(v["bytes"] for p, v in listing.items()

@@ -1,6 +1,7 @@
 """One SavedModel for servers: the base weights once, each specialist as a delta over them.
 
-The serving function runs the generalist, then, one routed superclass after another, adds
+The serving function runs the generalist (or a router head on the shared trunk, when the run
+has one: super_sub.models.router_head), then, one routed superclass after another, adds
 that specialist's delta to the base inside the graph and runs it on the rows routed to it.
 With a shared trunk (stages no specialist changes), the trunk runs once per batch and the
 generalist and the specialists start from its output. The network after the trunk is one
@@ -205,14 +206,25 @@ class SuperSubModule(tf.Module):
   as one function."""
 
   def __init__(self, generalist: keras.Model, specialists: dict[int, keras.Model],
-               hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0):
+               hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0,
+               router_head: keras.Model | None = None):
     super().__init__(name="super_sub")
     self._graph = _Graph(generalist)
     self._h = hierarchy
     # Layers [0, cut) form the shared trunk, computed once per batch; 0: no trunk.
     self._cut = trunk_lib.cut_index(generalist, shared_stages) + 1 if shared_stages else 0
-    for model in specialists.values() if shared_stages else ():
+    if router_head is not None and not shared_stages:
+      raise ValueError("a router head reads the shared trunk's features: export it with "
+                       "shared_stages >= 1")
+    for model in ([*specialists.values()] + [router_head] * (router_head is not None)
+                  if shared_stages else ()):
       trunk_lib.check_shared(generalist, model, shared_stages)
+    # The router head's layers after the trunk, their weights as they are (a few percent of
+    # a network); it routes in place of the generalist.
+    self._router_graph = _Graph(router_head) if router_head is not None else None
+    self.router_head = ([[tf.Variable(v.numpy(), trainable=False) for v in _weights(layer)]
+                         for layer in router_head.layers[self._cut:]]
+                        if router_head is not None else [])
     if sorted(specialists) != hierarchy.specialist_superclasses():
       raise ValueError(f"specialists must be given for exactly the superclasses that have one "
                        f"{hierarchy.specialist_superclasses()}; got {sorted(specialists)}")
@@ -348,7 +360,12 @@ class SuperSubModule(tf.Module):
     cut = self._cut
     base = self._base_weights()  # unpacked once for the trunk and the generalist
     features = self._graph(images, base, stop=cut) if cut else images
-    return two_stage_graph(features, self._h, lambda x: self._logits(x, base),
+    if self._router_graph is not None:
+      head = [[]] * cut + [[tf.convert_to_tensor(v) for v in layer] for layer in self.router_head]
+      route = lambda x: self._router_graph(x, head, start=cut)  # noqa: E731
+    else:
+      route = lambda x: self._logits(x, base)  # noqa: E731
+    return two_stage_graph(features, self._h, route,
                            lambda k, x: self._logits(x, self._specialist_weights(k)))
 
 
@@ -397,19 +414,21 @@ def two_stage_graph(images: tf.Tensor, hierarchy: hierarchy_lib.Hierarchy,
 
 
 def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int, keras.Model],
-                       hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0) -> None:
+                       hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0,
+                       router_head: keras.Model | None = None) -> None:
   """Saves the module with a `serving_default` signature.
 
   With shared_stages = K > 0 (specialists trained with --freeze_stages=K), the first K stages
   run once per batch as a shared trunk, and the generalist and the routed specialists start
-  from its output, as in the TFLite bundle.
+  from its output, as in the TFLite bundle. A `router_head` (super_sub.models.router_head, on
+  the same trunk) then routes instead of the generalist.
 
   Signature: `images` float32 [batch, H, W, C] with values in [0, 1] ->
   `superclass` int64 [batch], `superclass_probs` float32 [batch, S], `label` int64 [batch]
   (global subclass index), `label_probs` float32 [batch, num_subclasses] (hard routing:
   P(subclass | routed superclass) in that superclass's columns, 0 elsewhere).
   """
-  module = SuperSubModule(generalist, specialists, hierarchy, shared_stages)
+  module = SuperSubModule(generalist, specialists, hierarchy, shared_stages, router_head)
   spec = tf.TensorSpec([None, *generalist.input_shape[1:]], tf.float32, name="images")
   serve = tf.function(module.serve, input_signature=[spec])
   tf.saved_model.save(module, path, signatures={"serving_default": serve})

@@ -58,7 +58,7 @@ def check_shared(base: keras.Model, specialist: keras.Model, frozen_stages: int)
     for va, vb in zip(a.weights, b.weights):
       if va.shape != vb.shape or not np.array_equal(va.numpy(), vb.numpy()):
         raise ValueError(
-            f"specialist {specialist.name!r} differs from the generalist in {vb.name!r}, "
+            f"{specialist.name!r} differs from the generalist in {vb.name!r}, "
             f"inside the first {frozen_stages} stages that a shared trunk needs unchanged "
             f"(were the specialists trained with --freeze_stages >= {frozen_stages}?)")
 

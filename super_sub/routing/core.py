@@ -35,8 +35,9 @@ from super_sub.hierarchy import tree as hierarchy_lib
 
 MODES = ("hard", "soft")
 # What picks the superclasses (`router_logits`): the generalist's own probabilities, the flat
-# network's (its subclass probabilities summed per superclass), or their normalised product.
-ROUTERS = ("generalist", "flat", "product")
+# network's (its subclass probabilities summed per superclass), their normalised product, or a
+# router head's (a small network on the shared trunk, super_sub.models.router_head).
+ROUTERS = ("generalist", "flat", "product", "head")
 
 # (features [n, ...]) -> logits [n, C]; n >= 1.
 Model = Callable[[np.ndarray], np.ndarray]
@@ -60,22 +61,23 @@ def superclass_probs(label_probs: np.ndarray, hierarchy: hierarchy_lib.Hierarchy
 
 
 def router_logits(router: str, generalist_logits: np.ndarray | None,
-                  flat_logits: np.ndarray | None, hierarchy: hierarchy_lib.Hierarchy
-                  ) -> np.ndarray:
+                  flat_logits: np.ndarray | None, hierarchy: hierarchy_lib.Hierarchy,
+                  head_logits: np.ndarray | None = None) -> np.ndarray:
   """Superclass logits [n, S] whose softmax is the chosen router's P(superclass).
 
-  "generalist": the generalist's logits as they are. "flat": log of the flat network's
-  subclass probabilities summed per superclass. "product": the generalist's log-probabilities
-  plus the flat network's, so the softmax is their normalised product (two experts that must
-  agree; each one's confident mistakes are outvoted by the other).
+  "generalist": the generalist's logits as they are; "head": the router head's, likewise.
+  "flat": log of the flat network's subclass probabilities summed per superclass. "product":
+  the generalist's log-probabilities plus the flat network's, so the softmax is their
+  normalised product (two experts that must agree; each one's confident mistakes are outvoted
+  by the other).
 
   Raises:
     ValueError: an unknown router, or one without the logits it needs.
   """
   check_router(router, has_generalist=generalist_logits is not None,
-               has_flat=flat_logits is not None)
-  if router == "generalist":
-    return np.asarray(generalist_logits, np.float32)
+               has_flat=flat_logits is not None, has_head=head_logits is not None)
+  if router in ("generalist", "head"):
+    return np.asarray(generalist_logits if router == "generalist" else head_logits, np.float32)
   tiny = np.finfo(np.float32).tiny  # log(0) would make -inf and, summed, NaN
   flat_log = np.log(np.maximum(superclass_probs(softmax(flat_logits), hierarchy), tiny))
   if router == "flat":
@@ -84,16 +86,17 @@ def router_logits(router: str, generalist_logits: np.ndarray | None,
   return (gen_log + flat_log).astype(np.float32)
 
 
-def check_router(router: str, has_generalist: bool = True, has_flat: bool = True) -> None:
+def check_router(router: str, has_generalist: bool = True, has_flat: bool = True,
+                 has_head: bool = True) -> None:
   """Raises ValueError for an unknown router, or one whose network is missing."""
   if router not in ROUTERS:
     raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
   needs = {"generalist": (has_generalist,), "flat": (has_flat,),
-           "product": (has_generalist, has_flat)}[router]
+           "product": (has_generalist, has_flat), "head": (has_head,)}[router]
   if not all(needs):
-    raise ValueError(f"router {router!r} needs the "
-                     f"{'generalist and flat' if router == 'product' else router} network's "
-                     "logits")
+    network = {"product": "generalist and flat", "head": "router head (--router_head)"
+               }.get(router, router)
+    raise ValueError(f"router {router!r} needs the {network} network's logits")
 
 
 def check_options(mode: str, k: int, batch_size: int) -> None:

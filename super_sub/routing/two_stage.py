@@ -19,22 +19,26 @@ class TwoStage:
   """
 
   def __init__(self, generalist: keras.Model, specialists: Mapping[int, keras.Model],
-               hierarchy: hierarchy_lib.Hierarchy, flat: keras.Model | None = None):
+               hierarchy: hierarchy_lib.Hierarchy, flat: keras.Model | None = None,
+               head: keras.Model | None = None):
     """Checks that the models fit the hierarchy and each other.
 
     Args:
       generalist, specialists, hierarchy: the two-stage system.
       flat: optional flat network (all subclasses), for the "flat" and "product" routers
         (super_sub.routing.core.router_logits).
+      head: optional router head (images -> superclass logits, super_sub.models.router_head),
+        for the "head" router.
 
     Raises:
       ValueError: the generalist's width is not the superclass count; specialists are missing
         for superclasses that have one or given for others; a specialist's width is not
-        its superclass's subclass count; the flat network's width is not the subclass count;
-        or the models' input shapes differ.
+        its superclass's subclass count; the flat network's width is not the subclass count
+        or the router head's the superclass count; or the models' input shapes differ.
     """
     self.generalist = generalist
     self.flat = flat
+    self.head = head
     self.hierarchy = hierarchy
     self.specialists = {int(k): m for k, m in specialists.items()}
     h = hierarchy
@@ -55,12 +59,15 @@ class TwoStage:
       if tuple(model.input_shape[1:]) != self.input_shape:
         raise ValueError(f"{where} takes inputs of shape {tuple(model.input_shape[1:])}, the "
                          f"generalist {self.input_shape}")
-    if flat is not None:
-      _check_width(flat, h.num_subclasses, f"flat network (hierarchy {h.name!r} has "
-                   f"{h.num_subclasses} subclasses)")
-      if tuple(flat.input_shape[1:]) != self.input_shape:
-        raise ValueError(f"the flat network takes inputs of shape "
-                         f"{tuple(flat.input_shape[1:])}, the generalist {self.input_shape}")
+    for model, what, width in ((flat, "flat network", h.num_subclasses),
+                               (head, "router head", h.num_superclasses)):
+      if model is None:
+        continue
+      _check_width(model, width, f"{what} (hierarchy {h.name!r} has {width} "
+                   f"{'subclasses' if model is flat else 'superclasses'})")
+      if tuple(model.input_shape[1:]) != self.input_shape:
+        raise ValueError(f"the {what} takes inputs of shape "
+                         f"{tuple(model.input_shape[1:])}, the generalist {self.input_shape}")
 
   def predict(self, images: np.ndarray, mode: str = "hard", k: int = 2,
               batch_size: int = 256, router: str = "generalist") -> dict[str, np.ndarray]:
@@ -74,19 +81,24 @@ class TwoStage:
       k: how many superclasses soft routing follows (values above the superclass count mean
         all of them); ignored in hard mode.
       batch_size: images per generalist call; each specialist runs at most once per batch.
-      router: what picks the superclasses (core.ROUTERS): "generalist", or, with a flat
-        network given, "flat" or "product". `superclass_probs` in the output is the router's.
+      router: what picks the superclasses (core.ROUTERS): "generalist"; with a flat network
+        given, "flat" or "product"; with a router head given, "head". `superclass_probs` in
+        the output is the router's.
 
     Raises:
       ValueError: on a bad mode, k, batch_size, router or image shape, or a router that
-        needs the flat network when none was given.
+        needs a network that was not given.
       TypeError: on images that are neither uint8 nor floating point.
     """
     core.check_options(mode, k, batch_size)
-    core.check_router(router, has_flat=self.flat is not None)  # before any image is read
+    # before any image is read
+    core.check_router(router, has_flat=self.flat is not None, has_head=self.head is not None)
     images = images_lib.to_model_input(images, self.input_shape)
 
     def route(x):
+      if router == "head":
+        return core.router_logits(router, None, None, self.hierarchy,
+                                  head_logits=self.head(x, training=False).numpy())
       return core.router_logits(
           router, self._run_generalist(x) if router != "flat" else None,
           self.flat(x, training=False).numpy() if router != "generalist" else None,

@@ -6,6 +6,9 @@ Layout (everything but manifest.json is listed in it with its byte count and sha
                                          features out); the models below then take its output
   generalist.tflite                      the generalist, and also THE shared base of every
                                          specialist: each delta is a difference from these bytes
+  router_head.tflite                     optional (with a trunk): a small network on the trunk's
+                                         output that routes instead of the generalist, which is
+                                         then only the specialists' base
   specialists/<k>_<name>.skeleton.tflite.gz  superclass k's specialist minus the buffers the delta
                                          holds, gzip-compressed (the skeleton is mostly tables
                                          that compress ~4x)
@@ -14,7 +17,7 @@ Layout (everything but manifest.json is listed in it with its byte count and sha
   labels.txt                             one subclass name per global subclass index
 
 `load_bundle` reads every listed file and checks its size and sha256 before anything parses it.
-It keeps the generalist, trunk, hierarchy and labels in memory; the skeletons and deltas (most of
+It keeps the generalist, trunk, router head, hierarchy and labels in memory; the skeletons and deltas (most of
 the bytes at 224 px) stay on disk and are read, and checked again, when a specialist is rebuilt.
 So an interpreter only ever sees verified bytes.
 Needs only numpy, flatbuffers and ai_edge_litert: no TensorFlow.
@@ -65,6 +68,8 @@ class Bundle:
     trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
       generalist and the specialists take images themselves.
     generalist: the generalist's .tflite bytes (the base of every specialist).
+    router_head: the router head's .tflite bytes (trunk features in, superclass logits out),
+      which routes in place of the generalist; None when the generalist routes.
     skeletons: superclass index -> specialist skeleton .tflite bytes (decompressed), read
       from disk and verified again when asked for (`VerifiedFiles`).
     deltas: superclass index -> delta .npz bytes, likewise: they stay on disk between
@@ -80,6 +85,7 @@ class Bundle:
   deltas: Mapping[int, bytes]
   trunk: bytes | None = None
   input_framing: str = "resize"
+  router_head: bytes | None = None
   _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
 
@@ -120,7 +126,8 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
                         input_info: Mapping[str, Any],
                         trunk: bytes | None = None, overwrite: bool = False,
                         compress_deltas: bool = True,
-                        factors: Mapping[int, Sequence] | None = None) -> dict[str, Any]:
+                        factors: Mapping[int, Sequence] | None = None,
+                        router_head: bytes | None = None) -> dict[str, Any]:
   """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
 
   Args:
@@ -141,12 +148,16 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
     factors: superclass index -> the (left, right, scales) low-rank factors its training
       stored (`--specialist_form=lowrank`): that delta is stored factored
       (`super_sub.runtime.delta.make_delta`).
+    router_head: optional .tflite bytes of a router head (super_sub.models.router_head): it
+      takes the trunk's output like the other tails and routes instead of the generalist.
+      Needs a trunk.
 
   Returns:
     The manifest written to manifest.json.
 
   Raises:
-    BundleError: specialists missing or extra, bad input_info, or a subclass name with a newline.
+    BundleError: specialists missing or extra, bad input_info, a router head without a
+      trunk, or a subclass name with a newline.
     DeltaError: a model that cannot be stored as a bit-exact delta.
   """
   h = hierarchy
@@ -156,6 +167,9 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
     raise BundleError(f"specialists must be given for exactly the superclasses with >= 2 "
                       f"subclasses {expected}; got {sorted(specialists)}")
   shape, lo_hi, framing = _check_input(dict(input_info), "input_info")
+  if router_head is not None and trunk is None:
+    raise BundleError("a router head takes the trunk's output; a bundle without a trunk "
+                      "cannot hold one")
   if any("\n" in n or "\r" in n for n in h.subclass_names):
     raise BundleError("subclass names must not contain line breaks (labels.txt is one per line)")
   manifest: dict[str, Any] = {
@@ -163,14 +177,20 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
       "input": {**dict(input_info), "shape": list(shape), "range": list(lo_hi),
                 "framing": framing},
       "trunk": "trunk.tflite" if trunk is not None else None,
-      "generalist": "generalist.tflite", "specialists": {},
+      "generalist": "generalist.tflite",
+      "router_head": "router_head.tflite" if router_head is not None else None,
+      "specialists": {},
       "hierarchy": "hierarchy.json", "labels": "labels.txt", "files": {}}
   delta_lib.parse_model(generalist, "generalist")
   if trunk is not None:
     delta_lib.parse_model(trunk, "trunk")
+  if router_head is not None:
+    delta_lib.parse_model(router_head, "router head")
   with files.atomic_dir(out_dir, "TFLite bundle", MANIFEST, FORMAT, overwrite) as tmp:
     if trunk is not None:
       _write(tmp, "trunk.tflite", bytes(trunk))
+    if router_head is not None:
+      _write(tmp, "router_head.tflite", bytes(router_head))
     _write(tmp, "generalist.tflite", bytes(generalist))
     for k, model in sorted(specialists.items()):
       skeleton, arrays = delta_lib.make_delta(generalist, model,
@@ -260,13 +280,18 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
       raise BundleError(f"{path}/{entry['delta']}: not a super-sub delta (members: "
                         f"{sorted(names)})")
   shape, lo_hi, framing = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
+  if manifest.get("router_head") is not None and manifest.get("trunk") is None:
+    raise BundleError(f"{path}/{MANIFEST}: names a router head but no trunk, whose output it "
+                      f"would take")
   return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
                 input_framing=framing,
                 generalist=data[manifest["generalist"]],
                 skeletons=VerifiedFiles(path, {k: e["skeleton"] for k, e in specs.items()},
                                         listed, _gunzip),
                 deltas=VerifiedFiles(path, {k: e["delta"] for k, e in specs.items()}, listed),
-                trunk=data[manifest["trunk"]] if manifest.get("trunk") is not None else None)
+                trunk=data[manifest["trunk"]] if manifest.get("trunk") is not None else None,
+                router_head=(data[manifest["router_head"]]
+                             if manifest.get("router_head") is not None else None))
 
 
 class VerifiedFiles(collections.abc.Mapping):
@@ -394,7 +419,7 @@ def _read_manifest(path: str) -> dict[str, Any]:
     raise BundleError(f"{where}: 'specialists' must map superclass indices to "
                       f"{{skeleton, delta, superclass}}")
   refs = [manifest["generalist"], manifest["hierarchy"], manifest["labels"]]
-  refs += [manifest["trunk"]] if manifest.get("trunk") is not None else []
+  refs += [manifest[key] for key in ("trunk", "router_head") if manifest.get(key) is not None]
   refs += [e[key] for e in specs.values() for key in ("skeleton", "delta")]
   for ref in refs:
     if not isinstance(ref, str) or ref not in listed:

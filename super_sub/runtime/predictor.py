@@ -1,6 +1,6 @@
 """Two-stage inference on a `tflite/` bundle with LiteRT: the edge twin of routing.TwoStage.
 
-The generalist stays loaded; a specialist is rebuilt from the base + its delta only when a batch
+The router stays loaded; a specialist is rebuilt from the base + its delta only when a batch
 routes rows to it, and at most `cache_size` rebuilt specialists are kept (least recently used
 dropped first), so memory stays about one network at the default of 1. With a `cache_dir`, each
 specialist is rebuilt once and kept there as a file that later switches map instead of rebuilding
@@ -11,7 +11,9 @@ for large tails). Rows are grouped by routed
 superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
 dimension is resized to the group), and never on zero rows. A bundle with a trunk (stages every
 model shares, super_sub.models.trunk) runs it once per image and feeds its output to the
-generalist and the specialists. The routing itself is super_sub.routing.core's, so semantics and
+generalist and the specialists. A bundle with a router head routes with it instead of the
+generalist, whose interpreter is then never built: the generalist is only the specialists'
+base. The routing itself is super_sub.routing.core's, so semantics and
 outputs match TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
 """
 
@@ -37,7 +39,7 @@ from super_sub.runtime import disk_cache
 
 
 class TwoStageLite:
-  """A verified bundle's generalist and specialists, run with LiteRT.
+  """A verified bundle's router (router head or generalist) and specialists, run with LiteRT.
 
   Attributes:
     bundle: the loaded `Bundle` (hierarchy, manifest, verified bytes).
@@ -45,6 +47,8 @@ class TwoStageLite:
     input_shape: (H, W, C) of the images `predict` takes.
     framing: how `load_images` should frame image files for these models ("resize" or
       "center_crop"), from the manifest.
+    router: the interpreter that picks superclasses: the bundle's router head
+      (super_sub.models.router_head) where it has one, else the generalist.
     cache_size: how many rebuilt specialists stay in memory.
     cache_dir: the `disk_cache.SpecialistFiles` holding rebuilt specialists on disk, or None.
     packed_weights: whether cache_dir also keeps LiteRT's packed weights.
@@ -101,12 +105,15 @@ class TwoStageLite:
                                    f"{self.trunk.input_shape}; the manifest says "
                                    f"{self.input_shape}")
     self._model_input = self.trunk.output_shape if self.trunk is not None else self.input_shape
-    self.generalist = _LiteModel(self.bundle.generalist, num_threads, "generalist")
-    self._check(self.generalist, self.hierarchy.num_superclasses)
+    head = self.bundle.router_head
+    self.router = _LiteModel(head if head is not None else self.bundle.generalist, num_threads,
+                             "router head" if head is not None else "generalist")
+    self._check(self.router, self.hierarchy.num_superclasses)
 
   def predict(self, images: np.ndarray, mode: str = "hard", k: int = 2,
               batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Classifies images through the generalist and the routed specialists.
+    """Classifies images through the router (router head or generalist) and the routed
+    specialists.
 
     Args:
       images: [N, H, W, C] float with values in [0, 1], or uint8 (divided by 255).
@@ -114,7 +121,7 @@ class TwoStageLite:
         specialists of its k most probable superclasses, scoring subclasses by
         P(superclass) * P(subclass | superclass).
       k: superclasses soft routing follows (capped at the superclass count); ignored when hard.
-      batch_size: images per generalist call; each specialist runs at most once per batch.
+      batch_size: images per router call; each specialist runs at most once per batch.
 
     Returns:
       {"superclass": [N] int64, "superclass_probs": [N, S] float32, "label": [N] int64 global
@@ -126,7 +133,7 @@ class TwoStageLite:
     """
     core.check_options(mode, k, batch_size)
     images = self._check_images(images)
-    return core.predict(images, self.hierarchy, self.generalist,
+    return core.predict(images, self.hierarchy, self.router,
                         lambda sup, x: self.specialist(sup)(x), mode=mode, k=k,
                         batch_size=batch_size, trunk=self.trunk,
                         # Cached specialists run first, before a rebuild evicts them: fewer

@@ -14,7 +14,7 @@ from typing import Any
 
 from super_sub.runtime import delta as delta_lib
 
-STAGES = ("flat", "generalist", "specialists")
+STAGES = ("flat", "generalist", "router_head", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 GENERALIST_INITS = ("scratch", "flat")
 # How a specialist differs from the generalist it starts from (super_sub.training.deltas).
@@ -49,8 +49,8 @@ class TrainConfig:
   data_dir: str | None = _field(None, "TFDS data folder (default: TFDS's).")
   manual_dir: str | None = _field(None, "Folder of manually downloaded source files "
                                   "(ImageNet, Fashion-MNIST).")
-  stage: str = _field("all", "What to train; `all` trains flat, generalist, then every "
-                      "specialist.", STAGES + ("all",))
+  stage: str = _field("all", "What to train; `all` trains flat, generalist, the router "
+                      "head (with --router_head), then every specialist.", STAGES + ("all",))
   backbone: str = _field("small_resnet", "small_resnet, small_resnet_wide, resnet18, resnet50 "
                          "or mobilenet_v2.")
   image_size: int | None = _field(None, "Image side fed to the network (default: the "
@@ -85,6 +85,17 @@ class TrainConfig:
   weight_decay: float = _field(1e-4, "AdamW decoupled weight decay.")
   freeze_stages: int = _field(0, "Specialists keep the first K stages of the generalist frozen "
                               "(0: fine-tune everything).")
+  router_head: int = _field(
+      0, "Route with a router head of this width instead of the generalist's tail: a strided "
+      "3x3 convolution of W channels, BatchNorm, ReLU, a global average and a linear layer on "
+      "the output of the first --freeze_stages stages (the shared trunk, which it keeps the "
+      "generalist's), trained after the generalist (stage router_head; with --qat, "
+      "quantization-aware). At 224 px it costs a few percent of a network where the "
+      "generalist's tail costs 16-21%, so two-stage inference costs about one network "
+      "(bench/router_head.py, bench/deployment.py). The generalist stays the specialists' "
+      "base. 0: the generalist routes. Needs --freeze_stages >= 1.")
+  router_head_epochs: int | None = _field(None, "Epochs of the router head (default: "
+                                          "--epochs).")
   augment: str | None = _field(
       None, "Augmentation. Default by the kind of data: random_resized_crop (Inception's "
       "crops of 8-100% of the area, decoding only the box, and flips; evaluation then takes "
@@ -232,6 +243,15 @@ class TrainConfig:
     if not 0.0 <= self.distill_weight <= 1.0 or not self.distill_temperature > 0:
       raise ValueError(f"distill_weight must lie in [0, 1] and distill_temperature be "
                        f"positive; got {self.distill_weight} and {self.distill_temperature}")
+    if self.router_head < 0 or (self.router_head and self.freeze_stages < 1):
+      raise ValueError(f"router_head is the width of a head on the shared trunk, so it needs "
+                       f"a width >= 0 (0: none) and freeze_stages >= 1; got "
+                       f"router_head={self.router_head}, freeze_stages={self.freeze_stages}")
+    if self.stage == "router_head" and not self.router_head:
+      raise ValueError("stage='router_head' trains the router head, and router_head=0 asks "
+                       "for none: give its width with --router_head=W")
+    if self.router_head_epochs is not None and self.router_head_epochs < 1:
+      raise ValueError(f"router_head_epochs must be positive; got {self.router_head_epochs}")
     if self.specialists is not None:
       self.specialists = tuple(int(k) for k in self.specialists)
 
@@ -242,7 +262,11 @@ class TrainConfig:
     return "center_crop" if self.augment == "random_resized_crop" else "resize"
 
   def stages(self) -> tuple[str, ...]:
-    return STAGES if self.stage == "all" else (self.stage,)
+    """The stages `stage` asks for, in training order (`all`: the router head only with
+    router_head > 0)."""
+    if self.stage != "all":
+      return (self.stage,)
+    return tuple(s for s in STAGES if s != "router_head" or self.router_head)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

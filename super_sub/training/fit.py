@@ -37,11 +37,13 @@ from super_sub.data import pipeline
 from super_sub.data import prepare
 from super_sub.models import backbones
 from super_sub.models import classifiers
+from super_sub.models import router_head
 from super_sub.training import deltas
 from super_sub.training import distill
 from super_sub.training import distribute
 from super_sub.training import guards
 from super_sub.training import qat as qat_lib
+from super_sub.training import router_head as router_training
 from super_sub.training import run as run_lib
 from super_sub.training.config import TrainConfig, resolve
 
@@ -135,6 +137,7 @@ def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> Tra
     stages = {"flat": [run_lib.FLAT],
               "generalist": [run_lib.GENERALIST] + ([run_lib.GENERALIST_QAT] if config.qat
                                                     else []),
+              "router_head": [run_lib.ROUTER_HEAD],
               "specialists": chosen}[name]
     for stage in stages:
       if run.is_done(stage):
@@ -164,6 +167,8 @@ def schedule(config: TrainConfig, stage: run_lib.Stage, global_batch: int) -> tu
   (the rate scaled linearly when config.learning_rate_base_batch is set)."""
   if stage.role == "specialist":
     epochs, lr = config.specialist_epochs, config.specialist_learning_rate
+  elif stage.role == "router_head":
+    epochs, lr = config.router_head_epochs or config.epochs, config.learning_rate
   elif stage.qat:
     epochs, lr = config.qat_epochs, config.qat_learning_rate or config.learning_rate / 10
   else:
@@ -256,7 +261,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   epochs, lr = schedule(config, stage, global_batch)
 
   def spec(training):
-    return pipeline.InputSpec(role=stage.role, batch_size=global_batch,
+    # The router head learns the generalist's targets: superclasses.
+    return pipeline.InputSpec(role="generalist" if stage.role == "router_head" else stage.role,
+                              batch_size=global_batch,
                               image_size=config.image_size, superclass=stage.superclass,
                               augment=config.augment if training else "none",
                               framing=config.framing, seed=config.seed,
@@ -306,6 +313,10 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                                   config.distill_weight)
     elif stage.qat:
       model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
+    elif stage.role == "router_head":
+      model = run.build_model(stage)
+      router_head.copy_trunk(run.load_model(run.generalist), model, config.freeze_stages)
+      callbacks.append(router_training.PinnedTrunk(model, config.freeze_stages))
     else:
       model = run.build_model(stage, weights=config.weights)
       if stage.role == "generalist" and config.generalist_init == "flat":

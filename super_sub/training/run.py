@@ -7,8 +7,8 @@
   model_dir/<stage>/metrics.json        written last: a stage with it is done
   model_dir/<stage>/history.csv, logs/  per-epoch metrics and TensorBoard logs
 
-with <stage> one of `flat`, `generalist`, `generalist_qat` (with --qat) and
-`specialists/<k>_<superclass name>`. Stages are named by typed `Stage` values, never by
+with <stage> one of `flat`, `generalist`, `generalist_qat` (with --qat), `router_head` (with
+--router_head) and `specialists/<k>_<superclass name>`. Stages are named by typed `Stage` values, never by
 parsing strings; `Stage.key` is only what logs and metrics.json print.
 """
 
@@ -26,10 +26,14 @@ from super_sub._internal import files
 from super_sub._internal.compat import keras
 from super_sub.models import backbones
 from super_sub.models import classifiers
+from super_sub.models import router_head
 from super_sub.training import config as config_lib
 from super_sub.training import qat as qat_lib
 
 import super_sub.datasets  # pylint: disable=unused-import,wrong-import-order  (registers the builders)
+
+
+ROLES = classifiers.ROLES + ("router_head",)
 
 
 class RunMismatchError(ValueError):
@@ -41,7 +45,8 @@ class Stage:
   """One trained model of a run.
 
   Attributes:
-    role: "flat" (all subclasses), "generalist" (superclasses) or "specialist".
+    role: "flat" (all subclasses), "generalist" (superclasses), "router_head" (superclasses,
+      from the generalist's trunk: super_sub.models.router_head) or "specialist".
     superclass: the specialist's superclass; None for the other roles.
     qat: the quantization-aware generalist (stage `generalist_qat`).
   """
@@ -50,8 +55,8 @@ class Stage:
   qat: bool = False
 
   def __post_init__(self):
-    if self.role not in classifiers.ROLES:
-      raise ValueError(f"role must be one of {classifiers.ROLES}; got {self.role!r}")
+    if self.role not in ROLES:
+      raise ValueError(f"role must be one of {ROLES}; got {self.role!r}")
     if (self.role == "specialist") != (self.superclass is not None):
       raise ValueError("a superclass is required for, and only for, a specialist stage")
     if self.qat and self.role != "generalist":
@@ -60,7 +65,7 @@ class Stage:
   @property
   def key(self) -> str:
     """The stage's name in logs, metrics.json and Keras model names: `flat`, `generalist`,
-    `generalist_qat` or `specialist_<k>`."""
+    `generalist_qat`, `router_head` or `specialist_<k>`."""
     if self.role == "specialist":
       return f"specialist_{self.superclass}"
     return f"{self.role}_qat" if self.qat else self.role
@@ -70,6 +75,7 @@ class Stage:
 
 
 FLAT = Stage("flat")
+ROUTER_HEAD = Stage("router_head")
 GENERALIST = Stage("generalist")
 GENERALIST_QAT = Stage("generalist", qat=True)
 
@@ -186,6 +192,12 @@ class Run:
     """The stage whose model routes images and is the specialists' base."""
     return GENERALIST_QAT if self.config.qat else GENERALIST
 
+  @property
+  def router(self) -> Stage:
+    """The stage whose model routes images: the router head where the run has one
+    (`--router_head`), else the generalist."""
+    return ROUTER_HEAD if self.config.router_head else self.generalist
+
   def specialists(self) -> dict[int, Stage]:
     """Superclass -> specialist stage, for every superclass that has a specialist."""
     return {k: specialist(k) for k in self.hierarchy.specialist_superclasses()}
@@ -216,6 +228,10 @@ class Run:
       backbone = backbones.build_backbone(self.config.backbone, shape, weights=weights)
       return classifiers.build_classifier(backbone, shape, num_classes, role=stage.role,
                                           name=stage.key)
+    if stage.role == "router_head":  # the generalist's trunk is copied in by training
+      model = router_head.build_router_head(self.build_model(GENERALIST),
+                                            self.config.freeze_stages, self.config.router_head)
+      return qat_lib.quantize(model) if self.config.qat else model
     dustbin = 1 if self.config.dustbin else 0  # the extra "not mine" output
     model = classifiers.make_specialist(
         self.build_model(GENERALIST), len(h.superclasses[stage.superclass].subclasses) + dustbin,
@@ -246,12 +262,15 @@ class Run:
     return deltas.load_factors(path)
 
   def load_two_stage(self, flat: keras.Model | None = None):
-    """The routing generalist and every specialist as a `super_sub.routing.TwoStage`
-    (`flat`: the loaded flat network, for the routers that use it)."""
+    """The generalist, the router head if the run has one, and every specialist as a
+    `super_sub.routing.TwoStage` (`flat`: the loaded flat network, for the routers that use
+    it)."""
     from super_sub.routing import two_stage  # pylint: disable=import-outside-toplevel
     return two_stage.TwoStage(self.load_model(self.generalist),
                               {k: self.load_model(s) for k, s in self.specialists().items()},
-                              self.hierarchy, flat=flat)
+                              self.hierarchy, flat=flat,
+                              head=(self.load_model(ROUTER_HEAD) if self.config.router_head
+                                    else None))
 
   def _finished(self, stage: Stage) -> str:
     folder = self.stage_dir(stage)
