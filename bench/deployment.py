@@ -10,7 +10,9 @@ weights, and ten specialists made from the generalist the way training makes the
 (`make_specialist`, `--freeze_stages=K`), with a simulated fine-tuning: every weight of the
 stages a specialist trains moves by 5% of its tensor's standard deviation ("dense", as after
 ordinary fine-tuning), or only a random 2% of each kernel's weights move ("sparse", as a
-`--delta_keep=0.02` run stores). Accuracy does not enter; sizes and speeds depend on the
+`--delta_keep=0.02` run stores). The dense_k<K>_router settings add a router head of width
+--router_head on the trunk (`super_sub.models.router_head`, random weights), which routes
+instead of the generalist's tail. Accuracy does not enter; sizes and speeds depend on the
 architecture, the number of changed weights and their magnitude, not on what the weights
 learned. Each setting is exported by `super_sub.bundles.export.export_models` (the command
 line's export): int8 TFLite bundle and SavedModel.
@@ -64,6 +66,10 @@ _WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/super_sub_deployment",
                                 "Where the models and bundles are built (kept between runs).")
 _TRUNKS = flags.DEFINE_list("trunks", ["0", "3", "4"], "Shared-trunk sizes K (0: no trunk) of "
                             "the dense setting.")
+_ROUTER_TRUNKS = flags.DEFINE_list("router_trunks", ["4"], "Shared-trunk sizes K of the dense "
+                                   "settings with a router head (dense_k<K>_router).")
+_ROUTER_WIDTH = flags.DEFINE_integer("router_head", 256, "Width of the router head "
+                                     "(super_sub.models.router_head).", lower_bound=1)
 _SPARSE_KEEP = flags.DEFINE_float("sparse_keep", 0.02, "Share of each kernel the sparse setting "
                                   "changes (measured without a trunk).")
 _BUILD = flags.DEFINE_bool("build", True, "Build missing bundles.")
@@ -92,8 +98,10 @@ _CHANGE = 0.05  # a changed weight moves by this fraction of its tensor's standa
 
 # --- building ------------------------------------------------------------------------------------
 def settings() -> list[tuple[str, int]]:
-  """(name, K) of every bundle: dense at each trunk size, sparse without a trunk."""
-  return [(f"dense_k{k}", int(k)) for k in _TRUNKS.value] + [("sparse_k0", 0)]
+  """(name, K) of every bundle: dense at each trunk size, with a router head at each router
+  trunk size, sparse without a trunk."""
+  return ([(f"dense_k{k}", int(k)) for k in _TRUNKS.value]
+          + [(f"dense_k{k}_router", int(k)) for k in _ROUTER_TRUNKS.value] + [("sparse_k0", 0)])
 
 
 def finetune(model, frozen_stages: int, keep: float, rng: np.random.Generator) -> None:
@@ -144,18 +152,22 @@ def make_models(backbone: str, h, frozen_stages: int, keep: float):
   return generalist, specialists
 
 
-def saved_model_now(backbone: str, frozen_stages: int, keep: float) -> dict:
+def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool = False
+                    ) -> dict:
   """The SavedModel's bytes as the current exporter writes it, from models made the same way
   (the built bundles may predate an exporter change; sizes do not depend on weight values)."""
   # pylint: disable=import-outside-toplevel
   from super_sub import hierarchy as hierarchy_lib
   from super_sub.bundles import saved_model
+  from super_sub.models import router_head
   # pylint: enable=import-outside-toplevel
   h = hierarchy_lib.load("superclassed_imagenet")
   generalist, specialists = make_models(backbone, h, frozen_stages, keep)
+  head = (router_head.build_router_head(generalist, frozen_stages, _ROUTER_WIDTH.value)
+          if router else None)
   with tempfile.TemporaryDirectory() as tmp:
     saved_model.export_saved_model(os.path.join(tmp, "sm"), generalist, specialists, h,
-                                   shared_stages=frozen_stages)
+                                   shared_stages=frozen_stages, router_head=head)
     return {"saved_model_bytes": _bytes(os.path.join(tmp, "sm")),
             "saved_model_variables_bytes": _bytes(os.path.join(tmp, "sm", "variables"))}
 
@@ -168,6 +180,7 @@ def build(work: str, backbone: str, log=print) -> dict:
   from super_sub.bundles import export as export_lib
   from super_sub.bundles import tflite
   from super_sub.models import classifiers
+  from super_sub.models import router_head
   # pylint: enable=import-outside-toplevel
   info_path = os.path.join(work, "build.json")
   info = json.load(open(info_path, encoding="utf-8")) if os.path.exists(info_path) else {}
@@ -187,14 +200,21 @@ def build(work: str, backbone: str, log=print) -> dict:
       f.write(data)
   for name, k in settings():
     export_dir = os.path.join(work, name)
-    if os.path.exists(os.path.join(export_dir, "manifest.json")):
+    if (os.path.exists(os.path.join(export_dir, "manifest.json"))
+        or (_ONLY.value and name not in _ONLY.value)):
       continue
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
     generalist, specialists = make_models(backbone, h, k, keep)
+    # A router head with random weights (its speed does not depend on them); the same
+    # generalist and specialists as the setting without it.
+    router = (router_head.build_router_head(generalist, k, _ROUTER_WIDTH.value)
+              if name.endswith("_router") else None)
     start = time.perf_counter()
     export_lib.export_models(export_dir, h, generalist, specialists, representative,
-                             shared_stages=k, framing="center_crop", log=log)
-    info[name] = {"export_s": time.perf_counter() - start, "trunk": k, "keep": keep}
+                             shared_stages=k, framing="center_crop", log=log,
+                             router_head=router)
+    info[name] = {"export_s": time.perf_counter() - start, "trunk": k, "keep": keep,
+                  "router_head": _ROUTER_WIDTH.value if router is not None else None}
     del specialists
     keras.backend.clear_session()
     with open(info_path, "w", encoding="utf-8") as f:
@@ -231,7 +251,7 @@ def saved_model_sizes(backbone: str, out: str) -> None:
   rows = {}
   for name, k in settings():
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
-    sizes = saved_model_now(backbone, k, keep)
+    sizes = saved_model_now(backbone, k, keep, router=name.endswith("_router"))
     goal = savedmodel_bound(backbone, k)
     rows[name] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
                   - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
@@ -361,7 +381,8 @@ def stored_copy(bundle_dir: str) -> str:
     b = bundle_lib.load_bundle(bundle_dir)
     bundle_lib.write_tflite_bundle(out, b.hierarchy, b.generalist,
                                    {k: b.specialist(k) for k in b.deltas},
-                                   b.manifest["input"], trunk=b.trunk, compress_deltas=False)
+                                   b.manifest["input"], trunk=b.trunk, compress_deltas=False,
+                                   router_head=b.router_head)
   return out
 
 
@@ -472,7 +493,7 @@ def main(argv):
     storage = result["settings"][name]["storage"]
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
     storage["saved_model_bytes_built"] = storage["saved_model_bytes"]
-    storage.update(saved_model_now(backbone, k, keep))
+    storage.update(saved_model_now(backbone, k, keep, router=name.endswith("_router")))
     storage["saved_model_ratio"] = storage["saved_model_bytes"] / storage["fp32_network_bytes"]
     if name + "_stored" in result["settings"]:  # the same SavedModel
       result["settings"][name + "_stored"]["storage"].update(

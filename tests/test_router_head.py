@@ -174,3 +174,21 @@ def test_a_router_head_needs_a_trunk(run, exported, tmp_path):
     export_lib.export_models(str(tmp_path / "e"), h, run.load_model(run.generalist), {},
                              np.zeros((1, 16, 16, 3), np.float32),
                              router_head=run.load_model(run_lib.ROUTER_HEAD))
+
+
+@pytest.mark.slow
+def test_with_a_router_head_the_generalist_stays_on_disk_and_is_checked_at_each_rebuild(
+    exported, tmp_path):
+  copy = tmp_path / "tflite"
+  shutil.copytree(os.path.join(exported[0], "tflite"), copy)
+  lite = predictor.TwoStageLite(copy)
+  assert isinstance(lite.bundle.base, bundle_lib.VerifiedFiles)  # not held in memory
+  first = lite.bundle.specialist(1)
+  base = bytearray((copy / "generalist.tflite").read_bytes())
+  base[len(base) // 2] ^= 1
+  (copy / "generalist.tflite").write_bytes(bytes(base))
+  with pytest.raises(bundle_lib.BundleError, match="generalist.tflite: sha256 differs"):
+    lite.specialist(1)
+  (copy / "generalist.tflite").write_bytes(bytes(base[:len(base) // 2]) + bytes(
+      [base[len(base) // 2] ^ 1]) + bytes(base[len(base) // 2 + 1:]))
+  assert lite.bundle.specialist(1) == first  # restored: the runtime is usable again

@@ -17,8 +17,10 @@ Layout (everything but manifest.json is listed in it with its byte count and sha
   labels.txt                             one subclass name per global subclass index
 
 `load_bundle` reads every listed file and checks its size and sha256 before anything parses it.
-It keeps the generalist, trunk, router head, hierarchy and labels in memory; the skeletons and deltas (most of
-the bytes at 224 px) stay on disk and are read, and checked again, when a specialist is rebuilt.
+It keeps the trunk, router head, hierarchy and labels in memory, and the generalist where it
+routes; the skeletons and deltas (most of the bytes at 224 px), and the generalist of a bundle
+with a router head (then only the deltas' base), stay on disk and are read, and checked again,
+when a specialist is rebuilt.
 So an interpreter only ever sees verified bytes.
 Needs only numpy, flatbuffers and ai_edge_litert: no TensorFlow.
 """
@@ -67,7 +69,9 @@ class Bundle:
       manifest does not say).
     trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
       generalist and the specialists take images themselves.
-    generalist: the generalist's .tflite bytes (the base of every specialist).
+    generalist: the generalist's .tflite bytes (the base of every specialist): kept in memory
+      where the generalist routes, else (with a router head) read from disk and verified again
+      at each use, since they then only serve rebuilds (ResNet-50 k4: 15 MB).
     router_head: the router head's .tflite bytes (trunk features in, superclass logits out),
       which routes in place of the generalist; None when the generalist routes.
     skeletons: superclass index -> specialist skeleton .tflite bytes (decompressed), read
@@ -80,7 +84,7 @@ class Bundle:
   hierarchy: hierarchy_lib.Hierarchy
   input_shape: tuple[int, int, int]
   input_range: tuple[float, float]
-  generalist: bytes
+  base: Mapping[int, bytes]  # {0: the generalist's bytes}: a dict, or VerifiedFiles on disk
   skeletons: Mapping[int, bytes]
   deltas: Mapping[int, bytes]
   trunk: bytes | None = None
@@ -88,6 +92,11 @@ class Bundle:
   router_head: bytes | None = None
   _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
+
+  @property
+  def generalist(self) -> bytes:
+    """The generalist's verified .tflite bytes (see the attribute)."""
+    return self.base[0]
 
   def specialist(self, k: int) -> bytes:
     """Rebuilds superclass k's specialist .tflite bytes (bit-exact) from the base and its delta.
@@ -97,15 +106,16 @@ class Bundle:
     bytes (see bench/deployment.py for the times at 224 px).
     """
     try:
+      generalist = self.generalist  # read once per rebuild where it stays on disk
       with np.load(io.BytesIO(self.deltas[k]), allow_pickle=False) as npz:
         if k in self._fast:
           # A loaded bundle verified the delta against the manifest as it was read, and the
-          # base when it loaded: the same inputs as the first rebuild, whose result was
-          # checked. Deltas from anywhere else are checked again.
-          return self._fast[k].apply(self.generalist, npz,
+          # base when it loaded or was read: the same inputs as the first rebuild, whose
+          # result was checked. Deltas from anywhere else are checked again.
+          return self._fast[k].apply(generalist, npz,
                                      verify=not isinstance(self.deltas, VerifiedFiles))
-        model = delta_lib.apply_delta(self.generalist, self.skeletons[k], npz)
-        self._fast[k] = delta_lib.FastRebuild.from_rebuilt(self.generalist, model, npz)
+        model = delta_lib.apply_delta(generalist, self.skeletons[k], npz)
+        self._fast[k] = delta_lib.FastRebuild.from_rebuilt(generalist, model, npz)
         return model
     except ValueError as e:  # a DeltaError (also for an array that would need unpickling)
       raise BundleError(f"{self.path}: specialist {k} "
@@ -235,6 +245,8 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                     for key in ("skeleton", "delta")}
   data = {rel: _read_verified(path, rel, entry) for rel, entry in listed.items()
           if rel not in per_specialist}
+  if manifest.get("router_head") is not None:  # the generalist does not route: verified above,
+    del data[manifest["generalist"]]          # read again at each rebuild
   unlisted = sorted(rel for rel in _walk(path)
                     if rel not in listed and rel.endswith((".tflite", ".npz", ".gz")))
   if unlisted:
@@ -285,7 +297,8 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                       f"would take")
   return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
                 input_framing=framing,
-                generalist=data[manifest["generalist"]],
+                base=({0: data[manifest["generalist"]]} if manifest["generalist"] in data
+                      else VerifiedFiles(path, {0: manifest["generalist"]}, listed)),
                 skeletons=VerifiedFiles(path, {k: e["skeleton"] for k, e in specs.items()},
                                         listed, _gunzip),
                 deltas=VerifiedFiles(path, {k: e["delta"] for k, e in specs.items()}, listed),
