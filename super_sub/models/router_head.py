@@ -12,7 +12,7 @@ The generalist stays the specialists' base: they start from it in training and a
 deltas over it. It only stops routing.
 
 The router head model takes images, like every other model of a run: the generalist's first
-K stages (copied, and kept bit for bit: `super_sub.training.router`) and then the head, so
+K stages (copied, and kept bit for bit: `super_sub.training.router_head`) and then the head, so
 `trunk.split(router, K)` cuts it into the same trunk as the generalist and a tail that takes
 the trunk's features, and the bundles store only that tail.
 """

@@ -70,9 +70,9 @@ class TwoStageLite:
         a verified file that later switches map instead of rebuilding; None: rebuild each time.
       packed_weights: with a cache_dir, also keep LiteRT's packed weights of each specialist
         there, so that a switch maps them instead of repacking. It pays for large tails
-        (ResNet-50 k4, 15 MB: batch 1 at 1.3x the flat network instead of 1.5x, for as much
-        disk again and 1.3x its memory instead of 1.23x) and costs for small ones (MobileNetV2
-        k4, 2 MB: 1.9x instead of 1.6x): bench/deployment.py.
+        (ResNet-50 k4, 15 MB, with a router head: batch 1 at 1.2x the flat network instead of
+        1.6x, for as much disk again) and not for small ones (MobileNetV2 k4, 2 MB):
+        bench/deployment.py.
 
     Raises:
       BundleError: the bundle does not verify or its models do not fit its hierarchy.

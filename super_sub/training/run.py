@@ -192,12 +192,6 @@ class Run:
     """The stage whose model routes images and is the specialists' base."""
     return GENERALIST_QAT if self.config.qat else GENERALIST
 
-  @property
-  def router(self) -> Stage:
-    """The stage whose model routes images: the router head where the run has one
-    (`--router_head`), else the generalist."""
-    return ROUTER_HEAD if self.config.router_head else self.generalist
-
   def specialists(self) -> dict[int, Stage]:
     """Superclass -> specialist stage, for every superclass that has a specialist."""
     return {k: specialist(k) for k in self.hierarchy.specialist_superclasses()}
