@@ -29,6 +29,24 @@ def smoke_config(smoke_data_dir):
   return make
 
 
+def train_run(config, evaluate: bool = False):
+  """The trained `super_sub.training.run.Run` of `config` (silent), evaluated if asked."""
+  from super_sub import evaluation  # pylint: disable=import-outside-toplevel
+  from super_sub.training import fit  # pylint: disable=import-outside-toplevel
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  run = run_lib.Run(fit.train(config, log=lambda _: None))
+  if evaluate:
+    evaluation.evaluate(run, log=lambda _: None)
+  return run
+
+
+def export_run(run, tmp_path_factory) -> tuple[str, dict]:
+  """(export_dir, manifest) of `run` exported silently into a fresh folder."""
+  from super_sub.bundles import export as export_lib  # pylint: disable=import-outside-toplevel
+  export_dir = str(tmp_path_factory.mktemp("export") / "bundle")
+  return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
+
+
 def assert_bundle_matches_keras(run, tflite_dir: str, atol: float, router=None) -> None:
   """The TFLite bundle (hard routing) answers as the Keras two-stage model did in
   super-sub-eval (model_dir/predictions/), image by image, up to int8 noise. Its superclass

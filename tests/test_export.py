@@ -20,22 +20,21 @@ from super_sub.bundles import parity
 from super_sub.bundles import storage
 from super_sub.bundles import tflite
 from super_sub.runtime import bundle as bundle_lib
-from super_sub.training import fit
 from super_sub.training import run as run_lib
 
 from conftest import assert_bundle_matches_keras
+from conftest import export_run
+from conftest import train_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, smoke_config):
-  config = smoke_config(tmp_path_factory.mktemp("run"))
-  return run_lib.Run(fit.train(config, log=lambda _: None))
+  return train_run(smoke_config(tmp_path_factory.mktemp("run")))
 
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
-  export_dir = str(tmp_path_factory.mktemp("export") / "bundle")
-  return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
+  return export_run(run, tmp_path_factory)
 
 
 @pytest.mark.slow

@@ -20,10 +20,11 @@ from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
 from super_sub.runtime import predictor
 from super_sub.training import config as config_lib
-from super_sub.training import fit
 from super_sub.training import run as run_lib
 
 from conftest import assert_bundle_matches_keras
+from conftest import export_run
+from conftest import train_run
 
 
 def _generalist(shape=(16, 16, 3), superclasses=5):
@@ -103,17 +104,13 @@ def test_saved_model_routes_with_the_router_head(tmp_path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, smoke_config):
   """QAT, stem and stage 1 shared, a router head of width 8."""
-  config = smoke_config(tmp_path_factory.mktemp("run"), qat=True, qat_epochs=1,
-                        freeze_stages=2, router_head=8)
-  run = run_lib.Run(fit.train(config, log=lambda _: None))
-  evaluation.evaluate(run, log=lambda _: None)
-  return run
+  return train_run(smoke_config(tmp_path_factory.mktemp("run"), qat=True, qat_epochs=1,
+                                freeze_stages=2, router_head=8), evaluate=True)
 
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
-  export_dir = str(tmp_path_factory.mktemp("export") / "bundle")
-  return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
+  return export_run(run, tmp_path_factory)
 
 
 @pytest.mark.slow

@@ -8,9 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from super_sub import evaluation
 from super_sub._internal.compat import keras
-from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.models import classifiers
 from super_sub.models import trunk as trunk_lib
@@ -19,10 +17,11 @@ from super_sub.runtime import bundle as bundle_lib
 from super_sub.runtime import delta as delta_lib
 from super_sub.runtime import predictor
 from super_sub.training import deltas as compression
-from super_sub.training import fit
 from super_sub.training import run as run_lib
 
 from conftest import assert_bundle_matches_keras
+from conftest import export_run
+from conftest import train_run
 
 
 @pytest.mark.parametrize("frozen", [1, 2, 3, 4])
@@ -45,17 +44,13 @@ def test_split_refuses_stage_counts_it_cannot_cut():
 def run(tmp_path_factory, smoke_config):
   """QAT specialists with the stem and stage 1 frozen (tfmot wrappers list frozen weights as
   trainable: pinning must hold them) and a delta budget on the rest."""
-  config = smoke_config(tmp_path_factory.mktemp("run"), qat=True, qat_epochs=1,
-                        freeze_stages=2, delta_keep=0.05)
-  run = run_lib.Run(fit.train(config, log=lambda _: None))
-  evaluation.evaluate(run, log=lambda _: None)
-  return run
+  return train_run(smoke_config(tmp_path_factory.mktemp("run"), qat=True, qat_epochs=1,
+                                freeze_stages=2, delta_keep=0.05), evaluate=True)
 
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
-  export_dir = str(tmp_path_factory.mktemp("export") / "bundle")
-  return export_dir, export_lib.export(run, export_dir, log=lambda _: None)
+  return export_run(run, tmp_path_factory)
 
 
 @pytest.mark.slow
