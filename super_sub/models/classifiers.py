@@ -99,15 +99,19 @@ def spec_of(model: keras.Model) -> ClassifierSpec:
   return spec
 
 
-def copy_backbone_weights(source: keras.Model, target: keras.Model) -> None:
-  """Copies every weight except the head's (the last layer) from source to target.
+def copy_backbone_weights(source: keras.Model, target: keras.Model,
+                          num_layers: int | None = None) -> None:
+  """Copies every weight except the head's (the last layer) from source to target, or only
+  those of the first `num_layers` layers (e.g. a shared trunk's).
 
-  Layers are matched by position, not name (names may differ, e.g. by `_1` suffixes).
+  Layers are matched by position, not name (names may differ, e.g. by `_1` suffixes, and
+  tfmot numbers its input layer per model).
 
   Raises:
     ValueError: if the two models' backbones differ in layer count, layer type or weight shapes.
   """
-  src, dst = source.layers[:-1], target.layers[:-1]
+  stop = -1 if num_layers is None else num_layers
+  src, dst = source.layers[:stop], target.layers[:stop]
   if len(src) != len(dst):
     raise ValueError(f"backbones differ: {source.name!r} has {len(src)} layers before its head, "
                      f"{target.name!r} {len(dst)}")

@@ -79,21 +79,13 @@ def build_router_head(generalist: keras.Model, frozen_stages: int, width: int,
 
 def copy_trunk(source: keras.Model, router: keras.Model, frozen_stages: int) -> None:
   """Copies the first `frozen_stages` stages' weights of `source` (the generalist, or its QAT
-  version for a QAT router) into `router`, layer by layer in order (tfmot wrappers included;
-  layers are matched by position, as tfmot numbers its input layer's name per model).
+  version for a QAT router) into `router`, layer by layer in order (tfmot wrappers included).
 
   Raises:
-    ValueError: the two trunks differ in layer types or weight shapes.
+    ValueError: the two trunks differ in layer count, layer types or weight shapes.
   """
-  theirs = source.layers[:trunk_lib.cut_index(source, frozen_stages) + 1]
-  mine = router.layers[:trunk_lib.cut_index(router, frozen_stages) + 1]
-  if [type(layer) for layer in theirs] != [type(layer) for layer in mine]:
+  cut = trunk_lib.cut_index(router, frozen_stages)
+  if trunk_lib.cut_index(source, frozen_stages) != cut:
     raise ValueError(f"the first {frozen_stages} stages of {source.name!r} and {router.name!r} "
                      f"hold different layers")
-  for a, b in zip(theirs, mine):
-    values = a.get_weights()
-    if [v.shape for v in values] != [tuple(w.shape) for w in b.weights]:
-      raise ValueError(f"layer {a.name!r}: weight shapes of {source.name!r} and "
-                       f"{router.name!r} differ")
-    if values:
-      b.set_weights(values)
+  classifiers.copy_backbone_weights(source, router, num_layers=cut + 1)
