@@ -288,18 +288,23 @@ def _rss_mb(field: str) -> float:
 
 
 class ForcedRouting:
-  """Runs the real router (its cost counts), then routes to a given superclass schedule."""
+  """Runs the real router (its cost counts), then routes to a given superclass schedule.
+
+  The router is the generalist (logits out), or a trunk with the router head inside it
+  ((features, logits) out: TwoStageLite.trunk with TwoStageLite.router None).
+  """
 
   def __init__(self, router, schedule: np.ndarray):
     self.router, self.schedule, self.position = router, schedule, 0
 
-  def __call__(self, x: np.ndarray) -> np.ndarray:
-    logits = self.router(x)
+  def __call__(self, x: np.ndarray):
+    out = self.router(x)
+    logits = out[1] if isinstance(out, tuple) else out
     forced = np.full_like(logits, -30.0)
     n = len(x)
     forced[np.arange(n), self.schedule[self.position:self.position + n]] = 0.0
     self.position += n
-    return forced
+    return (out[0], forced) if isinstance(out, tuple) else forced
 
 
 def schedule(num_images: int, grouped: bool, seed: int = 0) -> np.ndarray:
@@ -337,12 +342,17 @@ def measure_runtime(spec: dict) -> dict:
     for k in sorted(lite.bundle.deltas):
       lite.specialist(k)
     lite.predict(images[:1])
-    real = lite.router
+    routes_in_trunk = lite.router is None  # a router head, inside the trunk's interpreter
+    real = lite.trunk if routes_in_trunk else lite.router
     counts = lambda: (lite.num_rebuilds, lite.num_loads)  # noqa: E731
     run = lambda x: lite.predict(x, batch_size=len(x))  # noqa: E731
   for batch, count in ((1, n1), (32, n32)):
     if spec["kind"] != "flat":
-      lite.router = ForcedRouting(real, schedule(count, spec["grouped"], seed=batch))
+      forced = ForcedRouting(real, schedule(count, spec["grouped"], seed=batch))
+      if routes_in_trunk:
+        lite.trunk = forced
+      else:
+        lite.router = forced
     before, start = counts(), time.perf_counter()
     for i in range(0, count, batch):
       run(images[i:i + batch])

@@ -18,6 +18,8 @@ from super_sub.models import router_head
 from super_sub.models import trunk as trunk_lib
 from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
+from super_sub.runtime import delta as delta_lib
+from super_sub.runtime import fusion
 from super_sub.runtime import predictor
 from super_sub.training import config as config_lib
 from super_sub.training import run as run_lib
@@ -148,8 +150,9 @@ def test_bundles_route_with_the_head(run, exported):
   assert "tflite/router_head.tflite" in manifest["files"]
   tflite_dir = os.path.join(export_dir, "tflite")
   lite = predictor.TwoStageLite(tflite_dir)
-  assert lite.router.name == "router head"
-  assert lite.router.input_shape == lite.trunk.output_shape
+  # The head runs inside the trunk's interpreter; the generalist's is never built.
+  assert lite.router is None and lite.trunk.name == "trunk and router head"
+  assert lite.trunk.widths[1] == run.hierarchy.num_superclasses
   # The bundle answers as the Keras two-stage routed by the head did, up to int8 noise.
   head = run.load_model(run_lib.ROUTER_HEAD)
   assert_bundle_matches_keras(run, tflite_dir, atol=0.03, router=head)
@@ -184,7 +187,7 @@ def test_with_a_router_head_the_generalist_stays_on_disk_and_is_checked_at_each_
   copy = tmp_path / "tflite"
   shutil.copytree(os.path.join(exported[0], "tflite"), copy)
   lite = predictor.TwoStageLite(copy)
-  assert isinstance(lite.bundle.base, bundle_lib.VerifiedFiles)  # not held in memory
+  assert isinstance(lite.bundle.models, bundle_lib.VerifiedFiles)  # not held in memory
   first = lite.bundle.specialist(1)
   base = bytearray((copy / "generalist.tflite").read_bytes())
   base[len(base) // 2] ^= 1
@@ -194,3 +197,38 @@ def test_with_a_router_head_the_generalist_stays_on_disk_and_is_checked_at_each_
   (copy / "generalist.tflite").write_bytes(bytes(base[:len(base) // 2]) + bytes(
       [base[len(base) // 2] ^ 1]) + bytes(base[len(base) // 2 + 1:]))
   assert lite.bundle.specialist(1) == first  # restored: the runtime is usable again
+
+
+@pytest.mark.slow
+def test_the_fused_trunk_gives_the_separate_models_outputs_bit_for_bit(exported):
+  bundle = bundle_lib.load_bundle(os.path.join(exported[0], "tflite"))
+  images = np.random.default_rng(0).random((5, *bundle.input_shape), np.float32)
+  trunk = predictor._LiteModel(bundle.trunk, None, "trunk", raw_output=True)  # pylint: disable=protected-access
+  head = predictor._LiteModel(bundle.router_head, None, "head")  # pylint: disable=protected-access
+  fused = predictor._LiteModel(fusion.fuse_router(bundle.trunk, bundle.router_head), None,  # pylint: disable=protected-access
+                               "fused", raw_output=True)
+  features, logits = fused(images)
+  assert features.dtype == np.int8
+  np.testing.assert_array_equal(features, trunk(images))
+  np.testing.assert_array_equal(logits, head(trunk(images)))
+  # It still takes any batch size after another.
+  np.testing.assert_array_equal(fused(images[:2])[1], logits[:2])
+
+
+@pytest.mark.slow
+def test_a_router_head_that_does_not_read_the_trunks_output_is_refused(exported, tmp_path):
+  bundle = bundle_lib.load_bundle(os.path.join(exported[0], "tflite"))
+  head = delta_lib.parse_model(bundle.router_head)
+  graph = head.subgraphs[0]
+  graph.tensors[graph.inputs[0]].quantization.scale = np.array([0.5], np.float32)
+  moved = delta_lib.pack_model(head)
+  with pytest.raises(delta_lib.DeltaError, match="router head's input .* is not the trunk's"):
+    fusion.fuse_router(bundle.trunk, moved)
+  with pytest.raises(delta_lib.DeltaError, match="one subgraph with one input and one output"):
+    fusion.fuse_router(fusion.fuse_router(bundle.trunk, bundle.router_head), bundle.router_head)
+  # A bundle holding such a head is refused when the runtime loads it, naming the bundle.
+  bundle_lib.write_tflite_bundle(tmp_path / "b", bundle.hierarchy, bundle.generalist,
+                                 {k: bundle.specialist(k) for k in bundle.deltas},
+                                 bundle.manifest["input"], trunk=bundle.trunk, router_head=moved)
+  with pytest.raises(bundle_lib.BundleError, match="router head cannot read the trunk's output"):
+    predictor.TwoStageLite(tmp_path / "b")

@@ -74,8 +74,26 @@ def test_trunk_runs_once_before_the_models():
   np.testing.assert_array_equal(out["label"], HARD_LABEL)
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_a_trunk_that_routes_replaces_the_generalist(batch_size):
+  """A trunk with the router head inside (super_sub.runtime.fusion) gives (features, logits)."""
+  def trunk(x):
+    return x, _generalist(x)
+
+  for mode, label_probs in (("hard", HARD_LABEL_PROBS), ("soft", SOFT2_LABEL_PROBS)):
+    out = core.predict(images(), TOY, None, _specialists(), mode=mode, batch_size=batch_size,
+                       trunk=trunk)
+    np.testing.assert_allclose(out["superclass_probs"], GENERALIST, atol=1e-6)
+    np.testing.assert_allclose(out["label_probs"], label_probs, atol=1e-6)
+  with pytest.raises(ValueError, match="needs a generalist, or a trunk that routes"):
+    core.predict(images(), TOY, None, _specialists())
+
+
 def test_no_images_calls_no_model():
-  out = core.predict(images([]), TOY, None, None)
+  def never(*_):
+    raise AssertionError("no model may run on zero images")
+
+  out = core.predict(images([]), TOY, never, never)
   assert out["label_probs"].shape == (0, TOY.num_subclasses)
   assert out["superclass_probs"].shape == (0, TOY.num_superclasses)
 

@@ -515,6 +515,18 @@ def test_manifest_must_checksum_every_file_it_uses(bundle_dir, tmp_path):
     runtime.load_bundle(copy)
 
 
+def test_a_file_named_for_two_roles_is_refused(bundle_dir, tmp_path):
+  """A manifest whose trunk is a specialist's skeleton (or whose labels are its hierarchy) would
+  hand one file to two parsers; the runtime names the file instead of failing on a lookup."""
+  copy = str(tmp_path / "tflite")
+  shutil.copytree(bundle_dir, copy)
+  _rewrite_manifest(copy, lambda m: m.update(trunk=m["specialists"]["0"]["skeleton"]))
+  with pytest.raises(runtime.BundleError,
+                     match=r"names \['specialists/0_shoes\.skeleton\.tflite\.gz'\] for more than "
+                           r"one role"):
+    runtime.load_bundle(copy)
+
+
 def test_uncompressed_skeleton_is_refused_by_name(bundle_dir, tmp_path, models):
   copy = str(tmp_path / "tflite")
   shutil.copytree(bundle_dir, copy)

@@ -172,7 +172,7 @@ def route(x: np.ndarray, order: np.ndarray, weights: np.ndarray,
   return label_probs, rejected
 
 
-def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: Model,
+def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: Model | None,
             specialists: Specialists, mode: str = "hard", k: int = 2, batch_size: int = 256,
             trunk: Model | None = None,
             first: Callable[[int], bool] | None = None) -> dict[str, np.ndarray]:
@@ -181,7 +181,8 @@ def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: 
   Args:
     images: [N, ...] as the models take them (`super_sub.data.images.to_model_input`).
     hierarchy: the label tree the models were trained on.
-    generalist: images (or the trunk's features) -> superclass logits.
+    generalist: images (or the trunk's features) -> superclass logits; None when the trunk
+      also routes (a router head inside the trunk's interpreter, super_sub.runtime.fusion).
     specialists: (superclass, images or features) -> that specialist's subclass logits (and,
       with a dustbin, a last "not mine" logit; see `route`).
     mode: "hard" (the argmax superclass's specialist; where a dustbin specialist answers "not
@@ -190,19 +191,26 @@ def predict(images: np.ndarray, hierarchy: hierarchy_lib.Hierarchy, generalist: 
       P(superclass) * P(subclass | superclass)).
     k: superclasses soft routing follows (capped at the superclass count); hard ignores it.
     batch_size: images per generalist call; each specialist runs at most once per batch.
-    trunk: optional stages every model shares, run once per image before the others.
+    trunk: optional stages every model shares, run once per image before the others; with
+      generalist None, it gives (features, superclass logits).
     first: as in `route`.
 
   Raises:
-    ValueError: a bad mode, k or batch_size.
+    ValueError: a bad mode, k or batch_size, or neither a generalist nor a trunk.
   """
   check_options(mode, k, batch_size)
+  if generalist is None and trunk is None:
+    raise ValueError("two-stage prediction needs a generalist, or a trunk that routes")
   parts = []
   for start in range(0, len(images), batch_size):
     x = images[start:start + batch_size]
     if trunk is not None:
       x = trunk(x)
-    super_probs = softmax(generalist(x))
+    if generalist is None:
+      x, logits = x
+    else:
+      logits = generalist(x)
+    super_probs = softmax(logits)
     order, weights = top_superclasses(super_probs, mode, k)
     label_probs, rejected = route(x, order, weights, hierarchy, specialists, first)
     if mode == "hard" and rejected.any() and super_probs.shape[1] > 1:

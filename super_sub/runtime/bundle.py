@@ -67,11 +67,14 @@ class Bundle:
     input_framing: how an image file becomes input_shape, as the models were evaluated:
       "resize" or "center_crop" (`super_sub.data.images.load_images`; "resize" when the
       manifest does not say).
+    models: "generalist", and "trunk" and "router_head" where the bundle has them -> .tflite
+      bytes: a dict in memory where the generalist routes, else (with a router head)
+      `VerifiedFiles` read from disk and verified again at each use. The generalist then only
+      serves rebuilds (ResNet-50 k4: 15 MB), and the runtime reads the trunk and the router
+      head once, to build one interpreter of both (super_sub.runtime.fusion), which holds them.
     trunk: the shared trunk's .tflite bytes (images in, features out), or None when the
       generalist and the specialists take images themselves.
-    generalist: the generalist's .tflite bytes (the base of every specialist): kept in memory
-      where the generalist routes, else (with a router head) read from disk and verified again
-      at each use, since they then only serve rebuilds (ResNet-50 k4: 15 MB).
+    generalist: the generalist's .tflite bytes (the base of every specialist).
     router_head: the router head's .tflite bytes (trunk features in, superclass logits out),
       which routes in place of the generalist; None when the generalist routes.
     skeletons: superclass index -> specialist skeleton .tflite bytes (decompressed), read
@@ -84,19 +87,27 @@ class Bundle:
   hierarchy: hierarchy_lib.Hierarchy
   input_shape: tuple[int, int, int]
   input_range: tuple[float, float]
-  base: Mapping[int, bytes]  # {0: the generalist's bytes}: a dict, or VerifiedFiles on disk
+  models: Mapping[str, bytes]
   skeletons: Mapping[int, bytes]
   deltas: Mapping[int, bytes]
-  trunk: bytes | None = None
   input_framing: str = "resize"
-  router_head: bytes | None = None
   _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
 
   @property
   def generalist(self) -> bytes:
-    """The generalist's verified .tflite bytes (see the attribute)."""
-    return self.base[0]
+    """The generalist's verified .tflite bytes (see `models`)."""
+    return self.models["generalist"]
+
+  @property
+  def trunk(self) -> bytes | None:
+    """The trunk's verified .tflite bytes, or None (see `models`)."""
+    return self.models["trunk"] if "trunk" in self.models else None
+
+  @property
+  def router_head(self) -> bytes | None:
+    """The router head's verified .tflite bytes, or None (see `models`)."""
+    return self.models["router_head"] if "router_head" in self.models else None
 
   def specialist(self, k: int) -> bytes:
     """Rebuilds superclass k's specialist .tflite bytes (bit-exact) from the base and its delta.
@@ -245,8 +256,11 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                     for key in ("skeleton", "delta")}
   data = {rel: _read_verified(path, rel, entry) for rel, entry in listed.items()
           if rel not in per_specialist}
-  if manifest.get("router_head") is not None:  # the generalist does not route: verified above,
-    del data[manifest["generalist"]]          # read again at each rebuild
+  models = {key: manifest[key] for key in ("generalist", "trunk", "router_head")
+            if manifest.get(key) is not None}
+  if "router_head" in models:  # the generalist does not route: these are verified above and
+    for rel in models.values():  # read again when used (see Bundle.models)
+      del data[rel]
   unlisted = sorted(rel for rel in _walk(path)
                     if rel not in listed and rel.endswith((".tflite", ".npz", ".gz")))
   if unlisted:
@@ -297,31 +311,31 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                       f"would take")
   return Bundle(path=path, manifest=manifest, hierarchy=h, input_shape=shape, input_range=lo_hi,
                 input_framing=framing,
-                base=({0: data[manifest["generalist"]]} if manifest["generalist"] in data
-                      else VerifiedFiles(path, {0: manifest["generalist"]}, listed)),
+                models=({key: data[rel] for key, rel in models.items()} if "router_head" not in
+                        models else VerifiedFiles(path, models, listed)),
                 skeletons=VerifiedFiles(path, {k: e["skeleton"] for k, e in specs.items()},
                                         listed, _gunzip),
                 deltas=VerifiedFiles(path, {k: e["delta"] for k, e in specs.items()}, listed),
-                trunk=data[manifest["trunk"]] if manifest.get("trunk") is not None else None,
-                router_head=(data[manifest["router_head"]]
-                             if manifest.get("router_head") is not None else None))
+)
 
 
 class VerifiedFiles(collections.abc.Mapping):
-  """Superclass -> the bytes of one of its bundle files, read from disk when asked for and
-  checked against the manifest's size and sha256 each time (BundleError naming the file).
+  """Key (a superclass, or a model's name) -> the bytes of one bundle file, read from disk when
+  asked for and checked against the manifest's size and sha256 each time (BundleError naming
+  the file).
 
   At 224 px the deltas are most of a bundle (ten ResNet-50 specialists: 130-240 MB), so a
   loaded bundle keeps them on disk and reads one only while its specialist is rebuilt;
   verifying it again (sha256, ~1 GB/s) costs far less than the rebuild.
   """
 
-  def __init__(self, folder: str, files_by_key: Mapping[int, str], listed: Mapping[str, Any],
+  def __init__(self, folder: str, files_by_key: Mapping[int | str, str],
+               listed: Mapping[str, Any],
                decode=None):
     self._folder, self._rels, self._listed = folder, dict(files_by_key), listed
     self._decode = decode
 
-  def __getitem__(self, key: int) -> bytes:
+  def __getitem__(self, key: int | str) -> bytes:
     rel = self._rels[key]
     data = _read_verified(self._folder, rel, self._listed[rel])
     return self._decode(data, f"{self._folder}/{rel}") if self._decode else data
@@ -438,4 +452,8 @@ def _read_manifest(path: str) -> dict[str, Any]:
     if not isinstance(ref, str) or ref not in listed:
       raise BundleError(f"{where}: refers to {ref!r} but does not list its size and sha256 under "
                         f"'files'; refusing to use an unverified file")
+  shared = sorted({ref for ref in refs if refs.count(ref) > 1})
+  if shared:
+    raise BundleError(f"{where}: names {shared} for more than one role; every model, delta, "
+                      f"skeleton, hierarchy and label file of a bundle is its own file")
   return manifest

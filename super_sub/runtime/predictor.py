@@ -13,7 +13,8 @@ dimension is resized to the group), and never on zero rows. A bundle with a trun
 model shares, super_sub.models.trunk) runs it once per image and feeds its output to the
 generalist and the specialists. A bundle with a router head routes with it instead of the
 generalist, whose interpreter is then never built: the generalist is only the specialists'
-base. The routing itself is super_sub.routing.core's, so semantics and
+base. The router head then runs inside the trunk's interpreter, appended to its graph
+(super_sub.runtime.fusion): one invoke, no second copy of the features. The routing itself is super_sub.routing.core's, so semantics and
 outputs match TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
 """
 
@@ -35,7 +36,9 @@ from ai_edge_litert import options as litert_options
 from super_sub.data import images as images_lib
 from super_sub.routing import core
 from super_sub.runtime import bundle as bundle_lib
+from super_sub.runtime import delta as delta_lib
 from super_sub.runtime import disk_cache
+from super_sub.runtime import fusion
 
 
 class TwoStageLite:
@@ -47,8 +50,10 @@ class TwoStageLite:
     input_shape: (H, W, C) of the images `predict` takes.
     framing: how `load_images` should frame image files for these models ("resize" or
       "center_crop"), from the manifest.
-    router: the interpreter that picks superclasses: the bundle's router head
-      (super_sub.models.router_head) where it has one, else the generalist.
+    trunk: the shared trunk's interpreter, or None for a bundle without one. With a router
+      head it holds the head too, and a call gives (features, superclass logits).
+    router: the generalist's interpreter, which picks superclasses; None where the bundle's
+      router head (super_sub.models.router_head) routes, inside `trunk`.
     cache_size: how many rebuilt specialists stay in memory.
     cache_dir: the `disk_cache.SpecialistFiles` holding rebuilt specialists on disk, or None.
     packed_weights: whether cache_dir also keeps LiteRT's packed weights.
@@ -98,17 +103,15 @@ class TwoStageLite:
     self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
     self._digests: dict[int, bytes] = {}  # superclass -> its specialist's sha256 (cache_dir)
     # With a trunk, it takes the images and every other model takes its output (features).
-    self.trunk = (_LiteModel(self.bundle.trunk, num_threads, "trunk", raw_output=True)
-                  if self.bundle.trunk is not None else None)
-    if self.trunk is not None and self.trunk.input_shape != self.input_shape:
-      raise bundle_lib.BundleError(f"{self.bundle.path}: the trunk takes inputs of shape "
-                                   f"{self.trunk.input_shape}; the manifest says "
-                                   f"{self.input_shape}")
+    head = self.bundle.router_head  # read once: the trunk's interpreter then holds it
+    self.trunk = self._load_trunk(self.bundle.trunk, head)
     self._model_input = self.trunk.output_shape if self.trunk is not None else self.input_shape
-    head = self.bundle.router_head
-    self.router = _LiteModel(head if head is not None else self.bundle.generalist, num_threads,
-                             "router head" if head is not None else "generalist")
-    self._check(self.router, self.hierarchy.num_superclasses)
+    # (dtype, scale, zero point) of int8 features that every tail must take as they are.
+    self._features = self.trunk.raw_output if self.trunk is not None else None
+    self.router = None
+    if head is None:
+      self.router = _LiteModel(self.bundle.generalist, num_threads, "generalist")
+      self._check(self.router, self.hierarchy.num_superclasses)
 
   def predict(self, images: np.ndarray, mode: str = "hard", k: int = 2,
               batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -171,23 +174,47 @@ class TwoStageLite:
     return model
 
   # --- internals -------------------------------------------------------------------------------
+  def _load_trunk(self, trunk: bytes | None, head: bytes | None) -> "_LiteModel | None":
+    """The trunk's interpreter; with a router head, one for both (fusion.fuse_router)."""
+    if trunk is None:
+      return None
+    if head is not None:
+      try:
+        trunk = fusion.fuse_router(trunk, head)
+      except delta_lib.DeltaError as e:
+        raise bundle_lib.BundleError(f"{self.bundle.path}: the router head cannot read the "
+                                     f"trunk's output: {e}") from None
+    model = _LiteModel(trunk, self.num_threads,
+                       "trunk and router head" if head is not None else "trunk", raw_output=True)
+    if model.input_shape != self.input_shape:
+      raise bundle_lib.BundleError(f"{self.bundle.path}: the trunk takes inputs of shape "
+                                   f"{model.input_shape}; the manifest says {self.input_shape}")
+    if head is not None and model.widths[1] != self.hierarchy.num_superclasses:
+      raise bundle_lib.BundleError(f"{self.bundle.path}: the router head outputs "
+                                   f"{model.widths[1]} logits; the hierarchy needs "
+                                   f"{self.hierarchy.num_superclasses}")
+    return model
+
   def _rebuild(self, k: int) -> bytes:
     model = self.bundle.specialist(k)
     self.num_rebuilds += 1
     return model
 
   def _check(self, model: "_LiteModel", width: int) -> None:
+    if len(model.widths) != 1:
+      raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} has {len(model.widths)} "
+                                   f"outputs; expected one (logits)")
     if model.input_shape != self._model_input:
       what = "the trunk's output" if self.trunk is not None else "the manifest's input"
       raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} takes inputs of shape "
                                    f"{model.input_shape}; {what} has {self._model_input}")
-    if self.trunk is not None and self.trunk.raw_output is not None:
+    if self._features is not None:
       # int8 features go to the tails as they are, so the tails must read them alike.
-      if model.input_quantization != self.trunk.raw_output:
+      if model.input_quantization != self._features:
         raise bundle_lib.BundleError(
             f"{self.bundle.path}: {model.name} takes {model.input_quantization[0]} inputs with "
             f"(scale, zero point) {model.input_quantization[1:]}; the trunk gives "
-            f"{self.trunk.raw_output[0]} features with {self.trunk.raw_output[1:]}")
+            f"{self._features[0]} features with {self._features[1:]}")
     if model.width != width:
       raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} outputs {model.width} "
                                    f"logits; the hierarchy needs {width}")
@@ -204,6 +231,8 @@ class _LiteModel:
 
   A shared trunk whose output is int8 gives its features as they are (`raw_output`: the dtype
   name, scale and zero point); tails take them as they are when their input has the same.
+  A model with more outputs (a trunk with its router head) gives a tuple, the first output
+  first; `output_shape` and `width` describe the first, `widths` every one.
   """
 
   def __init__(self, model: bytes | str, num_threads: int | None, name: str,
@@ -220,10 +249,12 @@ class _LiteModel:
       self._interpreter.allocate_tensors()
     else:  # the interpreter above only describes the tensors; the compiled model runs them
       self._compiled = _PackedRunner(model, num_threads, packed_weights)
-    (self._in,), (self._out,) = self._details()
+    (self._in,), self._outs = self._details()
+    self._out = self._outs[0]
     self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
     self.output_shape = tuple(int(d) for d in self._out["shape"][1:])
-    self.width = int(self._out["shape"][-1])
+    self.widths = tuple(int(out["shape"][-1]) for out in self._outs)
+    self.width = self.widths[0]
     # A batch dimension of -1 in the signature can be resized to each group's size; a fixed one
     # (a model converted with a fixed batch) is fed in chunks of that size, the last one padded.
     self._resizable = int(self._in["shape_signature"][0]) == -1
@@ -236,34 +267,39 @@ class _LiteModel:
       # verifies the flatbuffer): 17 MB for a ResNet-50 k4 tail (a one-off probe).
       self._interpreter = None
 
-  def __call__(self, x: np.ndarray) -> np.ndarray:
-    """Outputs [n, ...] (logits, or a trunk's features) for x [n, ...] (n >= 1)."""
+  def __call__(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Outputs [n, ...] (logits, or a trunk's features) for x [n, ...] (n >= 1); a tuple of
+    them for a model with more than one output."""
     if self._resizable:
-      return self._invoke(x)
-    step = self._batch
-    outs = []
-    for start in range(0, len(x), step):
-      chunk = x[start:start + step]
-      pad = np.zeros((step - len(chunk),) + chunk.shape[1:], chunk.dtype)
-      outs.append(self._invoke(np.concatenate([chunk, pad]))[:len(chunk)])
-    return np.concatenate(outs)
+      outs = self._invoke(x)
+    else:
+      step = self._batch
+      chunks = []
+      for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        pad = np.zeros((step - len(chunk),) + chunk.shape[1:], chunk.dtype)
+        chunks.append([out[:len(chunk)] for out in self._invoke(np.concatenate([chunk, pad]))])
+      outs = [np.concatenate(parts) for parts in zip(*chunks)]
+    return outs[0] if len(outs) == 1 else tuple(outs)
 
   def _details(self):
     return self._interpreter.get_input_details(), self._interpreter.get_output_details()
 
-  def _invoke(self, x: np.ndarray) -> np.ndarray:
+  def _invoke(self, x: np.ndarray) -> list[np.ndarray]:
     if self._compiled is not None:
       out = self._compiled(_quantize(x, self._in), np.dtype(self._out["dtype"]))
-      return out if self.raw_output is not None else _dequantize(out, self._out)
+      return [out if self.raw_output is not None else _dequantize(out, self._out)]
     it = self._interpreter
     if self._resizable and int(self._in["shape"][0]) != len(x):
       it.resize_tensor_input(self._in["index"], [len(x), *self.input_shape])
       it.allocate_tensors()
-      (self._in,), (self._out,) = self._details()
+      (self._in,), self._outs = self._details()
+      self._out = self._outs[0]
     it.set_tensor(self._in["index"], _quantize(x, self._in))
     it.invoke()
-    out = it.get_tensor(self._out["index"])
-    return out if self.raw_output is not None else _dequantize(out, self._out)
+    outs = [it.get_tensor(out["index"]) for out in self._outs]
+    first = outs[0] if self.raw_output is not None else _dequantize(outs[0], self._out)
+    return [first] + [_dequantize(y, out) for y, out in zip(outs[1:], self._outs[1:])]
 
 
 class _PackedRunner:
