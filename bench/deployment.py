@@ -23,7 +23,8 @@ super_sub.runtime:
   rebuild   a specialist's rebuild (bytes from base + delta, then a new interpreter), the first
             time (through the skeleton) and later (the fast path), split into its parts;
   runtime   peak RSS and latency per image at batch 1 and batch 32 of the flat int8 network
-            and of the two-stage runtime with a cache of one specialist and of all (after a
+            and of the two-stage runtime with a cache of one specialist and of all (--runs:
+            any cache size, e.g. cache6_random) (after a
             warm-up that rebuilt each specialist once: steady state), with the
             routing forced (the random generalist would route every image to one superclass):
             superclasses drawn in proportion to their ImageNet share (random order: a cache
@@ -50,6 +51,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -88,12 +90,27 @@ _ONLY = flags.DEFINE_list("only", [], "Settings to measure (e.g. dense_k4; its _
                           "with it); default: all.")
 RUNS = ("cache1_random", "cache1_grouped", "cache_all_random", "disk1_random",
         "disk1_packed_random")
-_RUNS = flags.DEFINE_list("runs", list(RUNS), "Runtime runs to time per setting.")
+_RUNS = flags.DEFINE_list("runs", list(RUNS), "Runtime runs to time per setting: "
+                          "cache<N>_<order>, cache_all_<order>, disk<N>_<order> or "
+                          "disk<N>_packed_<order>, order random or grouped (see run_spec).")
+_RUN_LABEL = re.compile(r"(cache|disk)(\d+|_all)(_packed)?_(random|grouped)")
 # Internal: one measurement in a fresh process.
 _WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one measurement.")
 
 _SHAPE = (224, 224, 3)
 _CHANGE = 0.05  # a changed weight moves by this fraction of its tensor's standard deviation
+
+
+def run_spec(label: str) -> tuple[int, bool, bool | str] | None:
+  """(cache size, grouped, cache_dir: False, True or "packed") of a run label, None if it is
+  not one: cache<N> keeps N specialists in memory (cache_all: every one), disk<N> adds a
+  cache_dir, _packed its packed weights; random or grouped superclass order."""
+  m = _RUN_LABEL.fullmatch(label)
+  if m is None or (m[2] == "_all" and m[1] == "disk") or (m[3] and m[1] != "disk") or (
+      m[2] != "_all" and int(m[2]) < 1):
+    return None
+  disk = "packed" if m[3] else m[1] == "disk"
+  return (16 if m[2] == "_all" else int(m[2])), m[4] == "grouped", disk
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -427,10 +444,11 @@ def main(argv):
     saved_model_sizes(backbone, (_OUT.value or f"bench/results/deployment_{backbone}")
                       + "_saved_model")
     return
-  unknown = ([f"--runs={r}" for r in _RUNS.value if r not in RUNS]
+  unknown = ([f"--runs={r}" for r in _RUNS.value if run_spec(r) is None]
              + [f"--only={n}" for n in _ONLY.value if n not in dict(settings())])
   if unknown:
-    raise app.UsageError(f"{', '.join(unknown)}: expected runs from {list(RUNS)} and settings "
+    raise app.UsageError(f"{', '.join(unknown)}: expected runs like {list(RUNS)} or cache6_random "
+                         f"(--runs' help) and settings "
                          f"from {[n for n, _ in settings()]}")
   work = os.path.join(_WORK_DIR.value, backbone)
   if _BUILD.value:
@@ -459,11 +477,7 @@ def main(argv):
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
     entry["rebuild"] = measure_rebuild(bundle)
-    # (label, cache size, grouped, cache_dir: False, True or "packed": with packed weights)
-    runs = [("cache1_random", 1, False, False), ("cache1_grouped", 1, True, False),
-            ("cache_all_random", 16, False, False), ("disk1_random", 1, False, True),
-            ("disk1_packed_random", 1, False, "packed")]
-    runs = [r for r in runs if r[0] in _RUNS.value]
+    runs = [(label, *run_spec(label)) for label in _RUNS.value]
     if name.startswith("sparse"):
       runs = [r for r in runs if r[0] == "cache1_random"]
     for label, cache, grouped, disk in runs:
@@ -574,9 +588,7 @@ def to_markdown(r: dict) -> str:
             f"{_runs(flat, 'batch_32')} | | {flat['peak_rss_mb']:.0f} | "
             f"{flat['model_rss_mb']:.0f} |"]
   for name, e in r["settings"].items():
-    for label in RUNS:
-      if label not in e:
-        continue
+    for label in (label for label in e if run_spec(label) is not None):
       x = e[label]
       switches = {b: x[b].get("switches", x[b]["rebuilds"]) for b in ("batch_1", "batch_32")}
       lines.append(
