@@ -7,15 +7,15 @@ specialist is rebuilt once and kept there as a file that later switches map inst
 (super_sub.runtime.disk_cache): about half a switch's cost at 224 px, for disk. With
 `packed_weights`, LiteRT also keeps XNNPACK's packed weights of each specialist there, so that
 building its interpreter maps them instead of repacking every kernel (most of the other half,
-for large tails). Rows are grouped by routed
-superclass, so each specialist runs once per batch on just its rows (the interpreter's batch
-dimension is resized to the group), and never on zero rows. A bundle with a trunk (stages every
-model shares, super_sub.models.trunk) runs it once per image and feeds its output to the
-generalist and the specialists. A bundle with a router head routes with it instead of the
-generalist, whose interpreter is then never built: the generalist is only the specialists'
-base. The router head then runs inside the trunk's interpreter, appended to its graph
-(super_sub.runtime.fusion): one invoke, no second copy of the features. The routing itself is super_sub.routing.core's, so semantics and
-outputs match TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
+for large tails). Rows are grouped by routed superclass, so each specialist runs once per batch
+on just its rows (the interpreter's batch dimension is resized to the group), and never on zero
+rows. A bundle with a trunk (stages every model shares, super_sub.models.trunk) runs it once
+per image and feeds its output to the generalist and the specialists. A bundle with a router
+head routes with it instead of the generalist, whose interpreter is then never built: the
+generalist is only the specialists' base. The router head then runs inside the trunk's
+interpreter, appended to its graph (super_sub.runtime.fusion): one invoke, no second copy of
+the features. The routing itself is super_sub.routing.core's, so semantics and outputs match
+TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
 """
 
 from __future__ import annotations
