@@ -158,8 +158,9 @@ def summarize(runs):
   for epochs in sorted({r["epochs"] for r in runs}):
     these = [r for r in runs if r["epochs"] == epochs]
     # The routers every Super-Sub run of the budget has (a router head only where trained).
+    with_supersub = [r for r in these if "supersub" in r]
     routers = [ro for ro in core.ROUTERS
-               if all(ro in r["supersub"]["routers"] for r in these if "supersub" in r)]
+               if with_supersub and all(ro in r["supersub"]["routers"] for r in with_supersub)]
     table = {}
     for name, get in rows.items():
       stats = _stats([get(r) for r in these])
@@ -226,11 +227,12 @@ def markdown(report):
           f"{_pct(s.get('gain_vs_wide'), True) if vs_wide and wide else ''} | "
           f"{_beyond_spread(s, wide, 'gain_vs_wide') if vs_wide and wide else ''} | "
           f"{'' if rer is None or not vs_flat else f'{100 * rer:.1f} %'} |")
-    lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
-              "|---|---|---|"]
-    for router in b["superclass_top1"]:
-      lines.append(f"| {router} | {_pct(b['superclass_top1'][router])} | "
-                   f"{_pct(b['routing_loss'][router])} |")
+    if b["superclass_top1"]:  # runs with Super-Sub in them
+      lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
+                "|---|---|---|"]
+      for router in b["superclass_top1"]:
+        lines.append(f"| {router} | {_pct(b['superclass_top1'][router])} | "
+                     f"{_pct(b['routing_loss'][router])} |")
     lines.append("")
   return "\n".join(lines) + "\n"
 
