@@ -23,10 +23,9 @@ super_sub.runtime:
   rebuild   a specialist's rebuild (bytes from base + delta, then a new interpreter), the first
             time (through the skeleton) and later (the fast path), split into its parts;
   runtime   peak RSS and latency per image at batch 1 and batch 32 of the flat int8 network
-            and of the two-stage runtime with a cache of one specialist and of all (--runs:
-            any cache size, e.g. cache6_random) (after a
-            warm-up that rebuilt each specialist once: steady state), with the
-            routing forced (the random generalist would route every image to one superclass):
+            and of the two-stage runtime with a cache of one specialist, of all, or of any
+            size (--runs, e.g. cache6_random) (after a warm-up that rebuilt each specialist
+            once: steady state), with the routing forced (the random generalist would route every image to one superclass):
             superclasses drawn in proportion to their ImageNet share (random order: a cache
             of one rebuilds whenever the superclass changes), or the same images grouped by
             superclass; and with a cache of one plus a `cache_dir` (disk1_random: every

@@ -254,13 +254,17 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   # 150-260 MB); the other files stay in memory.
   per_specialist = {e[key] for e in manifest["specialists"].values()
                     for key in ("skeleton", "delta")}
-  data = {rel: _read_verified(path, rel, entry) for rel, entry in listed.items()
-          if rel not in per_specialist}
   models = {key: manifest[key] for key in ("generalist", "trunk", "router_head")
             if manifest.get(key) is not None}
-  if "router_head" in models:  # the generalist does not route: these are verified above and
-    for rel in models.values():  # read again when used (see Bundle.models)
-      del data[rel]
+  # Where a router head routes, the models are verified here and read again when used (see
+  # Bundle.models): none of them is kept, so loading holds at most one at a time.
+  on_disk = set(models.values()) if "router_head" in models else set()
+  data = {}
+  for rel, entry in listed.items():
+    if rel not in per_specialist:
+      content = _read_verified(path, rel, entry)
+      if rel not in on_disk:
+        data[rel] = content
   unlisted = sorted(rel for rel in _walk(path)
                     if rel not in listed and rel.endswith((".tflite", ".npz", ".gz")))
   if unlisted:
@@ -315,8 +319,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                         models else VerifiedFiles(path, models, listed)),
                 skeletons=VerifiedFiles(path, {k: e["skeleton"] for k, e in specs.items()},
                                         listed, _gunzip),
-                deltas=VerifiedFiles(path, {k: e["delta"] for k, e in specs.items()}, listed),
-)
+                deltas=VerifiedFiles(path, {k: e["delta"] for k, e in specs.items()}, listed))
 
 
 class VerifiedFiles(collections.abc.Mapping):
