@@ -4,6 +4,8 @@ import glob
 import json
 import os
 import shutil
+import statistics
+import time
 
 from super_sub._internal import files
 from super_sub.bundles import storage as storage_lib
@@ -12,6 +14,17 @@ from super_sub.training import config as config_lib
 # Training options that shape a specialist, reported beside each trade-off row.
 SPECIALIST_KNOBS = ("qat", "specialist_form", "delta_l1", "delta_keep", "delta_ranges",
                     "freeze_bn", "freeze_stages", "distill_from", "specialist_epochs")
+
+
+def median_ms(call, repeats: int) -> float:
+  """Median milliseconds of `call()` over `repeats` calls, after one untimed call (warm-up)."""
+  call()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
 
 
 def write_results(out: str, result: dict, markdown: str) -> None:

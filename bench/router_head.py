@@ -28,14 +28,13 @@ Writes <out>.json and <out>.md.
 """
 
 import shlex
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from _common import median_ms
 from _common import write_results
 from super_sub._internal.compat import keras
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
@@ -158,13 +157,7 @@ def ms_per_image(model: bytes, inputs: np.ndarray, batch: int, repeats: int) -> 
   int8 features, so that only the model is timed."""
   lite = predictor._LiteModel(model, 2, "timed")  # pylint: disable=protected-access
   chunk = predictor._quantize(inputs[:batch], lite._in)  # pylint: disable=protected-access
-  lite(chunk)  # warm-up: the batch size's allocation
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    lite(chunk)
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times) / batch
+  return median_ms(lambda: lite(chunk), repeats) / batch  # the warm-up allocates the batch
 
 
 def speed_part(backbone: str, shared: int, widths, repeats: int) -> dict:

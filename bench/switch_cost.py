@@ -16,15 +16,14 @@ Writes <out>.json and <out>.md.
 """
 
 import shlex
-import statistics
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from _common import median_ms
 from _common import write_results
 from super_sub.runtime import fusion
 from super_sub.runtime import predictor
@@ -35,17 +34,6 @@ _FLAT = flags.DEFINE_string("flat", None, "The flat int8 .tflite to compare with
 _THREADS = flags.DEFINE_integer("num_threads", 2, "LiteRT threads per interpreter.")
 _REPEATS = flags.DEFINE_integer("repeats", 200, "Calls timed per part.")
 _OUT = flags.DEFINE_string("out", "bench/results/switch_cost", "Output path without suffix.")
-
-
-def _ms(call, repeats: int) -> float:
-  """Median milliseconds of one call, after one untimed call."""
-  call()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
 
 
 def main(argv):
@@ -64,10 +52,11 @@ def main(argv):
   features = cached.trunk(scaled)
   features = features[0] if isinstance(features, tuple) else features
   tail = cached.specialist(specialists[0])
-  parts = {"flat": _ms(lambda: flat(scaled), repeats),
-           "two_stage_all_cached": _ms(lambda: cached.predict(image, batch_size=1), repeats),
-           "trunk": _ms(lambda: cached.trunk(scaled), repeats),
-           "tail": _ms(lambda: tail(features), repeats)}
+  parts = {"flat": median_ms(lambda: flat(scaled), repeats),
+           "two_stage_all_cached": median_ms(lambda: cached.predict(image, batch_size=1),
+                                             repeats),
+           "trunk": median_ms(lambda: cached.trunk(scaled), repeats),
+           "tail": median_ms(lambda: tail(features), repeats)}
   del cached, tail
   with tempfile.TemporaryDirectory() as folder:
     lite = predictor.TwoStageLite(_BUNDLE.value, cache_size=1, num_threads=threads,
@@ -75,11 +64,12 @@ def main(argv):
     for k in specialists:
       lite.specialist(k)
     turn = iter(range(10 ** 9))
-    parts["switch_from_cache_dir"] = _ms(
+    parts["switch_from_cache_dir"] = median_ms(
         lambda: lite.specialist(specialists[next(turn) % len(specialists)]), repeats)
     if lite.bundle.router_head is not None:
       trunk, head = lite.bundle.trunk, lite.bundle.router_head
-      parts["fuse_router"] = _ms(lambda: fusion.fuse_router(trunk, head), min(repeats, 20))
+      parts["fuse_router"] = median_ms(lambda: fusion.fuse_router(trunk, head),
+                                       min(repeats, 20))
   command = " ".join(["python"] + [shlex.quote(a) for a in sys.argv])
   result = {"command": command, "bundle": _BUNDLE.value, "threads": threads,
             "repeats": repeats, "ms": parts}
