@@ -42,7 +42,7 @@ Writes <out>.json and <out>.md.
 only exports each setting's SavedModel with the current exporter (no build, no timings: it
 may run alongside other work) and writes <out>_saved_model.json and .md: its bytes, of which
 variables and graph, against the goal (one fp32 network + every specialist's dense delta of
-what it changed).
+what it changed; + the router head's weights for a setting with one).
 """
 
 from __future__ import annotations
@@ -240,13 +240,17 @@ def build(work: str, backbone: str, log=print) -> dict:
   return info
 
 
-def savedmodel_bound(backbone: str, frozen_stages: int) -> int:
+def savedmodel_bound(backbone: str, frozen_stages: int, router: bool = False) -> int:
   """The issue's goal for the SavedModel: one fp32 network + every specialist's dense delta
-  of what it changed (the stages from K on and its head), in bytes."""
+  of what it changed (the stages from K on and its head), in bytes; with a router head, its
+  weights after the trunk too (a model the goal predates: it routes, and the generalist stays
+  stored as the specialists' base)."""
   # pylint: disable=import-outside-toplevel
   from super_sub import hierarchy as hierarchy_lib
   from super_sub.models import backbones
   from super_sub.models import classifiers
+  from super_sub.models import router_head
+  from super_sub.models import trunk
   # pylint: enable=import-outside-toplevel
   h = hierarchy_lib.load("superclassed_imagenet")
   generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
@@ -258,8 +262,13 @@ def savedmodel_bound(backbone: str, frozen_stages: int) -> int:
                and backbones.stage_of(layer.name) < frozen_stages))
   features = int(generalist.layers[-1].input.shape[-1])
   heads = sum((features + 1) * len(h.subclass_range(s)) for s in h.specialist_superclasses())
+  routing = 0
+  if router:
+    head = router_head.build_router_head(generalist, frozen_stages, _ROUTER_WIDTH.value)
+    routing = sum(layer.count_params()
+                  for layer in head.layers[trunk.cut_index(generalist, frozen_stages) + 1:])
   return 4 * (generalist.count_params() + len(h.specialist_superclasses()) * changed_backbone
-              + heads)
+              + heads + routing)
 
 
 def saved_model_sizes(backbone: str, out: str) -> None:
@@ -268,13 +277,14 @@ def saved_model_sizes(backbone: str, out: str) -> None:
   for name, k in settings():
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
     sizes = saved_model_now(backbone, k, keep, router=name.endswith("_router"))
-    goal = savedmodel_bound(backbone, k)
+    goal = savedmodel_bound(backbone, k, router=name.endswith("_router"))
     rows[name] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
                   - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
                   "bytes_over_goal": sizes["saved_model_bytes"] - goal}
     print(name, rows[name], flush=True)
   command = (f"python bench/deployment.py --backbone={backbone} "
-             f"--trunks={','.join(_TRUNKS.value)} --sparse_keep={_SPARSE_KEEP.value} "
+             f"--trunks={','.join(_TRUNKS.value)} --router_trunks={','.join(_ROUTER_TRUNKS.value)} "
+             f"--router_head={_ROUTER_WIDTH.value} --sparse_keep={_SPARSE_KEEP.value} "
              "--saved_model_only")
   files_out = {"command": command, "backbone": backbone, "machine": platform.machine(),
                "settings": rows}
@@ -472,7 +482,8 @@ def main(argv):
     with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
       manifest = json.load(f)
     entry = {"storage": storage_of(manifest)}
-    entry["storage"]["saved_model_goal_bytes"] = savedmodel_bound(backbone, info[name]["trunk"])
+    entry["storage"]["saved_model_goal_bytes"] = savedmodel_bound(
+        backbone, info[name]["trunk"], router=name.endswith("_router"))
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
     entry["rebuild"] = measure_rebuild(bundle)
@@ -562,7 +573,7 @@ def to_markdown(r: dict) -> str:
            f"{unit / 1e6:.1f} MB; the flat int8 network = {r['build']['flat']['bytes'] / 1e6:.1f} MB.",
            "", "| setting | TFLite bundle MB | = a + b N (one fp32 network = 1) | SavedModel MB "
            "(variables) | x one fp32 network | goal: 1 network + dense deltas of the changed "
-           "stages, MB | N + 1 separate fp32 networks MB |",
+           "stages (+ router head), MB | N + 1 separate fp32 networks MB |",
            "|---|---|---|---|---|---|---|"]
   for name, e in r["settings"].items():
     s = e["storage"]

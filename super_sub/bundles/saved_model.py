@@ -194,7 +194,9 @@ def _sign_form(diff: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarr
   if base.ndim < 2:
     return None
   per_channel = np.abs(diff).reshape(-1, _channels(base.shape))
-  amounts = per_channel.mean(axis=0)
+  # In float64: a float32 mean down a long column drifts past the tolerance below (a 3x3x128
+  # kernel: 1.4e-7 against 5e-8), and a sign delta would be stored dense.
+  amounts = per_channel.mean(axis=0, dtype=np.float64)
   tolerance = 2.0**-21 * (np.abs(base).max() + amounts.max())
   if not np.all(np.abs(per_channel - amounts) <= tolerance):
     return None
@@ -229,9 +231,12 @@ class SuperSubModule(tf.Module):
       raise ValueError(f"specialists must be given for exactly the superclasses that have one "
                        f"{hierarchy.specialist_superclasses()}; got {sorted(specialists)}")
     # The layers from the cut up to the head, traced once: the generalist and every specialist
-    # call this one function with their weights, so the graph holds the network once.
+    # call this one function with their backbone weights laid end to end (one tensor: a call
+    # site naming every weight tensor cost ~19 kB of graph per specialist for MobileNetV2), so
+    # the graph holds the network and its weights' unpacking once.
     head = len(generalist.layers) - 1
-    self._body = tf.function(lambda x, w: self._graph(x, w, start=self._cut, stop=head))
+    self._body = tf.function(
+        lambda x, flat: self._graph(x, self.unflatten(flat), start=self._cut, stop=head))
     base = [[v.numpy() for v in _weights(layer)] for layer in generalist.layers]
     self._shapes = [[w.shape for w in layer] for layer in base[:-1]]
     offsets = np.cumsum([0] + [w.size for layer in base[:-1] for w in layer])
@@ -242,8 +247,7 @@ class SuperSubModule(tf.Module):
     self.base = tf.Variable(np.concatenate([w.ravel() for layer in base[:-1] for w in layer]
                                            ).astype(np.float32), trainable=False)
     self.base_head = [tf.Variable(v, trainable=False) for v in base[-1]]
-    # The base's weight tensors, and base + one specialist's delta: each traced once.
-    self._base_backbone = tf.function(lambda: self.unflatten(tf.convert_to_tensor(self.base)))
+    # Base + one specialist's delta, traced once.
     self._channels = [_channels(shape) if len(shape) >= 2 else 1
                       for layer in self._shapes for shape in layer]
     self._patched = tf.function(self._add_delta, input_signature=[
@@ -297,42 +301,53 @@ class SuperSubModule(tf.Module):
                            for *_, kind in d.changed)
 
   def _add_delta(self, positions, values, dense_tensors, dense, sign_tensors, signs,
-                 amounts) -> list[list[tf.Tensor]]:
-    """The backbone weights of base + delta (`_Delta` says what each argument holds).
+                 amounts) -> tf.Tensor:
+    """The backbone weights of base + delta, end to end as `base` (`_Delta` says what each
+    argument holds).
 
-    Every tensor takes its slice of `dense` times 1 if it is one of the dense tensors, else
-    times 0 (a slice inside the zero padding), and likewise its signed part: one traced loop
-    over the tensors for every specialist. Scattering the dense differences instead (an index
-    per weight) took ~12x the time of adding them tensor by tensor on this CPU (MobileNetV2,
-    one-off measurement).
+    Each tensor adds its slice of `dense` (and of the signs times its channels' amounts); a
+    tensor that stores none slices the zeros placed after the stored values. Where each slice
+    starts is computed for all tensors at once, so the graph holds a slice and an addition
+    per tensor (it held ~16 operations per tensor, 0.5 MB of a MobileNetV2 SavedModel).
+    Adding tensor by tensor is the fast way on this CPU: scattering the dense differences (an
+    index per stored weight) took ~12x as long, and gathering them by a per-weight index 2x
+    (MobileNetV2 and ResNet-50, one-off measurements).
     """
+    if not self._sizes:
+      return tf.tensor_scatter_nd_add(self.base, positions[:, None], values)
     sizes = tf.constant(self._sizes, tf.int32)
-    channels = tf.constant(self._channels, tf.int32)
-    longest = max(self._sizes, default=0)
 
-    def places(chosen, lengths):  # 0/1 per tensor, and its start in the chosen ones' stream
-      mask = tf.scatter_nd(chosen[:, None], tf.ones_like(chosen), tf.shape(sizes))
-      return tf.cast(mask, tf.float32), tf.cumsum(lengths * mask, exclusive=True)
+    def starts(chosen, lengths, stored):
+      """Per tensor ([1] each), where its values start among the `stored` values of the
+      `chosen` tensors (`lengths` values each, end to end in tensor order); `stored` (the
+      zeros after them) for a tensor not chosen."""
+      mask = tf.scatter_nd(chosen[:, None], tf.ones_like(chosen), tf.shape(sizes)) > 0
+      first = tf.where(mask, tf.cumsum(tf.where(mask, lengths, 0), exclusive=True), stored)
+      return tf.unstack(first[:, None])
 
-    is_dense, dense_start = places(dense_tensors, sizes)
-    is_signed, sign_start = places(sign_tensors, sizes)
-    _, amount_start = places(sign_tensors, channels)
-    dense = tf.concat([dense, tf.zeros([longest])], axis=0)
-    bits = tf.bitwise.bitwise_and(signs[:, None], tf.constant([1 << b for b in range(8)],
-                                                              tf.uint8))
-    unit = tf.concat([tf.where(tf.reshape(bits, [-1]) > 0, 1.0, -1.0), tf.zeros([longest])], 0)
-    amounts = tf.concat([amounts, tf.zeros([max(self._channels, default=0)])], axis=0)
+    padding = tf.zeros([max(self._sizes)])
+    dense_at = starts(dense_tensors, sizes, tf.size(dense))
+    dense = tf.concat([dense, padding], 0)
+    if self._any_signed:  # decided when tracing: no sign ops for bundles without them
+      channels = tf.constant(self._channels, tf.int32)
+      bits = tf.bitwise.bitwise_and(signs[:, None], tf.constant([1 << b for b in range(8)],
+                                                                tf.uint8))
+      unit = tf.where(tf.reshape(bits, [-1]) > 0, 1.0, -1.0)
+      sign_at = starts(sign_tensors, sizes, tf.size(unit))
+      amount_at = starts(sign_tensors, channels, tf.size(amounts))
+      unit = tf.concat([unit, padding], 0)
+      amounts = tf.concat([amounts, tf.zeros([max(self._channels)])], 0)
     flat = tf.tensor_scatter_nd_add(self.base, positions[:, None], values)
-    parts = tf.split(flat, self._sizes) if self._sizes else []
     out = []
-    for t, (part, size, c) in enumerate(zip(parts, self._sizes, self._channels)):
-      part += tf.slice(dense, [dense_start[t]], [size]) * is_dense[t]
-      if self._any_signed:  # decided when tracing: no sign ops for bundles without them
-        moved = tf.reshape(tf.slice(unit, [sign_start[t]], [size]), [-1, c]) * tf.slice(
-            amounts, [amount_start[t]], [c])
-        part += tf.reshape(moved, [-1]) * is_signed[t]
+    for t, (part, size, c) in enumerate(zip(tf.split(flat, self._sizes), self._sizes,
+                                            self._channels)):
+      part += tf.slice(dense, dense_at[t], [size])
+      if self._any_signed:  # element i of a flat tensor belongs to output channel i % c
+        moved = tf.reshape(tf.slice(unit, sign_at[t], [size]), [-1, c]) * tf.slice(
+            amounts, amount_at[t], [c])
+        part += tf.reshape(moved, [-1])
       out.append(part)
-    return self._reshaped(out)
+    return tf.concat(out, 0)
 
   def _reshaped(self, parts: list[tf.Tensor]) -> list[list[tf.Tensor]]:
     parts = iter(parts)
@@ -342,31 +357,34 @@ class SuperSubModule(tf.Module):
     """Per backbone layer, its weight tensors, from the weights laid end to end."""
     return self._reshaped(tf.split(flat, self._sizes) if self._sizes else [])
 
-  def _logits(self, x: tf.Tensor, weights: list[list[tf.Tensor]]) -> tf.Tensor:
-    """One model's logits from x (the images, or the trunk's features) and its weights."""
-    head = len(weights) - 1
-    return self._graph(self._body(x, weights[:head]), weights, start=head)
-
-  def _base_weights(self) -> list[list[tf.Tensor]]:
-    return self._base_backbone() + [[tf.convert_to_tensor(v) for v in self.base_head]]
+  def _logits(self, x: tf.Tensor, backbone: tf.Tensor, head: list[tf.Variable]) -> tf.Tensor:
+    """One model's logits from x (the images, or the trunk's features), its backbone weights
+    end to end and its head's."""
+    layers = len(self._shapes)
+    return self._graph(self._body(x, backbone), [[]] * layers + [list(head)], start=layers)
 
   def _specialist_weights(self, k: int) -> list[list[tf.Tensor]]:
+    """Specialist k's weights per layer, as its model lists them (for inspection)."""
     d = self.specialists[str(k)]
-    backbone = self._patched(*d.arrays())
-    return backbone + [[tf.convert_to_tensor(v) for v in d.head]]
+    return self.unflatten(self._patched(*d.arrays())) + [[tf.convert_to_tensor(v)
+                                                          for v in d.head]]
 
   def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """Hard two-stage routing; see export_saved_model for the signature."""
     cut = self._cut
-    base = self._base_weights()  # unpacked once for the trunk and the generalist
-    features = self._graph(images, base, stop=cut) if cut else images
+    base = tf.convert_to_tensor(self.base)
+    features = self._graph(images, self.unflatten(base), stop=cut) if cut else images
     if self._router_graph is not None:
       head = [[]] * cut + [[tf.convert_to_tensor(v) for v in layer] for layer in self.router_head]
       route = lambda x: self._router_graph(x, head, start=cut)  # noqa: E731
     else:
-      route = lambda x: self._logits(x, base)  # noqa: E731
-    return two_stage_graph(features, self._h, route,
-                           lambda k, x: self._logits(x, self._specialist_weights(k)))
+      route = lambda x: self._logits(x, base, self.base_head)  # noqa: E731
+
+    def specialist(k, x):
+      d = self.specialists[str(k)]
+      return self._logits(x, self._patched(*d.arrays()), d.head)
+
+    return two_stage_graph(features, self._h, route, specialist)
 
 
 def two_stage_graph(images: tf.Tensor, hierarchy: hierarchy_lib.Hierarchy,
