@@ -25,10 +25,10 @@ super_sub.runtime:
   runtime   peak RSS and latency per image at batch 1 and batch 32 of the flat int8 network
             and of the two-stage runtime with a cache of one specialist, of all, or of any
             size (--runs, e.g. cache6_random) (after a warm-up that rebuilt each specialist
-            once: steady state), with the routing forced (the random generalist would route every image to one superclass):
-            superclasses drawn in proportion to their ImageNet share (random order: a cache
-            of one rebuilds whenever the superclass changes), or the same images grouped by
-            superclass; and with a cache of one plus a `cache_dir` (disk1_random: every
+            once: steady state), with the routing forced (the random generalist would route
+            every image to one superclass): superclasses drawn in proportion to their
+            ImageNet share (random order: a cache of one rebuilds whenever the superclass
+            changes), or the same images grouped by superclass; and with a cache of one plus a `cache_dir` (disk1_random: every
             specialist rebuilt once into a fresh folder during the warm-up, so each switch
             maps its file instead of rebuilding; disk1_packed_random: `packed_weights` too,
             so that it also maps LiteRT's packed weights instead of repacking them).

@@ -305,10 +305,11 @@ class SuperSubModule(tf.Module):
     """The backbone weights of base + delta, end to end as `base` (`_Delta` says what each
     argument holds).
 
-    Each tensor adds its slice of `dense` (and of the signs times its channels' amounts); a
+    Each tensor takes its slice of `dense` (and of the signs times its channels' amounts); a
     tensor that stores none slices the zeros placed after the stored values. Where each slice
-    starts is computed for all tensors at once, so the graph holds a slice and an addition
-    per tensor (it held ~16 operations per tensor, 0.5 MB of a MobileNetV2 SavedModel).
+    starts is computed for all tensors at once, and the slices, end to end, are added to the
+    base in one addition, so the graph holds a slice per tensor (it held ~16 operations per
+    tensor, 0.5 MB of a MobileNetV2 SavedModel).
     Adding tensor by tensor is the fast way on this CPU: scattering the dense differences (an
     index per stored weight) took ~12x as long, and gathering them by a per-weight index 2x
     (MobileNetV2 and ResNet-50, one-off measurements).
@@ -337,25 +338,20 @@ class SuperSubModule(tf.Module):
       amount_at = starts(sign_tensors, channels, tf.size(amounts))
       unit = tf.concat([unit, padding], 0)
       amounts = tf.concat([amounts, tf.zeros([max(self._channels)])], 0)
-    flat = tf.tensor_scatter_nd_add(self.base, positions[:, None], values)
-    out = []
-    for t, (part, size, c) in enumerate(zip(tf.split(flat, self._sizes), self._sizes,
-                                            self._channels)):
-      part += tf.slice(dense, dense_at[t], [size])
+    moved = []
+    for t, (size, c) in enumerate(zip(self._sizes, self._channels)):
+      part = tf.slice(dense, dense_at[t], [size])
       if self._any_signed:  # element i of a flat tensor belongs to output channel i % c
-        moved = tf.reshape(tf.slice(unit, sign_at[t], [size]), [-1, c]) * tf.slice(
+        signed = tf.reshape(tf.slice(unit, sign_at[t], [size]), [-1, c]) * tf.slice(
             amounts, amount_at[t], [c])
-        part += tf.reshape(moved, [-1])
-      out.append(part)
-    return tf.concat(out, 0)
-
-  def _reshaped(self, parts: list[tf.Tensor]) -> list[list[tf.Tensor]]:
-    parts = iter(parts)
-    return [[tf.reshape(next(parts), shape) for shape in layer] for layer in self._shapes]
+        part += tf.reshape(signed, [-1])
+      moved.append(part)
+    return tf.tensor_scatter_nd_add(self.base, positions[:, None], values) + tf.concat(moved, 0)
 
   def unflatten(self, flat: tf.Tensor) -> list[list[tf.Tensor]]:
     """Per backbone layer, its weight tensors, from the weights laid end to end."""
-    return self._reshaped(tf.split(flat, self._sizes) if self._sizes else [])
+    parts = iter(tf.split(flat, self._sizes) if self._sizes else [])
+    return [[tf.reshape(next(parts), shape) for shape in layer] for layer in self._shapes]
 
   def _logits(self, x: tf.Tensor, backbone: tf.Tensor, head: list[tf.Variable]) -> tf.Tensor:
     """One model's logits from x (the images, or the trunk's features), its backbone weights
