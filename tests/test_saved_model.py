@@ -229,6 +229,7 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
   """--freeze_stages=2 specialists: the stem and stage 1 run once per batch, the generalist and
   the specialists start from their output, and the answers are the Keras two-stage's."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
   h = hierarchy_lib.load("fashion_mnist")
   rng = np.random.default_rng(3)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
@@ -257,6 +258,13 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
                               if l.name.startswith(("stem_", "stage1_")))
   path = str(tmp_path / "saved_model")
   saved_model_lib.export_saved_model(path, generalist, specialists, h, shared_stages=2)
+  # The file, too, holds each convolution once (saving had stored the network after the
+  # trunk twice: the function every model calls, traced again for the module's attribute).
+  stored = saved_model_pb2.SavedModel()
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    stored.ParseFromString(f.read())
+  assert sum(n.op == "Conv2D" for f in stored.meta_graphs[0].graph_def.library.function
+             for n in f.node_def) == convs
   images = rng.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
   out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
   expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")

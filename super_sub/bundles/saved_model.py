@@ -18,8 +18,8 @@ Unchanged tensors (frozen stages) cost
 nothing, so a specialist never costs more than the dense difference of what it changed: at
 224 px with dense fine-tuning, int64 positions for every weight had made the SavedModel
 ~3x the eleven separate networks. The base's backbone is one flat variable and each
-specialist's delta four and its head's (`_Delta`), added by one traced function: a variable per tensor
-had cost ~9 MB of save and restore functions for MobileNetV2 with ten specialists.
+specialist's delta seven and its head's (`_Delta`), added by one traced function: a variable
+per tensor had cost ~9 MB of save and restore functions for MobileNetV2 with ten specialists.
 
 The network is evaluated from the weights by a small interpreter of the backbone's Keras
 graph (the layer types super_sub.models.backbones builds), in float32. Quantization-aware models are
@@ -235,12 +235,17 @@ class SuperSubModule(tf.Module):
     # site naming every weight tensor cost ~19 kB of graph per specialist for MobileNetV2), so
     # the graph holds the network and its weights' unpacking once.
     head = len(generalist.layers) - 1
-    self._body = tf.function(
-        lambda x, flat: self._graph(x, self.unflatten(flat), start=self._cut, stop=head))
     base = [[v.numpy() for v in _weights(layer)] for layer in generalist.layers]
     self._shapes = [[w.shape for w in layer] for layer in base[:-1]]
     offsets = np.cumsum([0] + [w.size for layer in base[:-1] for w in layer])
     self._sizes = [int(n) for n in np.diff(offsets)]
+    # One signature, so the graph holds one trace (saving had stored a second copy).
+    features = (generalist.layers[self._cut - 1].output.shape[1:] if self._cut
+                else generalist.input_shape[1:])
+    self._body = tf.function(
+        lambda x, flat: self._graph(x, self.unflatten(flat), start=self._cut, stop=head),
+        input_signature=[tf.TensorSpec([None, *features], tf.float32),
+                         tf.TensorSpec([int(offsets[-1])], tf.float32)])
     if offsets[-1] >= 2**31:
       raise ValueError(f"the backbone has {offsets[-1]:,} weights; the SavedModel addresses them "
                        "with int32 positions (at most 2**31 - 1)")
@@ -348,10 +353,13 @@ class SuperSubModule(tf.Module):
       moved.append(part)
     return tf.tensor_scatter_nd_add(self.base, positions[:, None], values) + tf.concat(moved, 0)
 
-  def unflatten(self, flat: tf.Tensor) -> list[list[tf.Tensor]]:
-    """Per backbone layer, its weight tensors, from the weights laid end to end."""
-    parts = iter(tf.split(flat, self._sizes) if self._sizes else [])
-    return [[tf.reshape(next(parts), shape) for shape in layer] for layer in self._shapes]
+  def unflatten(self, flat: tf.Tensor, stop: int | None = None) -> list[list[tf.Tensor]]:
+    """Per backbone layer (those before `stop`, default all), its weight tensors, from the
+    weights laid end to end."""
+    shapes = self._shapes[:stop]
+    sizes = self._sizes[:sum(len(layer) for layer in shapes)]
+    parts = iter(tf.split(flat[:sum(sizes)], sizes) if sizes else [])
+    return [[tf.reshape(next(parts), shape) for shape in layer] for layer in shapes]
 
   def _logits(self, x: tf.Tensor, backbone: tf.Tensor, head: list[tf.Variable]) -> tf.Tensor:
     """One model's logits from x (the images, or the trunk's features), its backbone weights
@@ -369,7 +377,7 @@ class SuperSubModule(tf.Module):
     """Hard two-stage routing; see export_saved_model for the signature."""
     cut = self._cut
     base = tf.convert_to_tensor(self.base)
-    features = self._graph(images, self.unflatten(base), stop=cut) if cut else images
+    features = self._graph(images, self.unflatten(base, stop=cut), stop=cut) if cut else images
     if self._router_graph is not None:
       head = [[]] * cut + [[tf.convert_to_tensor(v) for v in layer] for layer in self.router_head]
       route = lambda x: self._router_graph(x, head, start=cut)  # noqa: E731
