@@ -39,10 +39,12 @@ Writes <out>.json and <out>.md.
 
   .venv/bin/python bench/deployment.py --backbone=mobilenet_v2 --saved_model_only
 
-only exports each setting's SavedModel with the current exporter (no build, no timings: it
-may run alongside other work) and writes <out>_saved_model.json and .md: its bytes, of which
-variables and graph, against the goal (one fp32 network + every specialist's dense delta of
-what it changed; + the router head's weights for a setting with one).
+only exports each setting's SavedModel with the current exporter (no TFLite build) and
+writes <out>_saved_model.json and .md: its bytes, of which variables and graph, against the
+goal (one fp32 network + every specialist's dense delta of what it changed; + the router
+head's weights for a setting with one), and the time to assemble a specialist's weights (the
+one timing: run it on an idle machine to quote it); dense settings also deflated
+(`super-sub-export --deflate_saved_model`).
 """
 
 from __future__ import annotations
@@ -168,10 +170,13 @@ def make_models(backbone: str, h, frozen_stages: int, keep: float):
   return generalist, specialists
 
 
-def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool = False
-                    ) -> dict:
+def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool = False,
+                    deflate: bool = False) -> dict:
   """The SavedModel's bytes as the current exporter writes it, from models made the same way
-  (the built bundles may predate an exporter change; sizes do not depend on weight values)."""
+  (the built bundles may predate an exporter change; sizes do not depend on weight values,
+  except deflated ones, on the simulated fine-tuning's), and the median time to assemble a
+  specialist's weights (what each routed batch pays per specialist; three rounds over all
+  specialists after one untimed)."""
   # pylint: disable=import-outside-toplevel
   from super_sub import hierarchy as hierarchy_lib
   from super_sub.bundles import saved_model
@@ -181,11 +186,19 @@ def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool
   generalist, specialists = make_models(backbone, h, frozen_stages, keep)
   head = (router_head.build_router_head(generalist, frozen_stages, _ROUTER_WIDTH.value)
           if router else None)
+  module = saved_model.SuperSubModule(generalist, specialists, h, frozen_stages, head, deflate)
+  times = []
+  for round_ in range(4):
+    for k in specialists:
+      start = time.perf_counter()
+      module.assemble(k).numpy()
+      if round_:
+        times.append(time.perf_counter() - start)
   with tempfile.TemporaryDirectory() as tmp:
-    saved_model.export_saved_model(os.path.join(tmp, "sm"), generalist, specialists, h,
-                                   shared_stages=frozen_stages, router_head=head)
+    saved_model.save_module(module, os.path.join(tmp, "sm"))
     return {"saved_model_bytes": _bytes(os.path.join(tmp, "sm")),
-            "saved_model_variables_bytes": _bytes(os.path.join(tmp, "sm", "variables"))}
+            "saved_model_variables_bytes": _bytes(os.path.join(tmp, "sm", "variables")),
+            "assemble_ms": 1e3 * float(np.median(times))}
 
 
 def build(work: str, backbone: str, log=print) -> dict:
@@ -276,12 +289,16 @@ def saved_model_sizes(backbone: str, out: str) -> None:
   rows = {}
   for name, k in settings():
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
-    sizes = saved_model_now(backbone, k, keep, router=name.endswith("_router"))
-    goal = savedmodel_bound(backbone, k, router=name.endswith("_router"))
-    rows[name] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
-                  - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
-                  "bytes_over_goal": sizes["saved_model_bytes"] - goal}
-    print(name, rows[name], flush=True)
+    router = name.endswith("_router")
+    goal = savedmodel_bound(backbone, k, router=router)
+    # Dense settings also deflated (--deflate_saved_model): sparse ones store few dense bytes.
+    for deflate in (False, True) if keep == 1.0 else (False,):
+      sizes = saved_model_now(backbone, k, keep, router=router, deflate=deflate)
+      row = name + " deflated" * deflate
+      rows[row] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
+                   - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
+                   "bytes_over_goal": sizes["saved_model_bytes"] - goal}
+      print(row, rows[row], flush=True)
   command = (f"python bench/deployment.py --backbone={backbone} "
              f"--trunks={','.join(_TRUNKS.value)} --router_trunks={','.join(_ROUTER_TRUNKS.value)} "
              f"--router_head={_ROUTER_WIDTH.value} --sparse_keep={_SPARSE_KEEP.value} "
@@ -292,13 +309,14 @@ def saved_model_sizes(backbone: str, out: str) -> None:
     json.dump(files_out, f, indent=2)
   lines = [f"# SavedModel size, {backbone} at 224 px, N = 10 (superclassed_imagenet)", "",
            f"Command: `{command}`", "",
-           "| setting | SavedModel (MB) | variables | graph | goal | over the goal |",
-           "|---|---|---|---|---|---|"]
+           "| setting | SavedModel (MB) | variables | graph | goal | over the goal | "
+           "assembling a specialist (ms, median) |",
+           "|---|---|---|---|---|---|---|"]
   for name, r in rows.items():
     over = 100 * r["bytes_over_goal"] / r["goal_bytes"]
     lines.append(f"| {name} | {r['saved_model_bytes'] / 1e6:.1f} | "
                  f"{r['saved_model_variables_bytes'] / 1e6:.2f} | {r['graph_bytes'] / 1e6:.2f} | "
-                 f"{r['goal_bytes'] / 1e6:.2f} | {over:+.1f}% |")
+                 f"{r['goal_bytes'] / 1e6:.2f} | {over:+.1f}% | {r['assemble_ms']:.1f} |")
   with open(out + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -34,6 +34,11 @@ _COMPRESS_DELTAS = flags.DEFINE_boolean(
     "bundle). --nocompress_deltas stores them as they are: 1.6-1.9x larger deltas after "
     "dense fine-tuning of MobileNetV2 or ResNet-50 at 224 px, but a specialist switch skips "
     "inflating them, most of its time at that size (BENCHMARKS.md).")
+_DEFLATE_SAVED_MODEL = flags.DEFINE_boolean(
+    "deflate_saved_model", False, "Store the SavedModel's dense specialist differences "
+    "deflated: ~0.8 of their bytes after dense fine-tuning, but every routed batch inflates "
+    "its specialist's first, which takes 2-3x as long as adding them to the base "
+    "(MobileNetV2 at 224 px; BENCHMARKS.md).")
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace --export_dir even when it is not an earlier super-sub export "
     "(without it, a folder holding anything else is refused and left untouched).")
@@ -47,7 +52,8 @@ def main(argv):
                     if _REPRESENTATIVE.value else None)
   try:
     export_lib.export(run, _EXPORT_DIR.value, representative=representative,
-                      overwrite=_OVERWRITE.value, compress_deltas=_COMPRESS_DELTAS.value)
+                      overwrite=_OVERWRITE.value, compress_deltas=_COMPRESS_DELTAS.value,
+                      deflate_saved_model=_DEFLATE_SAVED_MODEL.value)
   except files.OutputDirError as e:
     sys.exit(f"super-sub-export: {e}")
 

@@ -36,7 +36,7 @@ VERSION = 1
 def export(run: run_lib.Run, export_dir: str,
            representative: np.ndarray | None = None,
            log: Callable[[str], None] = print, overwrite: bool = False,
-           compress_deltas: bool = True) -> dict:
+           compress_deltas: bool = True, deflate_saved_model: bool = False) -> dict:
   """Writes export_dir/tflite and export_dir/manifest.json for a trained run.
 
   Args:
@@ -48,6 +48,8 @@ def export(run: run_lib.Run, export_dir: str,
     overwrite: replace export_dir even if it holds something else.
     compress_deltas: deflate the TFLite bundle's deltas (smallest) or store them as they are
       (faster specialist switches; super_sub.runtime.bundle.write_tflite_bundle).
+    deflate_saved_model: store the SavedModel's dense differences deflated (smaller, slower
+      for each routed batch; super_sub.bundles.saved_model.export_saved_model).
   Returns:
     The top-level manifest.
   Raises:
@@ -72,7 +74,8 @@ def export(run: run_lib.Run, export_dir: str,
                        shared_stages=run.config.freeze_stages, framing=run.config.framing,
                        fp32_network_bytes=4 * run.metrics(run_lib.GENERALIST)["num_params"],
                        log=log, overwrite=overwrite, compress_deltas=compress_deltas,
-                       factors=factors, router_head=router)
+                       factors=factors, router_head=router,
+                       deflate_saved_model=deflate_saved_model)
 
 
 def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
@@ -81,7 +84,8 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
                   fp32_network_bytes: int | None = None,
                   log: Callable[[str], None] = print, overwrite: bool = False,
                   compress_deltas: bool = True, factors: dict | None = None,
-                  router_head: keras.Model | None = None) -> dict:
+                  router_head: keras.Model | None = None,
+                  deflate_saved_model: bool = False) -> dict:
   """`export` for models in memory (what bench/deployment.py exports without a training run).
 
   Args:
@@ -139,7 +143,7 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
   with files.atomic_dir(export_dir, "export", "manifest.json", FORMAT, overwrite) as tmp:
     saved_model.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
                                    specialists, h, shared_stages=shared,
-                                   router_head=router_head)
+                                   router_head=router_head, deflate=deflate_saved_model)
     bundle_lib.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
@@ -159,6 +163,7 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
             "naive_fp32_bundle": 4 * (generalist.count_params() + sum(
                 m.count_params() for m in specialists.values())),
             "saved_model": saved_model_bytes,
+            "saved_model_deflated": deflate_saved_model,
             "tflite_bundle": tflite_bytes,
             "tflite_naive_int8": naive_int8,
         },

@@ -13,8 +13,9 @@ the SavedModel needs nothing but TensorFlow to load (`tf.saved_model.load`).
 Each changed weight tensor is stored the cheapest way: sparse (int32 positions and float32
 differences, 8 bytes a changed weight), dense (the whole float32 difference, 4 bytes a weight),
 or, when every weight of each output channel moved by the same amount up or down (a sign
-specialist, `--specialist_form=sign`), signed (one bit a weight and a float32 per channel).
-Unchanged tensors (frozen stages) cost
+specialist, `--specialist_form=sign`), signed (one bit a weight and a float32 per channel);
+with `deflate`, the dense differences are stored deflated (~0.8 of their bytes, inflated for
+each routed batch). Unchanged tensors (frozen stages) cost
 nothing, so a specialist never costs more than the dense difference of what it changed: at
 224 px with dense fine-tuning, int64 positions for every weight had made the SavedModel
 ~3x the eleven separate networks. The base's backbone is one flat variable and each
@@ -28,6 +29,9 @@ fake-quantization noise.
 """
 
 from __future__ import annotations
+
+import sys
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -149,15 +153,21 @@ class _Delta(tf.Module):
   (ordinals), `signs` (one bit a weight, uint8, least significant first, the tensors end to
   end) and `amounts` (float32 a, per channel, the tensors end to end). An unchanged tensor
   stores nothing.
+
+  With `deflate`, `dense` is one string instead: the zlib stream of its little-endian bytes
+  laid out as four byte planes (every weight's lowest byte, then every second byte, ...), which
+  fine-tuning differences shrink to ~0.8 (their high bytes vary little); each use inflates it.
   """
 
   def __init__(self, positions, values, dense_tensors, dense, sign_tensors, signs, amounts,
-               head, changed):
+               head, changed, deflate=False):
     super().__init__()
     self.positions = tf.Variable(positions.astype(np.int32), trainable=False)
     self.values = tf.Variable(values.astype(np.float32), trainable=False)
     self.dense_tensors = tf.Variable(dense_tensors.astype(np.int32), trainable=False)
-    self.dense = tf.Variable(dense.astype(np.float32), trainable=False)
+    planes = dense.astype("<f4").view(np.uint8).reshape(-1, 4).T
+    self.dense = tf.Variable(zlib.compress(planes.tobytes()) if deflate
+                             else dense.astype(np.float32), trainable=False)
     self.sign_tensors = tf.Variable(sign_tensors.astype(np.int32), trainable=False)
     self.signs = tf.Variable(signs.astype(np.uint8), trainable=False)
     self.amounts = tf.Variable(amounts.astype(np.float32), trainable=False)
@@ -169,15 +179,23 @@ class _Delta(tf.Module):
   def changed(self) -> list[tuple[int, int, str]]:
     return self._changed
 
+  @property
+  def deflated(self) -> bool:
+    return self.dense.dtype == tf.string
+
   def stored_bytes(self) -> int:
     """Bytes of the backbone delta (positions, differences, signs and amounts, ordinals)."""
-    return sum(int(np.prod(v.shape)) * v.dtype.size for v in (
-        self.positions, self.values, self.dense_tensors, self.dense, self.sign_tensors,
-        self.signs, self.amounts))
+    return sum(len(v.numpy()) if v.dtype == tf.string else int(np.prod(v.shape)) * v.dtype.size
+               for v in (self.positions, self.values, self.dense_tensors, self.dense,
+                         self.sign_tensors, self.signs, self.amounts))
 
-  def arrays(self) -> tuple[tf.Variable, ...]:
-    """What `SuperSubModule._add_delta` takes, in its order."""
-    return (self.positions, self.values, self.dense_tensors, self.dense, self.sign_tensors,
+  def arrays(self) -> tuple[tf.Tensor, ...]:
+    """What `SuperSubModule._add_delta` takes, in its order (`dense` inflated)."""
+    dense = self.dense
+    if self.deflated:  # byte planes -> little-endian float32 (tf.bitcast: host order)
+      planes = tf.io.decode_raw(tf.io.decode_compressed(dense, "ZLIB"), tf.uint8)
+      dense = tf.bitcast(tf.transpose(tf.reshape(planes, [4, -1])), tf.float32)
+    return (self.positions, self.values, self.dense_tensors, dense, self.sign_tensors,
             self.signs, self.amounts)
 
 
@@ -209,8 +227,10 @@ class SuperSubModule(tf.Module):
 
   def __init__(self, generalist: keras.Model, specialists: dict[int, keras.Model],
                hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0,
-               router_head: keras.Model | None = None):
+               router_head: keras.Model | None = None, deflate: bool = False):
     super().__init__(name="super_sub")
+    if deflate and sys.byteorder != "little":  # `_Delta.arrays` reads them in host order
+      raise ValueError("deflated SavedModel deltas need a little-endian host")
     self._graph = _Graph(generalist)
     self._h = hierarchy
     # Layers [0, cut) form the shared trunk, computed once per batch; 0: no trunk.
@@ -301,7 +321,7 @@ class SuperSubModule(tf.Module):
           np.array(sign_tensors, np.int64),
           np.packbits(np.concatenate(signs or [np.zeros(0, bool)]), bitorder="little"),
           np.concatenate(amounts or [np.zeros(0, np.float32)]),
-          [v.numpy() for v in _weights(layers[-1])], changed)
+          [v.numpy() for v in _weights(layers[-1])], changed, deflate)
     self._any_signed = any(kind == "signed" for d in self.specialists.values()
                            for *_, kind in d.changed)
 
@@ -367,11 +387,20 @@ class SuperSubModule(tf.Module):
     layers = len(self._shapes)
     return self._graph(self._body(x, backbone), [[]] * layers + [list(head)], start=layers)
 
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    """One image's shape, as the serving signature takes it."""
+    return self._graph.input_shape
+
+  def assemble(self, k: int) -> tf.Tensor:
+    """Specialist k's backbone weights, end to end as `base`: what each routed batch pays
+    for a specialist (inflating its deflated differences, if so stored, then adding them)."""
+    return self._patched(*self.specialists[str(k)].arrays())
+
   def _specialist_weights(self, k: int) -> list[list[tf.Tensor]]:
     """Specialist k's weights per layer, as its model lists them (for inspection)."""
-    d = self.specialists[str(k)]
-    return self.unflatten(self._patched(*d.arrays())) + [[tf.convert_to_tensor(v)
-                                                          for v in d.head]]
+    return self.unflatten(self.assemble(k)) + [[tf.convert_to_tensor(v)
+                                                for v in self.specialists[str(k)].head]]
 
   def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """Hard two-stage routing; see export_saved_model for the signature."""
@@ -385,8 +414,7 @@ class SuperSubModule(tf.Module):
       route = lambda x: self._logits(x, base, self.base_head)  # noqa: E731
 
     def specialist(k, x):
-      d = self.specialists[str(k)]
-      return self._logits(x, self._patched(*d.arrays()), d.head)
+      return self._logits(x, self.assemble(k), self.specialists[str(k)].head)
 
     return two_stage_graph(features, self._h, route, specialist)
 
@@ -437,7 +465,7 @@ def two_stage_graph(images: tf.Tensor, hierarchy: hierarchy_lib.Hierarchy,
 
 def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int, keras.Model],
                        hierarchy: hierarchy_lib.Hierarchy, shared_stages: int = 0,
-                       router_head: keras.Model | None = None) -> None:
+                       router_head: keras.Model | None = None, deflate: bool = False) -> None:
   """Saves the module with a `serving_default` signature.
 
   With shared_stages = K > 0 (specialists trained with --freeze_stages=K), the first K stages
@@ -445,12 +473,22 @@ def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int
   from its output, as in the TFLite bundle. A `router_head` (super_sub.models.router_head, on
   the same trunk) then routes instead of the generalist.
 
+  `deflate` stores the dense differences deflated (`_Delta`): ~0.8 of the bytes, and every
+  routed batch inflates its specialist's before adding them (MobileNetV2 at 224 px: that
+  step ~2-3x as long; bench/deployment.py --saved_model_only measures both).
+
   Signature: `images` float32 [batch, H, W, C] with values in [0, 1] ->
   `superclass` int64 [batch], `superclass_probs` float32 [batch, S], `label` int64 [batch]
   (global subclass index), `label_probs` float32 [batch, num_subclasses] (hard routing:
   P(subclass | routed superclass) in that superclass's columns, 0 elsewhere).
   """
-  module = SuperSubModule(generalist, specialists, hierarchy, shared_stages, router_head)
-  spec = tf.TensorSpec([None, *generalist.input_shape[1:]], tf.float32, name="images")
+  save_module(SuperSubModule(generalist, specialists, hierarchy, shared_stages, router_head,
+                             deflate), path)
+
+
+def save_module(module: SuperSubModule, path: str) -> None:
+  """Saves a built module as `export_saved_model` does (for callers that also use it, e.g. to
+  time `SuperSubModule.assemble`)."""
+  spec = tf.TensorSpec([None, *module.input_shape], tf.float32, name="images")
   serve = tf.function(module.serve, input_signature=[spec])
   tf.saved_model.save(module, path, signatures={"serving_default": serve})
