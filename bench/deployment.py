@@ -122,6 +122,11 @@ def settings() -> list[tuple[str, int]]:
           + [(f"dense_k{k}_router", int(k)) for k in _ROUTER_TRUNKS.value] + [("sparse_k0", 0)])
 
 
+def has_router(name: str) -> bool:
+  """Whether the setting `name` (from `settings`) routes with a router head."""
+  return name.endswith("_router")
+
+
 def finetune(model, frozen_stages: int, keep: float, rng: np.random.Generator) -> None:
   """Moves the weights of the stages a specialist trains, in place (see the module docstring).
 
@@ -237,7 +242,7 @@ def build(work: str, backbone: str, log=print) -> dict:
     # A router head with random weights (its speed does not depend on them); the same
     # generalist and specialists as the setting without it.
     router = (router_head.build_router_head(generalist, k, _ROUTER_WIDTH.value)
-              if name.endswith("_router") else None)
+              if has_router(name) else None)
     start = time.perf_counter()
     export_lib.export_models(export_dir, h, generalist, specialists, representative,
                              shared_stages=k, framing="center_crop", log=log,
@@ -289,7 +294,7 @@ def saved_model_sizes(backbone: str, out: str) -> None:
   rows = {}
   for name, k in settings():
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
-    router = name.endswith("_router")
+    router = has_router(name)
     goal = savedmodel_bound(backbone, k, router=router)
     # Dense settings also deflated (--deflate_saved_model): sparse ones store few dense bytes.
     for deflate in (False, True) if keep == 1.0 else (False,):
@@ -501,7 +506,7 @@ def main(argv):
       manifest = json.load(f)
     entry = {"storage": storage_of(manifest)}
     entry["storage"]["saved_model_goal_bytes"] = savedmodel_bound(
-        backbone, info[name]["trunk"], router=name.endswith("_router"))
+        backbone, info[name]["trunk"], router=has_router(name))
     bundle = os.path.join(export_dir, "tflite")
     print(f"{name}: rebuild")
     entry["rebuild"] = measure_rebuild(bundle)
@@ -545,7 +550,7 @@ def main(argv):
     storage = result["settings"][name]["storage"]
     keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
     storage["saved_model_bytes_built"] = storage["saved_model_bytes"]
-    storage.update(saved_model_now(backbone, k, keep, router=name.endswith("_router")))
+    storage.update(saved_model_now(backbone, k, keep, router=has_router(name)))
     storage["saved_model_ratio"] = storage["saved_model_bytes"] / storage["fp32_network_bytes"]
     if name + "_stored" in result["settings"]:  # the same SavedModel
       result["settings"][name + "_stored"]["storage"].update(

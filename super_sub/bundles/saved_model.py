@@ -473,9 +473,9 @@ def export_saved_model(path: str, generalist: keras.Model, specialists: dict[int
   from its output, as in the TFLite bundle. A `router_head` (super_sub.models.router_head, on
   the same trunk) then routes instead of the generalist.
 
-  `deflate` stores the dense differences deflated (`_Delta`): ~0.8 of the bytes, and every
-  routed batch inflates its specialist's before adding them (MobileNetV2 at 224 px: that
-  step ~2-3x as long; bench/deployment.py --saved_model_only measures both).
+  `deflate` stores the dense differences deflated (`_Delta`): ~0.8 of the bytes, but every
+  routed batch inflates its specialist's before adding them (MobileNetV2 at 224 px, dense:
+  24-34 ms a specialist instead of 3.5-3.8; bench/deployment.py --saved_model_only).
 
   Signature: `images` float32 [batch, H, W, C] with values in [0, 1] ->
   `superclass` int64 [batch], `superclass_probs` float32 [batch, S], `label` int64 [batch]
