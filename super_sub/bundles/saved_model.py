@@ -181,6 +181,7 @@ class _Delta(tf.Module):
 
   @property
   def deflated(self) -> bool:
+    """Whether `dense` holds the deflated byte planes rather than float32 values."""
     return self.dense.dtype == tf.string
 
   def stored_bytes(self) -> int:
