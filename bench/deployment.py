@@ -122,6 +122,11 @@ def settings() -> list[tuple[str, int]]:
           + [(f"dense_k{k}_router", int(k)) for k in _ROUTER_TRUNKS.value] + [("sparse_k0", 0)])
 
 
+def keep_of(name: str) -> float:
+  """The share of each kernel the setting `name` (from `settings`) changes."""
+  return 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+
+
 def has_router(name: str) -> bool:
   """Whether the setting `name` (from `settings`) routes with a router head."""
   return name.endswith("_router")
@@ -176,12 +181,12 @@ def make_models(backbone: str, h, frozen_stages: int, keep: float):
 
 
 def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool = False,
-                    deflate: bool = False) -> dict:
+                    deflate: bool = False, timed: bool = False) -> dict:
   """The SavedModel's bytes as the current exporter writes it, from models made the same way
   (the built bundles may predate an exporter change; sizes do not depend on weight values,
-  except deflated ones, on the simulated fine-tuning's), and the median time to assemble a
-  specialist's weights (what each routed batch pays per specialist; three rounds over all
-  specialists after one untimed)."""
+  except deflated ones, on the simulated fine-tuning's); `timed`: also the median time to
+  assemble a specialist's weights (what each routed batch pays per specialist; three rounds
+  over all specialists after one untimed)."""
   # pylint: disable=import-outside-toplevel
   from super_sub import hierarchy as hierarchy_lib
   from super_sub.bundles import saved_model
@@ -193,7 +198,7 @@ def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool
           if router else None)
   module = saved_model.SuperSubModule(generalist, specialists, h, frozen_stages, head, deflate)
   times = []
-  for round_ in range(4):
+  for round_ in range(4 if timed else 0):
     for k in specialists:
       start = time.perf_counter()
       module.assemble(k).numpy()
@@ -201,9 +206,9 @@ def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool
         times.append(time.perf_counter() - start)
   with tempfile.TemporaryDirectory() as tmp:
     saved_model.save_module(module, os.path.join(tmp, "sm"))
-    return {"saved_model_bytes": _bytes(os.path.join(tmp, "sm")),
-            "saved_model_variables_bytes": _bytes(os.path.join(tmp, "sm", "variables")),
-            "assemble_ms": 1e3 * float(np.median(times))}
+    sizes = {"saved_model_bytes": _bytes(os.path.join(tmp, "sm")),
+             "saved_model_variables_bytes": _bytes(os.path.join(tmp, "sm", "variables"))}
+  return {**sizes, "assemble_ms": 1e3 * float(np.median(times))} if timed else sizes
 
 
 def build(work: str, backbone: str, log=print) -> dict:
@@ -237,7 +242,7 @@ def build(work: str, backbone: str, log=print) -> dict:
     if (os.path.exists(os.path.join(export_dir, "manifest.json"))
         or (_ONLY.value and name not in _ONLY.value)):
       continue
-    keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+    keep = keep_of(name)
     generalist, specialists = make_models(backbone, h, k, keep)
     # A router head with random weights (its speed does not depend on them); the same
     # generalist and specialists as the setting without it.
@@ -293,12 +298,12 @@ def saved_model_sizes(backbone: str, out: str) -> None:
   """Writes out.json and out.md: each setting's SavedModel size against the goal."""
   rows = {}
   for name, k in settings():
-    keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+    keep = keep_of(name)
     router = has_router(name)
     goal = savedmodel_bound(backbone, k, router=router)
     # Dense settings also deflated (--deflate_saved_model): sparse ones store few dense bytes.
     for deflate in (False, True) if keep == 1.0 else (False,):
-      sizes = saved_model_now(backbone, k, keep, router=router, deflate=deflate)
+      sizes = saved_model_now(backbone, k, keep, router=router, deflate=deflate, timed=True)
       row = name + " deflated" * deflate
       rows[row] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
                    - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
@@ -548,7 +553,7 @@ def main(argv):
       continue
     print(f"{name}: SavedModel with the current exporter")
     storage = result["settings"][name]["storage"]
-    keep = 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+    keep = keep_of(name)
     storage["saved_model_bytes_built"] = storage["saved_model_bytes"]
     storage.update(saved_model_now(backbone, k, keep, router=has_router(name)))
     storage["saved_model_ratio"] = storage["saved_model_bytes"] / storage["fp32_network_bytes"]

@@ -10,6 +10,7 @@ import pytest
 
 from super_sub import hierarchy as hierarchy_lib
 from super_sub import routing
+from super_sub._internal.compat import keras
 from super_sub.bundles import saved_model as saved_model_lib
 from super_sub.models import classifiers
 from super_sub.training import qat as qat_lib
@@ -78,7 +79,7 @@ def test_deflated_deltas_are_smaller_and_serve_the_same_answers_bit_for_bit(tmp_
   images = (rng.uniform(0, 1, (32, 28, 28, 1)) * rng.uniform(0, 1, (32, 1, 1, 1))
             ).astype(np.float32)
   # A head fitted (least squares) to route image i to superclass i % 5.
-  features = tf.keras.Model(generalist.input, generalist.layers[-2].output)(images).numpy()
+  features = keras.Model(generalist.input, generalist.layers[-2].output)(images).numpy()
   centred = features - features.mean(axis=0)
   targets = 10 * np.eye(h.num_superclasses)[np.arange(32) % h.num_superclasses]
   kernel = np.linalg.lstsq(centred, targets, rcond=None)[0]

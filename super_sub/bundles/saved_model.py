@@ -165,9 +165,9 @@ class _Delta(tf.Module):
     self.positions = tf.Variable(positions.astype(np.int32), trainable=False)
     self.values = tf.Variable(values.astype(np.float32), trainable=False)
     self.dense_tensors = tf.Variable(dense_tensors.astype(np.int32), trainable=False)
-    planes = dense.astype("<f4").view(np.uint8).reshape(-1, 4).T
-    self.dense = tf.Variable(zlib.compress(planes.tobytes()) if deflate
-                             else dense.astype(np.float32), trainable=False)
+    if deflate:  # byte planes: weight t's byte b at b * n + t
+      dense = zlib.compress(dense.astype("<f4").view(np.uint8).reshape(-1, 4).T.tobytes())
+    self.dense = tf.Variable(dense if deflate else dense.astype(np.float32), trainable=False)
     self.sign_tensors = tf.Variable(sign_tensors.astype(np.int32), trainable=False)
     self.signs = tf.Variable(signs.astype(np.uint8), trainable=False)
     self.amounts = tf.Variable(amounts.astype(np.float32), trainable=False)
@@ -186,9 +186,10 @@ class _Delta(tf.Module):
 
   def stored_bytes(self) -> int:
     """Bytes of the backbone delta (positions, differences, signs and amounts, ordinals)."""
-    return sum(len(v.numpy()) if v.dtype == tf.string else int(np.prod(v.shape)) * v.dtype.size
-               for v in (self.positions, self.values, self.dense_tensors, self.dense,
-                         self.sign_tensors, self.signs, self.amounts))
+    arrays = (self.positions, self.values, self.dense_tensors, self.sign_tensors, self.signs,
+              self.amounts) + (() if self.deflated else (self.dense,))
+    return (sum(int(np.prod(v.shape)) * v.dtype.size for v in arrays)
+            + (len(self.dense.numpy()) if self.deflated else 0))
 
   def arrays(self) -> tuple[tf.Tensor, ...]:
     """What `SuperSubModule._add_delta` takes, in its order (`dense` inflated)."""
