@@ -24,6 +24,9 @@ re-run to add settings. A setting is parts joined by "+":
   bn        with keepP: BatchNorm free (the sparse delta plus the affine part)
   nobn      with dense, sign or rankR: --freeze_bn (BatchNorm stays the generalist's, so the
             per-channel scales and biases stay the base's too)
+  trunkK    with any form: --freeze_stages=K (the stem and the first K-1 stages stay the
+            generalist's, stored once as the shared trunk; the specialist stores only the rest,
+            e.g. sign+trunk3 for small_resnet stores sign bits for stage 3 alone)
   grow      with dense or keepP and --qat: --delta_ranges=grow (weight quantizer ranges widen
             where changed weights outgrew them, instead of clipping them)
   distill   --distill_from=flat: the specialists also learn the flat network's soft targets
@@ -87,15 +90,16 @@ def setting_overrides(setting: str) -> dict:
   keeps = [p for p in parts if re.fullmatch(r"keep\d+(\.\d+)?", p)]
   ranks = [p for p in parts if re.fullmatch(r"rank\d+", p)]
   signs = [p for p in parts if re.fullmatch(r"sign\d+(\.\d+)?", p)]
+  trunks = [p for p in parts if re.fullmatch(r"trunk[1-9]\d*", p)]
   unknown = [p for p in parts
              if p not in ("dense", "affine", "sign", "bn", "nobn", "grow", "distill", "teach")
-             and p not in keeps + ranks + signs]
+             and p not in keeps + ranks + signs + trunks]
   forms = (sum(p in ("dense", "affine", "sign") for p in parts) + len(keeps) + len(ranks)
            + len(signs))
-  if unknown or len(keeps) > 1 or forms != 1:
+  if unknown or len(keeps) > 1 or len(trunks) > 1 or forms != 1:
     raise ValueError(f"setting {setting!r}: expected one of dense, affine, sign, signP, rankR or "
-                     "keepP (P in percent), optionally +bn (with keepP), +nobn (without), +grow "
-                     "and +distill or +teach")
+                     "keepP (P in percent), optionally +bn (with keepP), +nobn (without), +grow, "
+                     "+trunkK (K >= 1) and +distill or +teach")
   if "bn" in parts and not keeps:
     raise ValueError(f"setting {setting!r}: +bn frees BatchNorm next to a keepP budget; dense, "
                      "affine and sign train BatchNorm already")
@@ -114,6 +118,8 @@ def setting_overrides(setting: str) -> dict:
   if keeps:
     overrides["delta_keep"] = float(keeps[0][4:]) / 100
     overrides["freeze_bn"] = "bn" not in parts
+  if trunks:
+    overrides["freeze_stages"] = int(trunks[0][5:])  # fit refuses K beyond the backbone
   if "grow" in parts:
     overrides["delta_ranges"] = "grow"  # TrainConfig refuses it with affine or without QAT
   if "distill" in parts and "teach" in parts:
