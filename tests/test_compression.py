@@ -154,13 +154,17 @@ def test_sign_specialist_moves_int8_kernels_by_whole_steps_per_channel(tmp_path,
       continue
     kernels += 1
     # [C_out, H, W, C_in]: in each output channel every int8 weight is the base's +-k, the
-    # same k, except where either is clipped at +-127 (the pinned range is the kernel's one
+    # same k, except the base's largest (held, `range_setters`), where either is clipped at
+    # +-127 (the pinned range is the kernel's one
     # step before QAT ended, so a few base weights lie past it) and, rarely, one step off
     # where W / scale lies within float32 rounding of a half (the converter's scale is not
     # bit for bit the float32 step the training moved by). The bundle's residual holds both.
     a, b = (np.asarray(x, np.uint8).view(np.int8).astype(np.int16) for x in (a, b))
     diff = np.abs(a - b).reshape(t.shape[0], -1)
-    unclipped = (np.maximum(np.abs(a), np.abs(b)) < 127).reshape(diff.shape)
+    levels = np.abs(b).reshape(diff.shape)
+    largest = levels == levels.max(axis=1, keepdims=True)
+    assert np.all(diff[largest] == 0)  # so TFLite did not requantize any channel
+    unclipped = (np.maximum(np.abs(a), np.abs(b)) < 127).reshape(diff.shape) & ~largest
     k = np.array([np.bincount(row[keep]).argmax() if keep.any() else 0
                   for row, keep in zip(diff, unclipped)])
     wrong = unclipped & (diff != k[:, None])
@@ -174,6 +178,8 @@ def test_sign_specialist_moves_int8_kernels_by_whole_steps_per_channel(tmp_path,
   assert off <= 1e-4 * weights, off
   skeleton, arrays = delta_lib.make_delta(base_tflite, spec_tflite)  # auto: the signed encoding
   assert "runs" in arrays and len(arrays["runs"]) >= 9
+  # Exceptions to +-k: held and clipped weights, biases, the head; few beside the sign bits.
+  assert len(arrays["values"]) < 0.1 * 8 * arrays["signs"].size
   assert delta_lib.apply_delta(base_tflite, skeleton, arrays) == spec_tflite
 
 
@@ -186,6 +192,41 @@ def test_sign_delta_hand_computed():
   # Per tensor: mean 0.08 = 2 steps of 0.04, zero counts as +.
   np.testing.assert_allclose(compression.sign_delta(latent, np.float32(0.04))[2], [0.08, 0.08],
                              atol=1e-7)
+
+
+def test_range_setters_hand_computed():
+  # 2 channels (last axis), steps 0.1 and 0.01: int8 levels [[3, 50], [-5, -50], [5, 20]].
+  base = np.array([[0.3, 0.5], [-0.5, -0.5], [0.46, 0.2]], np.float32)
+  np.testing.assert_array_equal(compression.range_setters(base, np.array([0.1, 0.01])),
+                                [[False, True], [True, True], [True, False]])  # ties: both
+  # Per tensor (step 0.1): levels 3, 5, 5, 5, 5, 2; past +-127 counts as 127.
+  np.testing.assert_array_equal(compression.range_setters(base, np.float32(0.1)),
+                                [[False, True], [True, True], [True, False]])
+  np.testing.assert_array_equal(compression.range_setters(base, np.float32(0.001))[:, 0],
+                                [True, True, True])
+
+
+def test_pinned_ranges_hold_each_channels_largest_weight():
+  """A delta specialist may move any weight but the one that sets its channel's int8 range: TFLite
+  requantizes a BatchNorm-folded channel from its largest |weight|, so moving that one inward
+  would change every int8 weight of the channel."""
+  model, variables, owners, (lo, hi) = _qat_model_and_ranges(first=True)
+  kernel = variables[owners[hi]]
+  extent = np.abs(kernel.numpy()).max(axis=(0, 1, 2))
+  variables[lo].assign(-extent)
+  variables[hi].assign(extent)
+  base = [v.numpy() for v in variables]
+  flat = base[owners[hi]][..., 0].reshape(-1)
+  top, other = int(np.abs(flat).argmax()), int(np.abs(flat).argmin())
+  moved = base[owners[hi]].copy()
+  moved[..., 0].flat[top] *= 0.5  # inward
+  moved[..., 0].flat[other] += 0.1 * extent[0]
+  kernel.assign(moved)
+  compression.DeltaToBase(base, 0.0, pin_batchnorm=False).project(model, threshold=0.0)
+  delta = (kernel.numpy() - base[owners[hi]])[..., 0].reshape(-1)
+  assert delta[top] == 0.0
+  np.testing.assert_allclose(delta[other], 0.1 * extent[0], rtol=1e-5)
+  assert np.count_nonzero(delta) == 1
 
 
 def test_sign_channel_masks_spend_the_budget_on_the_channels_that_move_most():
@@ -249,12 +290,15 @@ def test_sign_form_accumulates_updates_below_half_a_step():
   expected = np.zeros_like(nudge)
   expected[..., 0] = 0.01
   expected[0, 0, 0, 0] = -0.01
-  np.testing.assert_allclose(kernel.numpy() - base[owners[hi]], expected, atol=1e-6)
+  held = compression.range_setters(base[owners[hi]], extent / 127)  # each channel's largest
+  assert 1 <= np.count_nonzero(held[..., 0]) < held[..., 0].size
+  np.testing.assert_allclose(kernel.numpy() - base[owners[hi]], np.where(held, 0.0, expected),
+                             atol=1e-6)
   np.testing.assert_array_equal(variables[hi].numpy(), extent)  # ranges stay pinned
 
 
 def test_sign_form_with_a_budget_moves_only_the_channels_that_fit():
-  model, variables, owners, hi, _, base = _model_with_steps_of_a_hundredth()
+  model, variables, owners, hi, extent, base = _model_with_steps_of_a_hundredth()
   kernel = variables[owners[hi]]
   total = sum(base[k].size for k in set(owners.values()))
   per_channel = kernel.numpy()[..., 0].size
@@ -267,12 +311,14 @@ def test_sign_form_with_a_budget_moves_only_the_channels_that_fit():
   kernel.assign(base[owners[hi]] + nudge)
   callback.project(model, threshold=0.0)
   moved = kernel.numpy() - base[owners[hi]]
-  np.testing.assert_allclose(moved[..., 0], 0.03, atol=1e-6)
+  held = compression.range_setters(base[owners[hi]], extent / 127)
+  np.testing.assert_allclose(moved[..., 0], np.where(held[..., 0], 0.0, 0.03), atol=1e-6)
   np.testing.assert_array_equal(moved[..., 1:], 0.0)
   # The channel left out keeps its latent change: with a budget of all, it moves.
   callback.keep_now = 1.0
   callback.project(model, threshold=0.0)
-  np.testing.assert_allclose(kernel.numpy()[..., 1] - base[owners[hi]][..., 1], -0.01, atol=1e-6)
+  np.testing.assert_allclose(kernel.numpy()[..., 1] - base[owners[hi]][..., 1],
+                             np.where(held[..., 1], 0.0, -0.01), atol=1e-6)
 
 
 def test_sign_specialist_needs_qat_and_refuses_l1(tmp_path):
@@ -332,7 +378,10 @@ def test_low_rank_form_holds_the_integer_product_of_its_factors():
   assert factors[0].shape[1] == 2
   steps = compression.as_rows(kernel.numpy() - base[owners[hi]]) / step[:, None]
   product = delta_lib.factored_product(*factors)
-  np.testing.assert_allclose(steps, product, atol=1e-3)  # whole int8 steps: the product
+  held = compression.as_rows(compression.range_setters(base[owners[hi]], step))
+  assert held.any()
+  # Whole int8 steps: the product, except where each channel's largest weight stays.
+  np.testing.assert_allclose(steps, np.where(held, 0, product), atol=1e-3)
   assert np.abs(product - rank2).max() <= 1.0  # the rank-2 part, rounded (noise dropped)
   assert np.mean(product == np.rint(rank2)) > 0.9
   with pytest.raises(ValueError, match=r"delta_rank=1000 is larger than any kernel allows: the "
@@ -411,6 +460,7 @@ def test_delta_to_base_pins_or_grows_weight_quantizer_ranges(ranges):
   base = [v.numpy() for v in variables]
   moved = base[owners[hi]].copy()
   moved[0, 0, 0, 0] = 3 * extent[0]
+  moved[1, 1, 0, 1] += 0.5 * extent[1]
   kernel.assign(moved)
   for i in (lo, hi):
     variables[i].assign(np.full_like(base[i], 9.0))  # as a training step's batch ranges leave them
@@ -420,6 +470,9 @@ def test_delta_to_base_pins_or_grows_weight_quantizer_ranges(ranges):
     expected[0] = 3 * extent[0]
   np.testing.assert_array_equal(variables[hi].numpy(), expected)
   np.testing.assert_array_equal(variables[lo].numpy(), -expected)
+  if ranges == "pinned":  # each channel's largest weight stays: its range is the base's
+    moved = np.where(compression.range_setters(base[owners[hi]], extent / 127), base[owners[hi]],
+                     moved)
   np.testing.assert_array_equal(kernel.numpy(), moved)
 
 

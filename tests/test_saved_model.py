@@ -116,8 +116,9 @@ def test_deflated_deltas_are_smaller_and_serve_the_same_answers_bit_for_bit(tmp_
 
 def test_a_sign_delta_costs_a_bit_per_weight_and_rebuilds_within_float_tolerance(
     models_and_path):
-  """A kernel whose every weight moved by +-a of its output channel (a sign specialist) is
-  stored as one bit a weight plus a float32 a channel, and base + delta gives it back."""
+  """A kernel whose every weight but its largest moved by +-a of its output channel (a sign
+  specialist, which holds the largest) is stored as one bit a weight plus a float32 a channel,
+  the held weights as sparse exceptions, and base + delta gives it back."""
   h, generalist, specialists, _ = models_and_path
   sparse_k, dense_k = h.specialist_superclasses()
   rng = np.random.default_rng(3)
@@ -127,19 +128,24 @@ def test_a_sign_delta_costs_a_bit_per_weight_and_rebuilds_within_float_tolerance
   amounts = rng.uniform(0.001, 0.01, kernel.shape[-1]).astype(np.float32)
   amounts[0] = 0.0  # a channel that did not move
   up = rng.random(kernel.shape) < 0.5
-  kernel.assign(kernel.numpy() + np.where(up, amounts, -amounts))
+  base = kernel.numpy()
+  largest = np.abs(base) == np.abs(base).max(axis=(0, 1, 2))
+  assert np.count_nonzero(largest) == kernel.shape[-1]
+  kernel.assign(np.where(largest, base, base + np.where(up, amounts, -amounts)))
   module = saved_model_lib.SuperSubModule(generalist, {sparse_k: signed,
                                                        dense_k: specialists[dense_k]}, h)
   delta = module.specialists[str(sparse_k)]
   assert delta.changed == [(1, 0, "signed")]
   size, channels = int(np.prod(kernel.shape)), int(kernel.shape[-1])
-  assert delta.stored_bytes() == -(-size // 8) + 4 * channels + 4  # bits, amounts, ordinal
+  # Bits, amounts, ordinal, and an exception (position, value) a channel that moved.
+  assert delta.stored_bytes() == -(-size // 8) + 4 * channels + 4 + 8 * (channels - 1)
   rebuilt = module._specialist_weights(sparse_k)  # pylint: disable=protected-access
   for layer, got in zip(signed.layers, rebuilt):
     for want, value in zip(saved_model_lib._weights(layer), got):  # pylint: disable=protected-access
       np.testing.assert_allclose(value.numpy(), want.numpy(), atol=1e-6, err_msg=want.name)
   moved = rebuilt[1][0].numpy() - generalist.layers[1].weights[0].numpy()
   np.testing.assert_allclose(np.abs(moved).max(axis=(0, 1, 2)), amounts, atol=1e-6)
+  assert np.all(moved[largest] == 0)
   # The dense specialist next to it still rebuilds exactly as before.
   dense = module._specialist_weights(dense_k)[1][0].numpy()  # pylint: disable=protected-access
   np.testing.assert_allclose(dense, specialists[dense_k].layers[1].weights[0].numpy(), atol=1e-6)

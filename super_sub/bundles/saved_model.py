@@ -12,8 +12,9 @@ the SavedModel needs nothing but TensorFlow to load (`tf.saved_model.load`).
 
 Each changed weight tensor is stored the cheapest way: sparse (int32 positions and float32
 differences, 8 bytes a changed weight), dense (the whole float32 difference, 4 bytes a weight),
-or, when every weight of each output channel moved by the same amount up or down (a sign
-specialist, `--specialist_form=sign`), signed (one bit a weight and a float32 per channel);
+or, when most weights of each output channel moved by the same amount up or down (a sign
+specialist, `--specialist_form=sign`), signed (one bit a weight and a float32 per channel, the
+other weights sparse);
 with `deflate`, the dense differences are stored deflated (~0.8 of their bytes, inflated for
 each routed batch). Unchanged tensors (frozen stages) cost
 nothing, so a specialist never costs more than the dense difference of what it changed: at
@@ -149,10 +150,10 @@ class _Delta(tf.Module):
   into the backbone's weights laid end to end, `SuperSubModule.unflatten` order) and `values`
   (float32 differences), 8 bytes a changed weight. Dense: `dense_tensors` lists such tensors
   (ordinals in that order) and `dense` holds their differences end to end, 4 bytes a weight.
-  Signed, where each channel's weights all moved by +-a (`_sign_form`): `sign_tensors`
+  Signed, where most of each channel's weights moved by +-a (`_sign_form`): `sign_tensors`
   (ordinals), `signs` (one bit a weight, uint8, least significant first, the tensors end to
-  end) and `amounts` (float32 a, per channel, the tensors end to end). An unchanged tensor
-  stores nothing.
+  end) and `amounts` (float32 a, per channel, the tensors end to end), with the weights that
+  moved otherwise corrected in `positions` and `values`. An unchanged tensor stores nothing.
 
   With `deflate`, `dense` is one string instead: the zlib stream of its little-endian bytes
   laid out as four byte planes (every weight's lowest byte, then every second byte, ...), which
@@ -207,20 +208,31 @@ def _channels(shape) -> int:
   return int(shape[-1] if shape[-1] > 1 or len(shape) < 2 else shape[-2])
 
 
-def _sign_form(diff: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-  """(signs, amounts) when every weight of each channel moved by the same amount a up or down,
-  else None. Same to float32 rounding: (base + a) - base is a only to within an ulp of the
-  base, so the tolerance is a few ulps of the tensor's largest weight."""
+def _sign_form(diff: np.ndarray, base: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+  """(signs, amounts, exceptions, residuals) when most weights of each channel moved by the
+  same amount a up or down, else None: `exceptions` (flat indices) are the weights that did not
+  (a sign specialist holds each channel's largest weight, `deltas.range_setters`), `residuals`
+  their differences minus the signed amount. Same to float32 rounding: (base + a) - base is a
+  only to within an ulp of the base, so the tolerance is a few ulps of the tensor's largest
+  weight."""
   if base.ndim < 2:
     return None
   per_channel = np.abs(diff).reshape(-1, _channels(base.shape))
-  # In float64: a float32 mean down a long column drifts past the tolerance below (a 3x3x128
-  # kernel: 1.4e-7 against 5e-8), and a sign delta would be stored dense.
-  amounts = per_channel.mean(axis=0, dtype=np.float64)
-  tolerance = 2.0**-21 * (np.abs(base).max() + amounts.max())
-  if not np.all(np.abs(per_channel - amounts) <= tolerance):
+  # The median finds a, the mean over the weights that moved by it refines it. In float64: a
+  # float32 mean down a long column drifts past the tolerance below (a 3x3x128 kernel: 1.4e-7
+  # against 5e-8), and a sign delta would be stored dense.
+  median = np.median(per_channel.astype(np.float64), axis=0)
+  tolerance = 2.0**-21 * (np.abs(base).max() + median.max())
+  fits = np.abs(per_channel - median) <= tolerance
+  if fits.mean() < 0.5:
     return None
-  return diff >= 0, amounts.astype(np.float32)
+  amounts = (np.where(fits, per_channel, 0).sum(axis=0, dtype=np.float64)
+             / np.maximum(fits.sum(axis=0), 1)).astype(np.float32)
+  signs = diff >= 0
+  exceptions = np.flatnonzero(~fits.reshape(-1))
+  signed = np.where(signs, 1.0, -1.0).reshape(per_channel.shape) * amounts
+  return signs, amounts, exceptions, (diff - signed.reshape(-1))[exceptions].astype(np.float32)
 
 
 class SuperSubModule(tf.Module):
@@ -300,11 +312,14 @@ class SuperSubModule(tf.Module):
           where = np.flatnonzero(diff)
           signed = _sign_form(diff, base[i][j]) if where.size else None
           # Bytes: 8 a changed weight (sparse), 4 a weight (dense), 1/8 a weight + 4 a
-          # channel (signed).
-          if signed is not None and diff.size / 8 + 4 * signed[1].size < 8 * where.size:
+          # channel + 8 an exception (signed).
+          if signed is not None and (diff.size / 8 + 4 * signed[1].size + 8 * signed[2].size
+                                     < min(8 * where.size, 4 * diff.size)):
             sign_tensors.append(tensor)
             signs.append(signed[0])
             amounts.append(signed[1])
+            positions.append(offsets[tensor] + signed[2])
+            values.append(signed[3])
             changed.append((i, j, "signed"))
           elif 2 * where.size < diff.size:
             if where.size:

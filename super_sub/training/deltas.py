@@ -151,15 +151,37 @@ def _steps_moved(latent: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.n
   channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
   channels come before its multiplier), as in `grow_range`.
   """
+  step, others = _per_channel(latent, step)
+  return np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12), step
+
+
+def _per_channel(kernel: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+  """(`step` shaped to broadcast against `kernel`, the axes that are not the channel axis): the
+  channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
+  channels come before its multiplier); a scalar step is one channel of every axis."""
   step = np.asarray(step, np.float32)
   if step.ndim == 0:
-    return np.abs(latent).mean() / max(float(step), 1e-12), step
-  axis = max(a for a in range(latent.ndim) if latent.shape[a] == step.shape[0])
-  others = tuple(a for a in range(latent.ndim) if a != axis)
-  shape = [1] * latent.ndim
+    return step, tuple(range(kernel.ndim))
+  axis = max(a for a in range(kernel.ndim) if kernel.shape[a] == step.shape[0])
+  shape = [1] * kernel.ndim
   shape[axis] = step.shape[0]
-  step = step.reshape(shape)
-  return np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12), step
+  return step.reshape(shape), tuple(a for a in range(kernel.ndim) if a != axis)
+
+
+def range_setters(base: np.ndarray, step: np.ndarray) -> np.ndarray:
+  """Where each channel of a quantized kernel holds its largest |int8| value (bool, `base`'s
+  shape; `step`: the channel's int8 step, as in `_steps_moved`).
+
+  The TFLite converter folds BatchNorm into the convolution before it and quantizes the folded
+  kernel per output channel from that kernel's own largest |value|: the weight quantizer's range
+  does not survive the fold. A channel whose largest weight moved inward is rescaled, and most
+  of its int8 weights change by rounding; a sign specialist (+-k per weight in QAT) then stored
+  30-60% of such a channel's bytes again as exceptions. Moves outward are clipped by the pinned
+  range. So specialists with pinned ranges keep these weights at the base's value.
+  """
+  step, others = _per_channel(base, step)
+  levels = np.minimum(np.abs(np.round(base / np.maximum(step, 1e-12))), 127)
+  return levels == levels.max(axis=others, keepdims=True)
 
 
 def sign_channel_masks(latents: dict[int, np.ndarray], steps: dict[int, np.ndarray],
@@ -281,8 +303,10 @@ class DeltaToBase(keras.callbacks.Callback):
   `keep_schedule` fraction, recomputed from the weights at every epoch start, so a resumed
   run gets the same mask) are reset to the base as well.
   BatchNorm parameters and statistics: pinned to the base when `pin_batchnorm`. Weight
-  quantizer ranges: the base's (so an unchanged weight keeps its int8 value), or with
-  `ranges="grow"` widened per output channel where the changed kernel outgrew them (`grow_range`).
+  quantizer ranges: the base's (so an unchanged weight keeps its int8 value), with the
+  weights that set each channel's range held at the base's too (`range_setters`: otherwise
+  TFLite requantizes the channel), or with `ranges="grow"` widened per output channel where the
+  changed kernel outgrew them (`grow_range`).
   The input range, step counters and every variable of a frozen layer (`--freeze_stages`):
   always pinned. With `form` "sign" or "lowrank", each quantized kernel instead holds the
   projection of a latent delta (`sign_delta`, `low_rank_factors`) after every step; a sign
@@ -325,6 +349,8 @@ class DeltaToBase(keras.callbacks.Callback):
     self.form = form
     # Per model, computed once: range_owners, and each quantized kernel's int8 steps.
     self._owners: tuple[keras.Model, dict[int, int], dict[int, np.ndarray]] | None = None
+    # Per quantized kernel with pinned ranges: where it stays the base's (`range_setters`).
+    self._held: dict[int, np.ndarray] = {}
     # Sign and low-rank forms, per kernel index: (latent delta, the projection last assigned).
     self._latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self.base = base
@@ -362,7 +388,9 @@ class DeltaToBase(keras.callbacks.Callback):
     variables = self._variables(model)
     if self._owners is None or self._owners[0] is not model:  # once, not after every step
       owners = range_owners(model)
-      steps = self._int8_steps(owners) if self.form in ("sign", "lowrank") else {}
+      steps = self._int8_steps(owners)
+      self._held = ({i: range_setters(self.base[i], step) for i, step in steps.items()}
+                    if self.ranges == "pinned" else {})
       if self.form == "lowrank":
         self._check_rank(variables, steps)
       self._owners, self._latent, self.factors = (model, owners, steps), {}, {}
@@ -389,12 +417,15 @@ class DeltaToBase(keras.callbacks.Callback):
           var.assign(base)
       elif is_kernel(var):
         mask = self.masks.get(i) if self.masks is not None else None
-        if threshold > 0 or mask is not None:
+        held = self._held.get(i)
+        if threshold > 0 or mask is not None or held is not None:
           delta = var.numpy() - base
           if threshold > 0:
             delta = np.sign(delta) * np.maximum(np.abs(delta) - threshold, 0.0)
           if mask is not None:
             delta = np.where(mask, delta, 0.0)
+          if held is not None:
+            delta = np.where(held, 0.0, delta)
           var.assign(base + delta.astype(base.dtype))
       elif short in _BATCHNORM:
         if self.pin_batchnorm:
@@ -428,7 +459,7 @@ class DeltaToBase(keras.callbacks.Callback):
     """Kernel i's latent delta (updated by `_update_latent`) projected by `sign_delta`; that
     projection is what the model holds until the next step."""
     latent, _ = self._latent[i]
-    projected = sign_delta(latent, step, channels)
+    projected = self._hold(i, sign_delta(latent, step, channels))
     self._latent[i] = (latent, projected)
     return projected
 
@@ -439,10 +470,15 @@ class DeltaToBase(keras.callbacks.Callback):
     step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
     factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
     self.factors[i] = factors
-    projected = (from_rows(delta_lib.factored_product(*factors).astype(np.float32)
-                           * step_rows, latent.shape)).astype(latent.dtype)
+    projected = self._hold(i, (from_rows(delta_lib.factored_product(*factors).astype(np.float32)
+                                         * step_rows, latent.shape)).astype(latent.dtype))
     self._latent[i] = (latent, projected)
     return projected
+
+  def _hold(self, i: int, delta: np.ndarray) -> np.ndarray:
+    """Kernel i's delta, zero where `range_setters` holds it at the base (pinned ranges)."""
+    held = self._held.get(i)
+    return delta if held is None else np.where(held, 0.0, delta).astype(delta.dtype)
 
   def _check_rank(self, variables, steps) -> None:
     """Refuses a rank that no factored kernel allows (rank <= min(C_out, kernel size) for
