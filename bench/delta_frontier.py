@@ -7,7 +7,8 @@ way of describing a specialist, over one shared base.
       --work_dir=/work/frontier_fmnist --out=bench/results/delta_frontier_fmnist
 
 The base (flat network, generalist initialised from it, and with --qat the QAT generalist) is
-trained once in <work_dir>/base; every setting copies its finished stages into
+trained once in <work_dir>/base (or the first two copied from --base_from, a finished run of
+the same recipe); every setting copies its finished stages into
 <work_dir>/<setting> and trains only the specialists, all with the same epochs and seed, then is
 evaluated (super-sub-eval) and exported (super-sub-export), so b comes from the real bundle
 (super_sub.bundles.storage.storage_fit). A finished step is never done again: the script can be
@@ -67,6 +68,10 @@ _SPECIALIST_EPOCHS = flags.DEFINE_integer("specialist_epochs", 5, "Epochs of eve
 _QAT = flags.DEFINE_boolean("qat", True, "Quantization-aware generalist and specialists.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every training.")
 _STEPS = flags.DEFINE_integer("steps_per_epoch", None, "Cap the steps of an epoch (smoke runs).")
+_BASE_FROM = flags.DEFINE_string(
+    "base_from", None, "A finished run of this dataset and --epochs (e.g. bench/fashion_mnist.py's "
+    "supersub run) whose flat network and generalist (initialised from it) become the base "
+    "instead of training them again; the QAT generalist is trained here.")
 _SETTINGS = flags.DEFINE_list("settings", ["dense", "affine", "keep5", "keep2", "keep1"],
                               "Settings to train and compare (see the docstring).")
 _TOLERANCE = flags.DEFINE_float("tolerance", 0.003, "Accuracy a setting may lose against the "
@@ -157,6 +162,18 @@ def run_setting(setting: str, base_dir: str) -> dict:
   return row
 
 
+def _check_base_from(model_dir: str) -> None:
+  """Refuses a --base_from run that is not this base's recipe (dataset, epochs, seed, the
+  generalist initialised from the flat network)."""
+  saved = config_lib.load_config(model_dir)
+  asked = {"dataset": _DATASET.value, "epochs": _EPOCHS.value, "seed": _SEED.value,
+           "generalist_init": "flat"}
+  clashes = [f"{k}: {getattr(saved, k)!r}, expected {v!r}" for k, v in asked.items()
+             if getattr(saved, k) != v]
+  if clashes:
+    raise ValueError(f"--base_from={model_dir} is another recipe ({'; '.join(clashes)})")
+
+
 def _flag_text(value) -> str:
   return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
@@ -193,6 +210,9 @@ def main(argv):
                        "before it in --settings")
   start = time.perf_counter()
   base_dir = os.path.join(_WORK_DIR.value, "base")
+  if _BASE_FROM.value:
+    _check_base_from(_BASE_FROM.value)
+    copy_stages(_BASE_FROM.value, base_dir, ["flat", "generalist"])
   fit.train(_config(base_dir, stage="flat"))
   fit.train(_config(base_dir, stage="generalist"))
   rows = [run_setting(setting, base_dir) for setting in _SETTINGS.value]
@@ -205,7 +225,8 @@ def main(argv):
   command = "python bench/delta_frontier.py " + " ".join(
       f"--{name}={_flag_text(flags.FLAGS[name].value)}" for name in (
           "dataset", "manual_dir", "epochs", "specialist_epochs", "qat", "seed",
-          "steps_per_epoch", "settings", "tolerance", "b_goal") if flags.FLAGS[name].present)
+          "steps_per_epoch", "base_from", "settings", "tolerance", "b_goal")
+      if flags.FLAGS[name].present)
   out = {"command": command, "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
          "dataset": _DATASET.value, "epochs": _EPOCHS.value,
          "specialist_epochs": _SPECIALIST_EPOCHS.value, "qat": _QAT.value, "seed": _SEED.value,
