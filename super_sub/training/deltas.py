@@ -351,6 +351,7 @@ class DeltaToBase(keras.callbacks.Callback):
     self._owners: tuple[keras.Model, dict[int, int], dict[int, np.ndarray]] | None = None
     # Per quantized kernel with pinned ranges: where it stays the base's (`range_setters`).
     self._held: dict[int, np.ndarray] = {}
+    self._held_at: dict[int, np.ndarray] = {}  # their indices (np.argwhere)
     # Sign and low-rank forms, per kernel index: (latent delta, the projection last assigned).
     self._latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self.base = base
@@ -391,6 +392,7 @@ class DeltaToBase(keras.callbacks.Callback):
       steps = self._int8_steps(owners)
       self._held = ({i: range_setters(self.base[i], step) for i, step in steps.items()}
                     if self.ranges == "pinned" else {})
+      self._held_at = {i: np.argwhere(held) for i, held in self._held.items()}
       if self.form == "lowrank":
         self._check_rank(variables, steps)
       self._owners, self._latent, self.factors = (model, owners, steps), {}, {}
@@ -418,7 +420,7 @@ class DeltaToBase(keras.callbacks.Callback):
       elif is_kernel(var):
         mask = self.masks.get(i) if self.masks is not None else None
         held = self._held.get(i)
-        if threshold > 0 or mask is not None or held is not None:
+        if threshold > 0 or mask is not None:
           delta = var.numpy() - base
           if threshold > 0:
             delta = np.sign(delta) * np.maximum(np.abs(delta) - threshold, 0.0)
@@ -427,6 +429,8 @@ class DeltaToBase(keras.callbacks.Callback):
           if held is not None:
             delta = np.where(held, 0.0, delta)
           var.assign(base + delta.astype(base.dtype))
+        elif held is not None:  # only the held weights (a few a channel): no full copy a step
+          var.scatter_nd_update(self._held_at[i], base[held])
       elif short in _BATCHNORM:
         if self.pin_batchnorm:
           var.assign(base)
