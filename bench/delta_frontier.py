@@ -113,6 +113,7 @@ def setting_overrides(setting: str) -> dict:
       raise ValueError(f"setting {setting!r}: keepP freezes BatchNorm already and affine "
                        "trains only BatchNorm; +nobn goes with dense, sign(P) or rankR")
     overrides["freeze_bn"] = True
+  overrides["specialist_form"] = "delta"  # dense and keepP; with --qat the default is sign
   for form in ("affine", "sign"):
     if form in parts:
       overrides["specialist_form"] = form

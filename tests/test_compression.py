@@ -338,6 +338,30 @@ def test_sign_specialist_needs_qat_and_refuses_l1(tmp_path):
                                 qat=True).specialist_form == "sign"
 
 
+@pytest.mark.parametrize("options, form", [
+    ({}, "delta"),
+    ({"qat": True}, "sign"),
+    ({"qat": True, "delta_keep": 0.02}, "delta"),
+    ({"qat": True, "delta_l1": 1e-4}, "delta"),
+    ({"qat": True, "delta_ranges": "grow"}, "delta"),
+    ({"qat": True, "specialist_form": "delta"}, "delta"),
+    ({"qat": True, "specialist_form": "lowrank"}, "lowrank"),
+    ({"specialist_form": "affine"}, "affine"),
+])
+def test_specialist_form_defaults_to_sign_with_qat(tmp_path, options, form):
+  config = config_lib.TrainConfig(model_dir=str(tmp_path), **options)
+  assert config.specialist_form == form
+  files.write_json(str(tmp_path / "config.json"), config.to_dict())
+  assert config_lib.load_config(str(tmp_path)).specialist_form == form  # saved resolved
+
+
+def test_runs_saved_before_specialist_form_load_as_delta(tmp_path):
+  saved = config_lib.TrainConfig(model_dir=str(tmp_path), qat=True).to_dict()
+  del saved["specialist_form"]
+  files.write_json(str(tmp_path / "config.json"), saved)
+  assert config_lib.load_config(str(tmp_path)).specialist_form == "delta"
+
+
 def test_low_rank_factors_hand_computed():
   rows = np.outer([1, -2, 3], [2, -1, 4, 0]).astype(np.float32)  # rank 1, in int8 steps
   left, right, scales = compression.low_rank_factors(rows, rank=1)

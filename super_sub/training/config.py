@@ -137,8 +137,11 @@ class TrainConfig:
       "weight anyway. With --specialist_form=sign: the budget is spent on whole output "
       "channels (those that would move most, in int8 steps), and the others stay the "
       "generalist's and store no sign bits. Default: no budget.")
-  specialist_form: str = _field(
-      "delta", "What a specialist may change of the generalist it starts from. delta: its "
+  specialist_form: str | None = _field(
+      None, "What a specialist may change of the generalist it starts from. Default: sign "
+      "with --qat (the compression frontier's best point: within 0.3 point of dense "
+      "specialists at about a fifth of their bytes, BENCHMARKS.md), unless --delta_keep, "
+      "--delta_l1 or --delta_ranges=grow asks for a delta; delta otherwise. delta: its "
       "kernels (W - W_generalist, dense, or sparse with --delta_keep / --delta_l1), BatchNorm "
       "unless --freeze_bn, and the head. affine: only a scale and a shift per channel "
       "(BatchNorm's gamma, beta and statistics) and the head; every kernel stays the "
@@ -165,8 +168,8 @@ class TrainConfig:
   qat: bool = _field(
       False, "Quantization-aware training (tfmot): after the float generalist, a "
       "generalist_qat stage fine-tunes its QAT version; specialists start from it with its "
-      "weight quantizer ranges pinned, so their int8 weights differ from the base's in few "
-      "places.")
+      "weight quantizer ranges pinned, so their int8 deltas over the base are whole steps "
+      "(sign specialists by default, see --specialist_form).")
   qat_epochs: int = _field(2, "Epochs of the generalist_qat stage.")
   qat_learning_rate: float | None = _field(None, "Peak learning rate of the generalist_qat "
                                            "stage (default: --learning_rate / 10).")
@@ -190,6 +193,8 @@ class TrainConfig:
   hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
 
   def __post_init__(self):
+    if self.specialist_form is None:
+      self.specialist_form = default_specialist_form(self)
     for name in ("stage", "strategy", "generalist_init", "augment", "specialist_form",
                  "delta_ranges"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
@@ -275,6 +280,15 @@ class TrainConfig:
     return dataclasses.asdict(self)
 
 
+def default_specialist_form(config: TrainConfig) -> str:
+  """The specialist form a config gets when it names none: sign for a QAT run (one bit a
+  weight, within 0.3 point of dense deltas on every base the frontier measured), unless an
+  option of the delta form (a budget, an L1 penalty, growing ranges) asks for a delta."""
+  wants_delta = (config.delta_keep is not None or config.delta_l1 != 0.0
+                 or config.delta_ranges == "grow")
+  return "sign" if config.qat and not wants_delta else "delta"
+
+
 def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
   """The resolved config a run saved in its model_dir (`data_dir` overrides the saved one).
 
@@ -308,6 +322,8 @@ def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
     expected = _json_mismatch(str(fields[name].type), value)
     if expected:
       raise ConfigError(f"{path}: {name!r} must be {expected}; got {value!r:.80}")
+  # Runs saved before specialist_form existed trained delta specialists, QAT or not.
+  saved.setdefault("specialist_form", "delta")
   try:
     # The folder it was read from is the run's folder, wherever it was trained: a run that
     # was moved or copied reads its stages here, not where config.json says it once lived.
