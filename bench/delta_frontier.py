@@ -169,8 +169,7 @@ def _check_base_from(model_dir: str) -> None:
   saved = config_lib.load_config(model_dir)
   asked = {"dataset": _DATASET.value, "epochs": _EPOCHS.value, "seed": _SEED.value,
            "generalist_init": "flat"}
-  clashes = [f"{k}: {getattr(saved, k)!r}, expected {v!r}" for k, v in asked.items()
-             if getattr(saved, k) != v]
+  clashes = config_lib.clashes(saved, asked)
   if clashes:
     raise ValueError(f"--base_from={model_dir} is another recipe ({'; '.join(clashes)})")
 

@@ -280,6 +280,13 @@ class TrainConfig:
     return dataclasses.asdict(self)
 
 
+def clashes(saved: TrainConfig, asked: dict[str, Any]) -> list[str]:
+  """'key: model_dir has X, asked for Y' for each key of `asked` whose value the run's saved
+  config does not have (what a refusal to reuse a run names)."""
+  return [f"{k}: model_dir has {getattr(saved, k)!r}, asked for {v!r}" for k, v in asked.items()
+          if getattr(saved, k) != v]
+
+
 def default_specialist_form(config: TrainConfig) -> str:
   """The specialist form a config gets when it names none: sign for a QAT run (one bit a
   weight, within 0.3 point of dense deltas on every base the frontier measured), unless an

@@ -149,7 +149,7 @@ def _steps_moved(latent: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.n
 
   `step`: the int8 step of each channel (a scalar for per-tensor quantization, one channel); the
   channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
-  channels come before its multiplier), as in `grow_range`.
+  channels come before its multiplier; `_per_channel`).
   """
   step, others = _per_channel(latent, step)
   return np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12), step
@@ -281,14 +281,10 @@ def grow_range(base: np.ndarray, kernel: np.ndarray, is_min: bool) -> np.ndarray
   r = max(|min|, |max|)); where a channel's largest |W| exceeds the base's r, the base range
   would clip it, so the bound moves to +-max|W| there (that channel's int8 scale, and so all its
   int8 weights, change). Elsewhere the base's bound stays, so unchanged channels keep their int8
-  values. The channel axis is the kernel axis as long as the range (the last one on ties).
+  values. The channel axis is the kernel axis as long as the range (`_per_channel`).
   """
   base = np.asarray(base)
-  if base.ndim == 0:
-    extent = np.abs(kernel).max()
-  else:
-    axis = max(a for a in range(kernel.ndim) if kernel.shape[a] == base.shape[0])
-    extent = np.abs(kernel).max(axis=tuple(a for a in range(kernel.ndim) if a != axis))
+  extent = np.abs(kernel).max(axis=_per_channel(kernel, base)[1])
   grown = np.minimum(base, -extent) if is_min else np.maximum(base, extent)
   return grown.astype(base.dtype)
 

@@ -101,8 +101,7 @@ def check_identity(config: config_lib.TrainConfig) -> None:
   saved = config_lib.load_config(config.model_dir)  # older runs: missing keys take defaults
   asked = {k: getattr(config, k) for k in config_lib.IDENTITY_KEYS
            if getattr(config, k) is not None}
-  clashes = [f"{k}: model_dir has {getattr(saved, k)!r}, asked for {v!r}"
-             for k, v in asked.items() if getattr(saved, k) != v]
+  clashes = config_lib.clashes(saved, asked)
   if clashes:
     raise RunMismatchError(f"{config.model_dir} holds a different run ({'; '.join(clashes)}). "
                            "Use another --model_dir; nothing was changed.")
