@@ -218,6 +218,20 @@ def test_signed_runs_leave_out_unmoved_channels_where_that_saves_bytes():
   np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
 
 
+def test_signed_runs_cover_a_depthwise_kernel_whole():
+  # A depthwise [1, 2, 2, 3] int8 kernel: its 3 channels interleave (block 1, period 3), so one
+  # run covers all 12 bytes; channels moved by k = 1, 2, 3 with random signs.
+  k = np.array([1, 2, 3])
+  up = np.random.default_rng(0).random(12) < 0.5
+  per_byte = np.tile(k, 4)
+  diff = np.where(up, per_byte, -per_byte).astype(np.uint8)
+  encoded = delta_lib._signed(diff, np.array([[0, 12, 1, 3]]), force=True)
+  np.testing.assert_array_equal(encoded["runs"], [[0, 12, 1, 3]])
+  np.testing.assert_array_equal(encoded["magnitudes"], [1, 2, 3])
+  assert encoded["signs"].shape == (2,) and encoded["values"].size == 0
+  np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
+
+
 def _largest_per_channel_kernel(obj):
   """The int8 tensor with per-channel quantization and the most bytes of a parsed model."""
   tensors = [t for t in obj.subgraphs[0].tensors if t.type == schema.TensorType.INT8

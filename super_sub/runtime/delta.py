@@ -482,35 +482,36 @@ def _signed(diff: np.ndarray, layouts: np.ndarray, force: bool) -> dict[str, np.
     per_byte = k[channel].astype(np.int16)
     positive = (moved >= 0) & (per_byte > 0)
     residual[offset:offset + length] -= np.where(positive, per_byte, -per_byte).astype(np.uint8)
-    for first, last in _moved_channels(k, block, length):
-      runs.append((offset + first * block, (last - first) * block, block, last - first))
+    for first, last, start, size in _run_ranges(k, block, length):
+      runs.append((offset + start, size, block, last - first))
       magnitudes.append(k[first:last].astype(np.uint8))
-      signs.append(positive[first * block:last * block])
+      signs.append(positive[start:start + size])
   if not runs:
     return None
   return {"runs": np.array(runs, np.uint32), "magnitudes": np.concatenate(magnitudes),
           "signs": np.packbits(np.concatenate(signs), bitorder="little"), **_sparse(residual)}
 
 
-def _moved_channels(k: np.ndarray, block: int, length: int) -> list[tuple[int, int]]:
-  """[first, last) channel ranges of a buffer that its signed runs cover.
+def _run_ranges(k: np.ndarray, block: int, length: int) -> list[tuple[int, int, int, int]]:
+  """(first channel, last channel + 1, first byte, byte count) of each signed run of a buffer.
 
   In a [C_out, ...] buffer each channel's bytes are contiguous, so runs can leave out the
   channels that did not move (k = 0, e.g. a budgeted sign specialist's), saving their sign
   bits. A gap is left out only where it saves more than a run's 16 bytes of (offset, length,
-  block, period). Buffers whose channels interleave (a depthwise kernel: block 1, or channels
-  repeating along the buffer) are covered whole.
+  block, period). Buffers whose channels interleave (a depthwise [1, H, W, C] kernel: block 1,
+  or channels repeating along the buffer) are covered whole, by one run of every byte.
   """
   period = len(k)
   if block * period != length or block == 1:
-    return [(0, period)]
+    return [(0, period, 0, length)]
   ranges: list[list[int]] = []
   for c in np.flatnonzero(k).tolist():
     if ranges and (c - ranges[-1][1]) * block <= 8 * _RUN_BYTES:
       ranges[-1][1] = c + 1
     else:
       ranges.append([c, c + 1])
-  return [(first, last) for first, last in ranges] or [(0, period)]
+  return [(first, last, first * block, (last - first) * block)
+          for first, last in ranges] or [(0, period, 0, length)]
 
 
 def _factored(diff: np.ndarray, lengths: list[int], factors) -> dict[str, np.ndarray]:
