@@ -10,8 +10,10 @@ weights, and ten specialists made from the generalist the way training makes the
 (`make_specialist`, `--freeze_stages=K`), with a simulated fine-tuning: every weight of the
 stages a specialist trains moves by 5% of its tensor's standard deviation ("dense", as after
 ordinary fine-tuning), or only a random 2% of each kernel's weights move ("sparse", as a
-`--delta_keep=0.02` run stores). The dense_k<K>_router settings add a router head of width
---router_head on the trunk (`super_sub.models.router_head`, random weights), which routes
+`--delta_keep=0.02` run stores), or, "sign", QAT specialists whose kernels are projected onto
+the sign form by the training callback itself (`sign_models`, what `--qat` trains by default:
+each weight +-k int8 steps of its channel; sign_nobn: BatchNorm frozen, `--freeze_bn`). The
+dense_k<K>_router settings add a router head of width --router_head on the trunk (`super_sub.models.router_head`, random weights), which routes
 instead of the generalist's tail. Accuracy does not enter; sizes and speeds depend on the
 architecture, the number of changed weights and their magnitude, not on what the weights
 learned. Each setting is exported by `super_sub.bundles.export.export_models` (the command
@@ -119,12 +121,22 @@ def settings() -> list[tuple[str, int]]:
   """(name, K) of every bundle: dense at each trunk size, with a router head at each router
   trunk size, sparse without a trunk."""
   return ([(f"dense_k{k}", int(k)) for k in _TRUNKS.value]
-          + [(f"dense_k{k}_router", int(k)) for k in _ROUTER_TRUNKS.value] + [("sparse_k0", 0)])
+          + [(f"dense_k{k}_router", int(k)) for k in _ROUTER_TRUNKS.value]
+          + [("sparse_k0", 0), ("sign_k0", 0), ("sign_nobn_k0", 0)])
 
 
 def keep_of(name: str) -> float:
-  """The share of each kernel the setting `name` (from `settings`) changes."""
-  return 1.0 if name.startswith("dense") else _SPARSE_KEEP.value
+  """The share of each kernel the setting `name` (from `settings`) changes (sign settings: 1
+  where BatchNorm moves too, 0 where it is frozen, `_nobn`)."""
+  if name.startswith("sparse"):
+    return _SPARSE_KEEP.value
+  return 0.0 if "_nobn" in name else 1.0
+
+
+def form_of(name: str) -> str:
+  """How the setting `name` (from `settings`) makes its specialists: "delta" (`finetune`),
+  "sign" or "sign_nobn" (`sign_models`, BatchNorm moved or frozen)."""
+  return name.rsplit("_k", 1)[0] if name.startswith("sign") else "delta"
 
 
 def has_router(name: str) -> bool:
@@ -161,9 +173,10 @@ def finetune(model, frozen_stages: int, keep: float, rng: np.random.Generator) -
     layer.set_weights(values)
 
 
-def make_models(backbone: str, h, frozen_stages: int, keep: float):
+def make_models(backbone: str, h, frozen_stages: int, keep: float, form: str = "delta"):
   """(generalist, {superclass: specialist}) with random weights, the specialists fine-tuned
-  as `finetune` simulates; the same for the same arguments."""
+  as `finetune` simulates (`form` "sign" or "sign_nobn": `sign_models`); the same for the same
+  arguments."""
   # pylint: disable=import-outside-toplevel
   from super_sub._internal.compat import keras
   from super_sub.models import classifiers
@@ -171,6 +184,8 @@ def make_models(backbone: str, h, frozen_stages: int, keep: float):
   keras.utils.set_random_seed(1)
   generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
                                             "generalist")
+  if form != "delta":
+    return sign_models(generalist, h, move_batchnorm=form == "sign")
   specialists = {}
   for sup in h.specialist_superclasses():
     m = classifiers.make_specialist(generalist, len(h.subclass_range(sup)), f"specialist_{sup}",
@@ -180,8 +195,48 @@ def make_models(backbone: str, h, frozen_stages: int, keep: float):
   return generalist, specialists
 
 
+def sign_models(generalist, h, move_batchnorm: bool = True):
+  """(QAT generalist, {superclass: QAT sign specialist}), made the way `--qat` training makes
+  them (its default `--specialist_form=sign`).
+
+  The QAT generalist's quantizer ranges are set by one training-mode call on random images.
+  Each specialist is its QAT copy with a new head; a simulated fine-tuning moves every backbone
+  kernel weight by 5% of its tensor's standard deviation and BatchNorm as `finetune` does
+  (unless not `move_batchnorm`: `--freeze_bn`); then
+  the training callback (`DeltaToBase(form="sign")`) projects each kernel's move onto the sign
+  form, +-k int8 steps of its channel's pinned range, the range-setting weights held.
+  """
+  # pylint: disable=import-outside-toplevel
+  from super_sub.models import classifiers
+  from super_sub.training import deltas
+  from super_sub.training import qat as qat_lib
+  # pylint: enable=import-outside-toplevel
+  images = np.random.default_rng(1).random((8, *_SHAPE), dtype=np.float32)
+  base = qat_lib.quantize(generalist)
+  base(images, training=True)
+  specialists = {}
+  for sup in h.specialist_superclasses():
+    m = qat_lib.quantize(classifiers.make_specialist(
+        generalist, len(h.subclass_range(sup)), f"specialist_{sup}"))
+    classifiers.copy_backbone_weights(base, m)
+    start = [v.numpy() for v in deltas.backbone_variables(m)]
+    rng = np.random.default_rng(100 + sup)
+    for var, w in zip(deltas.backbone_variables(m), start):
+      name = deltas.short_name(var)
+      if not (deltas.is_kernel(var) or move_batchnorm and name in (
+          "gamma", "beta", "moving_mean", "moving_variance")):
+        continue
+      scale = _CHANGE * (float(w.std()) or float(np.abs(w).mean()) or 1.0)
+      noise = rng.standard_normal(w.shape).astype(np.float32) * scale
+      var.assign(w * np.exp(noise / scale * _CHANGE) if name == "moving_variance"
+                 else w + noise)
+    deltas.DeltaToBase(start, 0.0, pin_batchnorm=False, form="sign").project(m, threshold=0.0)
+    specialists[sup] = m
+  return base, specialists
+
+
 def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool = False,
-                    deflate: bool = False, timed: bool = False) -> dict:
+                    deflate: bool = False, timed: bool = False, form: str = "delta") -> dict:
   """The SavedModel's bytes as the current exporter writes it, from models made the same way
   (the built bundles may predate an exporter change; sizes do not depend on weight values,
   except deflated ones, on the simulated fine-tuning's); `timed`: also the median time to
@@ -193,7 +248,7 @@ def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool
   from super_sub.models import router_head
   # pylint: enable=import-outside-toplevel
   h = hierarchy_lib.load("superclassed_imagenet")
-  generalist, specialists = make_models(backbone, h, frozen_stages, keep)
+  generalist, specialists = make_models(backbone, h, frozen_stages, keep, form)
   head = (router_head.build_router_head(generalist, frozen_stages, _ROUTER_WIDTH.value)
           if router else None)
   module = saved_model.SuperSubModule(generalist, specialists, h, frozen_stages, head, deflate)
@@ -243,7 +298,7 @@ def build(work: str, backbone: str, log=print) -> dict:
         or (_ONLY.value and name not in _ONLY.value)):
       continue
     keep = keep_of(name)
-    generalist, specialists = make_models(backbone, h, k, keep)
+    generalist, specialists = make_models(backbone, h, k, keep, form_of(name))
     # A router head with random weights (its speed does not depend on them); the same
     # generalist and specialists as the setting without it.
     router = (router_head.build_router_head(generalist, k, _ROUTER_WIDTH.value)
@@ -253,6 +308,7 @@ def build(work: str, backbone: str, log=print) -> dict:
                              shared_stages=k, framing="center_crop", log=log,
                              router_head=router)
     info[name] = {"export_s": time.perf_counter() - start, "trunk": k, "keep": keep,
+                  "form": form_of(name),
                   "router_head": _ROUTER_WIDTH.value if router is not None else None}
     del specialists
     keras.backend.clear_session()
@@ -302,8 +358,9 @@ def saved_model_sizes(backbone: str, out: str) -> None:
     router = has_router(name)
     goal = savedmodel_bound(backbone, k, router=router)
     # Dense settings also deflated (--deflate_saved_model): sparse ones store few dense bytes.
-    for deflate in (False, True) if keep == 1.0 else (False,):
-      sizes = saved_model_now(backbone, k, keep, router=router, deflate=deflate, timed=True)
+    for deflate in (False, True) if name.startswith("dense") else (False,):
+      sizes = saved_model_now(backbone, k, keep, router=router, deflate=deflate, timed=True,
+                              form=form_of(name))
       row = name + " deflated" * deflate
       rows[row] = {**sizes, "graph_bytes": sizes["saved_model_bytes"]
                    - sizes["saved_model_variables_bytes"], "goal_bytes": goal,
@@ -516,7 +573,7 @@ def main(argv):
     print(f"{name}: rebuild")
     entry["rebuild"] = measure_rebuild(bundle)
     runs = [(label, *run_spec(label)) for label in _RUNS.value]
-    if name.startswith("sparse"):
+    if name.startswith(("sparse", "sign")):
       runs = [r for r in runs if r[0] == "cache1_random"]
     for label, cache, grouped, disk in runs:
       print(f"{name}: {label}")
@@ -555,7 +612,8 @@ def main(argv):
     storage = result["settings"][name]["storage"]
     keep = keep_of(name)
     storage["saved_model_bytes_built"] = storage["saved_model_bytes"]
-    storage.update(saved_model_now(backbone, k, keep, router=has_router(name)))
+    storage.update(saved_model_now(backbone, k, keep, router=has_router(name),
+                                   form=form_of(name)))
     storage["saved_model_ratio"] = storage["saved_model_bytes"] / storage["fp32_network_bytes"]
     if name + "_stored" in result["settings"]:  # the same SavedModel
       result["settings"][name + "_stored"]["storage"].update(
