@@ -140,7 +140,7 @@ class TrainConfig:
   specialist_form: str | None = _field(
       None, "What a specialist may change of the generalist it starts from. Default: sign "
       "with --qat (the compression frontier's best point: within 0.3 point of dense "
-      "specialists at about a fifth of their bytes, BENCHMARKS.md), unless --delta_keep, "
+      "specialists at a quarter to a third of their bytes, BENCHMARKS.md), unless --delta_keep, "
       "--delta_l1 or --delta_ranges=grow asks for a delta; delta otherwise. delta: its "
       "kernels (W - W_generalist, dense, or sparse with --delta_keep / --delta_l1), BatchNorm "
       "unless --freeze_bn, and the head. affine: only a scale and a shift per channel "
