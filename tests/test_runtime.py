@@ -275,6 +275,33 @@ def test_auto_encoding_stores_a_sign_delta_in_about_a_bit_per_weight(models):
                                                                     sizes["dense"]), (sizes, n)
 
 
+def test_a_sign_moved_depthwise_kernel_rebuilds_from_one_run():
+  """MobileNetV2's depthwise kernels ([1, H, W, C] in TFLite, quantized on the last axis) hold
+  their channels interleaved: the signed run must cover every byte of the buffer."""
+  inputs = keras.Input(SHAPE)
+  x = keras.layers.Conv2D(8, 3)(inputs)
+  x = keras.layers.DepthwiseConv2D(3)(x)
+  keras.utils.set_random_seed(0)
+  base = _convert(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x))))
+  obj = delta_lib.parse_model(base)
+  kernel = next(t for t in obj.subgraphs[0].tensors if len(t.shape) == 4 and t.shape[0] == 1
+                and t.type == schema.TensorType.INT8)
+  assert kernel.quantization.quantizedDimension == 3 and list(kernel.shape) == [1, 3, 3, 8]
+  data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
+  ks = np.arange(1, 9)  # channel c moves by c + 1, up or down
+  up = np.random.default_rng(0).random(data.size) < 0.5
+  per_byte = np.tile(ks, 9).astype(np.uint8)  # byte t is channel t % 8
+  obj.buffers[kernel.buffer].data = data + np.where(up, per_byte, np.negative(per_byte))
+  specialist = delta_lib.pack_model(obj)
+  skeleton, arrays = runtime.make_delta(base, specialist, encoding="signed")
+  assert runtime.apply_delta(base, skeleton, arrays) == specialist
+  runs = arrays["runs"].tolist()
+  at = [i for i, r in enumerate(runs) if r[2:] == [1, 8]]
+  assert [runs[i][1] for i in at] == [72]  # the whole kernel, not one byte a channel
+  first = sum(r[3] for r in runs[:at[0]])  # its magnitudes follow the earlier runs'
+  np.testing.assert_array_equal(arrays["magnitudes"][first:first + 8], ks)
+
+
 def test_delta_pairs_a_buffer_with_the_nearest_not_the_one_with_most_equal_bytes(models):
   """Every byte of a sign-moved kernel differs from its base; an unrelated buffer of the same
   length agrees with it by chance in ~1/256 of the bytes. Pairing by equal bytes chose that
