@@ -13,8 +13,9 @@ ordinary fine-tuning), or only a random 2% of each kernel's weights move ("spars
 `--delta_keep=0.02` run stores), or, "sign", QAT specialists whose kernels are projected onto
 the sign form by the training callback itself (`sign_models`, what `--qat` trains by default:
 each weight +-k int8 steps of its channel; sign_nobn: BatchNorm frozen, `--freeze_bn`). The
-dense_k<K>_router settings add a router head of width --router_head on the trunk (`super_sub.models.router_head`, random weights), which routes
-instead of the generalist's tail. Accuracy does not enter; sizes and speeds depend on the
+dense_k<K>_router settings add a router head of width --router_head on the trunk
+(`super_sub.models.router_head`, random weights), which routes instead of the generalist's
+tail. Accuracy does not enter; sizes and speeds depend on the
 architecture, the number of changed weights and their magnitude, not on what the weights
 learned. Each setting is exported by `super_sub.bundles.export.export_models` (the command
 line's export): int8 TFLite bundle and SavedModel.
@@ -126,11 +127,8 @@ def settings() -> list[tuple[str, int]]:
 
 
 def keep_of(name: str) -> float:
-  """The share of each kernel the setting `name` (from `settings`) changes (sign settings: 1
-  where BatchNorm moves too, 0 where it is frozen, `_nobn`)."""
-  if name.startswith("sparse"):
-    return _SPARSE_KEEP.value
-  return 0.0 if "_nobn" in name else 1.0
+  """The share of each kernel the setting `name` (from `settings`) changes."""
+  return _SPARSE_KEEP.value if name.startswith("sparse") else 1.0
 
 
 def form_of(name: str) -> str:
@@ -157,20 +155,19 @@ def finetune(model, frozen_stages: int, keep: float, rng: np.random.Generator) -
     if (not layer.weights or layer.name == backbones.INPUT_NORM_NAME
         or (stage is not None and stage < frozen_stages)):
       continue
-    values = []
-    for var, w in zip(layer.weights, layer.get_weights()):
-      if keep < 1 and w.ndim < 2:
-        values.append(w)
-        continue
-      scale = _CHANGE * (float(w.std()) or float(np.abs(w).mean()) or 1.0)
-      noise = rng.standard_normal(w.shape).astype(np.float32) * scale
-      if keep < 1:
-        noise *= rng.random(w.shape) < keep
-      if "moving_variance" in var.name:
-        values.append(w * np.exp(noise / scale * _CHANGE))
-      else:
-        values.append(w + noise)
-    layer.set_weights(values)
+    layer.set_weights([w if keep < 1 and w.ndim < 2 else
+                       moved(w, "moving_variance" in var.name, rng, keep)
+                       for var, w in zip(layer.weights, layer.get_weights())])
+
+
+def moved(w: np.ndarray, variance: bool, rng: np.random.Generator, keep: float = 1.0):
+  """`w` after the simulated change: + noise of 5% of its standard deviation (on a random share
+  `keep` of its entries), or for a BatchNorm variance, x exp of that noise in units of 1/5%."""
+  scale = _CHANGE * (float(w.std()) or float(np.abs(w).mean()) or 1.0)
+  noise = rng.standard_normal(w.shape).astype(np.float32) * scale
+  if keep < 1:
+    noise *= rng.random(w.shape) < keep
+  return w * np.exp(noise / scale * _CHANGE) if variance else w + noise
 
 
 def make_models(backbone: str, h, frozen_stages: int, keep: float, form: str = "delta"):
@@ -201,10 +198,10 @@ def sign_models(generalist, h, move_batchnorm: bool = True):
 
   The QAT generalist's quantizer ranges are set by one training-mode call on random images.
   Each specialist is its QAT copy with a new head; a simulated fine-tuning moves every backbone
-  kernel weight by 5% of its tensor's standard deviation and BatchNorm as `finetune` does
-  (unless not `move_batchnorm`: `--freeze_bn`); then
-  the training callback (`DeltaToBase(form="sign")`) projects each kernel's move onto the sign
-  form, +-k int8 steps of its channel's pinned range, the range-setting weights held.
+  kernel weight and BatchNorm as `finetune` does (`moved`; BatchNorm stays unless
+  `move_batchnorm`: `--freeze_bn`); then the training callback (`DeltaToBase(form="sign")`)
+  projects each kernel's move onto the sign form, +-k int8 steps of its channel's pinned
+  range, the range-setting weights held.
   """
   # pylint: disable=import-outside-toplevel
   from super_sub.models import classifiers
@@ -226,10 +223,7 @@ def sign_models(generalist, h, move_batchnorm: bool = True):
       if not (deltas.is_kernel(var) or move_batchnorm and name in (
           "gamma", "beta", "moving_mean", "moving_variance")):
         continue
-      scale = _CHANGE * (float(w.std()) or float(np.abs(w).mean()) or 1.0)
-      noise = rng.standard_normal(w.shape).astype(np.float32) * scale
-      var.assign(w * np.exp(noise / scale * _CHANGE) if name == "moving_variance"
-                 else w + noise)
+      var.assign(moved(w, name == "moving_variance", rng))
     deltas.DeltaToBase(start, 0.0, pin_batchnorm=False, form="sign").project(m, threshold=0.0)
     specialists[sup] = m
   return base, specialists
