@@ -90,3 +90,42 @@ def test_cli(runs, tmp_path):
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   assert "super-sub-findings --runs=" in (out / "index.md").read_text()
+
+
+def _predictions(folder, name, labels, predictions):
+  np.savez(os.path.join(folder, "predictions", f"{name}.npz"), labels=np.array(labels),
+           predictions=np.array(predictions), label_space=np.array("subclass"))
+
+
+def test_where_routing_loses_by_hand(tmp_path):
+  folders = [_run(tmp_path / f"s{seed}", seed, 0.5, 0.5) for seed in (0, 1)]
+  labels = [0, 8, 8, 7, 0, 4]  # T-shirt, dress, dress, trouser, T-shirt, sandal
+  for folder in folders:
+    _predictions(folder, "flat", labels, [0, 0, 8, 7, 0, 5])
+    _predictions(folder, "oracle_specialists", labels, [0, 8, 8, 7, 1, 4])
+  # Lost (oracle right, hard wrong): example 0 (tops answered by dress), 1 (dress by tops) and
+  # 3 (trouser by tops); example 4 is wrong for both, so routing did not lose it.
+  _predictions(folders[0], "two_stage_hard", labels, [8, 0, 8, 0, 1, 4])
+  # Seed 1 loses only example 1.
+  _predictions(folders[1], "two_stage_hard", labels, [0, 0, 8, 7, 1, 4])
+  (s,) = findings.write_findings(str(tmp_path / "page"), folders)
+  where = s["where_routing_loses"]
+  assert list(where["pairs"]) == ["dress -> tops", "tops -> dress", "trouser -> tops"]
+  assert where["pairs"]["dress -> tops"]["mean"] == pytest.approx(1 / 6)
+  assert where["pairs"]["tops -> dress"]["mean"] == pytest.approx(1 / 12)  # 0 in seed 1
+  assert where["total"]["mean"] == pytest.approx((3 / 6 + 1 / 6) / 2)
+  # Seed 0: dress and trouser are one-subclass superclasses (2 of 3); seed 1: dress (1 of 1).
+  assert where["one_subclass_share"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+  # The flat network gets examples 0 and 3 right, not 1.
+  assert where["flat_top1_on_lost"]["mean"] == pytest.approx((2 / 3 + 0) / 2)
+  text = (tmp_path / "page" / "index.md").read_text()
+  assert "| dress -> tops | 16.67 ± 0.00 |" in text
+  assert "| all | 33.33 ± 23.57 |" in text
+
+
+def test_where_routing_loses_needs_the_same_examples(tmp_path):
+  folder = _run(tmp_path / "s0", 0, 0.5, 0.5)
+  _predictions(folder, "oracle_specialists", [0, 4, 7, 9], [0, 4, 7, 9])
+  _predictions(folder, "two_stage_hard", [0, 4, 9, 7], [0, 4, 9, 7])
+  with pytest.raises(ValueError, match="two_stage_hard.npz and .*flat.npz do not hold the same"):
+    findings.write_findings(str(tmp_path / "page"), [folder])

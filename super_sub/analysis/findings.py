@@ -14,7 +14,11 @@ one dataset are seeds of one experiment; the page reports their mean and standar
   and the headline, Super-Sub against the flat network: hard and soft routing by every router
   (super_sub.routing.core.ROUTERS), the gain with its spread, the relative error reduction,
   the routing loss, and the storage of the deployed bundle as a + b N fp32 networks where the
-  run has been exported (model_dir/export, from super-sub-export), else (1 + N) networks.
+  run has been exported (model_dir/export, from super-sub-export), else (1 + N) networks;
+  and where routing loses: the images the oracle specialists get right and hard routing does
+  not, by true and answering superclass, with the share that belongs to one-subclass
+  superclasses (whose oracle answer is right by construction) and the flat network's top-1 on
+  them (how hard they are for a network that never routes).
 
 Writes index.md, index.html, findings.json and the PNGs into the folder (replaced only if it
 is an earlier findings page). Needs numpy and matplotlib, not TensorFlow.
@@ -22,6 +26,7 @@ is an earlier findings page). Needs numpy and matplotlib, not TensorFlow.
 
 from __future__ import annotations
 
+import collections
 import html
 import json
 import os
@@ -53,8 +58,9 @@ def collect(model_dir: str) -> dict[str, Any]:
   with open(paths["eval.json"], encoding="utf-8") as f:
     result = json.load(f)
   h = hierarchy_lib.load(result["hierarchy"])
-  flat = report_lib.analyze(loading.read_predictions(
-      os.path.join(model_dir, "predictions", "flat.npz")), h)
+  flat_predictions = loading.read_predictions(
+      os.path.join(model_dir, "predictions", "flat.npz"))
+  flat = report_lib.analyze(flat_predictions, h)
   num_specialists = len(h.specialist_superclasses())
   manifest = os.path.join(model_dir, "export", "manifest.json")
   if os.path.exists(manifest):
@@ -65,6 +71,11 @@ def collect(model_dir: str) -> dict[str, Any]:
   else:
     cost = {"a": 1.0, "b": 1.0, "source": "separate fp32 networks (not exported)"}
   two = result["two_stage"]
+  predictions = {name: os.path.join(model_dir, "predictions", f"{name}.npz")
+                 for name in ("oracle_specialists", "two_stage_hard")}
+  losses = (routing_losses(flat_predictions, loading.read_predictions(predictions[
+      "oracle_specialists"]), loading.read_predictions(predictions["two_stage_hard"]), h)
+            if all(os.path.exists(p) for p in predictions.values()) else None)
   return {
       "model_dir": model_dir, "dataset": result["dataset"], "split": result["split"],
       "seed": config.get("seed"), "epochs": config.get("epochs"),
@@ -83,7 +94,45 @@ def collect(model_dir: str) -> dict[str, Any]:
       "router": two.get("router", "generalist"),
       "routers": result.get("routers", {}),
       "storage": {**cost, "n": num_specialists, "total": cost["a"] + cost["b"] * num_specialists},
+      "where_routing_loses": losses,
   }
+
+
+def routing_losses(flat: loading.Predictions, oracle: loading.Predictions,
+                   hard: loading.Predictions, hierarchy: hierarchy_lib.Hierarchy
+                   ) -> dict[str, Any]:
+  """Where the routing loss (oracle top-1 minus hard routing's) comes from.
+
+  A lost image is one the oracle specialists get right and hard routing gets wrong; hard
+  routing then answered from another superclass (a routed specialist only answers its own
+  subclasses), which is where its answer's subclass lies.
+
+  Returns:
+    pairs: {"<true> -> <answered>": share of all images} over the pairs that lost any;
+    total: the share of images lost (the routing loss as a fraction);
+    one_subclass_share: the lost images' share whose true superclass has one subclass: the
+      oracle's answer there is the superclass itself, right by construction (None if none
+      were lost);
+    flat_top1_on_lost: the flat network's top-1 on the lost images (None if none).
+
+  Raises:
+    ValueError: the three files do not hold the same examples in the same order.
+  """
+  for other in (oracle, hard):
+    if len(other) != len(flat) or not np.array_equal(other.labels, flat.labels):
+      raise ValueError(f"{other.source} and {flat.source} do not hold the same examples in "
+                       "the same order (their labels differ)")
+  h, labels = hierarchy, flat.labels
+  lost = (oracle.predictions == labels) & (hard.predictions != labels)
+  true, answered = h.superclass_of[labels[lost]], h.superclass_of[hard.predictions[lost]]
+  names = h.superclass_names
+  counts = collections.Counter(f"{names[t]} -> {names[a]}" for t, a in zip(true, answered))
+  pairs = {key: n / len(labels) for key, n in counts.most_common()}
+  one_subclass = np.array([len(h.subclass_range(int(t))) == 1 for t in true], bool)
+  return {"pairs": pairs, "total": float(lost.mean()) if len(labels) else 0.0,
+          "one_subclass_share": float(one_subclass.mean()) if lost.any() else None,
+          "flat_top1_on_lost": (float(np.mean(flat.predictions[lost] == labels[lost]))
+                                if lost.any() else None)}
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
@@ -118,14 +167,29 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
           [g / (1 - r["flat_top1"]) if r["flat_top1"] < 1 else None
            for g, r in zip(gains, runs)]),
       "routing_loss": _stats([r["oracle_top1"] - r["hard_top1"] for r in runs]),
+      "router": first["router"],
       "routers": {name: {key: _stats([r["routers"][name][key] for r in runs
                                       if name in r["routers"]])
                          for key in ("superclass_top1", "hard_top1", "soft_top1",
                                      "routing_loss")}
                   for name in first["routers"]},
       "storage": first["storage"],
+      "where_routing_loses": _where_routing_loses(runs),
   }
   return out
+
+
+def _where_routing_loses(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+  """`routing_losses` over the runs: each pair's mean share (0 in a run that lost none
+  there), most first; None unless every run has its predictions."""
+  losses = [r.get("where_routing_loses") for r in runs]
+  if any(x is None for x in losses):
+    return None
+  keys = {key for x in losses for key in x["pairs"]}
+  pairs = {key: _stats([x["pairs"].get(key, 0.0) for x in losses]) for key in keys}
+  return {"pairs": dict(sorted(pairs.items(), key=lambda kv: (-kv[1]["mean"], kv[0]))),
+          **{key: _stats([x[key] for x in losses])
+             for key in ("total", "one_subclass_share", "flat_top1_on_lost")}}
 
 
 def _pct(s: dict) -> str:
@@ -176,9 +240,33 @@ def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) ->
         lines.append(f"| {name} | {_pct(r['superclass_top1'])} | {_pct(r['hard_top1'])} | "
                      f"{_pct(r['soft_top1'])} | {_pct(r['routing_loss'])} |")
       lines.append("")
+    lines += _where_routing_loses_lines(s)
     lines += [f"Storage: a + b N = {st['a']:.2f} + {st['b']:.2f} x {st['n']} = "
               f"{st['total']:.2f} fp32 networks ({st['source']}).", ""]
   return "\n".join(lines)
+
+
+def _where_routing_loses_lines(s: dict, shown: int = 5) -> list[str]:
+  where = s["where_routing_loses"]
+  if where is None or not where["pairs"]:
+    return []
+  lines = ["**Where routing loses.** The images the oracle specialists get right and hard "
+           f"routing ({s['router']} router) does not, by true superclass and the superclass "
+           "that answered, in points of top-1:", "",
+           "| true superclass -> answered by | points |", "|---|---|"]
+  pairs = list(where["pairs"].items())
+  lines += [f"| {key} | {_pct(v)} |" for key, v in pairs[:shown]]
+  if len(pairs) > shown:
+    rest = sum(v["mean"] for _, v in pairs[shown:])
+    lines.append(f"| {len(pairs) - shown} other pairs | {100 * rest:.2f} |")
+  lines += [f"| all | {_pct(where['total'])} |", ""]
+  if s["without_specialist"]:
+    lines.append(f"{_pct(where['one_subclass_share'])} % of them are images of one-subclass "
+                 f"superclasses ({', '.join(s['without_specialist'])}), which the oracle gets "
+                 "right by construction: given the superclass, the answer is sure.")
+  lines += [f"The flat network gets {_pct(where['flat_top1_on_lost'])} % of them right: they "
+            "are hard for a network that never routes, too.", ""]
+  return lines
 
 
 def _slug(summary: dict) -> str:
