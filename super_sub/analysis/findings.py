@@ -264,8 +264,8 @@ def _where_routing_loses_lines(s: dict, shown: int = 5) -> list[str]:
     lines.append(f"{_pct(where['one_subclass_share'])} % of them are images of one-subclass "
                  f"superclasses ({', '.join(s['without_specialist'])}), which the oracle gets "
                  "right by construction: given the superclass, the answer is sure.")
-  lines += [f"The flat network gets {_pct(where['flat_top1_on_lost'])} % of them right: they "
-            "are hard for a network that never routes, too.", ""]
+  lines += [f"The flat network, which never routes, gets {_pct(where['flat_top1_on_lost'])} % "
+            "of them right.", ""]
   return lines
 
 
