@@ -7,6 +7,8 @@ import shutil
 import statistics
 import time
 
+import numpy as np
+
 from super_sub._internal import files
 from super_sub.bundles import storage as storage_lib
 from super_sub.training import config as config_lib
@@ -84,3 +86,21 @@ def tradeoff_table(rows: list[dict]) -> str:
                  f"{r['oracle_top1']:.2%} | {per} | {r['b']:.4f} | {r['storage_ratio']:.3f} | "
                  f"{r['ratio_at_n10']:.2f} |")
   return "\n".join(lines) + "\n"
+
+
+def seed_stats(values) -> dict | None:
+  """Mean, sample standard deviation (None for one value), count and the values themselves,
+  over the values that are not None; None if there are none."""
+  vals = [float(v) for v in values if v is not None]
+  if not vals:
+    return None
+  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
+          else None, "n": len(vals), "values": vals}
+
+
+def pct(s: dict | None, signed: bool = False) -> str:
+  """`seed_stats` as percentage points, "mean ± std" ("" for None)."""
+  if s is None:
+    return ""
+  text = f"{100 * s['mean']:+.2f}" if signed else f"{100 * s['mean']:.2f}"
+  return text + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")

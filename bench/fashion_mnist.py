@@ -35,6 +35,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from _common import copy_stages
+from _common import pct
+from _common import seed_stats
 from _common import write_results
 from super_sub import evaluation
 from super_sub.data import pipeline
@@ -131,14 +133,6 @@ def run_one(seed, epochs):
   return out
 
 
-def _stats(values):
-  vals = [v for v in values if v is not None]
-  if not vals:
-    return None
-  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-          else None, "n": len(vals), "values": vals}
-
-
 def summarize(runs):
   """Per budget: every model's top-1 over the seeds, and the gains paired by seed."""
   rows = {}  # name -> per-run getter
@@ -163,12 +157,12 @@ def summarize(runs):
                if with_supersub and all(ro in r["supersub"]["routers"] for r in with_supersub)]
     table = {}
     for name, get in rows.items():
-      stats = _stats([get(r) for r in these])
+      stats = seed_stats([get(r) for r in these])
       if stats is None:
         continue
       for base_name in ("flat", "flat, widened (small_resnet_wide)"):
         pairs = [(get(r), rows[base_name](r)) for r in these]
-        gain = _stats([a - b for a, b in pairs if a is not None and b is not None])
+        gain = seed_stats([a - b for a, b in pairs if a is not None and b is not None])
         stats[f"gain_vs_{'wide' if 'widened' in base_name else 'flat'}"] = gain
       flat_err = [1 - rows["flat"](r) for r in these if rows["flat"](r) is not None]
       if flat_err and stats.get("gain_vs_flat"):
@@ -176,23 +170,16 @@ def summarize(runs):
       table[name] = stats
     budgets[str(epochs)] = {"seeds": [r["seed"] for r in these], "models": table,
                             "routing_loss": {
-                                router: _stats([r["supersub"]["oracle"]
+                                router: seed_stats([r["supersub"]["oracle"]
                                                 - r["supersub"]["routers"][router]["hard_top1"]
                                                 for r in these if "supersub" in r])
                                 for router in routers},
                             "superclass_top1": {
-                                router: _stats([r["supersub"]["routers"][router]
+                                router: seed_stats([r["supersub"]["routers"][router]
                                                 ["superclass_top1"]
                                                 for r in these if "supersub" in r])
                                 for router in routers}}
   return budgets
-
-
-def _pct(s, signed=False):
-  if s is None:
-    return ""
-  text = f"{100 * s['mean']:+.2f}" if signed else f"{100 * s['mean']:.2f}"
-  return text + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
 
 
 def _beyond_spread(row, base, gain_key):
@@ -221,18 +208,18 @@ def markdown(report):
       rer = s.get("relative_error_reduction")
       vs_flat, vs_wide = name != "flat", "widened" not in name
       lines.append(
-          f"| {name} | {_pct(s)} | {s['n']} | "
-          f"{_pct(s.get('gain_vs_flat'), True) if vs_flat else ''} | "
+          f"| {name} | {pct(s)} | {s['n']} | "
+          f"{pct(s.get('gain_vs_flat'), True) if vs_flat else ''} | "
           f"{_beyond_spread(s, flat, 'gain_vs_flat') if vs_flat else ''} | "
-          f"{_pct(s.get('gain_vs_wide'), True) if vs_wide and wide else ''} | "
+          f"{pct(s.get('gain_vs_wide'), True) if vs_wide and wide else ''} | "
           f"{_beyond_spread(s, wide, 'gain_vs_wide') if vs_wide and wide else ''} | "
           f"{'' if rer is None or not vs_flat else f'{100 * rer:.1f} %'} |")
     if b["superclass_top1"]:  # runs with Super-Sub in them
       lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
                 "|---|---|---|"]
       for router in b["superclass_top1"]:
-        lines.append(f"| {router} | {_pct(b['superclass_top1'][router])} | "
-                     f"{_pct(b['routing_loss'][router])} |")
+        lines.append(f"| {router} | {pct(b['superclass_top1'][router])} | "
+                     f"{pct(b['routing_loss'][router])} |")
     lines.append("")
   return "\n".join(lines) + "\n"
 

@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from _common import pct
+from _common import seed_stats
 from _common import write_results
 from super_sub.data import pipeline
 from super_sub.routing import core
@@ -92,11 +94,6 @@ def evaluate(hierarchy, logits, labels, temperatures):
   return out
 
 
-def _stats(values):
-  return {"mean": float(np.mean(values)), "n": len(values), "values": [float(v) for v in values],
-          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
-
-
 def summarize(per_run):
   """Mean ± std of every setting over the runs, gains paired with the flat network of the
   same flip setting, and routing losses."""
@@ -104,20 +101,15 @@ def summarize(per_run):
   for key in per_run[0]:
     flat_key = "flat, flip" if key.endswith(", flip") else "flat"
     oracle_key = "oracle, flip" if key.endswith(", flip") else "oracle"
-    row = _stats([r[key] for r in per_run])
+    row = seed_stats([r[key] for r in per_run])
     if not key.startswith(("flat", "superclass")):
-      row["gain_vs_flat"] = _stats([r[key] - r[flat_key] for r in per_run])
+      row["gain_vs_flat"] = seed_stats([r[key] - r[flat_key] for r in per_run])
       row["relative_error_reduction"] = row["gain_vs_flat"]["mean"] / np.mean(
           [1 - r[flat_key] for r in per_run])
     if key.startswith("hard"):
-      row["routing_loss"] = _stats([r[oracle_key] - r[key] for r in per_run])
+      row["routing_loss"] = seed_stats([r[oracle_key] - r[key] for r in per_run])
     rows[key] = row
   return rows
-
-
-def _pct(s, signed=False):
-  text = f"{100 * s['mean']:+.2f}" if signed else f"{100 * s['mean']:.2f}"
-  return text + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
 
 
 def markdown(report):
@@ -133,17 +125,17 @@ def markdown(report):
       continue
     gain = s.get("gain_vs_flat")
     rer = "" if gain is None else f"{100 * s['relative_error_reduction']:.1f} %"
-    lines.append(f"| {key} | {_pct(s)} | {_pct(gain, True) if gain else ''} | "
+    lines.append(f"| {key} | {pct(s)} | {pct(gain, True) if gain else ''} | "
                  f"{rer} | "
-                 f"{_pct(s['routing_loss']) if 'routing_loss' in s else ''} |")
+                 f"{pct(s['routing_loss']) if 'routing_loss' in s else ''} |")
   lines += ["", "| flip | generalist superclass top-1 |", "|---|---|"]
   for key in ("superclass top-1", "superclass top-1, flip"):
-    lines.append(f"| {'yes' if 'flip' in key else 'no'} | {_pct(report['settings'][key])} |")
+    lines.append(f"| {'yes' if 'flip' in key else 'no'} | {pct(report['settings'][key])} |")
   soft = {k: s for k, s in report["settings"].items() if k.startswith("soft") and "flip" not in k}
   best = max(soft, key=lambda k: soft[k]["mean"])
   lines += ["", f"Best temperature on the test images (an upper bound; no held-out split): "
-            f"`{best}`, {_pct(soft[best]['gain_vs_flat'], True)} points over flat, against "
-            f"{_pct(soft['soft, T=1']['gain_vs_flat'], True)} at T = 1.", ""]
+            f"`{best}`, {pct(soft[best]['gain_vs_flat'], True)} points over flat, against "
+            f"{pct(soft['soft, T=1']['gain_vs_flat'], True)} at T = 1.", ""]
   return "\n".join(lines)
 
 
