@@ -20,10 +20,13 @@ schedule) and seed, on Fashion-MNIST with the 0.3M-parameter small_resnet:
 Runs live in <work_dir>/seed<S>/e<E>/<variant>; a finished stage is never trained again, so
 the script can be re-run to add budgets, seeds or variants, and each network is trained
 once for all of them (distill and scratch copy the supersub run's finished flat, and
-distill its generalist). Writes <out>.json and <out>.md: mean ± standard deviation over the
+distill its generalist); --with_runs joins the runs of earlier reports whose model dirs are
+gone (e.g. `--notrain --with_runs=bench/results/fashion_mnist_gain.json`). Writes <out>.json
+and <out>.md: mean ± standard deviation over the
 seeds, each gain paired by seed, and whether it exceeds the seed-to-seed spread.
 """
 
+import json
 import os
 import platform
 import time
@@ -56,6 +59,10 @@ _WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/bench_fmnist", "Model dirs go 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "/usr/share/datasets/fashion-mnist",
                                   "The four Fashion-MNIST IDX files.")
+_WITH_RUNS = flags.DEFINE_list(
+    "with_runs", [], "Earlier reports of this script (JSON) whose runs join this one's, paired "
+    "by seed and budget, so a report can combine runs whose model dirs are gone. Only their "
+    "runs of --budgets, --seeds and --variants count; a variant evaluated now replaces theirs.")
 _OUT = flags.DEFINE_string("out", "bench/results/fashion_mnist_gain",
                            "Output path without suffix.")
 
@@ -131,6 +138,27 @@ def run_one(seed, epochs):
     if _specialists_done(dirs[variant]):
       out[variant] = _two_stage(dirs[variant])
   return out
+
+
+def join_runs(runs, reports, budgets, seeds, variants):
+  """`runs` with the variants of the same seed and budget from earlier `reports` filled in.
+
+  Each report is a dict as this script writes it; a run evaluated now wins over a stored one.
+  """
+  joined = {(r["seed"], r["epochs"]): dict(r) for r in runs}
+  for name, report in reports:
+    for stored in report.get("runs", []):
+      if "seed" not in stored or "epochs" not in stored:
+        raise ValueError(f"{name}: a run without 'seed' and 'epochs' ({sorted(stored)}); "
+                         "expected a report of bench/fashion_mnist.py with --budgets")
+      key = (stored["seed"], stored["epochs"])
+      if stored["seed"] not in seeds or stored["epochs"] not in budgets:
+        continue
+      run = joined.setdefault(key, {"seed": key[0], "epochs": key[1]})
+      for variant in variants:
+        if variant in stored and variant not in run:
+          run[variant] = stored[variant]
+  return sorted(joined.values(), key=lambda r: (r["epochs"], r["seed"]))
 
 
 def summarize(runs):
@@ -231,11 +259,18 @@ def main(argv):
     raise app.UsageError(f"unknown variants {sorted(bad)}; choose from {VARIANTS}")
   prepare.prepare(DATASET, _DATA_DIR.value, _MANUAL_DIR.value)
   start = time.perf_counter()
-  runs = [run_one(int(seed), int(epochs)) for epochs in _BUDGETS.value for seed in _SEEDS.value]
+  budgets, seeds = [int(e) for e in _BUDGETS.value], [int(s) for s in _SEEDS.value]
+  runs = [run_one(seed, epochs) for epochs in budgets for seed in seeds]
+  reports = []
+  for path in _WITH_RUNS.value:
+    with open(path) as f:
+      reports.append((path, json.load(f)))
+  runs = join_runs(runs, reports, budgets, seeds, _VARIANTS.value)
   report = {
       "command": (f"python bench/fashion_mnist.py --budgets={','.join(_BUDGETS.value)} "
                   f"--seeds={','.join(_SEEDS.value)} --variants={','.join(_VARIANTS.value)}"
-                  + ("" if _TRAIN.value else " --notrain")),
+                  + ("" if _TRAIN.value else " --notrain")
+                  + "".join(f" --with_runs={p}" for p in _WITH_RUNS.value)),
       "dataset": DATASET,
       "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
                  f"tensorflow {tf.__version__}",
