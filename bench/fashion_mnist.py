@@ -22,8 +22,8 @@ the script can be re-run to add budgets, seeds or variants, and each network is 
 once for all of them (distill and scratch copy the supersub run's finished flat, and
 distill its generalist); --with_runs joins the runs of earlier reports whose model dirs are
 gone (e.g. `--notrain --with_runs=bench/results/fashion_mnist_gain.json`). Writes <out>.json
-and <out>.md: mean ± standard deviation over the
-seeds, each gain paired by seed, and whether it exceeds the seed-to-seed spread.
+and <out>.md: mean ± standard deviation over the seeds, each gain paired by seed, and whether
+it exceeds the seed-to-seed spread.
 """
 
 import json
