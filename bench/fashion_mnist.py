@@ -258,19 +258,19 @@ def main(argv):
   if bad:
     raise app.UsageError(f"unknown variants {sorted(bad)}; choose from {VARIANTS}")
   prepare.prepare(DATASET, _DATA_DIR.value, _MANUAL_DIR.value)
-  start = time.perf_counter()
-  budgets, seeds = [int(e) for e in _BUDGETS.value], [int(s) for s in _SEEDS.value]
-  runs = [run_one(seed, epochs) for epochs in budgets for seed in seeds]
-  reports = []
+  reports = []  # read before any training, so a bad path fails at once
   for path in _WITH_RUNS.value:
     with open(path) as f:
       reports.append((path, json.load(f)))
+  start = time.perf_counter()
+  budgets, seeds = [int(e) for e in _BUDGETS.value], [int(s) for s in _SEEDS.value]
+  runs = [run_one(seed, epochs) for epochs in budgets for seed in seeds]
   runs = join_runs(runs, reports, budgets, seeds, _VARIANTS.value)
   report = {
       "command": (f"python bench/fashion_mnist.py --budgets={','.join(_BUDGETS.value)} "
                   f"--seeds={','.join(_SEEDS.value)} --variants={','.join(_VARIANTS.value)}"
                   + ("" if _TRAIN.value else " --notrain")
-                  + "".join(f" --with_runs={p}" for p in _WITH_RUNS.value)),
+                  + (f" --with_runs={','.join(_WITH_RUNS.value)}" if _WITH_RUNS.value else "")),
       "dataset": DATASET,
       "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
                  f"tensorflow {tf.__version__}",
