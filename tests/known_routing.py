@@ -21,10 +21,6 @@ from super_sub._internal.compat import keras
 # by SLOPE x the image's distance to the boundary between them. Steeper makes more images
 # decisive but widens the logits' range, and with it the int8 step of the quantized logits.
 SLOPE = 4.0
-# A specialist splits its 16-20 images into 4-5 slices of ~4, so a quarter of them sit next to
-# a boundary: a gentler slope keeps int8 noise there within the parity check's bound (2.0
-# left only 43% of the labels decisive).
-SPECIALIST_SLOPE = 3.0
 
 
 def slice_head(features: np.ndarray, num_classes: int,
@@ -105,7 +101,7 @@ def make_routing_known(run) -> dict[int, int]:
     specialist = run.load_model(stage)
     mine = images[routed == k]
     assert len(mine) >= 2 * specialist.output_shape[-1], f"superclass {k}: too few images"
-    set_head(specialist, mine, SPECIALIST_SLOPE)
+    set_head(specialist, mine)
     _save(run, stage, specialist)
   return {int(k): int(n) for k, n in enumerate(np.bincount(routed,
                                                            minlength=run.hierarchy.num_superclasses))}
