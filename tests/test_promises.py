@@ -490,7 +490,7 @@ def test_read_predictions_csv_with_logits(tmp_path):
 
 def test_read_predictions_csv_with_prob_columns(tmp_path):
   """`prob_<id>` columns in any order fill column <id> of the probabilities (missing ids: 0);
-  a `prediction` column, when given, is kept rather than replaced by the argmax."""
+  a `prediction` column that disagrees with their argmax is refused, with the rows counted."""
   path = _write(tmp_path / "probs.csv", "label,prob_0,prob_3,prob_1\n"
                 "3,0.2,0.7,0.1\n"
                 "0,0.5,0.2,0.3\n"
@@ -503,9 +503,9 @@ def test_read_predictions_csv_with_prob_columns(tmp_path):
   given = _write(tmp_path / "given.csv", "label,prediction,prob_0,prob_1\n"
                  "0,1,0.9,0.1\n"
                  "1,1,0.4,0.6\n")
-  q = analysis.read_predictions(given)
-  np.testing.assert_array_equal(q.predictions, [1, 1])  # not the argmax [0, 1]
-  np.testing.assert_array_equal(q.top5, [[0, 1], [1, 0]])
+  with pytest.raises(analysis.AnalysisError, match=r"given.csv: field 'predictions' disagrees "
+                     r"with the arg-max of 'probs' in 1 of 2 rows"):
+    analysis.read_predictions(given)  # top-1 would be [1, 1], top-5's first [0, 1]
 
 
 # --- dataset configs -----------------------------------------------------------------------------

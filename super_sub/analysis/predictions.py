@@ -39,6 +39,8 @@ class Predictions:
     source: where the arrays came from, for error messages (a path, or "<arrays>").
     first_line: line of the first example in a text file (errors then say "line L"),
       or None (errors say "example i", counting from 0).
+    probs_from: the field `probs` was read from ("probs", or "logits" turned into
+      probabilities), for error messages.
   """
   labels: np.ndarray
   predictions: np.ndarray
@@ -48,6 +50,7 @@ class Predictions:
   file_names: np.ndarray | None = None
   source: str = "<arrays>"
   first_line: int | None = None
+  probs_from: str = "probs"
 
   def __post_init__(self):
     for name in ("labels", "predictions", "top5", "probs", "file_names"):
@@ -112,6 +115,7 @@ def to_hierarchy(p: Predictions, hierarchy: hierarchy_lib.Hierarchy,
     raise AnalysisError(f"unmapped_labels must be one of {UNMAPPED_LABELS}, "
                         f"got {unmapped_labels!r}")
   n = hierarchy.num_subclasses
+  _check_label_space(p, hierarchy)
   if p.label_space == "subclass":
     for name, values in (("label", p.labels), ("prediction", p.predictions),
                          ("top5", p.top5)):
@@ -144,6 +148,48 @@ def to_hierarchy(p: Predictions, hierarchy: hierarchy_lib.Hierarchy,
                 raw_predictions=p.predictions[rows],
                 top5=None if top5 is None else top5[rows], confidence=confidence,
                 rows=rows, num_skipped=len(p) - len(rows))
+
+
+def space_size(hierarchy: hierarchy_lib.Hierarchy, label_space: str) -> int | None:
+  """How many class ids `label_space` has in `hierarchy`: its subclasses, or its source
+  labels (None where the hierarchy does not say how many its source dataset has)."""
+  return hierarchy.num_subclasses if label_space == "subclass" else hierarchy.num_source_labels
+
+
+def _check_label_space(p: Predictions, hierarchy: hierarchy_lib.Hierarchy) -> None:
+  """Refuses scores whose class dimension is not the label space's size, and (source space)
+  labels beyond the source dataset's labels: both give a report that looks right and is not.
+
+  Raises:
+    AnalysisError: naming both numbers and the flag that fixes it.
+  """
+  size = space_size(hierarchy, p.label_space)
+  what = {"subclass": "subclasses (global subclass indices)",
+          "source": "source labels"}[p.label_space]
+  if p.probs is not None and size is not None and p.probs.shape[1] != size:
+    c = p.probs.shape[1]
+    other = "source" if p.label_space == "subclass" else "subclass"
+    if space_size(hierarchy, other) == c:
+      fix = f"if the scores are {other} ids, pass --label_space={other}"
+    else:
+      fits = [f"--hierarchy={name}" + ("" if space == p.label_space
+                                       else f" --label_space={space}")
+              for name in hierarchy_lib.shipped_hierarchies() for space in LABEL_SPACES
+              if space_size(hierarchy_lib.load(name), space) == c]
+      fix = ("pass the hierarchy the model was trained on with --hierarchy"
+             + (f" (shipped ones with {c} classes: {'; '.join(fits)})" if fits else ""))
+    raise AnalysisError(
+        f"{p.source}: {p.probs_from!r} has {c} columns (classes), but hierarchy "
+        f"{hierarchy.name!r} has {size} {what} in the {p.label_space!r} label space; {fix}")
+  if p.label_space == "source" and size is not None:
+    beyond = p.labels >= size
+    if beyond.any():
+      i = int(np.flatnonzero(beyond)[0])
+      raise AnalysisError(
+          f"{p.where(i)}: label {int(p.labels[i])} is not a source label of hierarchy "
+          f"{hierarchy.name!r}, whose source dataset has {size} labels (0..{size - 1}); "
+          f"{int(beyond.sum())} of {len(p)} labels are like this: pass the hierarchy of the "
+          f"dataset the labels come from with --hierarchy")
 
 
 def _source(ids: np.ndarray, hierarchy: hierarchy_lib.Hierarchy) -> np.ndarray:
@@ -199,4 +245,31 @@ def _check(p: Predictions) -> None:
     finite = np.isfinite(p.probs)
     if not finite.all():
       i = int(np.flatnonzero(~finite.all(axis=1))[0])
-      raise AnalysisError(f"{p.where(i)}: field 'probs' holds NaN or infinite values")
+      raise AnalysisError(f"{p.where(i)}: field {p.probs_from!r} holds NaN or infinite values")
+    _check_scores(p)
+
+
+def _check_scores(p: Predictions) -> None:
+  """Scores whose class dimension holds the labels, and predictions that are their arg-max:
+  a file whose fields disagree would give top-1 from one and top-5 from the other."""
+  c = p.probs.shape[1]
+  beyond = p.labels >= c
+  if beyond.any():
+    i = int(np.flatnonzero(beyond)[0])
+    raise AnalysisError(
+        f"{p.where(i)}: label {int(p.labels[i])} has no column in {p.probs_from!r}, which "
+        f"has {c} columns (classes 0..{c - 1}); {int(beyond.sum())} of {len(p)} labels are "
+        f"like this: the labels and the scores are not in the same label space")
+  pred = p.predictions
+  inside = pred < c
+  best = p.probs.max(axis=1)
+  agree = inside.copy()
+  # A prediction agrees when its score is the row's largest (ties: any of the largest).
+  agree[inside] = p.probs[np.flatnonzero(inside), pred[inside]] >= best[inside]
+  if not agree.all():
+    i = int(np.flatnonzero(~agree)[0])
+    raise AnalysisError(
+        f"{p.source}: field 'predictions' disagrees with the arg-max of {p.probs_from!r} in "
+        f"{int((~agree).sum())} of {len(p)} rows (first: {p.where(i)}, prediction "
+        f"{int(pred[i])}, arg-max {int(p.probs[i].argmax())}); refusing to take top-1 from "
+        f"one and top-5 from the other: keep only the field that is right")
