@@ -172,24 +172,33 @@ def _check_label_space(p: Predictions, hierarchy: hierarchy_lib.Hierarchy) -> No
     if space_size(hierarchy, other) == c:
       fix = f"if the scores are {other} ids, pass --label_space={other}"
     else:
-      fits = [f"--hierarchy={name}" + ("" if space == p.label_space
-                                       else f" --label_space={space}")
-              for name in hierarchy_lib.shipped_hierarchies() for space in LABEL_SPACES
-              if space_size(hierarchy_lib.load(name), space) == c]
+      fits = []
+      for name in hierarchy_lib.shipped_hierarchies():
+        spaces = [space for space in (p.label_space, other)
+                  if space_size(hierarchy_lib.load(name), space) == c]
+        if spaces:  # the label space asked for where it fits, else the other one
+          fits.append(f"--hierarchy={name}" + ("" if spaces[0] == p.label_space
+                                               else f" --label_space={spaces[0]}"))
       fix = ("pass the hierarchy the model was trained on with --hierarchy"
              + (f" (shipped ones with {c} classes: {'; '.join(fits)})" if fits else ""))
     raise AnalysisError(
         f"{p.source}: {p.probs_from!r} has {c} columns (classes), but hierarchy "
         f"{hierarchy.name!r} has {size} {what} in the {p.label_space!r} label space; {fix}")
-  if p.label_space == "source" and size is not None:
-    beyond = p.labels >= size
-    if beyond.any():
-      i = int(np.flatnonzero(beyond)[0])
-      raise AnalysisError(
-          f"{p.where(i)}: label {int(p.labels[i])} is not a source label of hierarchy "
-          f"{hierarchy.name!r}, whose source dataset has {size} labels (0..{size - 1}); "
-          f"{int(beyond.sum())} of {len(p)} labels are like this: pass the hierarchy of the "
-          f"dataset the labels come from with --hierarchy")
+  # Labels must lie in the label space: the source dataset's labels where the hierarchy says
+  # how many (subclass ids are checked against the hierarchy in `to_hierarchy`), and in any
+  # case the scores' columns.
+  limit, of = ((size, f"the {size} source labels of hierarchy {hierarchy.name!r}")
+               if p.label_space == "source" and size is not None else (None, ""))
+  if p.probs is not None and (limit is None or p.probs.shape[1] < limit):
+    limit, of = p.probs.shape[1], f"the {p.probs.shape[1]} columns of {p.probs_from!r}"
+  if limit is not None and (p.labels >= limit).any():
+    beyond = p.labels >= limit
+    i = int(np.flatnonzero(beyond)[0])
+    raise AnalysisError(
+        f"{p.where(i)}: label {int(p.labels[i])} is outside {of} (0..{limit - 1}); "
+        f"{int(beyond.sum())} of {len(p)} labels are like this: pass the hierarchy of the "
+        f"dataset the labels come from with --hierarchy, and --label_space=source for source "
+        f"dataset ids")
 
 
 def _source(ids: np.ndarray, hierarchy: hierarchy_lib.Hierarchy) -> np.ndarray:
@@ -250,16 +259,10 @@ def _check(p: Predictions) -> None:
 
 
 def _check_scores(p: Predictions) -> None:
-  """Scores whose class dimension holds the labels, and predictions that are their arg-max:
-  a file whose fields disagree would give top-1 from one and top-5 from the other."""
+  """Predictions that are the scores' arg-max: a file whose fields disagree would give top-1
+  from one and top-5 from the other. (Whether the scores' classes are the label space's is
+  `_check_label_space`'s question: it needs the hierarchy.)"""
   c = p.probs.shape[1]
-  beyond = p.labels >= c
-  if beyond.any():
-    i = int(np.flatnonzero(beyond)[0])
-    raise AnalysisError(
-        f"{p.where(i)}: label {int(p.labels[i])} has no column in {p.probs_from!r}, which "
-        f"has {c} columns (classes 0..{c - 1}); {int(beyond.sum())} of {len(p)} labels are "
-        f"like this: the labels and the scores are not in the same label space")
   pred = p.predictions
   inside = pred < c
   best = p.probs.max(axis=1)
