@@ -11,6 +11,9 @@ CSV: a header line, then one example a line. Columns (any order; others are igno
 NPZ (`np.load`, no pickle): `labels`, and `predictions` or `logits` or `probs`; optional
 `top5`, `file_names`, and `label_space` ("subclass", "source"; super-sub's own
 predictions/<model>.npz files carry it).
+Scores under `logits` that are already probabilities (every row in [0, 1], summing to 1) are
+refused rather than soft-maxed again (`looks_like_probabilities`), and a `predictions` field
+that disagrees with the scores' arg-max is refused (super_sub.analysis.predictions).
 """
 
 from __future__ import annotations
