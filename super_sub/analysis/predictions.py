@@ -263,6 +263,8 @@ def _check_scores(p: Predictions) -> None:
   from one and top-5 from the other. (Whether the scores' classes are the label space's is
   `_check_label_space`'s question: it needs the hierarchy.)"""
   c = p.probs.shape[1]
+  if c == 0:
+    raise AnalysisError(f"{p.source}: field {p.probs_from!r} has no columns (classes)")
   pred = p.predictions
   inside = pred < c
   best = p.probs.max(axis=1)

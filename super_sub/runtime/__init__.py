@@ -9,6 +9,8 @@
   predictor  `TwoStageLite`: super_sub.routing.core over LiteRT interpreters
   disk_cache rebuilt specialists kept as verified files, so a switch maps one (`cache_dir`),
              and LiteRT's packed weights beside them (`packed_weights`)
+  classify   image files and folders in, one answer (probabilities named) or one error per
+             image out: super-sub-predict's batch
 
 The bundle writer lives here too (it needs no TensorFlow either), so the exporter and the runtime
 share one definition of the format. Images go in through super_sub.data.images (`load_images`).
