@@ -11,7 +11,8 @@ Probabilities: superclass_prob is P(superclass); label_prob_given_superclass is
 P(label | its superclass); label_prob_joint is P(its superclass) x P(label | its superclass);
 label_prob (kept for older readers) is the first under --mode=hard, the second under
 --mode=soft. Exit status: 0 every image answered, 1 some failed (or the bundle does not
-verify), 2 a usage error. LiteRT's INFO lines are hidden; TF_CPP_MIN_LOG_LEVEL=0 shows them.
+verify), 2 a usage error. LiteRT's INFO lines are hidden; TF_CPP_MIN_LOG_LEVEL=0 or
+SUPER_SUB_TF_LOGS=1 shows them.
 """
 
 import json

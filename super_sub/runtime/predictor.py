@@ -19,7 +19,8 @@ TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
 
 LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (and, for a
 CompiledModel, a page of INFO lines) to stderr while an interpreter is built; the runtime hides
-LiteRT's INFO lines (`_quiet_litert_info`) unless TF_CPP_MIN_LOG_LEVEL=0 asks for them.
+LiteRT's INFO lines (`_quiet_litert_info`) unless TF_CPP_MIN_LOG_LEVEL=0 or SUPER_SUB_TF_LOGS=1
+asks for them.
 """
 
 from __future__ import annotations
@@ -368,14 +369,16 @@ def _environment():
 def _quiet_litert_info():
   """Runs the block (an interpreter's build) with stderr, file descriptor 2, caught, then writes
   back every line but LiteRT's INFO lines; a no-op where TF_CPP_MIN_LOG_LEVEL=0 (TensorFlow's
-  setting for showing INFO lines) asks for them.
+  setting for showing INFO lines) or SUPER_SUB_TF_LOGS=1 (the commands' switch for start-up
+  logs) asks for them.
 
   LiteRT's C++ logs to file descriptor 2 directly, and neither its minimal logger (the XNNPACK
   line, once per process and library) nor its LiteRtLogger (CompiledModel's environment, one
   line per accelerator) has a level that Python can reach in ai-edge-litert 2.x, nor does
   TF_CPP_MIN_LOG_LEVEL reach them. Warnings and errors pass through, after the block.
   """
-  if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0":
+  if (os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
+      or os.environ.get("SUPER_SUB_TF_LOGS", "") not in ("", "0")):
     yield
     return
   try:
