@@ -62,6 +62,14 @@ def test_probabilities_saved_as_logits_are_refused(tmp_path):
     analysis.read_predictions(csv)
 
 
+def test_logits_saved_as_probabilities_are_refused(tmp_path):
+  labels = np.arange(4)
+  path = _npz(tmp_path / "l.npz", labels=labels, probs=_logits(labels, 4))
+  with pytest.raises(AnalysisError, match=r"l.npz, example 0: field 'probs' holds .* outside "
+                                          r"\[0, 1\] \(4 of 4 rows.*save them under 'logits'"):
+    analysis.read_predictions(path)
+
+
 def test_scores_wider_than_the_label_space_are_refused(tmp_path):
   """1000-column logits with --hierarchy=fashion_mnist used to give '10 examples, top-1 80%'."""
   labels = RNG.integers(0, 10, 10)

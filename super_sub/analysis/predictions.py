@@ -18,6 +18,8 @@ from super_sub import hierarchy as hierarchy_lib
 LABEL_SPACES = ("subclass", "source")
 UNMAPPED_LABELS = ("error", "skip")
 OUTSIDE = -1  # a prediction outside the hierarchy, after mapping
+# How far outside [0, 1] a probability may stray (float rounding) before it is refused.
+PROBABILITY_SLACK = 1e-3
 
 
 class AnalysisError(ValueError):
@@ -255,6 +257,13 @@ def _check(p: Predictions) -> None:
     if not finite.all():
       i = int(np.flatnonzero(~finite.all(axis=1))[0])
       raise AnalysisError(f"{p.where(i)}: field {p.probs_from!r} holds NaN or infinite values")
+    outside = (p.probs < -PROBABILITY_SLACK) | (p.probs > 1 + PROBABILITY_SLACK)
+    if outside.any():  # logits saved as probabilities would give confidences above 1
+      i, j = (int(x) for x in np.argwhere(outside)[0])
+      raise AnalysisError(
+          f"{p.where(i)}: field {p.probs_from!r} holds {float(p.probs[i, j]):g} for class {j}, "
+          f"outside [0, 1] ({int(outside.any(axis=1).sum())} of {len(p)} rows are like this): "
+          f"these are not probabilities; if they are logits, save them under 'logits'")
     _check_scores(p)
 
 
