@@ -59,14 +59,15 @@ def main(argv):
     model = runtime.TwoStageLite(bundle, cache_size=_CACHE_SIZE.value,
                                  num_threads=_NUM_THREADS.value, cache_dir=_CACHE_DIR.value,
                                  packed_weights=_PACKED_WEIGHTS.value)
-    rows = classify.classify(model, argv[1:], mode=_MODE.value, k=_K.value)
+    total = failed = 0
+    for row in classify.classify(model, argv[1:], mode=_MODE.value, k=_K.value):
+      print(json.dumps(row, ensure_ascii=False) if _JSON.value else classify.text_line(row),
+            flush=True)
+      total, failed = total + 1, failed + ("error" in row)
   except ValueError as e:  # BundleError, a bad --cache_dir
     sys.exit(f"super-sub-predict: {e}")
-  for row in rows:
-    print(json.dumps(row, ensure_ascii=False) if _JSON.value else classify.text_line(row))
-  failed = sum("error" in row for row in rows)
   if failed:
-    print(f"super-sub-predict: {failed} of {len(rows)} images failed", file=sys.stderr)
+    print(f"super-sub-predict: {failed} of {total} images failed", file=sys.stderr)
   return 1 if failed else 0
 
 

@@ -99,6 +99,19 @@ def test_folders_expand_recursively_sorted_and_bad_arguments_are_rows(tmp_path):
   assert rows[4]["error"] == "no such file or folder"
 
 
+def test_batches_give_the_same_rows_in_order(batch, tmp_path):
+  """classify decodes and predicts `batch_size` images at a time (a large folder never lies in
+  memory whole); rows come out in argument order whatever the batch size."""
+  lite = runtime.TwoStageLite(BUNDLE)
+  paths = [*batch, _png(tmp_path / "d.png", 2), _png(tmp_path / "e.png", 3)]
+  whole = list(classify.classify(lite, paths, mode="soft", k=3))
+  assert [r["image"] for r in whole] == paths and "error" in whole[1]
+  for batch_size in (1, 2, 3):
+    assert list(classify.classify(lite, paths, mode="soft", k=3, batch_size=batch_size)) == whole
+  with pytest.raises(ValueError, match="batch_size"):
+    next(classify.classify(lite, paths, batch_size=0))
+
+
 def test_bundle_is_found_from_its_manifest_or_export_folder(tmp_path):
   image = _png(tmp_path / "a.png", 0)
   plain = _predict(f"--bundle={BUNDLE}", "--json", image)

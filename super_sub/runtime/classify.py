@@ -18,11 +18,12 @@ top-k superclasses than the top one.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from super_sub.data import images as images_lib
+from super_sub.routing import core
 
 # Extensions (compared in lower case) that a folder argument is searched for; a file named on
 # the command line is tried whatever its name.
@@ -62,34 +63,46 @@ def _images_under(folder: str) -> Iterable[str]:
         yield os.path.join(root, name)
 
 
-def classify(model, paths: Sequence[str | os.PathLike], mode: str = "hard",
-             k: int = 2) -> list[dict[str, Any]]:
-  """Classifies the images that `paths` name (`expand`) with a `TwoStageLite`.
+def classify(model, paths: Sequence[str | os.PathLike], mode: str = "hard", k: int = 2,
+             batch_size: int = 256) -> Iterator[dict[str, Any]]:
+  """Classifies the images that `paths` name (`expand`) with a `TwoStageLite`, `batch_size`
+  images at a time, so that a large folder is never decoded into memory whole and answers come
+  as they are ready.
 
-  Returns:
+  Yields:
     One row per image, in order: {"image", "superclass", "superclass_index",
     "superclass_prob", "label", "label_index", "label_prob", "label_prob_given_superclass",
     "label_prob_joint"} (see the module docstring), or {"image", "error"} for an image that
     could not be classified (the error without the path).
 
   Raises:
-    ValueError: a bad mode or k; BundleError where a specialist does not rebuild.
+    ValueError: a bad mode, k or batch_size; BundleError where a specialist does not rebuild.
   """
+  core.check_options(mode, k, batch_size)  # before any image is read
   rows: list[dict[str, Any]] = []
-  good, pixels = [], []
+  pixels: list[np.ndarray] = []
   for path, error in expand(paths):
     if error is None:
       try:
         pixels.append(images_lib.load_image(path, model.input_shape, model.framing))
-        good.append(len(rows))
       except images_lib.ImageError as e:
         error = e.reason
-    rows.append({"image": path, "error": error})
-  if not good:
+    rows.append({"image": path} if error is None else {"image": path, "error": error})
+    if len(pixels) == batch_size:
+      yield from _answered(model, rows, pixels, mode, k)
+      rows, pixels = [], []
+  yield from _answered(model, rows, pixels, mode, k)
+
+
+def _answered(model, rows: list[dict[str, Any]], pixels: list[np.ndarray], mode: str,
+              k: int) -> list[dict[str, Any]]:
+  """`rows` with the prediction for `pixels` filled into those without an error, in order."""
+  if not pixels:
     return rows
-  out = model.predict(np.stack(pixels), mode=mode, k=k)
+  out = model.predict(np.stack(pixels), mode=mode, k=k, batch_size=len(pixels))
+  good = [row for row in rows if "error" not in row]
   for i, row in enumerate(good):
-    rows[row] = {"image": rows[row]["image"], **answer(out, i, model.hierarchy, mode)}
+    row.update(answer(out, i, model.hierarchy, mode))
   return rows
 
 
