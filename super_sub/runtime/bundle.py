@@ -253,7 +253,7 @@ def find_bundle(path: str | os.PathLike) -> str:
   if os.path.isfile(path):
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.basename(path) != MANIFEST:
-      hint = (f"; --bundle={os.path.dirname(path) or '.'} is the bundle it lies in"
+      hint = (f"; {os.path.dirname(path) or '.'} is the bundle it lies in"
               if os.path.isfile(os.path.join(folder, MANIFEST)) else "")
       raise BundleError(f"{path} is a file; {expected}{hint}")
     path = os.path.dirname(path) or "."
