@@ -55,6 +55,8 @@ _WORDNET_DIR = flags.DEFINE_string(
 _TOP_CONFUSIONS = flags.DEFINE_integer("top_confusions", 20, "Confusion pairs listed.",
                                        lower_bound=1)
 _TITLE = flags.DEFINE_string("title", None, "Title of the page (default: from the file name).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the report folder even when it "
+                               "holds files that are not an earlier report.")
 
 
 def main(argv):
@@ -82,18 +84,11 @@ def main(argv):
                      if _MULTILABEL.value else None),
         wordnet=wordnet_lib.read(_WORDNET_DIR.value) if _WORDNET_DIR.value else None,
         top_confusions=_TOP_CONFUSIONS.value, unmapped_labels=_UNMAPPED_LABELS.value,
-        title=_TITLE.value)
+        title=_TITLE.value, overwrite=_OVERWRITE.value)
   except (analysis.AnalysisError, hierarchy_lib.HierarchyError, wordnet_lib.WordNetError) as e:
     # A data problem, not a usage one: the message without absl's usage banner.
     raise SystemExit(f"super-sub-analyze: {e}") from None
-  errors = report["errors"]
-  share = report["within_superclass_share"]
-  print(f"{report['num_examples']} examples, top-1 {report['top1']:.2%}, "
-        f"{errors['total']} errors: {errors['within_superclass']} within the superclass"
-        + ("" if share is None else f" ({share:.1%})")
-        + f", {errors['across_superclass']} across"
-        + (f", {errors['outside_hierarchy']} outside the hierarchy"
-           if report["outside"] is not None else ""))
+  print(analysis.summary(report))
   print(f"wrote {os.path.join(os.path.abspath(_OUT.value), 'index.html')}")
 
 

@@ -11,7 +11,6 @@ labels.txt.) Classes under two superclasses are refused unless --resolve says ho
 --resolve=nearest, or --resolve=n03770679=n02958343 to put minivan under car, not truck.
 """
 
-import importlib.util
 import os
 
 from absl import app
@@ -39,17 +38,11 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hierarchy JSON
 
 def default_class_list() -> str:
   """Path of TFDS's ImageNet-1k labels.txt, found without importing tensorflow_datasets."""
-  spec = importlib.util.find_spec("tensorflow_datasets")
-  roots = list(spec.submodule_search_locations or []) if spec else []
-  # TFDS >= 4.9 keeps it beside the builder; older releases in image_classification/.
-  places = [os.path.join(r, p) for r in roots for p in (
-      os.path.join("datasets", "imagenet2012", "labels.txt"),
-      os.path.join("image_classification", "imagenet2012_labels.txt"))]
-  for path in places:
-    if os.path.isfile(path):
-      return path
-  raise app.UsageError("--class_list not given and no imagenet2012 labels.txt in "
-                       f"tensorflow_datasets (looked for {places or 'an installed package'})")
+  path = wordnet.imagenet_class_list()
+  if path is None:
+    raise app.UsageError("--class_list not given and no imagenet2012 labels.txt in an "
+                         "installed tensorflow_datasets")
+  return path
 
 
 def parse_superclasses(items: list[str]) -> list[tuple[str | None, str]]:
