@@ -62,6 +62,7 @@ USER_ERRORS = {
     "builtins.FileExistsError": 2,
 }
 
+_DATASET_NOT_FOUND = "tensorflow_datasets.core.registered.DatasetNotFoundError"
 _HELP = {"--help", "-help", "-h", "-?", "--helpshort", "-helpshort"}
 _HELPFULL = {"--helpfull", "-helpfull"}
 _LOGS_NOTE = ("\nTensorFlow's and LiteRT's start-up log lines are hidden; SUPER_SUB_TF_LOGS=1\n"
@@ -84,10 +85,17 @@ def user_error_status(error: BaseException) -> int | None:
 
 
 def message(error: BaseException) -> str:
-  """The error's message for one line: an OSError as 'reason: path', not '[Errno 2] ...'."""
+  """The error's message for one line: an OSError as 'reason: path', not '[Errno 2] ...'; an
+  unknown TFDS name without TFDS's list of every dataset it has."""
   if isinstance(error, OSError) and error.strerror and error.filename is not None:
     return f"{error.strerror}: {error.filename}"
-  return str(error) or type(error).__name__
+  text = str(error) or type(error).__name__
+  if any(f"{c.__module__}.{c.__qualname__}" == _DATASET_NOT_FOUND for c in type(error).__mro__):
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "datasets")
+    ours = sorted(n for n in os.listdir(folder) if not n.startswith(("_", ".")))
+    text = f"{text.splitlines()[0]} super-sub's datasets: {', '.join(ours)}"
+  return text
 
 
 def rename_old_flags(argv: list[str], defined, warn=None) -> list[str]:
@@ -139,7 +147,11 @@ def _parse(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"{prog()}: error: {e} (--help lists the flags)", file=sys.stderr)
+    text = str(e)
+    required = re.fullmatch(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.",
+                            text)
+    text = f"--{required.group(1)} is required" if required else text
+    print(f"{prog()}: error: {text} (--help lists the flags)", file=sys.stderr)
     sys.exit(2)
 
 

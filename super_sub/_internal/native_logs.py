@@ -18,8 +18,9 @@ import subprocess
 import sys
 from typing import Iterator
 
-# A C++ log line of absl/TSL: "I0000 00:00:1796589371.340320   12640 port.cc:153] ...".
-_LOG_LINE = re.compile(rb"([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+:\d+\] ")
+# A C++ log line of absl/TSL: "I0000 00:00:1796589371.340320   12640 port.cc:153] ..." (before
+# absl's logging is initialised the seconds field holds the whole epoch time).
+_LOG_LINE = re.compile(rb"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
 _SEVERITIES = b"IWEF"
 # Start-up lines that are not in that form (LiteRT's minimal logging, the banner absl prints
 # before its logging is initialised, cpu_feature_guard's second line).
