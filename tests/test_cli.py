@@ -211,7 +211,7 @@ def test_findings_page_from_json_alone_and_without_paths(tmp_path):
   for name in ("index.md", "index.html", "findings.json"):
     text = (page / name).read_text()
     assert str(tmp_path) not in text and "machine_only" not in text, name
-  assert "super-sub-findings --runs=seed0,seed1" in (page / "index.md").read_text()
+  assert "super-sub-findings --runs=seed0,seed1`" in (page / "index.md").read_text()
   assert [r["run"] for r in json.loads((page / "findings.json").read_text())["runs"]] == [
       "seed0", "seed1"]
   before = (page / "index.md").read_text()

@@ -48,9 +48,18 @@ class FindingsError(ValueError):
   """No runs to report, or a findings.json that cannot be read back; the message says which."""
 
 
-def run_name(model_dir: str) -> str:
-  """How the page names a run: its folder's name (runs/fmnist_s0/ -> fmnist_s0)."""
-  return os.path.basename(os.path.normpath(model_dir))
+def run_names(model_dirs: Sequence[str]) -> list[str]:
+  """How the page names runs: each by the shortest end of its path that no other run's path
+  ends with (runs/fmnist_s0 -> fmnist_s0; a/seed0/supersub and a/seed1/supersub ->
+  seed0/supersub and seed1/supersub), never by a path of the machine that made them."""
+  parts = [os.path.normpath(d).replace(os.sep, "/").strip("/").split("/") for d in model_dirs]
+  names = []
+  for i, mine in enumerate(parts):
+    for depth in range(1, len(mine) + 1):
+      if all(other[-depth:] != mine[-depth:] for j, other in enumerate(parts) if j != i):
+        break
+    names.append("/".join(mine[-depth:]))
+  return names
 
 
 def default_command(run_names: Sequence[str]) -> str:
@@ -58,8 +67,9 @@ def default_command(run_names: Sequence[str]) -> str:
   return "super-sub-findings --runs=" + ",".join(run_names)
 
 
-def collect(model_dir: str) -> dict[str, Any]:
-  """One evaluated run's numbers for the findings.
+def collect(model_dir: str, name: str | None = None) -> dict[str, Any]:
+  """One evaluated run's numbers for the findings; `name` is how the page names it (default:
+  its folder's name).
 
   Raises:
     FileNotFoundError: the folder is not an evaluated run (no config.json or eval.json).
@@ -93,7 +103,7 @@ def collect(model_dir: str) -> dict[str, Any]:
       "oracle_specialists"]), loading.read_predictions(predictions["two_stage_hard"]), h)
             if all(os.path.exists(p) for p in predictions.values()) else None)
   return {
-      "run": run_name(model_dir), "dataset": result["dataset"], "split": result["split"],
+      "run": name or run_names([model_dir])[0], "dataset": result["dataset"], "split": result["split"],
       "seed": config.get("seed"), "epochs": config.get("epochs"),
       "hierarchy": h.name, "num_specialists": num_specialists,
       "flat_top1": result["flat"]["top1"],
@@ -346,8 +356,8 @@ def write_findings(out_dir: str, model_dirs: Sequence[str], command: str | None 
     raise FindingsError("give at least one evaluated run (a model_dir with eval.json)")
   files.check_replaceable(out_dir, "findings", MARKER, overwrite=overwrite)
   groups: dict[str, list[dict]] = {}
-  for model_dir in model_dirs:
-    run = collect(model_dir)
+  for model_dir, name in zip(model_dirs, run_names(model_dirs)):
+    run = collect(model_dir, name)
     groups.setdefault(run["dataset"], []).append(run)
   summaries = [summarize(runs) for runs in groups.values()]
   runs = [r for runs in groups.values() for r in runs]
@@ -376,16 +386,17 @@ def rerender(out_dir: str, findings_json: str, overwrite: bool = False
   except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
     raise FindingsError(f"{path} is not valid UTF-8 JSON ({e})") from None
   if (not isinstance(saved, dict) or not isinstance(saved.get("datasets"), list)
-      or not saved["datasets"] or not isinstance(saved.get("runs", []), list)):
+      or not saved["datasets"] or not isinstance(saved.get("runs", []), list)
+      or not all(isinstance(r, dict) for r in saved.get("runs", []))):
     raise FindingsError(f"{path} is not a findings.json written by super-sub-findings (it "
                         "needs a non-empty 'datasets' list)")
   files.check_replaceable(out_dir, "findings", MARKER, overwrite=overwrite)
-  runs = []
-  for r in saved.get("runs", []):
-    r = dict(r)
-    if "model_dir" in r:  # findings.json files written before runs were named, not located
-      r.setdefault("run", run_name(r.pop("model_dir")))
-    runs.append(r)
+  runs = [dict(r) for r in saved.get("runs", [])]
+  # findings.json files written before runs were named kept each run's path instead.
+  located = [r for r in runs if "model_dir" in r]
+  for r, name in zip(located, run_names([str(r["model_dir"]) for r in located])):
+    r["run"] = r.get("run", name)
+    del r["model_dir"]
   summaries = saved["datasets"]
   try:
     _write_page(out_dir, summaries, runs, default_command([r.get("run", "?") for r in runs]),
