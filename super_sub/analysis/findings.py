@@ -67,9 +67,9 @@ def default_command(run_names: Sequence[str]) -> str:
   return "super-sub-findings --runs=" + ",".join(run_names)
 
 
-def collect(model_dir: str, name: str | None = None) -> dict[str, Any]:
-  """One evaluated run's numbers for the findings; `name` is how the page names it (default:
-  its folder's name).
+def collect(model_dir: str, run_name: str | None = None) -> dict[str, Any]:
+  """One evaluated run's numbers for the findings; `run_name` is how the page names it
+  (default: its folder's name).
 
   Raises:
     FileNotFoundError: the folder is not an evaluated run (no config.json or eval.json).
@@ -103,7 +103,7 @@ def collect(model_dir: str, name: str | None = None) -> dict[str, Any]:
       "oracle_specialists"]), loading.read_predictions(predictions["two_stage_hard"]), h)
             if all(os.path.exists(p) for p in predictions.values()) else None)
   return {
-      "run": name or run_names([model_dir])[0], "dataset": result["dataset"], "split": result["split"],
+      "run": run_name or run_names([model_dir])[0], "dataset": result["dataset"], "split": result["split"],
       "seed": config.get("seed"), "epochs": config.get("epochs"),
       "hierarchy": h.name, "num_specialists": num_specialists,
       "flat_top1": result["flat"]["top1"],
