@@ -26,7 +26,8 @@ _MANUAL_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from super_sub.data import prepare as data  # pylint: disable=import-outside-toplevel  (TF: not for --help)
+  # TensorFlow is imported here, not for --help.
+  from super_sub.data import prepare as data  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
   prepared = time.perf_counter()
