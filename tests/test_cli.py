@@ -281,6 +281,8 @@ BAD = [
      ["n99999999"]),
     ("hier-show-unknown", H, ["--show=nope"], ["no shipped hierarchy", "fashion_mnist"]),
     ("hier-show-bad-json", H, ["--show=bad.json"], ["bad.json: not valid JSON"]),
+    ("hier-show-with-output", H, ["--show=fashion_mnist", "--output=h.json"],
+     ["--show prints a hierarchy and derives none: drop --output"]),
     ("hier-positional", H, ["--show=fashion_mnist", "extra"], ["unexpected arguments"]),
     ("hier-unknown-flag", H, ["--bogus=1"], ["Unknown command line flag 'bogus'"]),
     # super-sub-findings

@@ -90,6 +90,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _SHOW.value:
+    given = [f"--{f.name}" for f in (_WORDNET_DIR, _CLASS_LIST, _SUPERCLASSES, _OUTPUT) if f.value]
+    if given:
+      raise app.UsageError(f"--show prints a hierarchy and derives none: drop {', '.join(given)}")
     print(tree.format_tree(tree.load(_SHOW.value), shutil.get_terminal_size().columns))
     return
   for flag in (_WORDNET_DIR, _SUPERCLASSES, _OUTPUT):
