@@ -33,7 +33,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per image (JSON 
                           "label_prob_joint name each).")
 _MODE = flags.DEFINE_enum("mode", "hard", ["hard", "soft"], "Routing: hard = the argmax "
                           "superclass's specialist; soft = the top-k superclasses' specialists.")
-_K = flags.DEFINE_integer("k", 2, "Superclasses soft routing follows.", lower_bound=1)
+_K = flags.DEFINE_integer("soft_k", 2, "Superclasses soft routing follows (formerly --k).",
+                         lower_bound=1)
 _CACHE_SIZE = flags.DEFINE_integer("cache_size", 1, "Rebuilt specialists kept in memory.",
                                    lower_bound=1)
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "A folder where each specialist, once "

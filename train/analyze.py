@@ -29,8 +29,8 @@ _PREDICTIONS = flags.DEFINE_string(
     "optional file_names, top5), e.g. a run's predictions/flat.npz.")
 _HIERARCHY = flags.DEFINE_string(
     "hierarchy", None, "A shipped hierarchy name (e.g. superclassed_imagenet) or a JSON path.")
-_OUT = flags.DEFINE_string("out", None, "Report folder (replaced if it holds an earlier "
-                           "report; any other non-empty folder is refused).")
+_OUT = flags.DEFINE_string("output", None, "Report folder (replaced if it holds an earlier "
+                           "report; any other non-empty folder is refused). Formerly --out.")
 _LABEL_SPACE = flags.DEFINE_enum(
     "label_space", None, analysis.LABEL_SPACES, "Ids in the file: 'subclass' (the "
     "hierarchy's global subclass index) or 'source' (source dataset ids such as ImageNet-1k's "
