@@ -1,7 +1,7 @@
 """super-sub-predict: classifies image files with a `tflite/` bundle, without TensorFlow.
 
   super-sub-predict --bundle=export/tflite shoe.jpg shirt.png photos/
-  super-sub-predict --bundle=export/tflite --json --mode=soft --k=2 *.jpg
+  super-sub-predict --bundle=export/tflite --json --mode=soft --soft_k=2 *.jpg
   super-sub-predict --bundle=export/tflite --cache_dir=~/.cache/super-sub *.jpg  # faster switches
 
 A folder stands for the image files under it (recursively, sorted). Every image gets one line:

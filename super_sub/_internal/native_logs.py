@@ -22,10 +22,11 @@ from typing import Iterator
 # absl's logging is initialised the seconds field holds the whole epoch time).
 _LOG_LINE = re.compile(rb"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
 _SEVERITIES = b"IWEF"
-# Start-up lines that are not in that form (LiteRT's minimal logging, the banner absl prints
-# before its logging is initialised, cpu_feature_guard's second line).
+# Start-up lines that are not in that form (LiteRT's INFO lines: the XNNPACK delegate, a
+# CompiledModel's accelerators; the banner absl prints before its logging is initialised;
+# cpu_feature_guard's second line).
 _NOISE_PREFIXES = (b"WARNING: All log messages before absl::InitializeLog() is called",
-                   b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU",
+                   b"INFO: ",
                    b"To enable the following instructions:")
 # ERROR lines a CPU-only machine prints at start-up for the CUDA it does not have.
 _NOISE_ERRORS = (b"failed call to cuInit", b"Unable to register cuDNN factory",
