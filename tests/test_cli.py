@@ -1,4 +1,4 @@
-"""The nine console commands as a newcomer meets them (issue 31): --help lists each command's own
+"""The nine console commands as a newcomer meets them: --help lists each command's own
 flags and imports no TensorFlow; TensorFlow's start-up lines are hidden; one flag vocabulary,
 old spellings still working; a user mistake ends in one line, never a traceback.
 

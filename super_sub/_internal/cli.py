@@ -25,7 +25,7 @@ class UsageError(ValueError):
   the fix."""
 
 
-# Flags renamed for one vocabulary across the commands (issue 31): old spelling -> new name.
+# Flags renamed for one vocabulary across the commands: old spelling -> new name.
 # An old spelling is rewritten where a command defines the new name and not the old one.
 RENAMED = {"out": "output", "export_dir": "output", "k": "soft_k"}
 
