@@ -374,15 +374,12 @@ def resolve(config: TrainConfig, builder) -> TrainConfig:
       hierarchy=hierarchy.name)
 
 
-# Stored images at least this large (or of varying size) are "large natural images".
-LARGE_IMAGES = 128
-
-
 def default_augmentation(builder) -> str:
-  """The augmentation the kind of data calls for (see the `augment` field)."""
+  """The augmentation the kind of data calls for (see the `augment` field): large natural
+  images (`super_sub.data.images.is_large`) get random-resized crops."""
+  from super_sub.data import images  # pylint: disable=import-outside-toplevel
   if "synthetic" in builder.name:
     return "crop"
-  height, width = builder.info.features["image"].shape[:2]
-  if height is None or width is None or min(height, width) >= LARGE_IMAGES:
+  if images.is_large(*builder.info.features["image"].shape[:2]):
     return "random_resized_crop"
   return "flip_crop"
