@@ -5,6 +5,8 @@
 
   super-sub-train --config=imagenet_resnet50 --model_dir=runs/r50 --manual_dir=/data/ILSVRC2012
 
+  super-sub-train --model_dir=runs/pets --dataset=folder:~/pets --hierarchy=pets.json
+
 Re-running the same command resumes where it stopped. `--config=NAME` starts from a named
 experiment (super_sub.configs) and the flags given override its fields. `--flagfile=FILE`
 reads flags from a file; `--helpfull` lists them all. Every flag but --cpu_devices and
@@ -24,6 +26,7 @@ from super_sub import configs
 from super_sub._internal import cli
 from super_sub._internal import lock
 from super_sub.data import pipeline
+from super_sub.data import prepare
 from super_sub.training import config as config_lib
 from super_sub.training import distribute
 from super_sub.training import fit
@@ -108,6 +111,8 @@ def main(argv):
     distribute.split_cpu(CPU_DEVICES.value)
   try:
     fit.train(config_from_flags())
+  except prepare.USAGE_ERRORS as e:  # a dataset named or laid out wrong
+    raise cli.UsageError(str(e)) from None
   except (config_lib.ConfigError, run_lib.RunMismatchError, lock.FolderLockedError,
           guards.NonFiniteError, pipeline.UndecodableImageError) as e:
     # Refusals and a diverged stage: the message says all; a traceback would bury it.
