@@ -93,7 +93,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         raise sources.DatasetError(f"--dataset=tfds:{name}: no such TFDS dataset ({e})") from None
       feats = self._source.info.features
       if not (isinstance(feats, tfds.features.FeaturesDict) and "image" in feats
-              and isinstance(feats.get("label"), tfds.features.ClassLabel)):
+              and "label" in feats and isinstance(feats["label"], tfds.features.ClassLabel)):
         raise sources.DatasetError(f"--dataset=tfds:{name} is not an image classification "
                                    "dataset: it needs an `image` and a ClassLabel `label`")
     return self._source
@@ -143,7 +143,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _from_feature(self, feature: str) -> hierarchy_lib.Hierarchy:
     """Superclasses from the source's ClassLabel `feature`, read off the train split."""
     feats, name = self.source.info.features, self.builder_config.source
-    if not isinstance(feats.get(feature), tfds.features.ClassLabel):
+    if feature not in feats or not isinstance(feats[feature], tfds.features.ClassLabel):
       raise sources.DatasetError(f"--hierarchy=from_feature:{feature}: {name} has no ClassLabel "
                                  f"feature {feature!r}")
     self.source.download_and_prepare()
