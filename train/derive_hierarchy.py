@@ -9,6 +9,13 @@ The shipped super_sub/hierarchies/superclassed_imagenet.json was made with:
 (WordNet 3.0 from Debian's wordnet-base; the class list defaults to TFDS's imagenet2012
 labels.txt.) Classes under two superclasses are refused unless --resolve says how, e.g.
 --resolve=nearest, or --resolve=n03770679=n02958343 to put minivan under car, not truck.
+
+Without a taxonomy, learn one from a flat network's confusions (HD-CNN;
+super_sub.hierarchy.learned):
+
+  super-sub-hierarchy --from_run=runs/flat --superclasses=5 --output=learned.json
+  super-sub-hierarchy --from_predictions=preds.csv --class_names=names.txt --superclasses=5 \
+    --output=learned.json
 """
 
 import importlib.util
@@ -34,6 +41,19 @@ _RESOLVE = flags.DEFINE_string(
     "rule (nearest | first | drop) and/or CLASS_WNID=SUPERCLASS_WNID or CLASS_WNID=drop. "
     "Empty: overlaps are an error that lists them.")
 _NAME = flags.DEFINE_string("name", None, "Hierarchy name; default: --output's file stem.")
+_FROM_PREDICTIONS = flags.DEFINE_string(
+    "from_predictions", None, "Learn the hierarchy from a flat network's predictions on "
+    "held-out data (.csv or .npz, the format super-sub-analyze reads): --superclasses=K "
+    "groups of the classes it confuses.")
+_FROM_RUN = flags.DEFINE_string(
+    "from_run", None, "Learn the hierarchy from an evaluated run (its model_dir): the flat "
+    "network's predictions/flat.npz, classes named by the run's hierarchy.")
+_CLASS_NAMES = flags.DEFINE_string(
+    "class_names", None, "With --from_predictions: a text file, line k the name of class k "
+    "(default: class_<k>).")
+_MIN_GROUP_SIZE = flags.DEFINE_integer(
+    "min_group_size", 1, "With --from_predictions/--from_run: the fewest classes a learned "
+    "superclass holds.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hierarchy JSON.")
 
 
@@ -64,6 +84,8 @@ def parse_superclasses(items: list[str]) -> list[tuple[str | None, str]]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _FROM_PREDICTIONS.value or _FROM_RUN.value:
+    return learn_main()
   for flag in (_WORDNET_DIR, _SUPERCLASSES, _OUTPUT):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required")
@@ -84,6 +106,38 @@ def main(argv):
     print(f"{sup.name:<{width}}  {sup.wnid}  {len(sup.subclasses):10d}")
   print(f"{'total':<{width}}  {'':9}  {hierarchy.num_subclasses:10d} of "
         f"{hierarchy.num_source_labels} classes in {class_list}")
+  print(f"wrote {_OUTPUT.value}")
+
+
+def learn_main():
+  """--from_predictions / --from_run: a hierarchy learned from confusions."""
+  # pylint: disable=import-outside-toplevel
+  from super_sub.analysis import predictions as predictions_lib
+  from super_sub.hierarchy import learned
+  if bool(_FROM_PREDICTIONS.value) == bool(_FROM_RUN.value) or _WORDNET_DIR.value:
+    raise cli.UsageError("give one of --from_predictions and --from_run (and no --wordnet_dir)")
+  if not _OUTPUT.value or not _SUPERCLASSES.value or len(_SUPERCLASSES.value) != 1 \
+      or not _SUPERCLASSES.value[0].isdigit():
+    raise cli.UsageError("learning a hierarchy needs --superclasses=K (a number of groups) and "
+                         "--output=<json>")
+  name = _NAME.value or os.path.splitext(os.path.basename(_OUTPUT.value))[0]
+  k = int(_SUPERCLASSES.value[0])
+  try:
+    if _FROM_RUN.value:
+      path = os.path.join(_FROM_RUN.value, "predictions", "flat.npz")
+      if not os.path.isfile(path):
+        raise cli.UsageError(f"{path} does not exist: --from_run needs a run whose flat network "
+                             "was trained and evaluated (super-sub-train, then super-sub-eval)")
+      from super_sub.training import run as run_lib
+      names = run_lib.Run.open(_FROM_RUN.value).hierarchy.subclass_names
+    else:
+      path = _FROM_PREDICTIONS.value
+      names = learned.read_class_names(_CLASS_NAMES.value) if _CLASS_NAMES.value else None
+    result = learned.from_predictions(path, k, names, name, _MIN_GROUP_SIZE.value)
+  except (learned.LearnError, predictions_lib.AnalysisError) as e:
+    raise cli.UsageError(str(e)) from None
+  result.hierarchy.to_json(_OUTPUT.value)
+  print(learned.format_learned(result))
   print(f"wrote {_OUTPUT.value}")
 
 
