@@ -187,6 +187,18 @@ def test_unmapped_class_folders_refused_by_name_or_skipped_and_counted(tmp_path)
       builder, prepare.summarize(builder))
 
 
+def test_two_folders_of_one_subclass_refused(tmp_path):
+  """A class folder by name and another by WordNet id of the same subclass: a class twice."""
+  root = make_tree(tmp_path / "flat", {"Egyptian cat": None, "n02124075": None})
+  hierarchy = tmp_path / "h.json"
+  hierarchy.write_text(json.dumps({"name": "h", "superclasses": [{"name": "cats", "subclasses": [
+      {"name": "Egyptian cat", "wnid": "n02124075", "source_label": 0}]}]}))
+  with pytest.raises(folders.FolderError, match=r"Egyptian cat and n02124075 are the same "
+                                                r"subclass"):
+    prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"), hierarchy=str(hierarchy))
+  assert prepared(tmp_path / "tfds") == []
+
+
 def test_flat_layout_without_hierarchy_trains_the_flat_network(tmp_path, smoke_config):
   from conftest import train_run  # pylint: disable=import-outside-toplevel
   from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
