@@ -17,25 +17,40 @@ from super_sub.hierarchy import learned
 PLANTED = [[0, 3, 6, 9, 11], [1, 4, 7, 10], [2, 5, 8]]
 
 
-def planted_predictions(seed=0, per_class=60, confused=0.3, noise=0.03):
+def planted_predictions(seed=0, per_class=60, confused=0.3, noise=0.03, big=()):
   """(labels, predictions): each class right most of the time, wrong mostly within its
-  group (`confused`) and rarely anywhere (`noise`)."""
+  group (`confused`) and rarely anywhere (`noise`); classes in `big` have 50 times the
+  examples and spread 80% of them uniformly over all classes (a large, poorly learnt class)."""
   rng = np.random.default_rng(seed)
   group = {c: g for g, members in enumerate(PLANTED) for c in members}
   labels, preds = [], []
   for c in range(12):
     mates = [m for m in PLANTED[group[c]] if m != c]
-    for _ in range(per_class):
+    n, conf, nz = (50 * per_class, 0.0, 0.8) if c in big else (per_class, confused, noise)
+    for _ in range(n):
       r = rng.random()
-      if r < confused:
+      if r < conf:
         p = int(rng.choice(mates))
-      elif r < confused + noise:
+      elif r < conf + nz:
         p = int(rng.integers(12))
       else:
         p = c
       labels.append(c)
       preds.append(p)
   return np.array(labels), np.array(preds)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", [
+    {},
+    {"noise": 0.2},  # much noise: average linkage holds, summed linkage glues groups
+    {"big": (2, 5)},  # imbalance: row normalisation keeps big classes' counts from dominating
+])
+def test_recovers_planted_groups_through_noise_and_imbalance(case, seed):
+  labels, preds = planted_predictions(seed=seed, **case)
+  confusion = learned.confusion_matrix(labels, preds, 12)
+  groups = learned.cluster(confusion, 3)
+  assert sorted(sorted(np.flatnonzero(groups == g).tolist()) for g in range(3)) == sorted(PLANTED)
 
 
 def test_recovers_the_planted_groups():

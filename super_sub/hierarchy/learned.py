@@ -10,8 +10,8 @@ tell apart, and each specialist learns one group's confusions. Here:
   2. the affinity A = (P + P^T) / 2 of its row-normalised form P (each true class's error
      rates, so large and small classes weigh alike), diagonal removed;
   3. average-linkage agglomerative clustering of A into K groups (merge the two groups of
-     highest mean affinity, ties to the lowest class ids: deterministic), groups below a
-     minimum size merging first, then topped up from larger groups;
+     highest mean affinity, ties to the lowest class ids: deterministic); a group below the
+     minimum size then takes, one at a time, the class of a larger group closest to it;
   4. the share of the network's confusion (off-diagonal counts) that falls inside a group,
      beside the share random groups of the same sizes would hold.
 
@@ -100,12 +100,7 @@ def cluster(confusion: np.ndarray, k: int, min_size: int = 1) -> np.ndarray:
     sizes = np.array([len(members[x]) for x in alive], np.float64)
     sub = link[np.ix_(alive, alive)] / np.outer(sizes, sizes)
     np.fill_diagonal(sub, -np.inf)
-    small = [i for i, x in enumerate(alive) if len(members[x]) < min_size]
-    if small:  # the smallest undersized group merges first, with its closest group
-      i = min(small, key=lambda i: (sizes[i], alive[i]))
-      j = int(np.argmax(sub[i]))
-    else:
-      i, j = np.unravel_index(int(np.argmax(sub)), sub.shape)  # first maximum: lowest ids
+    i, j = np.unravel_index(int(np.argmax(sub)), sub.shape)  # first maximum: lowest ids
     x, y = sorted((alive[int(i)], alive[int(j)]))
     members[x] += members[y]
     link[x, :] += link[y, :]
