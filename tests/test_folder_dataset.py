@@ -169,6 +169,30 @@ def test_flat_layout_with_hierarchy_by_name_and_wnid(tmp_path):
   assert not builder.info.metadata["notes"]
 
 
+def test_run_reopens_a_folder_dataset_with_its_hierarchy(tmp_path):
+  """What eval and export do: the saved config alone (absolute folder and hierarchy paths)
+  reopens the dataset under its hierarchy, from another working directory."""
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  root = make_tree(tmp_path / "flat", {"car": None, "tabby": None}, splits=("train", "val"))
+  (tmp_path / "h.json").write_text(json.dumps({"name": "h", "superclasses": [
+      {"name": "cats", "subclasses": [{"name": "tabby", "source_label": 0}]},
+      {"name": "cars", "subclasses": [{"name": "car", "source_label": 1}]}]}))
+  cwd = os.getcwd()
+  os.chdir(tmp_path)
+  try:  # relative paths, as typed on a command line
+    config = config_lib.TrainConfig(model_dir="run", dataset="folder:flat", hierarchy="h.json",
+                                    data_dir=str(tmp_path / "tfds"))
+    builder = prepare.prepare(config.dataset, config.data_dir, **config.dataset_options())
+    run_lib.Run.create(config_lib.resolve(config, builder), builder)
+  finally:
+    os.chdir(cwd)
+  reopened = run_lib.Run.open(str(tmp_path / "run"))
+  assert reopened.config.hierarchy == str(tmp_path / "h.json")
+  assert reopened.hierarchy == builder.hierarchy
+  assert reopened.hierarchy.superclass_names == ["cats", "cars"]
+  assert reopened.builder.data_path == builder.data_path
+
+
 def test_unmapped_class_folders_refused_by_name_or_skipped_and_counted(tmp_path):
   root = make_tree(tmp_path / "flat", {"car": None, "truck": None, "zebra": None})
   hierarchy = tmp_path / "h.json"
@@ -290,12 +314,13 @@ def test_bad_trees_refused_with_one_clear_error_and_nothing_prepared(tmp_path):
     assert prepared(data_dir) == [], name
 
 
-def test_truncated_image_fails_the_build_naming_it_and_prepares_nothing(tmp_path):
+@pytest.mark.parametrize("name", ["0.jpg", "1.png"])  # re-encoded, and kept byte for byte
+def test_truncated_image_fails_the_build_naming_it_and_prepares_nothing(tmp_path, name):
   root = make_tree(tmp_path / "trunc", {"a": None, "b": None}, size=(40, 40))
-  good = (root / "train" / "a" / "0.jpg").read_bytes()
-  (root / "train" / "a" / "0.jpg").write_bytes(good[:len(good) * 4 // 5])  # header intact
+  good = (root / "train" / "a" / name).read_bytes()
+  (root / "train" / "a" / name).write_bytes(good[:len(good) * 4 // 5])  # header intact
   data_dir = tmp_path / "tfds"
-  with pytest.raises(images_lib.ImageError, match=r"cannot decode image .*train/a/0\.jpg"):
+  with pytest.raises(images_lib.ImageError, match=rf"cannot decode image .*train/a/{name}"):
     prepare.prepare(f"folder:{root}", data_dir=str(data_dir))
   assert prepared(data_dir) == []
 
