@@ -66,6 +66,9 @@ def test_recovers_the_planted_groups():
   for sub in h.subclasses:  # named by their classes, source_label the class id
     assert sub.name == f"c{sub.source_label}"
   assert "confusion inside the groups" in learned.format_learned(result)
+  wnids = [f"n{i:08d}" for i in range(12)]  # kept, so folders named by WordNet id still match
+  kept = learned.learn(confusion, 3, names, "planted", wnids=wnids).hierarchy
+  assert [kept.lookup(w) for w in wnids] == [kept.lookup(n) for n in names]
 
 
 def test_deterministic_and_independent_of_class_order():

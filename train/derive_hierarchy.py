@@ -124,17 +124,12 @@ def learn_main():
   k = int(_SUPERCLASSES.value[0])
   try:
     if _FROM_RUN.value:
-      path = os.path.join(_FROM_RUN.value, "predictions", "flat.npz")
-      if not os.path.isfile(path):
-        raise cli.UsageError(f"{path} does not exist: --from_run needs a run whose flat network "
-                             "was trained and evaluated (super-sub-train, then super-sub-eval)")
-      from super_sub.training import run as run_lib
-      names = run_lib.Run.open(_FROM_RUN.value).hierarchy.subclass_names
+      result = learned.from_run(_FROM_RUN.value, k, name, _MIN_GROUP_SIZE.value)
     else:
-      path = _FROM_PREDICTIONS.value
       names = learned.read_class_names(_CLASS_NAMES.value) if _CLASS_NAMES.value else None
-    result = learned.from_predictions(path, k, names, name, _MIN_GROUP_SIZE.value)
-  except (learned.LearnError, predictions_lib.AnalysisError) as e:
+      result = learned.from_predictions(_FROM_PREDICTIONS.value, k, names, name,
+                                        _MIN_GROUP_SIZE.value)
+  except (learned.LearnError, predictions_lib.AnalysisError, FileNotFoundError) as e:
     raise cli.UsageError(str(e)) from None
   result.hierarchy.to_json(_OUTPUT.value)
   print(learned.format_learned(result))

@@ -15,12 +15,13 @@ tell apart, and each specialist learns one group's confusions. Here:
   4. the share of the network's confusion (off-diagonal counts) that falls inside a group,
      beside the share random groups of the same sizes would hold.
 
-numpy only.
+numpy only (`from_run` opens the run's dataset, which loads TensorFlow).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -144,7 +145,7 @@ def within_share(confusion: np.ndarray, groups: np.ndarray) -> tuple[float, floa
 
 
 def learn(confusion: np.ndarray, k: int, class_names: Sequence[str], name: str,
-          min_size: int = 1) -> Learned:
+          min_size: int = 1, wnids: Sequence[str | None] | None = None) -> Learned:
   """The hierarchy of `k` groups of the classes a network confuses (module docstring).
 
   Args:
@@ -153,6 +154,8 @@ def learn(confusion: np.ndarray, k: int, class_names: Sequence[str], name: str,
     class_names: the C class names (subclass names; class id c is source_label c).
     name: the hierarchy's name.
     min_size: the fewest classes a superclass may hold.
+    wnids: the classes' WordNet ids (kept on the subclasses, so folders named by them still
+      match), or None.
 
   Raises:
     LearnError: no confusion to learn from, names that do not match the classes, or
@@ -171,14 +174,16 @@ def learn(confusion: np.ndarray, k: int, class_names: Sequence[str], name: str,
     raise LearnError("the predictions hold no mistakes: there is no confusion to group "
                      "classes by (use a held-out split, or a less trained network)")
   groups = cluster(confusion, k, min_size)
+  wnids = list(wnids) if wnids is not None else [None] * n
   supers = []
   for g in range(k):
     ids = np.flatnonzero(groups == g).tolist()
     names = [class_names[i] for i in ids]
     label = "+".join(names[:3]) + ("+..." if len(names) > 3 else "")
-    supers.append((f"{g}_{label}", [(class_names[i], i) for i in ids]))
+    supers.append(tree.Superclass(f"{g}_{label}", None, tuple(
+        tree.Subclass(class_names[i], wnids[i], i) for i in ids)))
   try:
-    h = tree.from_groups(name, supers, num_source_labels=n)
+    h = tree.Hierarchy(name, tuple(supers), n)
   except tree.HierarchyError as e:
     raise LearnError(f"the learned groups do not make a hierarchy: {e}") from None
   within, chance, errors = within_share(confusion, groups)
@@ -199,13 +204,14 @@ def format_learned(result: Learned) -> str:
 
 
 def from_predictions(path: str, k: int, class_names: Sequence[str] | None = None,
-                     name: str = "learned", min_size: int = 1) -> Learned:
+                     name: str = "learned", min_size: int = 1,
+                     wnids: Sequence[str | None] | None = None) -> Learned:
   """`learn` from a predictions file in the report's input format (.csv or .npz,
   super_sub.analysis.loading), e.g. an evaluated run's predictions/flat.npz.
 
   Args:
     path: the predictions file (subclass or source label space).
-    k, name, min_size: as for `learn`.
+    k, name, min_size, wnids: as for `learn`.
     class_names: name of each class id; default: the ids as names ("class_<id>").
 
   Raises:
@@ -220,7 +226,26 @@ def from_predictions(path: str, k: int, class_names: Sequence[str] | None = None
       n = max(n, preds.probs.shape[1])
     class_names = [f"class_{i}" for i in range(n)]
   confusion = confusion_matrix(preds.labels, preds.predictions, len(class_names))
-  return learn(confusion, k, list(class_names), name, min_size)
+  return learn(confusion, k, list(class_names), name, min_size, wnids)
+
+
+def from_run(model_dir: str, k: int, name: str = "learned", min_size: int = 1) -> Learned:
+  """`learn` from an evaluated run: its flat network's held-out predictions
+  (model_dir/predictions/flat.npz, written by super-sub-eval), classes named by the run's
+  hierarchy. Loads TensorFlow (the run's dataset names its classes).
+
+  Raises:
+    LearnError: the run has no evaluated flat network; as for `learn`.
+    FileNotFoundError: model_dir is not a run.
+  """
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  path = os.path.join(model_dir, "predictions", "flat.npz")
+  if not os.path.isfile(path):
+    raise LearnError(f"{path} does not exist: learning from a run needs its flat network "
+                     "trained and evaluated (super-sub-train, then super-sub-eval)")
+  h = run_lib.Run.open(model_dir).hierarchy
+  return from_predictions(path, k, h.subclass_names, name, min_size,
+                          wnids=[sub.wnid for sub in h.subclasses])
 
 
 def read_class_names(path: str) -> list[str]:
