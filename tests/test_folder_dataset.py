@@ -342,3 +342,15 @@ def test_build_command_says_one_line_and_exits_2(tmp_path):
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("build_dataset.py: error: ") and "cat in animals, vehicles" in last
   assert "Traceback" not in done.stderr
+
+
+def test_train_command_says_one_line_and_exits_2(tmp_path):
+  done = subprocess.run(
+      [sys.executable, "-m", "super_sub.train.train", f"--model_dir={tmp_path / 'run'}",
+       f"--dataset=folder:{tmp_path / 'nowhere'}", f"--data_dir={tmp_path / 'tfds'}"],
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert done.returncode == 2, done.stderr
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("train.py: error: ") and "nowhere does not exist" in last
+  assert "Traceback" not in done.stderr
