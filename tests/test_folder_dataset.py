@@ -149,6 +149,32 @@ def test_read_without_super_sub_code(superclass_build):
   assert sum(1 for _ in ds) == sum(counts["test"])
 
 
+def test_changed_folder_is_refused_not_silently_reused(tmp_path):
+  root = make_tree(tmp_path / "imgs", {"a": None, "b": None})
+  data_dir = str(tmp_path / "tfds")
+  builder = prepare.prepare(f"folder:{root}", data_dir=data_dir)
+  prepare.prepare(f"folder:{root}", data_dir=data_dir)  # unchanged: reused
+  write_image(root / "train" / "a" / "new.png")
+  with pytest.raises(folders.FolderError, match=r"has changed since it was prepared into .*; "
+                                                r"delete that folder"):
+    prepare.prepare(f"folder:{root}", data_dir=data_dir)
+  (root / "train" / "a" / "new.png").unlink()
+  (root / "notes.txt").write_text("not a split")  # outside the split folders: no change
+  prepare.prepare(f"folder:{root}", data_dir=data_dir)
+  os.rename(root, tmp_path / "elsewhere")  # gone: the prepared data still serves
+  assert prepare.prepare(f"folder:{root}", data_dir=data_dir).data_path == builder.data_path
+
+
+def test_non_image_files_are_left_out_and_counted(tmp_path):
+  root = make_tree(tmp_path / "imgs", {"a": None, "b": None})
+  (root / "train" / "a" / "labels.csv").write_text("x")
+  (root / "test" / "b" / "README").write_text("x")
+  builder = prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
+  assert builder.info.splits["test"].num_examples == 8
+  assert any(n.startswith("ignored 2 files that are not images by their suffix") and
+             "test/b/README, train/a/labels.csv" in n for n in builder.info.metadata["notes"])
+
+
 def test_flat_layout_with_hierarchy_by_name_and_wnid(tmp_path):
   root = make_tree(tmp_path / "flat", {"tabby": None, "n02124075": None, "car": None},
                    splits=("train", "val"))

@@ -110,6 +110,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       shape, image_encoding = plan.shape, plan.encoding
       metadata = {"hierarchy": plan.hierarchy.to_dict(), "image_shape": list(shape),
                   "encoding": image_encoding, "source": os.fspath(plan.root),
+                  "fingerprint": folders.fingerprint(plan.root),
                   "skipped": plan.skipped, "notes": list(plan.notes)}
     return self.dataset_info_from_configs(
         features=features.features(
@@ -118,6 +119,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         homepage="https://arxiv.org/abs/2201.08098",
         metadata=tfds.core.MetadataDict(metadata),
     )
+
+  def check_unchanged(self) -> None:
+    """Refuses prepared data whose folder has changed since (images added, removed or
+    replaced), so a rebuild never silently reuses the old images. A folder that is gone is
+    no change: the prepared data is all training and evaluation need.
+
+    Raises:
+      folders.FolderError: naming the folder and the prepared data to delete.
+    """
+    prepared, path = self._prepared, epath.Path(self.builder_config.path)
+    if prepared and path.is_dir() and prepared.get("fingerprint") != folders.fingerprint(path):
+      raise folders.FolderError(
+          f"{path} has changed since it was prepared into {self.data_path}; delete that "
+          "folder to prepare it again, or give another --data_dir")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # the folder is the config's

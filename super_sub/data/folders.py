@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import re
 
 from etils import epath
@@ -95,7 +96,7 @@ def scan(path: str | epath.Path, hierarchy: str | None = None, unmapped_labels: 
                       "holds train/ (and validation/ or val/, test/)")
   split_dirs = _split_folders(root)
   trees = {split: _read_split(folder) for split, folder in split_dirs.items()}
-  layouts = {split: layout for split, (layout, _) in trees.items()}
+  layouts = {split: layout for split, (layout, _, _) in trees.items()}
   if len(set(layouts.values())) > 1:
     raise FolderError(f"{root} mixes layouts across splits ("
                       + ", ".join(f"{s}: {l}" for s, l in sorted(layouts.items()))
@@ -104,7 +105,7 @@ def scan(path: str | epath.Path, hierarchy: str | None = None, unmapped_labels: 
   layout = next(iter(layouts.values()))
   # (superclass or None, class folder) -> split -> files (paths relative to root)
   classes: dict[tuple[str | None, str], dict[str, list[str]]] = collections.defaultdict(dict)
-  for split, (_, found) in trees.items():
+  for split, (_, found, _) in trees.items():
     for (sup, name), files in found.items():
       classes[(sup, name)][split] = files
   if layout == "superclass":
@@ -119,6 +120,10 @@ def scan(path: str | epath.Path, hierarchy: str | None = None, unmapped_labels: 
                           if key in label_of for f in per_split.get(split, ()))
             for split in trees}
   notes = []
+  if ignored := sorted(f for _, _, files in trees.values() for f in files):
+    notes.append(f"ignored {len(ignored)} files that are not images by their suffix "
+                 f"({', '.join(IMAGE_SUFFIXES)}): {', '.join(ignored[:3])}"
+                 + (", ..." if len(ignored) > 3 else ""))
   if skipped:
     notes.append(f"skipped {sum(skipped.values())} images of {len(skipped)} class folders "
                  "outside the hierarchy (--unmapped_labels=skip): "
@@ -133,6 +138,22 @@ def scan(path: str | epath.Path, hierarchy: str | None = None, unmapped_labels: 
   return Plan(root=root, hierarchy=h, splits=splits, shape=shape,
               encoding="jpeg" if images_lib.is_large(*shape[:2]) else "png",
               skipped=skipped, notes=tuple(notes))
+
+
+def fingerprint(path: str | epath.Path) -> str:
+  """A digest of the visible files under the split folders (relative path and size): what
+  changes when images are added, removed, renamed or replaced by others of another size."""
+  root = epath.Path(path)
+  digest = hashlib.sha1()
+  pending = sorted(_split_folders(root).values())
+  while pending:  # a walk by iterdir: epath's rglob refuses `**` (GCS)
+    folder = pending.pop(0)
+    for entry in _visible(folder):
+      if entry.is_dir():
+        pending.append(entry)
+      else:
+        digest.update(f"{_relative(entry, root)}\0{entry.stat().length}\n".encode())
+  return digest.hexdigest()
 
 
 def _visible(folder: epath.Path) -> list[epath.Path]:
@@ -179,11 +200,12 @@ def _read_split(split_dir: epath.Path):
   if not entries:
     raise FolderError(f"{split_dir} is empty; put images in {split_dir}/<class>/ folders or "
                       "remove it")
-  kinds, found = {}, {}
+  kinds, found, ignored = {}, {}, []
   for entry in entries:
     children = _visible(entry)
     images = [c for c in children if not c.is_dir() and _is_image(c)]
     folders = [c for c in children if c.is_dir()]
+    ignored += [_relative(c, base) for c in children if not c.is_dir() and not _is_image(c)]
     if images and folders:
       raise FolderError(f"{entry} holds both images and folders (mixed layouts); a class "
                         "folder holds images, a superclass folder only class folders")
@@ -197,6 +219,7 @@ def _read_split(split_dir: epath.Path):
           raise FolderError(f"{folder} holds folders ({', '.join(inner[:5])}); images go at "
                             "most two levels below the split folder")
         files = [c for c in _visible(folder) if _is_image(c)]
+        ignored += [_relative(c, base) for c in _visible(folder) if not _is_image(c)]
         if not files:
           raise FolderError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add "
                             "some or remove the folder")
@@ -209,7 +232,7 @@ def _read_split(split_dir: epath.Path):
     raise FolderError(f"{split_dir} mixes layouts: {', '.join(flat[:5])} hold images (class "
                       f"folders), {', '.join(sup[:5])} hold folders (superclass folders); use "
                       "one layout")
-  return next(iter(kinds.values())), found
+  return next(iter(kinds.values())), found, ignored
 
 
 def _relative(path: epath.Path, base: epath.Path) -> str:

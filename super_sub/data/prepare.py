@@ -70,6 +70,8 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   """Builds dataset `name` (e.g. "superclassed_synthetic/32px", "folder:/data/pets") if needed
   and returns its builder (`open_builder` says what the arguments are)."""
   builder = open_builder(name, data_dir, hierarchy, unmapped_labels)
+  if sources.kind(sources.canonical(name)) == "folder":
+    builder.check_unchanged()
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
