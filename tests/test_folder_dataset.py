@@ -2,6 +2,7 @@
 here, read back without super-sub code, trained flat, and every bad tree refused in one line
 with nothing prepared."""
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -256,9 +257,17 @@ def test_flat_layout_without_hierarchy_trains_the_flat_network(tmp_path, smoke_c
                    splits=("train", "validation"), per_class=6, size=(16, 16))
   config = smoke_config(tmp_path / "run", dataset=f"folder:{root}", stage="flat",
                         data_dir=str(tmp_path / "tfds"))
-  run = train_run(config)
+  with pytest.raises(sources.DatasetError, match=r"one superclass .* pass --stage=flat"):
+    train_run(dataclasses.replace(config, stage="all"))  # refused before any training
+  assert not (tmp_path / "run" / "flat").exists()
+  run = train_run(config, evaluate=True)
   h = run.hierarchy
   assert h.num_superclasses == 1 and h.subclass_names == ["a", "b", "c"]
+  # Evaluated alone: the flat entries and predictions, what learning a hierarchy reads.
+  result = json.loads((tmp_path / "run" / "eval.json").read_text())
+  assert set(result) == {"dataset", "split", "num_examples", "hierarchy", "flat",
+                         "flat_per_superclass"}
+  assert sorted(os.listdir(tmp_path / "run" / "predictions")) == ["flat.npz"]
   assert run.config.augment == "flip_crop" and run.config.image_size == 16
   assert run.is_done(run_lib.FLAT)
   # Evaluation and export reopen the dataset from the saved config alone, from anywhere.

@@ -134,12 +134,13 @@ def test_command_from_a_predictions_csv(tmp_path):
 
 
 def test_command_from_an_evaluated_run(tmp_path, smoke_config):
-  """A smoke run on a folder dataset, trained and evaluated; its flat predictions group."""
+  """The route without a taxonomy: a flat folder, its flat network trained and evaluated
+  alone (smoke), then grouped by its confusions."""
   from conftest import train_run  # pylint: disable=import-outside-toplevel
   from test_folder_dataset import make_tree  # pylint: disable=import-outside-toplevel
-  root = make_tree(tmp_path / "imgs", {"a": ["x", "y"], "b": ["z", "w"]},
+  root = make_tree(tmp_path / "imgs", {"x": None, "y": None, "z": None, "w": None},
                    splits=("train", "validation"), per_class=6, size=(16, 16))
-  train_run(smoke_config(tmp_path / "run", dataset=f"folder:{root}",
+  train_run(smoke_config(tmp_path / "run", dataset=f"folder:{root}", stage="flat",
                          data_dir=str(tmp_path / "tfds")), evaluate=True)
   out = tmp_path / "learned.json"
   done = _command(f"--from_run={tmp_path / 'run'}", "--superclasses=2", f"--output={out}")

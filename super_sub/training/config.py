@@ -388,6 +388,11 @@ def resolve(config: TrainConfig, builder) -> TrainConfig:
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
   hierarchy = builder.hierarchy
   pipeline.check_hierarchy_matches(builder, hierarchy)
+  if hierarchy.num_superclasses < 2 and set(config.stages()) - {"flat"}:
+    raise sources.DatasetError(
+        f"{config.dataset} has one superclass ({hierarchy.superclass_names[0]!r}), so only the "
+        "flat network can be trained: pass --stage=flat, or give the classes superclasses "
+        "(--hierarchy, or the <split>/<superclass>/<class>/ layout)")
   image_size = config.image_size or builder.info.features["image"].shape[0]
   if image_size is None:
     raise sources.DatasetError(f"{config.dataset} holds images of several sizes: give the "
