@@ -2,7 +2,6 @@
 recovered from hand-built predictions; group counts and sizes hold; the command writes a
 hierarchy from a predictions file and from an evaluated run."""
 
-import json
 import os
 import subprocess
 import sys

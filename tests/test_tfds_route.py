@@ -119,3 +119,20 @@ def test_source_label_disagreeing_with_the_class_name_is_refused(tmp_path):
   with pytest.raises(sources.DatasetError, match=r"'apple' has source_label 1.*fix"):
     prepare.prepare("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path), hierarchy=path,
                     unmapped_labels="skip")
+
+
+def test_run_reopens_a_tfds_dataset_from_its_config(tmp_path):
+  """What eval and export do: the saved config (dataset tfds:..., its --hierarchy) alone
+  reopens the superclassed copy."""
+  from super_sub.training import config as config_lib  # pylint: disable=import-outside-toplevel
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.TrainConfig(model_dir=str(tmp_path / "run"), data_dir=str(tmp_path),
+                                  dataset="tfds:tiny_coarse_classes/clean",
+                                  hierarchy="from_feature:coarse_label")
+  builder = prepare.prepare(config.dataset, config.data_dir, **config.dataset_options())
+  run_lib.Run.create(config_lib.resolve(config, builder), builder)
+  reopened = run_lib.Run.open(str(tmp_path / "run"))
+  assert reopened.config.hierarchy == "from_feature:coarse_label"
+  assert reopened.builder.data_path == builder.data_path
+  assert reopened.hierarchy.superclass_names == COARSE
+  assert reopened.config.augment == "flip_crop" and reopened.config.image_size == 8
