@@ -291,7 +291,7 @@ def test_large_or_varying_images_are_jpeg_with_imagenet_crops(tmp_path):
   assert raw["train/a/0.jpg"] == (root / "train/a/0.jpg").read_bytes()  # JPEG kept as it is
   assert raw["train/a/1.png"][:2] == b"\xff\xd8"  # PNG re-encoded as JPEG
   with pytest.raises(sources.DatasetError, match="--image_size"):
-    config_lib.resolve(config_lib.TrainConfig(model_dir=str(tmp_path / "r"),
+    config_lib.resolve(config_lib.TrainConfig(model_dir=str(tmp_path / "r"), stage="flat",
                                               dataset=f"folder:{root}"), builder)
 
 
@@ -326,7 +326,9 @@ def _bad_trees(tmp: pathlib.Path):
   both = make_tree(tmp / "both", {"a": None}, splits=("train", "val", "validation"))
   afile = tmp / "afile.png"
   write_image(afile)
+  no_train = make_tree(tmp / "no_train", {"a": None}, splits=("val", "test"))
   return {
+      "no train folder": (no_train, r"has no train/ folder \(found test, val/\)"),
       "empty class folder": (empty, r"train/c holds no images"),
       "class under two superclasses": (two, r"classes under two superclasses: cat in animals, "
                                             r"vehicles"),
@@ -347,6 +349,12 @@ def test_bad_trees_refused_with_one_clear_error_and_nothing_prepared(tmp_path):
     with pytest.raises(folders.FolderError, match=pattern):
       prepare.prepare(f"folder:{root}", data_dir=str(data_dir))
     assert prepared(data_dir) == [], name
+
+
+def test_hierarchy_for_the_superclass_layout_is_refused(tmp_path):
+  root = make_tree(tmp_path / "sup", SUPER)
+  with pytest.raises(folders.FolderError, match=r"superclass layout .* drop --hierarchy"):
+    prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"), hierarchy="fashion_mnist")
 
 
 @pytest.mark.parametrize("name", ["0.jpg", "1.png"])  # re-encoded, and kept byte for byte

@@ -128,9 +128,11 @@ def scan(path: str | epath.Path, hierarchy: str | None = None, unmapped_labels: 
     notes.append(f"skipped {sum(skipped.values())} images of {len(skipped)} class folders "
                  "outside the hierarchy (--unmapped_labels=skip): "
                  + ", ".join(f"{name} ({n})" for name, n in sorted(skipped.items())))
+  if "train" not in splits:
+    raise FolderError(f"{root} has no train/ folder (found "
+                      f"{', '.join(sorted(p.name for p in split_dirs.values()))}/); training "
+                      "needs one")
   if "validation" not in splits:
-    if "train" not in splits:
-      raise FolderError(f"{root} has no train/ folder; found {sorted(split_dirs.values())}")
     splits["train"], splits["validation"] = hold_out(splits["train"], validation_share, seed)
     notes.append(f"no validation folder: {len(splits['validation'])} of the train images "
                  f"({validation_share:.0%} of each class, seed {seed}) are the validation split")
