@@ -82,9 +82,10 @@ def test_source_label_space_and_outside_column(tiny):
   assert r["superclass_confusion_columns"] == ["A", "B", "outside"]
   assert r["superclass_confusion"] == [[3, 1, 0], [0, 1, 3]]
   assert r["per_superclass"]["B"]["errors_outside"] == 3
-  assert r["outside"] == {"count": 3, "top_source_predictions": [
-      {"source_label": 5, "count": 1}, {"source_label": 29, "count": 1},
-      {"source_label": 999, "count": 1}]}
+  assert r["outside"] == {"count": 3, "top_source_predictions": [  # names: not ImageNet's
+      {"source_label": 5, "name": None, "count": 1},
+      {"source_label": 29, "name": None, "count": 1},
+      {"source_label": 999, "name": None, "count": 1}]}
   b1_out = r["top_confusions"][0]
   assert (b1_out["true_name"], b1_out["predicted"], b1_out["predicted_name"],
           b1_out["count"], b1_out["kind"]) == ("b1", -1, "outside", 2, "outside")
@@ -197,8 +198,8 @@ def test_write_report_with_images(tiny, tmp_path):
   names = [f"{i}.png" for i in range(8)]
   _images(tmp_path / "images", names)
   p = analysis.Predictions(labels=[10, 10, 11, 12, 20, 21, 21, 21],
-                           predictions=[10, 11, 11, 20, 29, 21, 5, 999], label_space="source",
-                           probs=np.eye(1000)[[10, 11, 11, 20, 29, 21, 5, 999]] * 0.9,
+                           predictions=[10, 11, 11, 20, 29, 21, 5, 28], label_space="source",
+                           probs=np.eye(30)[[10, 11, 11, 20, 29, 21, 5, 28]] * 0.9,
                            file_names=names)
   out = tmp_path / "report"
   r = analysis.write_report(out, p, tiny, images=analysis.images_from_folder(tmp_path /
@@ -212,7 +213,7 @@ def test_write_report_with_images(tiny, tmp_path):
   assert "<td>top-1</td><td>37.50%</td>" in page
   mistakes = (out / "mistakes.csv").read_text().splitlines()
   assert mistakes[0].startswith("example,file_name,true,true_name,predicted")
-  assert len(mistakes) == 1 + 5 and "7,7.png,4,b1,-1,outside,999,outside,0.9" in mistakes
+  assert len(mistakes) == 1 + 5 and "7,7.png,4,b1,-1,outside,28,outside,0.9" in mistakes
   assert len((out / "confusion_pairs.csv").read_text().splitlines()) == 1 + 4
   # A second report replaces the first; no temporary folders are left behind.
   analysis.write_report(out, p, tiny)
@@ -326,7 +327,7 @@ def test_cli_end_to_end(tiny, tmp_path):
                                                   [21]]))
   out = tmp_path / "out"
   result = _cli(f"--predictions={csv_path}", f"--hierarchy={tmp_path / 'tiny.json'}",
-                f"--out={out}", "--label_space=source", f"--images_dir={tmp_path / 'images'}",
+                f"--output={out}", "--label_space=source", f"--images_dir={tmp_path / 'images'}",
                 f"--multilabel={tmp_path / 'real.json'}", "--top_confusions=3")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "7 examples, top-1 42.86%, 4 errors: 1 within the superclass (25.0%)" in result.stdout
@@ -339,7 +340,7 @@ def test_cli_end_to_end(tiny, tmp_path):
   (tmp_path / "broken.json").write_text(json.dumps({"name": "x", "superclasses": [
       {"name": "A", "subclasses": [{"name": "a", "source_label": 0, "colour": "red"}]}]}))
   result = _cli(f"--predictions={csv_path}", f"--hierarchy={tmp_path / 'broken.json'}",
-                f"--out={tmp_path / 'never'}")
+                f"--output={tmp_path / 'never'}")
   assert result.returncode != 0
   assert re.search(r"broken.json: superclasses\[0\].*unknown key\(s\) \['colour'\]",
                    result.stderr)

@@ -483,8 +483,10 @@ def test_delta_to_base_pins_or_grows_weight_quantizer_ranges(ranges):
   variables[hi].assign(extent)  # the base's ranges: its kernel's, as after QAT
   base = [v.numpy() for v in variables]
   moved = base[owners[hi]].copy()
+  # Channel 0 outgrows its range (to 3x its largest weight); channel 1 moves inside it (to half
+  # its largest weight, whatever the initial draw put there), so only channel 0's range grows.
   moved[0, 0, 0, 0] = 3 * extent[0]
-  moved[1, 1, 0, 1] += 0.5 * extent[1]
+  moved[1, 1, 0, 1] = 0.5 * extent[1]
   kernel.assign(moved)
   for i in (lo, hi):
     variables[i].assign(np.full_like(base[i], 9.0))  # as a training step's batch ranges leave them

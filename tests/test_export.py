@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-from super_sub import evaluation
 from super_sub._internal import files
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import parity
@@ -22,14 +21,17 @@ from super_sub.bundles import tflite
 from super_sub.runtime import bundle as bundle_lib
 from super_sub.training import run as run_lib
 
+from conftest import _evaluation_batches
 from conftest import assert_bundle_matches_keras
 from conftest import export_run
-from conftest import train_run
+from known_routing import train_with_known_routing
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, smoke_config):
-  return train_run(smoke_config(tmp_path_factory.mktemp("run")))
+  """A smoke run whose router sends an equal share of the 84 evaluation images to each of the
+  5 specialists (known_routing), evaluated."""
+  return train_with_known_routing(smoke_config(tmp_path_factory.mktemp("run")))
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +100,28 @@ def test_bundle_verifies_and_rebuilds_every_specialist(exported):
 
 @pytest.mark.slow
 def test_parity_with_keras_two_stage(run, exported):
-  evaluation.evaluate(run, log=lambda _: None)
   result = parity.tflite_parity(run, exported[0], log=lambda _: None)
   assert result["num_examples"] == 84
+  # keras_top1 against an independent computation: the Keras models loaded afresh, routed by
+  # hand (the generalist's argmax, then that superclass's specialist), scored on the labels.
+  generalist = run.load_model(run.generalist)
+  specialists = {k: run.load_model(s) for k, s in run.specialists().items()}
+  h, correct = run.hierarchy, 0
+  for images, labels, _ in _evaluation_batches(run):
+    superclass = generalist.predict(images, verbose=0).argmax(1)
+    for k in np.unique(superclass):
+      mine = superclass == k
+      within = specialists[k].predict(images[mine], verbose=0).argmax(1)
+      correct += int(np.sum(h.superclass_offsets[k] + within == labels[mine]))
+  assert result["keras_top1"] == pytest.approx(correct / 84)
   with open(os.path.join(run.model_dir, "eval.json"), encoding="utf-8") as f:
     assert result["keras_top1"] == pytest.approx(json.load(f)["two_stage"]["hard"]["top1"])
   # int8 post-training quantization of the float models: Keras' probabilities to within
-  # quantization noise, and its answer wherever noise cannot flip it.
-  assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.03)
+  # quantization noise, and its answer wherever noise cannot flip it, on every specialist.
+  checked = assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.03,
+                                        min_per_specialist=16)
+  assert sorted(checked["per_specialist"]) == [0, 1, 2, 3, 4]
+  assert result["agreement_with_keras"] >= 0.9
 
 
 @pytest.mark.slow
@@ -154,7 +170,7 @@ def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
 
 @pytest.mark.slow
 def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path):
-  """`--export_dir=.` or `~/models` must not lose the user's files: refused, untouched."""
+  """`--output=.` or `~/models` must not lose the user's files: refused, untouched."""
   mine = tmp_path / "models"
   mine.mkdir()
   (mine / "thesis.tex").write_text("years of work")
@@ -167,7 +183,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path
   # The command line says the same and exits non-zero.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run([sys.executable, "-m", "super_sub.export.export",
-                        f"--model_dir={run.model_dir}", f"--export_dir={mine}"],
+                        f"--model_dir={run.model_dir}", f"--output={mine}"],
                        env=env, capture_output=True, text=True, timeout=600, check=False)
   assert out.returncode != 0 and "is not an export folder" in out.stderr
   assert (mine / "thesis.tex").read_text() == "years of work"
@@ -191,7 +207,7 @@ def test_killed_export_leaves_the_previous_export_intact(run, exported, tmp_path
   before = {p: p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.Popen([sys.executable, "-m", "super_sub.export.export",
-                           f"--model_dir={run.model_dir}", f"--export_dir={export_dir}"],
+                           f"--model_dir={run.model_dir}", f"--output={export_dir}"],
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 300

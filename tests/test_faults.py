@@ -65,6 +65,7 @@ def _saved_config(model_dir, **overrides):
 
 # --- 1. divergence -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_absurd_learning_rate_stops_the_stage_naming_stage_epoch_and_step(
     tmp_path, smoke_config):
   with pytest.raises(guards.NonFiniteError,
@@ -187,9 +188,10 @@ def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, s
   seen (training loss ~1.9 where an uninterrupted epoch 2 has ~2.95). So no weights or
   per-epoch rows are compared, only the outcome: the same 3 epochs in the history,
   metrics.json and weights present, the backup gone, the re-run resumed (it never printed
-  "Epoch 1/3"), the final training loss within 0.3 of the uninterrupted run's (observed:
-  within 0.03; chance level, ln 21 = 3.04, lies above the bound) and val_top1 within 0.15
-  (near chance, 1/21, for both after 3 smoke epochs: this bound only catches a broken model).
+  "Epoch 1/3") from epoch 1's weights (its epoch 2 loss far below a first epoch's), and the
+  final training loss of both below chance and within 0.3 of each other (observed: within
+  0.03). Validation top-1 is not compared: 8 images a class do not generalise in 3 epochs
+  (0.05-0.08 over 15 smoke epochs, chance 0.048), so any bound on it would check nothing.
   """
   prepare.prepare(SMOKE, smoke_data_dir)  # built once here, not by two processes at once
   killed, clean = tmp_path / "killed", tmp_path / "clean"
@@ -226,8 +228,16 @@ def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, s
   assert resumed["epoch"] == uninterrupted["epoch"] == [0.0, 1.0, 2.0]
   assert not (killed / "flat" / "backup").exists()
   assert (killed / "flat" / "weights" / "model.index").exists()
+  # The run learns its training images: the loss falls from above chance (ln 21 = 3.04; a
+  # first epoch ends ~3.3) to ~2.7 in 3 epochs. The re-run kept what epoch 1 learnt: its
+  # epoch 2 starts from epoch 1's weights (and replays epoch 1's inputs), so its loss is
+  # below any first epoch's (observed ~1.9; an uninterrupted epoch 2 ~2.9); a re-run that
+  # lost the weights would repeat a first epoch's ~3.3.
+  chance = np.log(21)
+  assert resumed["loss"][0] > chance and uninterrupted["loss"][0] > chance
+  assert resumed["loss"][1] < min(resumed["loss"][0], uninterrupted["loss"][0]) - 0.2
+  assert max(resumed["loss"][-1], uninterrupted["loss"][-1]) < chance - 0.2
   assert abs(resumed["loss"][-1] - uninterrupted["loss"][-1]) < 0.3
-  assert abs(resumed["val_top1"][-1] - uninterrupted["val_top1"][-1]) <= 0.15
 
 
 # --- 4b. a model_dir that cannot be written --------------------------------------------------
@@ -267,16 +277,24 @@ def test_unwritable_model_dir_is_refused_naming_the_folder(tmp_path, smoke_confi
   assert not os.listdir(model_dir)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a chmod 0o555 folder")
-def test_read_only_model_dir_is_refused_naming_the_folder(tmp_path, smoke_config):
+def test_read_only_model_dir_is_refused_naming_the_folder(tmp_path, smoke_config, monkeypatch):
+  """A model_dir on a read-only file system: every write inside it fails with EROFS, as the
+  kernel answers root too (a chmod 0o555 folder would not stop root, so the drill simulates
+  the file system's answer at os.open, where the lock file is first written)."""
   model_dir = tmp_path / "run"
   model_dir.mkdir()
-  model_dir.chmod(0o555)
-  try:
-    with pytest.raises(PermissionError, match=rf"cannot use {_re(model_dir)}: Permission denied"):
-      fit.train(smoke_config(model_dir))
-  finally:
-    model_dir.chmod(0o755)
+  real_open = os.open
+
+  def read_only_open(path, flags, *args, **kwargs):
+    if os.fspath(path).startswith(str(model_dir)) and flags & (os.O_WRONLY | os.O_RDWR):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+    return real_open(path, flags, *args, **kwargs)
+  monkeypatch.setattr(os, "open", read_only_open)
+  with pytest.raises(OSError, match=rf"cannot use {_re(model_dir)}: Read-only file system") as e:
+    fit.train(smoke_config(model_dir))
+  assert e.value.errno == errno.EROFS
+  monkeypatch.undo()
+  assert not os.listdir(model_dir)
 
 
 # --- 4c. a full disk -----------------------------------------------------------------------
@@ -285,6 +303,7 @@ def _enospc(*_, **__):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["history", "weights", "metrics"])
 def test_full_disk_gives_a_clear_error_and_marks_nothing_done(tmp_path, smoke_config,
                                                                monkeypatch, where):

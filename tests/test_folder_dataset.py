@@ -16,8 +16,8 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from super_sub.data import encoding
 from super_sub.data import folders
-from super_sub.data import images as images_lib
 from super_sub.data import prepare
 from super_sub.data import sources
 from super_sub.training import config as config_lib
@@ -363,7 +363,8 @@ def test_truncated_image_fails_the_build_naming_it_and_prepares_nothing(tmp_path
   good = (root / "train" / "a" / name).read_bytes()
   (root / "train" / "a" / name).write_bytes(good[:len(good) * 4 // 5])  # header intact
   data_dir = tmp_path / "tfds"
-  with pytest.raises(images_lib.ImageError, match=rf"cannot decode image .*train/a/{name}"):
+  with pytest.raises(encoding.UndecodableFileError,
+                     match=rf"cannot decode image .*train/a/{name}"):
     prepare.prepare(f"folder:{root}", data_dir=str(data_dir))
   assert prepared(data_dir) == []
 

@@ -388,7 +388,8 @@ def _predict_cli(*args):
 
 
 def test_predict_cli_plain_output(tiny_bundle, pngs):
-  """One tab-separated line per image: path, superclass (prob), label (prob), hard routing."""
+  """One tab-separated line per image: path, superclass (prob), label (joint prob, prob given
+  its superclass), hard routing."""
   lines = _predict_cli(f"--bundle={tiny_bundle}", *pngs)
   lite = runtime.TwoStageLite(tiny_bundle)
   out = lite.predict(runtime.load_images(pngs, lite.input_shape), mode="hard")
@@ -396,15 +397,17 @@ def test_predict_cli_plain_output(tiny_bundle, pngs):
   for i, (line, path) in enumerate(zip(lines, pngs)):
     sup, label = int(out["superclass"][i]), int(out["label"][i])
     assert TINY.superclass_of[label] == sup  # hard routing: the label is in the superclass
-    assert line == (f"{path}\t{TINY.superclass_names[sup]} "
-                    f"({out['superclass_probs'][i, sup]:.3f})\t{TINY.subclass_names[label]} "
-                    f"({out['label_probs'][i, label]:.3f})")
+    p_sup = float(out["superclass_probs"][i, sup])
+    p_label = float(out["label_probs"][i, label])  # hard routing: P(label | superclass)
+    assert line == (f"{path}\t{TINY.superclass_names[sup]} ({p_sup:.3f})\t"
+                    f"{TINY.subclass_names[label]} ({round(p_sup * p_label, 6):.3f} joint, "
+                    f"{round(p_label, 6):.3f} given its superclass)")
 
 
 def test_predict_cli_soft_json_lines(tiny_bundle, tiny_models, pngs):
-  """--mode=soft --k=2 --json: one JSON object per image, the runtime's soft routing, whose
+  """--mode=soft --soft_k=2 --json: one JSON object per image, the runtime's soft routing, whose
   numbers are P(superclass) x P(label | superclass) of the top-2 superclasses."""
-  lines = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--k=2", "--json", *pngs)
+  lines = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--soft_k=2", "--json", *pngs)
   lite = runtime.TwoStageLite(tiny_bundle)
   images = runtime.load_images(pngs, lite.input_shape)
   out = lite.predict(images, mode="soft", k=2)
@@ -415,14 +418,21 @@ def test_predict_cli_soft_json_lines(tiny_bundle, tiny_models, pngs):
   assert len(rows) == len(pngs)
   for i, (row, path) in enumerate(zip(rows, pngs)):
     assert list(row) == ["image", "superclass", "superclass_index", "superclass_prob", "label",
-                         "label_index", "label_prob"]
+                         "label_index", "label_prob", "label_prob_given_superclass",
+                         "label_prob_joint"]
     sup, label = int(out["superclass"][i]), int(out["label"][i])
     assert (sup, label) == (np.argmax(supers[i]), np.argmax(labels[i]))
     assert row == {"image": path, "superclass": TINY.superclass_names[sup],
                    "superclass_index": sup,
                    "superclass_prob": round(float(out["superclass_probs"][i, sup]), 6),
                    "label": TINY.subclass_names[label], "label_index": label,
-                   "label_prob": round(float(out["label_probs"][i, label]), 6)}
+                   "label_prob": round(float(out["label_probs"][i, label]), 6),
+                   # soft routing: label_prob is the joint probability
+                   "label_prob_given_superclass": row["label_prob_given_superclass"],
+                   "label_prob_joint": round(float(out["label_probs"][i, label]), 6)}
+    own = TINY.superclass_of[label]
+    assert row["label_prob_given_superclass"] == pytest.approx(
+        out["label_probs"][i, label] / supers[i, own], abs=1e-5)
 
 
 
@@ -431,9 +441,9 @@ def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny
   """--cache_dir: the same output, with the routed specialists written there as verified
   .tflite files (named by sha256) for the next run, and with --packed_weights LiteRT's packed
   weights too; a cache_dir that is a file is an error."""
-  plain = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--k=2", *pngs)
+  plain = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--soft_k=2", *pngs)
   cache = tmp_path / "cache"
-  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--soft_k=2",
                       *pngs) == plain
   bundle = runtime.load_bundle(tiny_bundle)
   written = sorted(os.listdir(cache))
@@ -441,11 +451,11 @@ def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny
   for name in written:
     assert hashlib.sha256((cache / name).read_bytes()).hexdigest() == name[:-len(".tflite")]
   assert set(written) <= {bundle.specialist_sha256(k).hex() + ".tflite" for k in bundle.deltas}
-  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--soft_k=2",
                       *pngs) == plain
   packed = tmp_path / "packed"
   assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={packed}", "--packed_weights",
-                      "--mode=soft", "--k=2", *pngs) == plain
+                      "--mode=soft", "--soft_k=2", *pngs) == plain
   assert sorted(os.listdir(packed)) == sorted(  # with LiteRT's packed weights and their records
       name[:-len(".tflite")] + suffix for name in written
       for suffix in (".tflite", ".xnnpack", ".xnnpack.json"))
@@ -480,7 +490,7 @@ def test_read_predictions_csv_with_logits(tmp_path):
 
 def test_read_predictions_csv_with_prob_columns(tmp_path):
   """`prob_<id>` columns in any order fill column <id> of the probabilities (missing ids: 0);
-  a `prediction` column, when given, is kept rather than replaced by the argmax."""
+  a `prediction` column that disagrees with their argmax is refused, with the rows counted."""
   path = _write(tmp_path / "probs.csv", "label,prob_0,prob_3,prob_1\n"
                 "3,0.2,0.7,0.1\n"
                 "0,0.5,0.2,0.3\n"
@@ -493,9 +503,9 @@ def test_read_predictions_csv_with_prob_columns(tmp_path):
   given = _write(tmp_path / "given.csv", "label,prediction,prob_0,prob_1\n"
                  "0,1,0.9,0.1\n"
                  "1,1,0.4,0.6\n")
-  q = analysis.read_predictions(given)
-  np.testing.assert_array_equal(q.predictions, [1, 1])  # not the argmax [0, 1]
-  np.testing.assert_array_equal(q.top5, [[0, 1], [1, 0]])
+  with pytest.raises(analysis.AnalysisError, match=r"given.csv: field 'predictions' disagrees "
+                     r"with the arg-max of 'probs' in 1 of 2 rows"):
+    analysis.read_predictions(given)  # top-1 would be [1, 1], top-5's first [0, 1]
 
 
 # --- dataset configs -----------------------------------------------------------------------------

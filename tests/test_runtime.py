@@ -169,6 +169,7 @@ def test_delta_of_a_sparse_fine_tune_is_small(models):
   assert int(np.count_nonzero(arrays.get("values", arrays.get("diff")))) <= CHANGED_WEIGHTS + 16
 
 
+@pytest.mark.slow
 def test_delta_pairs_buffers_the_converter_permuted(models, images):
   """Equal-length buffers in another order (as differently named layers get) still pair up."""
   obj = delta_lib.parse_model(models[1])
@@ -275,6 +276,7 @@ def test_auto_encoding_stores_a_sign_delta_in_about_a_bit_per_weight(models):
                                                                     sizes["dense"]), (sizes, n)
 
 
+@pytest.mark.slow
 def test_a_sign_moved_depthwise_kernel_rebuilds_from_one_run():
   """MobileNetV2's depthwise kernels ([1, H, W, C] in TFLite, quantized on the last axis) hold
   their channels interleaved: the signed run must cover every byte of the buffer."""
@@ -878,6 +880,7 @@ def test_later_rebuilds_copy_bytes_and_still_check_the_result(bundle_dir, models
     fast.apply(bundle.generalist, arrays)
 
 
+@pytest.mark.slow
 def test_fixed_batch_models_run_in_padded_chunks(images):
   keras.utils.set_random_seed(3)
   inputs = keras.Input(SHAPE, batch_size=2)

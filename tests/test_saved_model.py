@@ -15,9 +15,28 @@ from super_sub.bundles import saved_model as saved_model_lib
 from super_sub.models import classifiers
 from super_sub.training import qat as qat_lib
 
+from known_routing import set_head
+
+# Images the models route evenly (known_routing): 20 noise images of varied brightness, 4 to
+# each of fashion_mnist's 5 superclasses, 2 of which (tops, footwear) have specialists.
+IMAGES_PER_SUPERCLASS = 4
+
+
+def _images(rng, count=20, shape=(28, 28, 1)):
+  return (rng.uniform(0, 1, (count, *shape)) * rng.uniform(0, 1, (count, 1, 1, 1))
+          ).astype(np.float32)
+
+
+def _assert_every_specialist_served(superclass, h, at_least):
+  served = {k: int(np.sum(np.asarray(superclass) == k)) for k in h.specialist_superclasses()}
+  assert min(served.values()) >= at_least, f"images per specialist: {served}"
+
 
 @pytest.fixture(scope="module")
-def models_and_path(tmp_path_factory):
+def models():
+  """(hierarchy, generalist, {superclass: specialist}, images): a generalist that routes the
+  images evenly (known_routing) and two specialists, one changed in a few weights and one in
+  every weight of its stem."""
   h = hierarchy_lib.load("fashion_mnist")  # specialists for tops and footwear only
   rng = np.random.default_rng(0)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
@@ -39,16 +58,27 @@ def models_and_path(tmp_path_factory):
       values += rng.normal(0, 0.05, values.shape).astype(np.float32)
     kernel.assign(values)
     specialists[k] = s
+  images = _images(rng)
+  routed = set_head(generalist, images)
+  _assert_every_specialist_served(routed, h, IMAGES_PER_SUPERCLASS)
+  return h, generalist, specialists, images
+
+
+@pytest.fixture(scope="module")
+def models_and_path(models, tmp_path_factory):
+  """`models` and the path of their exported SavedModel: (h, generalist, specialists, path,
+  images)."""
+  h, generalist, specialists, images = models
   path = str(tmp_path_factory.mktemp("sm") / "saved_model")
   saved_model_lib.export_saved_model(path, generalist, specialists, h)
-  return h, generalist, specialists, path
+  return h, generalist, specialists, path, images
 
 
-def test_deltas_hold_only_the_changed_weights_the_cheaper_way(models_and_path):
+def test_deltas_hold_only_the_changed_weights_the_cheaper_way(models):
   """Sparse (int32 position + float32 difference) for the 20 moved weights, dense (4 bytes a
   weight) for the kernel whose every weight moved, nothing for unchanged tensors: never more
   than the dense difference of the changed tensors."""
-  h, generalist, specialists, _ = models_and_path
+  h, generalist, specialists, _ = models
   module = saved_model_lib.SuperSubModule(generalist, specialists, h)
   sparse_k, dense_k = h.specialist_superclasses()
   stem = generalist.layers[1].weights[0].numpy()
@@ -67,6 +97,7 @@ def test_deltas_hold_only_the_changed_weights_the_cheaper_way(models_and_path):
         np.testing.assert_allclose(value.numpy(), want.numpy(), atol=1e-6, err_msg=want.name)
 
 
+@pytest.mark.slow
 def test_deflated_deltas_are_smaller_and_serve_the_same_answers_bit_for_bit(tmp_path):
   """deflate=True stores the dense differences as zlib byte planes: fewer bytes than float32
   for fine-tuning noise, the same weights after inflating, and the loaded SavedModel answers
@@ -76,15 +107,8 @@ def test_deflated_deltas_are_smaller_and_serve_the_same_answers_bit_for_bit(tmp_
   rng = np.random.default_rng(5)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
                                             "generalist", "generalist")
-  images = (rng.uniform(0, 1, (32, 28, 28, 1)) * rng.uniform(0, 1, (32, 1, 1, 1))
-            ).astype(np.float32)
-  # A head fitted (least squares) to route image i to superclass i % 5.
-  features = keras.Model(generalist.input, generalist.layers[-2].output)(images).numpy()
-  centred = features - features.mean(axis=0)
-  targets = 10 * np.eye(h.num_superclasses)[np.arange(32) % h.num_superclasses]
-  kernel = np.linalg.lstsq(centred, targets, rcond=None)[0]
-  generalist.layers[-1].set_weights([kernel.astype(np.float32),
-                                     -(features.mean(axis=0) @ kernel).astype(np.float32)])
+  images = _images(rng, 32)
+  set_head(generalist, images)  # routes the images evenly: every specialist answers some
   specialists = {}
   for k in h.specialist_superclasses():
     s = classifiers.make_specialist(generalist, len(h.superclasses[k].subclasses),
@@ -108,18 +132,16 @@ def test_deflated_deltas_are_smaller_and_serve_the_same_answers_bit_for_bit(tmp_
                                        deflate=deflate)
     serve = tf.saved_model.load(str(tmp_path / name)).signatures["serving_default"]
     outputs[name] = {key: v.numpy() for key, v in serve(images=images).items()}
-  # every specialist ran
-  assert set(h.specialist_superclasses()) <= set(outputs["plain"]["superclass"])
+  _assert_every_specialist_served(outputs["plain"]["superclass"], h, 6)
   for key, value in outputs["plain"].items():
     np.testing.assert_array_equal(outputs["deflated"][key], value, err_msg=key)
 
 
-def test_a_sign_delta_costs_a_bit_per_weight_and_rebuilds_within_float_tolerance(
-    models_and_path):
+def test_a_sign_delta_costs_a_bit_per_weight_and_rebuilds_within_float_tolerance(models):
   """A kernel whose every weight but its largest moved by +-a of its output channel (a sign
   specialist, which holds the largest) is stored as one bit a weight plus a float32 a channel,
   the held weights as sparse exceptions, and base + delta gives it back."""
-  h, generalist, specialists, _ = models_and_path
+  h, generalist, specialists, _ = models
   sparse_k, dense_k = h.specialist_superclasses()
   rng = np.random.default_rng(3)
   signed = classifiers.make_specialist(generalist, len(h.superclasses[sparse_k].subclasses),
@@ -157,11 +179,11 @@ def _backbone_tensors(model):
           for j, v in enumerate(saved_model_lib._weights(layer))]  # pylint: disable=protected-access
 
 
-def test_every_encoding_in_one_specialist_rebuilds_each_tensor(models_and_path):
+def test_every_encoding_in_one_specialist_rebuilds_each_tensor(models):
   """One specialist whose changed tensors take all three forms, interleaved with unchanged
   ones and with each other (dense, sparse, signed, dense, signed): each weight reads its own
   tensor's stored values, at its own offset, and no other."""
-  h, generalist, specialists, _ = models_and_path
+  h, generalist, specialists, _ = models
   sparse_k, dense_k = h.specialist_superclasses()
   rng = np.random.default_rng(5)
   s = classifiers.make_specialist(generalist, len(h.superclasses[sparse_k].subclasses), "mixed")
@@ -188,12 +210,12 @@ def test_every_encoding_in_one_specialist_rebuilds_each_tensor(models_and_path):
     np.testing.assert_allclose(rebuilt[i][j].numpy(), v.numpy(), atol=1e-6, err_msg=v.name)
 
 
-def test_weight_assembly_is_one_traced_block_whatever_the_tensor_count(models_and_path):
+def test_weight_assembly_is_one_traced_block_whatever_the_tensor_count(models):
   """The function that adds a delta to the base holds a fixed set of operations plus the
   reshape of each tensor, not operations per tensor for each form of delta (unrolled, it was
   0.5 MB of a 224-px MobileNetV2 SavedModel)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  h, generalist, specialists, _ = models_and_path
+  h, generalist, specialists, _ = models
   module = saved_model_lib.SuperSubModule(generalist, specialists, h)
   tensors = len(_backbone_tensors(generalist))
   graph = module._patched.get_concrete_function().graph  # pylint: disable=protected-access
@@ -202,9 +224,11 @@ def test_weight_assembly_is_one_traced_block_whatever_the_tensor_count(models_an
   assert len(graph.get_operations()) < 5 * tensors + 100
 
 
+@pytest.mark.slow
 def test_matches_keras_two_stage_in_a_fresh_process(models_and_path, tmp_path):
-  h, generalist, specialists, path = models_and_path
-  images = np.random.default_rng(1).uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+  """Image by image, on 20 images routed 4 to each superclass, so both specialists (the
+  sparse and the dense delta) serve 4 each."""
+  h, generalist, specialists, path, images = models_and_path
   np.save(tmp_path / "images.npy", images)
   child = f"""
 import json, sys
@@ -221,6 +245,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("super_sub"))))
   assert done.returncode == 0, done.stderr[-3000:]
   assert json.loads(done.stdout.strip().splitlines()[-1]) == []  # no super-sub code needed
   expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
+  _assert_every_specialist_served(expected["superclass"], h, IMAGES_PER_SUPERCLASS)
   with np.load(tmp_path / "out.npz") as got:
     np.testing.assert_array_equal(got["superclass"], expected["superclass"])
     np.testing.assert_array_equal(got["label"], expected["label"])
@@ -228,9 +253,10 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("super_sub"))))
     np.testing.assert_allclose(got["label_probs"], expected["label_probs"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_signature_is_documented_shape(models_and_path):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  *_, path = models_and_path
+  *_, path, _ = models_and_path
   serving = tf.saved_model.load(path).signatures["serving_default"]
   assert list(serving.structured_input_signature[1]) == ["images"]
   assert set(serving.structured_outputs) == {"superclass", "superclass_probs", "label",
@@ -239,23 +265,26 @@ def test_signature_is_documented_shape(models_and_path):
   assert out["label_probs"].shape == (1, 10)
 
 
-def test_backbone_mismatch_is_refused(models_and_path):
-  h, generalist, specialists, _ = models_and_path
+def test_backbone_mismatch_is_refused(models):
+  h, generalist, specialists, _ = models
   other = classifiers.build_classifier("resnet18", (32, 32, 3), 4, "specialist", "specialist_0")
   with pytest.raises(ValueError, match="does not match the base"):
     saved_model_lib.SuperSubModule(generalist, {**specialists, 0: other}, h)
 
 
-def test_quantization_aware_models_export_with_their_float_weights(models_and_path, tmp_path):
+@pytest.mark.slow
+def test_quantization_aware_models_export_with_their_float_weights(models, tmp_path):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  h, generalist, specialists, _ = models_and_path
+  h, generalist, specialists, images = models
   qat = {k: qat_lib.quantize(m) for k, m in specialists.items()}
   path = str(tmp_path / "qat_saved_model")
   saved_model_lib.export_saved_model(path, qat_lib.quantize(generalist), qat, h)
-  images = np.random.default_rng(2).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
   out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
-  # Same float weights as the models above, so the same answers as their float two-stage.
+  # Same float weights as the models above, so the same answers as their float two-stage, on
+  # the 20 images routed 4 to each superclass.
   expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
+  _assert_every_specialist_served(out["superclass"].numpy(), h, IMAGES_PER_SUPERCLASS)
+  np.testing.assert_array_equal(out["superclass"].numpy(), expected["superclass"])
   np.testing.assert_allclose(out["label_probs"].numpy(), expected["label_probs"], atol=1e-5)
 
 
@@ -279,6 +308,7 @@ def _conv_ops(module, shape) -> tuple[int, int]:
   return stored, run(list(graph.node))
 
 
+@pytest.mark.slow
 def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
   """--freeze_stages=2 specialists: the stem and stage 1 run once per batch, the generalist and
   the specialists start from their output, and the answers are the Keras two-stage's."""
@@ -288,6 +318,8 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
   rng = np.random.default_rng(3)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
                                             "generalist", "generalist")
+  images = _images(rng)
+  set_head(generalist, images)  # 4 images to each superclass
   specialists = {}
   for k in h.specialist_superclasses():
     s = classifiers.make_specialist(generalist, len(h.superclasses[k].subclasses),
@@ -319,14 +351,14 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
     stored.ParseFromString(f.read())
   assert sum(n.op == "Conv2D" for f in stored.meta_graphs[0].graph_def.library.function
              for n in f.node_def) == convs
-  images = rng.uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
   out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
   expected = routing.TwoStage(generalist, specialists, h).predict(images, mode="hard")
+  _assert_every_specialist_served(expected["superclass"], h, IMAGES_PER_SUPERCLASS)
   np.testing.assert_array_equal(out["superclass"].numpy(), expected["superclass"])
   np.testing.assert_allclose(out["label_probs"].numpy(), expected["label_probs"], atol=1e-5)
 
 
-def test_shared_trunk_needs_specialists_that_left_it_unchanged(models_and_path):
-  h, generalist, specialists, _ = models_and_path  # these changed the stem
+def test_shared_trunk_needs_specialists_that_left_it_unchanged(models):
+  h, generalist, specialists, _ = models  # these changed the stem
   with pytest.raises(ValueError, match="inside the first 2 stages that a shared trunk needs"):
     saved_model_lib.SuperSubModule(generalist, specialists, h, shared_stages=2)

@@ -13,9 +13,9 @@ from super_sub.analysis.images import from_folder as images_from_folder
 from super_sub.analysis.images import from_tfds as images_from_tfds
 from super_sub.analysis.loading import MultiLabels, read_multilabels, read_predictions
 from super_sub.analysis.predictions import AnalysisError, LABEL_SPACES, Predictions
-from super_sub.analysis.report import analyze, error_counts
+from super_sub.analysis.report import analyze, error_counts, summary
 from super_sub.analysis.writer import write_report
 
 __all__ = ["AnalysisError", "LABEL_SPACES", "MultiLabels", "Predictions", "analyze",
            "error_counts", "images_from_folder", "images_from_tfds", "read_multilabels",
-           "read_predictions", "write_report"]
+           "read_predictions", "summary", "write_report"]

@@ -11,6 +11,9 @@ CSV: a header line, then one example a line. Columns (any order; others are igno
 NPZ (`np.load`, no pickle): `labels`, and `predictions` or `logits` or `probs`; optional
 `top5`, `file_names`, and `label_space` ("subclass", "source"; super-sub's own
 predictions/<model>.npz files carry it).
+Scores under `logits` that are already probabilities (every row in [0, 1], summing to 1) are
+refused rather than soft-maxed again (`looks_like_probabilities`), and a `predictions` field
+that disagrees with the scores' arg-max is refused (super_sub.analysis.predictions).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from super_sub.analysis import predictions as predictions_lib
 
 AnalysisError = predictions_lib.AnalysisError
 Predictions = predictions_lib.Predictions
+# How far from 1 the rows of scores under `logits` may sum and still be taken for probabilities
+# (`looks_like_probabilities`): 1000 probabilities written with 4 decimals can miss by 0.05.
+PROBABILITY_SUM_TOLERANCE = 0.05
 # Entries of the probability table that `prob_<id>` columns make ([examples, largest id + 1],
 # float64): 2**27 is 1 GiB, far above any real file's, far below what a mistyped id asks for.
 MAX_PROB_ENTRIES = 2**27
@@ -67,6 +73,12 @@ def read_predictions(path: str | os.PathLike, label_space: str | None = None) ->
       raise AnalysisError(f"{path}, {at}: field {name!r} holds NaN or infinite values")
   logits = fields.pop("logits", None)
   if logits is not None:
+    if looks_like_probabilities(logits):
+      fix = ("write them as 'prob_<id>' columns" if ext == ".csv"
+             else "save them under 'probs'")
+      raise AnalysisError(
+          f"{path}: field 'logits' holds probabilities (every row in [0, 1], summing to 1), "
+          f"which a softmax would flatten into near-equal confidences; {fix} instead")
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     fields["probs"] = shifted / shifted.sum(axis=1, keepdims=True)
   probs = fields.get("probs")
@@ -78,10 +90,31 @@ def read_predictions(path: str | os.PathLike, label_space: str | None = None) ->
     order = np.argsort(-np.take_along_axis(probs, part, axis=1), axis=1, kind="stable")
     fields["top5"] = np.take_along_axis(part, order, axis=1)
   return Predictions(label_space=label_space or stored or "subclass", source=path,
-                     first_line=first_line, **fields)
+                     first_line=first_line, probs_from="logits" if logits is not None
+                     else "probs", **fields)
+
+
+def looks_like_probabilities(scores: np.ndarray, tolerance: float = PROBABILITY_SUM_TOLERANCE
+                             ) -> bool:
+  """Whether every row of [examples, classes] scores lies in [0, 1] and sums to 1 (within
+  `tolerance`, which allows probabilities written with few decimals): what a softmax gives,
+  and what logits practically never are. A single column is ambiguous and never counts."""
+  if scores.ndim != 2 or scores.shape[1] < 2 or not len(scores):
+    return False
+  return bool((scores >= 0).all() and (scores <= 1).all()
+              and np.allclose(scores.sum(axis=1), 1.0, rtol=0, atol=tolerance))
 
 
 def _read_npz(path: str) -> dict:
+  with open(path, "rb") as f:
+    head = f.read(4)
+  # np.load takes anything that is not a zip for a .npy or a pickle; a text file would then be
+  # reported as pickled data, and a lone .npy array has no fields.
+  if head != b"PK\x03\x04" and head != b"PK\x05\x06":  # a zip's first entry, or an empty zip
+    kind = ("it is empty" if not head else "it is a single .npy array"
+            if head == b"\x93NUM" else f"it starts with {head!r}")
+    raise AnalysisError(f"{path}: not a readable NPZ file: not an .npz archive (a zip of .npy "
+                        f"arrays, as np.savez writes); {kind}")
   try:
     npz = np.load(path, allow_pickle=False)
   except Exception as e:  # zipfile and numpy raise assorted types on a corrupt archive

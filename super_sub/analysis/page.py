@@ -155,8 +155,9 @@ def _details(r) -> list[str]:
     out += ["<h2>Predictions outside the hierarchy</h2>",
             f"<p>{r['outside']['count']:,} predictions name a source class that the hierarchy "
             "does not contain. Most frequent:</p>",
-            _table(["source label", "count"], [[t["source_label"], t["count"]]
-                                               for t in r["outside"]["top_source_predictions"]])]
+            _table(["source label", "name", "count"],
+                   [[t["source_label"], "unknown" if t["name"] is None else t["name"],
+                     t["count"]] for t in r["outside"]["top_source_predictions"]])]
   if r["multilabel"] is not None:
     ml, now = r["multilabel"], r["multilabel"]["errors_now_correct"]
     out += ["<h2>Multi-labels</h2>",

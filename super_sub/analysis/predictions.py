@@ -18,6 +18,8 @@ from super_sub import hierarchy as hierarchy_lib
 LABEL_SPACES = ("subclass", "source")
 UNMAPPED_LABELS = ("error", "skip")
 OUTSIDE = -1  # a prediction outside the hierarchy, after mapping
+# How far outside [0, 1] a probability may stray (float rounding) before it is refused.
+PROBABILITY_SLACK = 1e-3
 
 
 class AnalysisError(ValueError):
@@ -39,6 +41,8 @@ class Predictions:
     source: where the arrays came from, for error messages (a path, or "<arrays>").
     first_line: line of the first example in a text file (errors then say "line L"),
       or None (errors say "example i", counting from 0).
+    probs_from: the field `probs` was read from ("probs", or "logits" turned into
+      probabilities), for error messages.
   """
   labels: np.ndarray
   predictions: np.ndarray
@@ -48,6 +52,7 @@ class Predictions:
   file_names: np.ndarray | None = None
   source: str = "<arrays>"
   first_line: int | None = None
+  probs_from: str = "probs"
 
   def __post_init__(self):
     for name in ("labels", "predictions", "top5", "probs", "file_names"):
@@ -112,6 +117,7 @@ def to_hierarchy(p: Predictions, hierarchy: hierarchy_lib.Hierarchy,
     raise AnalysisError(f"unmapped_labels must be one of {UNMAPPED_LABELS}, "
                         f"got {unmapped_labels!r}")
   n = hierarchy.num_subclasses
+  _check_label_space(p, hierarchy)
   if p.label_space == "subclass":
     for name, values in (("label", p.labels), ("prediction", p.predictions),
                          ("top5", p.top5)):
@@ -144,6 +150,57 @@ def to_hierarchy(p: Predictions, hierarchy: hierarchy_lib.Hierarchy,
                 raw_predictions=p.predictions[rows],
                 top5=None if top5 is None else top5[rows], confidence=confidence,
                 rows=rows, num_skipped=len(p) - len(rows))
+
+
+def space_size(hierarchy: hierarchy_lib.Hierarchy, label_space: str) -> int | None:
+  """How many class ids `label_space` has in `hierarchy`: its subclasses, or its source
+  labels (None where the hierarchy does not say how many its source dataset has)."""
+  return hierarchy.num_subclasses if label_space == "subclass" else hierarchy.num_source_labels
+
+
+def _check_label_space(p: Predictions, hierarchy: hierarchy_lib.Hierarchy) -> None:
+  """Refuses scores whose class dimension is not the label space's size, and (source space)
+  labels beyond the source dataset's labels: both give a report that looks right and is not.
+
+  Raises:
+    AnalysisError: naming both numbers and the flag that fixes it.
+  """
+  size = space_size(hierarchy, p.label_space)
+  what = {"subclass": "subclasses (global subclass indices)",
+          "source": "source labels"}[p.label_space]
+  if p.probs is not None and size is not None and p.probs.shape[1] != size:
+    c = p.probs.shape[1]
+    other = "source" if p.label_space == "subclass" else "subclass"
+    if space_size(hierarchy, other) == c:
+      fix = f"if the scores are {other} ids, pass --label_space={other}"
+    else:
+      fits = []
+      for name in hierarchy_lib.shipped_hierarchies():
+        spaces = [space for space in (p.label_space, other)
+                  if space_size(hierarchy_lib.load(name), space) == c]
+        if spaces:  # the label space asked for where it fits, else the other one
+          fits.append(f"--hierarchy={name}" + ("" if spaces[0] == p.label_space
+                                               else f" --label_space={spaces[0]}"))
+      fix = ("pass the hierarchy the model was trained on with --hierarchy"
+             + (f" (shipped ones with {c} classes: {'; '.join(fits)})" if fits else ""))
+    raise AnalysisError(
+        f"{p.source}: {p.probs_from!r} has {c} columns (classes), but hierarchy "
+        f"{hierarchy.name!r} has {size} {what} in the {p.label_space!r} label space; {fix}")
+  # Labels must lie in the label space: the source dataset's labels where the hierarchy says
+  # how many (subclass ids are checked against the hierarchy in `to_hierarchy`), and in any
+  # case the scores' columns.
+  limit, of = ((size, f"the {size} source labels of hierarchy {hierarchy.name!r}")
+               if p.label_space == "source" and size is not None else (None, ""))
+  if p.probs is not None and (limit is None or p.probs.shape[1] < limit):
+    limit, of = p.probs.shape[1], f"the {p.probs.shape[1]} columns of {p.probs_from!r}"
+  if limit is not None and (p.labels >= limit).any():
+    beyond = p.labels >= limit
+    i = int(np.flatnonzero(beyond)[0])
+    raise AnalysisError(
+        f"{p.where(i)}: label {int(p.labels[i])} is outside {of} (0..{limit - 1}); "
+        f"{int(beyond.sum())} of {len(p)} labels are like this: pass the hierarchy of the "
+        f"dataset the labels come from with --hierarchy, and --label_space=source for source "
+        f"dataset ids")
 
 
 def _source(ids: np.ndarray, hierarchy: hierarchy_lib.Hierarchy) -> np.ndarray:
@@ -199,4 +256,34 @@ def _check(p: Predictions) -> None:
     finite = np.isfinite(p.probs)
     if not finite.all():
       i = int(np.flatnonzero(~finite.all(axis=1))[0])
-      raise AnalysisError(f"{p.where(i)}: field 'probs' holds NaN or infinite values")
+      raise AnalysisError(f"{p.where(i)}: field {p.probs_from!r} holds NaN or infinite values")
+    outside = (p.probs < -PROBABILITY_SLACK) | (p.probs > 1 + PROBABILITY_SLACK)
+    if outside.any():  # logits saved as probabilities would give confidences above 1
+      i, j = (int(x) for x in np.argwhere(outside)[0])
+      raise AnalysisError(
+          f"{p.where(i)}: field {p.probs_from!r} holds {float(p.probs[i, j]):g} for class {j}, "
+          f"outside [0, 1] ({int(outside.any(axis=1).sum())} of {len(p)} rows are like this): "
+          f"these are not probabilities; if they are logits, save them under 'logits'")
+    _check_scores(p)
+
+
+def _check_scores(p: Predictions) -> None:
+  """Predictions that are the scores' arg-max: a file whose fields disagree would give top-1
+  from one and top-5 from the other. (Whether the scores' classes are the label space's is
+  `_check_label_space`'s question: it needs the hierarchy.)"""
+  c = p.probs.shape[1]
+  if c == 0:
+    raise AnalysisError(f"{p.source}: field {p.probs_from!r} has no columns (classes)")
+  pred = p.predictions
+  inside = pred < c
+  best = p.probs.max(axis=1)
+  agree = inside.copy()
+  # A prediction agrees when its score is the row's largest (ties: any of the largest).
+  agree[inside] = p.probs[np.flatnonzero(inside), pred[inside]] >= best[inside]
+  if not agree.all():
+    i = int(np.flatnonzero(~agree)[0])
+    raise AnalysisError(
+        f"{p.source}: field 'predictions' disagrees with the arg-max of {p.probs_from!r} in "
+        f"{int((~agree).sum())} of {len(p)} rows (first: {p.where(i)}, prediction "
+        f"{int(pred[i])}, arg-max {int(p.probs[i].argmax())}); refusing to take top-1 from "
+        f"one and top-5 from the other: keep only the field that is right")

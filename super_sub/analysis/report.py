@@ -14,6 +14,7 @@ import numpy as np
 
 from super_sub import hierarchy as hierarchy_lib
 from super_sub.analysis import extras
+from super_sub.hierarchy import wordnet as wordnet_lib
 from super_sub.analysis import predictions as predictions_lib
 
 OUTSIDE_NAME = "outside"
@@ -29,11 +30,14 @@ class Analysis:
     confusion: int64 [n, n + 1]: rows true subclass, columns predicted subclass, the last
       column predictions outside the hierarchy.
     has_outside: whether the label space can predict outside the hierarchy ("source").
+    source_names: the name of every source label where the source dataset's are known
+      (`wordnet.source_label_names`: ImageNet-1k's), else None.
   """
   report: dict[str, Any]
   mapped: predictions_lib.Mapped
   confusion: np.ndarray
   has_outside: bool
+  source_names: list[str] | None = None
 
 
 def error_counts(labels: np.ndarray, predictions: np.ndarray,
@@ -112,9 +116,25 @@ def analyze(predictions: predictions_lib.Predictions, hierarchy: hierarchy_lib.H
   random: the baseline that within_superclass_share beats), superclass_names, superclass_confusion
   (rows true, columns predicted superclass in hierarchy order, plus a last "outside"
   column in the source label space), superclass_confusion_columns, per_superclass,
-  per_subclass, top_confusions, outside, mistake_severity, multilabel_top1, multilabel.
+  per_subclass, top_confusions, outside ({count, top_source_predictions: [{source_label,
+  name (None where the source dataset's label names are unknown), count}]} in the source
+  label space, else None), mistake_severity, multilabel_top1, multilabel.
   """
   return build(predictions, hierarchy, **kwargs).report
+
+
+def summary(report: dict[str, Any]) -> str:
+  """The report in one line: examples (and those skipped), top-1, and where the errors fall."""
+  errors, share = report["errors"], report["within_superclass_share"]
+  return (f"{report['num_examples']} examples"
+          + (f" ({report['num_skipped']} skipped: label outside the hierarchy)"
+             if report["num_skipped"] else "")
+          + f", top-1 {report['top1']:.2%}, {errors['total']} errors: "
+          f"{errors['within_superclass']} within the superclass"
+          + ("" if share is None else f" ({share:.1%})")
+          + f", {errors['across_superclass']} across"
+          + (f", {errors['outside_hierarchy']} outside the hierarchy"
+             if report["outside"] is not None else ""))
 
 
 def build(predictions: predictions_lib.Predictions, hierarchy: hierarchy_lib.Hierarchy, *,
@@ -145,6 +165,7 @@ def build(predictions: predictions_lib.Predictions, hierarchy: hierarchy_lib.Hie
   num = len(m.labels)
   pred_sup = np.where(m.predictions < 0, -1,
                       hierarchy.superclass_of[np.maximum(m.predictions, 0)])
+  source_names = wordnet_lib.source_label_names(hierarchy, wordnet) if has_outside else None
   report = {
       "source": predictions.source, "num_examples": num, "num_skipped": m.num_skipped,
       "label_space": predictions.label_space, "hierarchy": hierarchy.name,
@@ -164,7 +185,7 @@ def build(predictions: predictions_lib.Predictions, hierarchy: hierarchy_lib.Hie
       "per_superclass": per_superclass(m.labels, m.predictions, hierarchy),
       "per_subclass": _per_subclass(confusion, hierarchy),
       "top_confusions": confusion_pairs(confusion, hierarchy, limit=top_confusions),
-      "outside": _outside(m) if has_outside else None,
+      "outside": _outside(m, source_names) if has_outside else None,
       "mistake_severity": (None if wordnet is None else
                            extras.mistake_severity(confusion, hierarchy, wordnet)),
       "multilabel_top1": None, "multilabel": None,
@@ -174,7 +195,7 @@ def build(predictions: predictions_lib.Predictions, hierarchy: hierarchy_lib.Hie
     report["multilabel"], report["multilabel_top1"] = ml, ml["top1"]
     for name, top1 in ml.pop("per_superclass_top1").items():
       report["per_superclass"][name]["multilabel_top1"] = top1
-  return Analysis(report, m, confusion, has_outside)
+  return Analysis(report, m, confusion, has_outside, source_names)
 
 
 def confusion_pairs(confusion: np.ndarray, hierarchy: hierarchy_lib.Hierarchy,
@@ -248,11 +269,15 @@ def _chance_within(m: predictions_lib.Mapped,
   return float(np.mean((sizes - 1) / (hierarchy.num_subclasses - 1)))
 
 
-def _outside(m: predictions_lib.Mapped, limit: int = 20) -> dict[str, Any]:
-  """Predictions outside the hierarchy: how many, and the source ids predicted most."""
+def _outside(m: predictions_lib.Mapped, names: list[str] | None,
+             limit: int = 20) -> dict[str, Any]:
+  """Predictions outside the hierarchy: how many, and the source ids predicted most, each
+  with its name where the source dataset's label names are known (`names`), else None."""
   raw = m.raw_predictions[m.predictions < 0]
   ids, counts = np.unique(raw, return_counts=True)
   order = np.lexsort((ids, -counts))[:limit]
   return {"count": int(len(raw)),
-          "top_source_predictions": [{"source_label": int(i), "count": int(c)}
-                                     for i, c in zip(ids[order], counts[order])]}
+          "top_source_predictions": [
+              {"source_label": int(i),
+               "name": names[i] if names is not None and i < len(names) else None,
+               "count": int(c)} for i, c in zip(ids[order].tolist(), counts[order].tolist())]}

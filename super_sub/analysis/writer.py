@@ -31,7 +31,7 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
                  hierarchy: hierarchy_lib.Hierarchy, *,
                  images: images_lib.ImageSource | None = None, multilabels=None,
                  wordnet=None, top_confusions: int = 20, unmapped_labels: str = "error",
-                 title: str | None = None) -> dict[str, Any]:
+                 title: str | None = None, overwrite: bool = False) -> dict[str, Any]:
   """Analyses `predictions` and writes the report folder `out_dir`.
 
   Writes index.html, report.json (the `analyze` numbers), confusion_pairs.csv (every
@@ -42,17 +42,18 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
   given.
 
   Args:
-    out_dir: the report folder; replaced if it holds an earlier report.
+    out_dir: the report folder; replaced if it holds an earlier report, or anything at all
+      with `overwrite`.
     images: from `images.from_folder` or `images.from_tfds`, or None for no image grids.
     Other arguments: as for `report.build`.
   Returns:
     The report.json content.
   Raises:
     AnalysisError: for bad input (see `report.build`), a missing image, or an `out_dir`
-      that exists and is not a report folder (it is never deleted).
+      that exists and is not a report folder (it is never deleted unless `overwrite`).
   """
   out_dir = os.path.abspath(os.fspath(out_dir))
-  _check_out_dir(out_dir)
+  _check_out_dir(out_dir, overwrite)
   analysis = report_lib.build(predictions, hierarchy, multilabels=multilabels,
                               wordnet=wordnet, top_confusions=top_confusions,
                               unmapped_labels=unmapped_labels)
@@ -68,7 +69,7 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
     wanted = {str(predictions.file_names[i]): predictions.where(i)
               for rows in grids.values() for row in rows for i in row["rows"]}
     loaded = images(wanted)
-  with files.atomic_dir(out_dir, "report", "report.json") as tmp:
+  with files.atomic_dir(out_dir, "report", "report.json", overwrite=overwrite) as tmp:
     pics: dict[str, Any] = {"subclass_confusion": "subclass_confusion.png",
                             "superclass_confusion": "superclass_confusion.png",
                             "errors_per_superclass": "errors_per_superclass.png",
@@ -106,7 +107,8 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
         plots.mistake_grid(os.path.join(tmp, entry["mistakes"]),
                            f"{name}: most frequent mistakes", rows)
     _write_pairs(os.path.join(tmp, "confusion_pairs.csv"), pairs)
-    _write_mistakes(os.path.join(tmp, "mistakes.csv"), predictions, m, hierarchy)
+    _write_mistakes(os.path.join(tmp, "mistakes.csv"), predictions, m, hierarchy,
+                    analysis.source_names)
     files.write_json(os.path.join(tmp, "report.json"), r)
     data_files = ["report.json", "confusion_pairs.csv", "mistakes.csv"]
     with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
@@ -114,10 +116,11 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
   return r
 
 
-def _check_out_dir(out_dir: str) -> None:
-  """Refuses to replace anything but an earlier report (or an empty folder)."""
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+  """Refuses to replace anything but an earlier report (or an empty folder), unless
+  `overwrite`."""
   try:
-    files.check_replaceable(out_dir, "report", "report.json")
+    files.check_replaceable(out_dir, "report", "report.json", overwrite=overwrite)
   except files.OutputDirError as e:
     raise predictions_lib.AnalysisError(str(e)) from None
 
@@ -173,12 +176,19 @@ def _write_pairs(path: str, pairs: list[dict]) -> None:
 
 
 def _write_mistakes(path: str, predictions: predictions_lib.Predictions,
-                    m: predictions_lib.Mapped, hierarchy: hierarchy_lib.Hierarchy) -> None:
-  """Every misclassified example: where it is in the input, its image, true and predicted."""
+                    m: predictions_lib.Mapped, hierarchy: hierarchy_lib.Hierarchy,
+                    source_names: list[str] | None = None) -> None:
+  """Every misclassified example: where it is in the input, its image, true and predicted
+  (a prediction outside the hierarchy named by `source_names` where known, else "outside")."""
   wrong = np.flatnonzero(m.labels != m.predictions)
   names = np.array(hierarchy.subclass_names + [report_lib.OUTSIDE_NAME], dtype=object)
   sup = hierarchy.superclass_of
   pred = m.predictions[wrong]
+  predicted_names = names[pred]
+  if source_names is not None:
+    raw = m.raw_predictions[wrong]
+    known = (pred < 0) & (raw < len(source_names))
+    predicted_names[known] = np.array(source_names, dtype=object)[raw[known]]
   kind = np.where(pred < 0, "outside",
                   np.where(sup[np.maximum(pred, 0)] == sup[m.labels[wrong]], "within", "across"))
   rows = m.rows[wrong]
@@ -187,7 +197,7 @@ def _write_mistakes(path: str, predictions: predictions_lib.Predictions,
       "file_name": ([""] * len(rows) if predictions.file_names is None
                     else predictions.file_names[rows].tolist()),
       "true": m.labels[wrong].tolist(), "true_name": names[m.labels[wrong]].tolist(),
-      "predicted": pred.tolist(), "predicted_name": names[pred].tolist(),
+      "predicted": pred.tolist(), "predicted_name": predicted_names.tolist(),
       "predicted_id_in_file": m.raw_predictions[wrong].tolist(), "kind": kind.tolist(),
       "confidence": ([""] * len(rows) if m.confidence is None
                      else np.round(m.confidence[wrong], 5).tolist()),

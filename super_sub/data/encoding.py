@@ -13,7 +13,7 @@ import io
 from absl import logging
 from PIL import Image
 
-from super_sub.data import images as images_lib
+from super_sub.data import sources
 
 JPEG_QUALITY = 95
 FORMATS = ("jpeg", "png")
@@ -21,6 +21,10 @@ FORMATS = ("jpeg", "png")
 _PLAIN_MODES = ("RGB", "L")
 # Pillow's names of the formats that are already in a target encoding (MPO: a JPEG with extras).
 _PIL_FORMATS = {"jpeg": ("JPEG", "MPO"), "png": ("PNG",)}
+
+
+class UndecodableFileError(sources.DatasetError):
+  """A source image a builder cannot store: it does not decode (the message names it)."""
 
 
 def reencode(data: bytes, where: str, encoding: str = "jpeg", channels: int = 3,
@@ -42,7 +46,7 @@ def reencode(data: bytes, where: str, encoding: str = "jpeg", channels: int = 3,
       center-crops S x S.
 
   Raises:
-    images.ImageError: naming `where`, when the image cannot be decoded.
+    UndecodableFileError: naming `where`, when the image cannot be decoded.
   """
   if encoding not in FORMATS or channels not in (1, 3):
     raise ValueError(f"encoding must be one of {FORMATS} and channels 1 or 3; got "
@@ -68,7 +72,8 @@ def reencode(data: bytes, where: str, encoding: str = "jpeg", channels: int = 3,
         image.save(out, "PNG")
       return out.getvalue(), odd
   except Exception as e:  # pylint: disable=broad-except  # PIL raises many types.
-    raise images_lib.ImageError(f"cannot decode image {where}: {type(e).__name__}: {e}") from e
+    raise UndecodableFileError(f"cannot decode image {where}: {type(e).__name__}: {e}; remove "
+                               "or replace the file") from e
 
 
 def _resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:

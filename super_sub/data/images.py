@@ -40,7 +40,19 @@ _MODES = {1: "L", 3: "RGB"}
 
 
 class ImageError(ValueError):
-  """An image file that cannot be read or decoded; the message names the file."""
+  """An image file that cannot be read or decoded; the message names the file.
+
+  Attributes:
+    path: the file.
+    reason: what is wrong with it, without the file's name (a batch tool's per-file line).
+  """
+
+  def __init__(self, path: str | os.PathLike, reason: str):
+    self.path, self.reason = os.fspath(path), reason
+    super().__init__(f"{self.path}: {reason}")
+
+  def __reduce__(self):  # pickles with both arguments, not the joined message
+    return type(self), (self.path, self.reason)
 
 
 def center_crop_box(height, width):
@@ -66,11 +78,8 @@ def is_large(height: int | None, width: int | None) -> bool:
 
 def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int],
                 framing: str = "resize") -> np.ndarray:
-  """Decodes image files, converts them to the models' channels and frames them.
-
-  Images are converted to grayscale ("L") for C == 1 or RGB for C == 3 (alpha is dropped),
-  cropped to their central square for framing "center_crop" (`center_crop_box`), then resized
-  to H x W by the contract's method (`resize`).
+  """Decodes image files, converts them to the models' channels and frames them (`load_image`
+  for each file).
 
   Args:
     paths: image files in any format Pillow decodes (JPEG, PNG, BMP, GIF's first frame, ...).
@@ -82,32 +91,56 @@ def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int],
     uint8 array [len(paths), H, W, C]; `to_model_input` divides it by 255.
 
   Raises:
-    ImageError: naming the file, when it is missing, unreadable or does not decode.
+    ImageError: naming the first file that is missing, unreadable or does not decode (a batch
+      tool that must answer the other files calls `load_image` per file instead).
     ValueError: a shape whose channel count is not 1 or 3.
   """
+  height, width, channels = _check_shape(shape, framing)
+  out = np.zeros((len(paths), height, width, channels), np.uint8)
+  for i, path in enumerate(paths):
+    out[i] = load_image(path, shape, framing)
+  return out
+
+
+def load_image(path: str | os.PathLike, shape: Sequence[int],
+               framing: str = "resize") -> np.ndarray:
+  """Decodes one image file as a uint8 [H, W, C] array, as `load_images` does for each file.
+
+  Images are converted to grayscale ("L") for C == 1 or RGB for C == 3 (alpha is dropped),
+  cropped to their central square for framing "center_crop" (`center_crop_box`), then resized
+  to H x W by the contract's method (`resize`).
+
+  Raises:
+    ImageError: naming the file, when it is missing, unreadable or does not decode.
+    ValueError: a shape whose channel count is not 1 or 3, or an unknown framing.
+  """
+  height, width, channels = _check_shape(shape, framing)
+  try:
+    with Image.open(path) as img:
+      img = img.convert(_MODES[channels])  # decodes the whole file: errors surface here
+  except FileNotFoundError:
+    raise ImageError(path, "no such image file") from None
+  except IsADirectoryError:
+    raise ImageError(path, "is a folder, not an image file") from None
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    # Pillow reports undecodable data as UnidentifiedImageError (an OSError), truncated data
+    # as OSError, and some corrupt headers as ValueError or SyntaxError.
+    raise ImageError(path, f"cannot decode as an image ({e})") from None
+  if framing == "center_crop":
+    top, left, side = center_crop_box(img.height, img.width)
+    img = img.crop((left, top, left + side, top + side))
+  return np.asarray(_resize_pil(img, (height, width)), np.uint8).reshape(
+      height, width, channels)
+
+
+def _check_shape(shape: Sequence[int], framing: str) -> tuple[int, int, int]:
   height, width, channels = (int(d) for d in shape)
   if channels not in _MODES:
     raise ValueError(f"images can be loaded as 1 (grayscale) or 3 (RGB) channels; the shape "
                      f"asks for {channels}")
   if framing not in FRAMINGS:
     raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
-  out = np.zeros((len(paths), height, width, channels), np.uint8)
-  for i, path in enumerate(paths):
-    try:
-      with Image.open(path) as img:
-        img = img.convert(_MODES[channels])  # decodes the whole file: errors surface here
-    except FileNotFoundError:
-      raise ImageError(f"{os.fspath(path)}: no such image file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-      # Pillow reports undecodable data as UnidentifiedImageError (an OSError), truncated data
-      # as OSError, and some corrupt headers as ValueError or SyntaxError.
-      raise ImageError(f"{os.fspath(path)}: cannot decode as an image ({e})") from None
-    if framing == "center_crop":
-      top, left, side = center_crop_box(img.height, img.width)
-      img = img.crop((left, top, left + side, top + side))
-    out[i] = np.asarray(_resize_pil(img, (height, width)), np.uint8).reshape(
-        height, width, channels)
-  return out
+  return height, width, channels
 
 
 def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib.util
 import os
 from typing import Iterable, Mapping, Sequence
 
@@ -185,6 +186,46 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
       raise WordNetError(f"{path}: entry {i} is {w!r}; expected a WordNet noun id like "
                          f"'n01440764' on every line")
   return wnids
+
+
+def imagenet_class_list() -> str | None:
+  """Path of the ImageNet-1k class list (wnids, line k = label k) that tensorflow_datasets
+  ships as imagenet2012's labels.txt, found without importing it; None where it is absent.
+  Nothing is downloaded."""
+  spec = importlib.util.find_spec("tensorflow_datasets")
+  roots = list(spec.submodule_search_locations or []) if spec else []
+  # TFDS >= 4.9 keeps it beside the builder; older releases in image_classification/.
+  for root in roots:
+    for place in (os.path.join("datasets", "imagenet2012", "labels.txt"),
+                  os.path.join("image_classification", "imagenet2012_labels.txt")):
+      if os.path.isfile(os.path.join(root, place)):
+        return os.path.join(root, place)
+  return None
+
+
+def source_label_names(hierarchy: hierarchy_lib.Hierarchy,
+                       wordnet: WordNet | None = None) -> list[str] | None:
+  """A name for every source label of an ImageNet-1k hierarchy, or None for other ones.
+
+  A hierarchy is taken for ImageNet-1k's when it has 1000 source labels and every subclass's
+  wnid is the one TFDS's imagenet2012 class list (`imagenet_class_list`) gives its source
+  label. Names are those wnids (imagenet2012's label names in TFDS), with WordNet's first
+  lemma before them where `wordnet` is given ("hyena (n02117135)"); subclasses keep their own
+  names.
+  """
+  if hierarchy.num_source_labels != 1000:
+    return None
+  path = imagenet_class_list()
+  if path is None:
+    return None
+  wnids = read_class_list(path)
+  if len(wnids) != 1000 or any(s.wnid != wnids[s.source_label] for s in hierarchy.subclasses):
+    return None
+  names = [f"{wordnet.name(w)} ({w})" if wordnet is not None and w in wordnet else w
+           for w in wnids]
+  for sub in hierarchy.subclasses:
+    names[sub.source_label] = sub.name
+  return names
 
 
 @dataclasses.dataclass(frozen=True)

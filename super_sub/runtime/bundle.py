@@ -237,6 +237,36 @@ def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hie
   return manifest
 
 
+def find_bundle(path: str | os.PathLike) -> str:
+  """The bundle folder a user most likely means by `path`, checked to hold a manifest.json.
+
+  Accepts the `tflite/` bundle folder itself, its manifest.json, or the export folder that
+  holds it (super-sub-export writes EXPORT_DIR/tflite/ beside the export's own manifest.json).
+  Nothing is verified yet: `load_bundle` does that.
+
+  Raises:
+    BundleError: one line naming `path` and what was expected instead.
+  """
+  path = os.fspath(path)
+  expected = (f"expected a {FORMAT} bundle: a folder holding {MANIFEST} (super-sub-export "
+              f"writes it as EXPORT_DIR/tflite), that {MANIFEST}, or the export folder")
+  if os.path.isfile(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) != MANIFEST:
+      hint = (f"; {os.path.dirname(path) or '.'} is the bundle it lies in"
+              if os.path.isfile(os.path.join(folder, MANIFEST)) else "")
+      raise BundleError(f"{path} is a file; {expected}{hint}")
+    path = os.path.dirname(path) or "."
+  elif not os.path.isdir(path):
+    raise BundleError(f"{path}: no such file or folder; {expected}")
+  inner = os.path.join(path, "tflite")
+  if os.path.isfile(os.path.join(inner, MANIFEST)):
+    return inner  # an export folder: its own manifest.json describes the export, not the bundle
+  if not os.path.isfile(os.path.join(path, MANIFEST)):
+    raise BundleError(f"{path} holds no {MANIFEST} and no tflite/{MANIFEST}; {expected}")
+  return path
+
+
 def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
   """Reads and verifies a bundle: every listed file's size and sha256, before anything parses it.
 
