@@ -1,4 +1,4 @@
-"""Your own images (issue 33): folder:<PATH> in both layouts, with real PNG/JPEG files written
+"""Your own images: folder:<PATH> in both layouts, with real PNG/JPEG files written
 here, read back without super-sub code, trained flat, and every bad tree refused in one line
 with nothing prepared."""
 

@@ -1,4 +1,4 @@
-"""A hierarchy learned from confusions (issue 33, HD-CNN): a planted group structure is
+"""A hierarchy learned from confusions (HD-CNN): a planted group structure is
 recovered from hand-built predictions; group counts and sizes hold; the command writes a
 hierarchy from a predictions file and from an evaluated run."""
 

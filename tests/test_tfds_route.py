@@ -1,4 +1,4 @@
-"""tfds:<name>[/<config>] (issue 33): any TFDS image classification dataset, superclassed by a
+"""tfds:<name>[/<config>]: any TFDS image classification dataset, superclassed by a
 hierarchy or by its own coarse label, on a tiny dataset built here from dummy data (nothing
 downloads)."""
 
