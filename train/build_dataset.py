@@ -42,11 +42,9 @@ def main(argv):
   # TensorFlow is imported here, not for --help.
   from super_sub.data import prepare as data  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
-  try:
-    builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                           hierarchy=_HIERARCHY.value, unmapped_labels=_UNMAPPED_LABELS.value)
-  except data.USAGE_ERRORS as e:
-    raise cli.UsageError(str(e)) from None
+  # A bad folder or hierarchy (sources.DatasetError, HierarchyError) ends as one line: cli.run.
+  builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
+                         hierarchy=_HIERARCHY.value, unmapped_labels=_UNMAPPED_LABELS.value)
   prepared = time.perf_counter()
   print(data.format_summary(builder, data.summarize(builder)))
   print(f"\nprepared in {prepared - start:.1f} s, summarised in "

@@ -133,27 +133,23 @@ def main(argv):
 
 def learn_main():
   """--from_predictions / --from_run: a hierarchy learned from confusions."""
-  # pylint: disable=import-outside-toplevel
-  from super_sub.analysis import predictions as predictions_lib
-  from super_sub.hierarchy import learned
+  from super_sub.hierarchy import learned  # pylint: disable=import-outside-toplevel
   if bool(_FROM_PREDICTIONS.value) == bool(_FROM_RUN.value) or _WORDNET_DIR.value:
-    raise cli.UsageError("give one of --from_predictions and --from_run (and no --wordnet_dir)")
+    raise app.UsageError("give one of --from_predictions and --from_run (and no --wordnet_dir)")
   if not _OUTPUT.value or not _SUPERCLASSES.value or len(_SUPERCLASSES.value) != 1 \
       or not _SUPERCLASSES.value[0].isdigit():
-    raise cli.UsageError("learning a hierarchy needs --superclasses=K (a number of groups) and "
+    raise app.UsageError("learning a hierarchy needs --superclasses=K (a number of groups) and "
                          "--output=<json>")
   check_output(_OUTPUT.value, _OVERWRITE.value)
   name = _NAME.value or os.path.splitext(os.path.basename(_OUTPUT.value))[0]
   k = int(_SUPERCLASSES.value[0])
-  try:
-    if _FROM_RUN.value:
-      result = learned.from_run(_FROM_RUN.value, k, name, _MIN_GROUP_SIZE.value)
-    else:
-      names = learned.read_class_names(_CLASS_NAMES.value) if _CLASS_NAMES.value else None
-      result = learned.from_predictions(_FROM_PREDICTIONS.value, k, names, name,
-                                        _MIN_GROUP_SIZE.value)
-  except (learned.LearnError, predictions_lib.AnalysisError, FileNotFoundError) as e:
-    raise cli.UsageError(str(e)) from None
+  # LearnError, AnalysisError (a bad predictions file) and a missing run end as one line.
+  if _FROM_RUN.value:
+    result = learned.from_run(_FROM_RUN.value, k, name, _MIN_GROUP_SIZE.value)
+  else:
+    names = learned.read_class_names(_CLASS_NAMES.value) if _CLASS_NAMES.value else None
+    result = learned.from_predictions(_FROM_PREDICTIONS.value, k, names, name,
+                                      _MIN_GROUP_SIZE.value)
   result.hierarchy.to_json(_OUTPUT.value)
   print(learned.format_learned(result))
   print(f"wrote {_OUTPUT.value}")

@@ -108,7 +108,6 @@ def main(argv):
   config = config_from_flags()  # before TensorFlow is imported: a mistake is told at once
   # pylint: disable=import-outside-toplevel
   from super_sub.data import pipeline
-  from super_sub.data import prepare
   from super_sub.training import distribute
   from super_sub.training import fit
   from super_sub.training import guards
@@ -118,8 +117,6 @@ def main(argv):
     distribute.split_cpu(CPU_DEVICES.value)
   try:
     fit.train(config)
-  except prepare.USAGE_ERRORS as e:  # a dataset named or laid out wrong
-    raise cli.UsageError(str(e)) from None
   except (config_lib.ConfigError, run_lib.RunMismatchError, lock.FolderLockedError,
           guards.NonFiniteError, pipeline.UndecodableImageError) as e:
     # Refusals and a diverged stage: the message says all; a traceback would bury it.

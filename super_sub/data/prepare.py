@@ -13,8 +13,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from super_sub import hierarchy as hierarchy_lib
-from super_sub.data import images
 from super_sub.data import sources
 import super_sub.datasets  # pylint: disable=unused-import  (registers the builders)
 from super_sub.datasets.superclassed_folder import superclassed_folder_dataset_builder as folder_builder
@@ -28,11 +26,6 @@ class SplitSummary:
   num_examples: int
   label_counts: np.ndarray
   superclass_counts: np.ndarray
-
-
-# What a user's mistake in naming or laying out a dataset raises: entry points print these as
-# one line (super_sub._internal.cli.UsageError).
-USAGE_ERRORS = (sources.DatasetError, hierarchy_lib.HierarchyError, images.ImageError)
 
 
 def open_builder(name: str, data_dir: str | None = None, hierarchy: str | None = None,
@@ -73,7 +66,8 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   Raises:
     tfds.core.registered.DatasetNotFoundError: no dataset of that name.
     FileNotFoundError: the dataset needs files downloaded by hand and manual_dir lacks them.
-    USAGE_ERRORS: a folder: or tfds: dataset that cannot be read as asked (see open_builder).
+    sources.DatasetError, hierarchy.HierarchyError: a folder: or tfds: dataset that cannot be
+      read as asked (see open_builder).
   """
   builder = open_builder(name, data_dir, hierarchy, unmapped_labels)
   if sources.kind(sources.canonical(name)) == "folder":
