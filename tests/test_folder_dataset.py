@@ -250,6 +250,7 @@ def test_two_folders_of_one_subclass_refused(tmp_path):
   assert prepared(tmp_path / "tfds") == []
 
 
+@pytest.mark.slow
 def test_flat_layout_without_hierarchy_trains_the_flat_network(tmp_path, smoke_config):
   from conftest import train_run  # pylint: disable=import-outside-toplevel
   from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
@@ -374,6 +375,7 @@ def test_hierarchy_for_a_dataset_with_its_own_is_refused():
     prepare.open_builder("superclassed_synthetic", hierarchy="fashion_mnist")
 
 
+@pytest.mark.slow
 def test_build_command_says_one_line_and_exits_2(tmp_path):
   """The entry point turns a bad tree into one line on stderr and exit status 2."""
   root = make_tree(tmp_path / "two", SUPER)
@@ -388,6 +390,7 @@ def test_build_command_says_one_line_and_exits_2(tmp_path):
   assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_train_command_says_one_line_and_exits_2(tmp_path):
   done = subprocess.run(
       [sys.executable, "-m", "super_sub.train.train", f"--model_dir={tmp_path / 'run'}",

@@ -132,6 +132,7 @@ def test_command_from_a_predictions_csv(tmp_path):
   assert bad.returncode == 2 and "must lie in [1, 12]" in bad.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_command_from_an_evaluated_run(tmp_path, smoke_config):
   """The route without a taxonomy: a flat folder, its flat network trained and evaluated
   alone (smoke), then grouped by its confusions."""
