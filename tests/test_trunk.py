@@ -68,8 +68,7 @@ def test_frozen_stages_are_exported_once_as_a_trunk(run, exported):
   assert lite.trunk is not None and lite.router.input_shape == lite.trunk.output_shape
   # QAT: the int8 bundle computes what the Keras model's fake quantization does (README:
   # 99.6-100% of answers alike), to within int8 noise image by image.
-  checked = assert_bundle_matches_keras(run, os.path.join(export_dir, "tflite"), atol=0.03,
-                                        min_per_specialist=16)
+  checked = assert_bundle_matches_keras(run, os.path.join(export_dir, "tflite"), atol=0.03)
   assert sorted(checked["per_specialist"]) == [0, 1, 2, 3, 4]
 
 
