@@ -1,6 +1,5 @@
 """Helpers the bench scripts share (no flags here: each script defines its own)."""
 
-import glob
 import json
 import os
 import shutil
@@ -9,7 +8,7 @@ import time
 
 import numpy as np
 
-from super_sub._internal import files
+from super_sub import runs
 from super_sub.bundles import storage as storage_lib
 from super_sub.training import config as config_lib
 
@@ -29,10 +28,16 @@ def median_ms(call, repeats: int) -> float:
   return 1000 * statistics.median(times)
 
 
+def write_json(path: str, payload) -> None:
+  """Writes `payload` to `path` as indented JSON (a benchmark's result)."""
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+
+
 def write_results(out: str, result: dict, markdown: str) -> None:
   """Writes <out>.json and <out>.md (creating their folder) and prints the Markdown."""
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  files.write_json(out + ".json", result)
+  write_json(out + ".json", result)
   with open(out + ".md", "w", encoding="utf-8") as f:
     f.write(markdown)
   print(markdown)
@@ -44,7 +49,7 @@ def copy_stages(source: str, target: str, stages) -> None:
   for stage in stages:
     src, dst = os.path.join(source, stage), os.path.join(target, stage)
     if not os.path.exists(dst):
-      if not os.path.exists(os.path.join(src, "metrics.json")):
+      if not runs.is_done(src):
         raise FileNotFoundError(f"{src} is not finished; train it first")
       shutil.copytree(src, dst)
 
@@ -55,14 +60,11 @@ def tradeoff_row(label: str, model_dir: str, export_dir: str) -> dict:
   kernel weights that differ from the generalist's) and the export's manifest (b = cost of one
   specialist in units of one fp32 network, super_sub.bundles.storage.storage_fit)."""
   config = config_lib.load_config(model_dir)
-  with open(os.path.join(model_dir, "eval.json"), encoding="utf-8") as f:
-    result = json.load(f)
+  result = runs.read_eval(model_dir)
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
     storage = storage_lib.storage_fit(json.load(f))
-  changed = []
-  for path in sorted(glob.glob(os.path.join(model_dir, "specialists", "*", "metrics.json"))):
-    with open(path, encoding="utf-8") as f:
-      changed.append(json.load(f)["delta"]["changed_fraction"])
+  changed = [runs.read_metrics(folder)["delta"]["changed_fraction"]
+             for folder in runs.specialist_dirs(model_dir) if runs.is_done(folder)]
   return {"label": label, "model_dir": model_dir, "export_dir": export_dir,
           "knobs": {k: getattr(config, k) for k in SPECIALIST_KNOBS},
           "flat_top1": result["flat"]["top1"],

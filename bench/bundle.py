@@ -61,7 +61,7 @@ def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
   rss_before = _rss_kb("VmRSS")
   if kind == "flat":
     with open(model, "rb") as f:
-      run = predictor._LiteModel(f.read(), num_threads, "flat")  # pylint: disable=protected-access
+      run = predictor.LiteModel(f.read(), num_threads, "flat")
     rebuilds = lambda: 0  # noqa: E731
   else:
     lite = predictor.TwoStageLite(model, num_threads=num_threads,
@@ -95,7 +95,8 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds
   from _common import write_results
-  from super_sub.bundles import parity as parity_lib
+  from super_sub import parity as parity_lib
+  from super_sub import runs
   from super_sub.bundles import storage
   from super_sub.bundles import tflite
   from super_sub.data import pipeline
@@ -105,11 +106,10 @@ def main(argv):
 
   run = run_lib.Run.open(_MODEL_DIR.value, _DATA_DIR.value)
   config = run.config
-  export_dir = _EXPORT_DIR.value or os.path.join(config.model_dir, "export")
+  export_dir = _EXPORT_DIR.value or runs.export_dir(config.model_dir)
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
     manifest = json.load(f)
-  with open(os.path.join(config.model_dir, "eval.json"), encoding="utf-8") as f:
-    evaluation = json.load(f)
+  evaluation = runs.read_eval(config.model_dir)
   split = run.evaluation_split
   result = {"command": " ".join(["python"] + sys.argv), "machine": platform.machine(),
             "cpus": os.cpu_count(), "config": {k: getattr(config, k) for k in (
@@ -133,7 +133,7 @@ def main(argv):
   spec = run.evaluation_input(256)
   ds = pipeline.make_dataset(run.builder, split, spec, training=False)
   images, labels = map(np.concatenate, zip(*tfds.as_numpy(ds)))
-  flat_lite = predictor._LiteModel(flat_tflite, _THREADS.value, "flat")  # pylint: disable=protected-access
+  flat_lite = predictor.LiteModel(flat_tflite, _THREADS.value, "flat")
   parity["flat_keras_top1"] = evaluation["flat"]["top1"]
   parity["flat_int8_top1"] = float(np.mean(np.argmax(flat_lite(images), -1) == labels))
   parity["two_stage_keras_top1"] = evaluation["two_stage"]["hard"]["top1"]

@@ -433,7 +433,7 @@ def measure_runtime(spec: dict) -> dict:
   cache_dir = tempfile.mkdtemp(prefix="super_sub_cache_") if spec.get("disk") else None
   if spec["kind"] == "flat":
     with open(spec["model"], "rb") as f:
-      flat = predictor._LiteModel(f.read(), spec["threads"], "flat")  # pylint: disable=protected-access
+      flat = predictor.LiteModel(f.read(), spec["threads"], "flat")
     run = lambda x: flat(x.astype(np.float32) / 255)  # noqa: E731
     counts = lambda: (0, 0)  # noqa: E731
     run(images[:1])
@@ -489,15 +489,16 @@ def measure_rebuild(bundle_dir: str) -> dict:
 def stored_copy(bundle_dir: str) -> str:
   """The same bundle with its deltas stored as they are (`--nocompress_deltas`), beside it."""
   # pylint: disable=import-outside-toplevel
-  from super_sub.runtime import bundle as bundle_lib
+  from super_sub.formats import bundle_loader as bundle_lib
+  from super_sub.formats import bundle_writer
   # pylint: enable=import-outside-toplevel
   out = bundle_dir + "_stored"
   if not os.path.exists(os.path.join(out, "manifest.json")):
     b = bundle_lib.load_bundle(bundle_dir)
-    bundle_lib.write_tflite_bundle(out, b.hierarchy, b.generalist,
-                                   {k: b.specialist(k) for k in b.deltas},
-                                   b.manifest["input"], trunk=b.trunk, compress_deltas=False,
-                                   router_head=b.router_head)
+    bundle_writer.write_tflite_bundle(out, b.hierarchy, b.generalist,
+                                      {k: b.specialist(k) for k in b.deltas},
+                                      b.manifest["input"], trunk=b.trunk, compress_deltas=False,
+                                      router_head=b.router_head)
   return out
 
 

@@ -18,7 +18,7 @@ from absl import flags
 import numpy as np
 
 from _common import write_results
-from super_sub.runtime import bundle as bundle_lib
+from super_sub.formats import bundle_loader as bundle_lib
 from super_sub.runtime import predictor
 
 _BUNDLES = flags.DEFINE_multi_string("bundle", [], "A tflite/ bundle folder.")
@@ -42,7 +42,7 @@ def measure(path: str, repeats: int) -> dict:
   interpreter, first_invoke = [], []
   for _ in range(repeats):
     start = time.perf_counter()
-    lite = predictor._LiteModel(model, 2, "s")  # pylint: disable=protected-access
+    lite = predictor.LiteModel(model, 2, "s")
     interpreter.append(1000 * (time.perf_counter() - start))
     x = np.zeros((1, *lite.input_shape), np.float32)
     first_invoke.append(_ms(lambda: lite(x)))  # pylint: disable=cell-var-from-loop

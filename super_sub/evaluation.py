@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from super_sub import analysis
 from super_sub import hierarchy as hierarchy_lib
+from super_sub import runs
 from super_sub._internal import files
 from super_sub.data import pipeline
 from super_sub.routing import core
@@ -141,7 +142,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
                           - float(np.mean(got[f"{name}/hard"].argmax(axis=1) == labels)),
       } for name in routers},
   }
-  with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
+  with files.atomic_dir(runs.predictions_dir(config.model_dir), "predictions",
                         "two_stage_hard.npz") as folder:
     for key, probs in ((k, got[k]) for k in predictions):
       truth, space = (supers, "superclass") if key == "generalist" else (labels, "subclass")
@@ -149,7 +150,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
                           predictions=predictions[key], top5=topk(probs),
                           probs=probs.astype(np.float32), file_names=file_names,
                           label_space=np.array(space))
-  files.write_json(os.path.join(config.model_dir, "eval.json"), result)
+  files.write_json(runs.eval_path(config.model_dir), result)
   log(format_table(result))
   # A misclassification report per subclass-level model (super_sub.analysis; no images).
   for key in ("flat", "two_stage_hard", "two_stage_soft", "oracle_specialists"):
@@ -157,8 +158,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
         os.path.join(config.model_dir, "reports", key),
         analysis.Predictions(labels, predictions[key], top5=topk(got[key]), probs=got[key],
                              file_names=file_names,
-                             source=os.path.join(config.model_dir, "predictions",
-                                                 f"{key}.npz")),
+                             source=runs.predictions_path(config.model_dir, key)),
         h, title=f"{builder.info.full_name} / {split}: {key}")
   log(f"reports: {os.path.join(config.model_dir, 'reports', '<model>', 'index.html')}")
   return result
