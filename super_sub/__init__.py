@@ -49,7 +49,7 @@ _API = {
     "ConfigError": ("super_sub.training.config", "ConfigError"),
     "RunMismatchError": ("super_sub.training.run", "RunMismatchError"),
     "NonFiniteError": ("super_sub.training.guards", "NonFiniteError"),
-    "FolderLockedError": ("super_sub._internal.lock", "FolderLockedError"),
+    "FolderLockedError": ("super_sub.errors", "FolderLockedError"),
     # evaluation
     "evaluate": ("super_sub.evaluation", "evaluate"),
     "TwoStage": ("super_sub.routing.two_stage", "TwoStage"),
@@ -58,7 +58,7 @@ _API = {
     "export": ("super_sub.bundles.export", "export"),
     "tflite_parity": ("super_sub.parity", "tflite_parity"),
     "storage_fit": ("super_sub.bundles.storage", "storage_fit"),
-    "OutputDirError": ("super_sub._internal.files", "OutputDirError"),
+    "OutputDirError": ("super_sub.errors", "OutputDirError"),
     # runtime
     "TwoStageLite": ("super_sub.runtime.predictor", "TwoStageLite"),
     "load_images": ("super_sub.data.images", "load_images"),

@@ -14,7 +14,6 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import json
 import os
 import zlib
 from typing import Any, Mapping
@@ -22,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub._internal import files
 from super_sub.formats import delta as delta_lib
 from super_sub.formats import delta_arrays
 from super_sub.formats.errors import BundleError
@@ -182,11 +182,10 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                       f"refusing a bundle that mixes unverified models in")
 
   # Everything below reads only verified bytes.
+  where = f"{path}/{manifest['hierarchy']}"
   try:
-    h = hierarchy_lib.Hierarchy.from_dict(json.loads(data[manifest["hierarchy"]]),
-                                          where=f"{path}/{manifest['hierarchy']}")
-  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-    raise BundleError(f"{path}/{manifest['hierarchy']}: not valid JSON ({e})") from None
+    h = hierarchy_lib.Hierarchy.from_dict(
+        files.read_json(where, BundleError, raw=data[manifest["hierarchy"]]), where=where)
   except hierarchy_lib.HierarchyError as e:
     raise BundleError(str(e)) from None
   try:

@@ -6,10 +6,10 @@ Needs only the standard library and super_sub.data.images: no TensorFlow.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
+from super_sub._internal import files
 from super_sub.data import images as images_lib
 from super_sub.formats.errors import BundleError
 
@@ -54,15 +54,9 @@ def read_manifest(path: str) -> dict[str, Any]:
     BundleError: naming the file and what is wrong.
   """
   where = os.path.join(path, MANIFEST)
-  try:
-    with open(where, "rb") as f:
-      manifest = json.loads(f.read().decode("utf-8"))
-  except FileNotFoundError:
-    raise BundleError(f"{where} not found: {path} is not a super-sub TFLite bundle") from None
-  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-    raise BundleError(f"{where}: does not parse as JSON ({e})") from None
-  if not isinstance(manifest, dict):
-    raise BundleError(f"{where}: expected a JSON object at the top level")
+  manifest = files.read_json(
+      where, BundleError, expect_object=True, invalid="does not parse as JSON",
+      not_found=f"{where} not found: {path} is not a super-sub TFLite bundle")
   missing = [k for k in _KEYS if k not in manifest]
   if missing:
     raise BundleError(f"{where}: missing key(s) {missing}; a bundle manifest has {list(_KEYS)}")

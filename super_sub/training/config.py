@@ -7,12 +7,12 @@ its flags from them, so a default or a description lives here only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
 
 from super_sub import runs
+from super_sub._internal import files
 from super_sub.formats import encodings
 
 STAGES = ("flat", "generalist", "router_head", "specialists")
@@ -308,13 +308,7 @@ def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
   path = runs.config_path(model_dir)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a super-sub-train run")
-  try:
-    with open(path, "rb") as f:
-      saved = json.loads(f.read().decode("utf-8"))
-  except OSError as e:
-    raise ConfigError(f"{path}: cannot be read ({e})") from None
-  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-    raise ConfigError(f"{path}: not valid UTF-8 JSON ({e})") from None
+  saved = files.read_json(path, ConfigError, invalid="not valid UTF-8 JSON")
   if not isinstance(saved, dict):
     raise ConfigError(f"{path}: expected a JSON object of TrainConfig fields, got "
                       f"{type(saved).__name__}")
