@@ -199,8 +199,9 @@ def sign_models(generalist, h, move_batchnorm: bool = True):
   The QAT generalist's quantizer ranges are set by one training-mode call on random images.
   Each specialist is its QAT copy with a new head; a simulated fine-tuning moves every backbone
   kernel weight and BatchNorm as `finetune` does (`moved`; BatchNorm stays unless
-  `move_batchnorm`: `--freeze_bn`); then the training callback (`DeltaToBase(form="sign")`)
-  projects each kernel's move onto the sign form, +-k int8 steps of its channel's pinned
+  `move_batchnorm`: `--freeze_bn`); then the training callback's projection
+  (`deltas.project_once`, as `DeltaToBase(form="sign")` after every step) maps each kernel's
+  move onto the sign form, +-k int8 steps of its channel's pinned
   range, the range-setting weights held.
   """
   # pylint: disable=import-outside-toplevel
@@ -224,7 +225,7 @@ def sign_models(generalist, h, move_batchnorm: bool = True):
           "gamma", "beta", "moving_mean", "moving_variance")):
         continue
       var.assign(moved(w, name == "moving_variance", rng))
-    deltas.DeltaToBase(start, 0.0, pin_batchnorm=False, form="sign").project(m, threshold=0.0)
+    deltas.project_once(m, start, form="sign")
     specialists[sup] = m
   return base, specialists
 

@@ -499,6 +499,21 @@ class DeltaToBase(keras.callbacks.Callback):
     os.replace(tmp, path)
 
 
+def project_once(model: keras.Model, base: list[np.ndarray], form: str = "sign",
+                 pin_batchnorm: bool = False) -> None:
+  """Projects a specialist's moves away from `base` onto `form`, once, as `DeltaToBase` does
+  after every training step (no L1 step, the base's pinned quantizer ranges): where a
+  fine-tuning of any length ends. bench/deployment.py builds its simulated specialists so.
+
+  Args:
+    model: the specialist, changed in place.
+    base: values of `backbone_variables(model)` when the specialist was made.
+    form: "sign" or "lowrank" (`DeltaToBase`'s forms without an L1 step).
+    pin_batchnorm: also put BatchNorm parameters and statistics back to the base's.
+  """
+  DeltaToBase(base, 0.0, pin_batchnorm=pin_batchnorm, form=form).project(model, threshold=0.0)
+
+
 def load_factors(path: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """The (left, right, scales) triples `DeltaToBase.save_factors` wrote, in kernel order."""
   with np.load(path, allow_pickle=False) as f:
