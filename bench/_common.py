@@ -6,6 +6,7 @@ import shutil
 import statistics
 import time
 
+from _report import markdown_table
 import numpy as np
 
 from super_sub import runs
@@ -78,16 +79,16 @@ def tradeoff_row(label: str, model_dir: str, export_dir: str) -> dict:
 
 def tradeoff_table(rows: list[dict]) -> str:
   """The rows of `tradeoff_row` as a Markdown table."""
-  lines = ["| run | kernel weights changed | two-stage top-1 | oracle specialists | "
-           "per superclass (oracle) | b (x fp32 net) | bundle, N here | a + 10 b |",
-           "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
+  def cells(r):
     c = r["changed_fraction"]
     per = ", ".join(f"{k} {v:.1%}" for k, v in r["per_superclass"].items() if v is not None)
-    lines.append(f"| {r['label']} | {c['min']:.1%}-{c['max']:.1%} | {r['two_stage_top1']:.2%} | "
-                 f"{r['oracle_top1']:.2%} | {per} | {r['b']:.4f} | {r['storage_ratio']:.3f} | "
-                 f"{r['ratio_at_n10']:.2f} |")
-  return "\n".join(lines) + "\n"
+    return [r["label"], f"{c['min']:.1%}-{c['max']:.1%}", f"{r['two_stage_top1']:.2%}",
+            f"{r['oracle_top1']:.2%}", per, f"{r['b']:.4f}", f"{r['storage_ratio']:.3f}",
+            f"{r['ratio_at_n10']:.2f}"]
+  return "\n".join(markdown_table(
+      ["run", "kernel weights changed", "two-stage top-1", "oracle specialists",
+       "per superclass (oracle)", "b (x fp32 net)", "bundle, N here", "a + 10 b"],
+      [cells(r) for r in rows])) + "\n"
 
 
 def seed_stats(values) -> dict | None:

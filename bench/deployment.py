@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 
+from _report import memory_kib
 from absl import app
 from absl import flags
 import numpy as np
@@ -384,15 +385,6 @@ def saved_model_sizes(backbone: str, out: str) -> None:
 
 
 # --- measuring (worker processes: no TensorFlow) ------------------------------------------------
-def _rss_mb(field: str) -> float:
-  """VmRSS (now) or VmHWM (peak) of this process in MiB."""
-  with open("/proc/self/status", encoding="ascii") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1]) / 1024
-  raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 class ForcedRouting:
   """Runs the real router (its cost counts), then routes to a given superclass schedule.
 
@@ -429,7 +421,7 @@ def measure_runtime(spec: dict) -> dict:
   rng = np.random.default_rng(1)
   n1, n32 = spec["images_batch1"], spec["images_batch32"]
   images = rng.integers(0, 256, (max(n1, n32), *_SHAPE), dtype=np.uint8)
-  rss_before = _rss_mb("VmRSS")
+  rss_before = memory_kib("VmRSS") / 1024
   result = {}
   cache_dir = tempfile.mkdtemp(prefix="super_sub_cache_") if spec.get("disk") else None
   if spec["kind"] == "flat":
@@ -470,7 +462,7 @@ def measure_runtime(spec: dict) -> dict:
   if cache_dir is not None:
     shutil.rmtree(cache_dir)  # this process's own temporary folder
   result["rss_after_imports_mb"] = rss_before
-  result["peak_rss_mb"] = _rss_mb("VmHWM")
+  result["peak_rss_mb"] = memory_kib("VmHWM") / 1024
   result["model_rss_mb"] = result["peak_rss_mb"] - rss_before
   return result
 
