@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 
+from _report import markdown_table
 from _report import memory_kib
 from absl import app
 from absl import flags
@@ -370,18 +371,22 @@ def saved_model_sizes(backbone: str, out: str) -> None:
                "settings": rows}
   with open(out + ".json", "w", encoding="utf-8") as f:
     json.dump(files_out, f, indent=2)
-  lines = [f"# SavedModel size, {backbone} at 224 px, N = 10 (superclassed_imagenet)", "",
-           f"Command: `{command}`", "",
-           "| setting | SavedModel (MB) | variables | graph | goal | over the goal | "
-           "assembling a specialist (ms, median) |",
-           "|---|---|---|---|---|---|---|"]
-  for name, r in rows.items():
-    over = 100 * r["bytes_over_goal"] / r["goal_bytes"]
-    lines.append(f"| {name} | {r['saved_model_bytes'] / 1e6:.1f} | "
-                 f"{r['saved_model_variables_bytes'] / 1e6:.2f} | {r['graph_bytes'] / 1e6:.2f} | "
-                 f"{r['goal_bytes'] / 1e6:.2f} | {over:+.1f}% | {r['assemble_ms']:.1f} |")
   with open(out + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write(saved_model_markdown(files_out))
+
+
+def saved_model_markdown(r: dict) -> str:
+  """The SavedModel sizes table of --saved_model_only."""
+  lines = [f"# SavedModel size, {r['backbone']} at 224 px, N = 10 (superclassed_imagenet)", "",
+           f"Command: `{r['command']}`", ""]
+  lines += markdown_table(
+      ["setting", "SavedModel (MB)", "variables", "graph", "goal", "over the goal",
+       "assembling a specialist (ms, median)"],
+      [[name, f"{s['saved_model_bytes'] / 1e6:.1f}",
+        f"{s['saved_model_variables_bytes'] / 1e6:.2f}", f"{s['graph_bytes'] / 1e6:.2f}",
+        f"{s['goal_bytes'] / 1e6:.2f}", f"{100 * s['bytes_over_goal'] / s['goal_bytes']:+.1f}%",
+        f"{s['assemble_ms']:.1f}"] for name, s in r["settings"].items()])
+  return "\n".join(lines) + "\n"
 
 
 # --- measuring (worker processes: no TensorFlow) ------------------------------------------------
@@ -645,44 +650,48 @@ def to_markdown(r: dict) -> str:
            f"{r['backbone']} at 224 px, superclassed_imagenet hierarchy (N = 10 specialists), "
            f"{r['cpus']} CPUs, {r['threads']} LiteRT threads. One fp32 network = "
            f"{unit / 1e6:.1f} MB; the flat int8 network = {r['build']['flat']['bytes'] / 1e6:.1f} MB.",
-           "", "| setting | TFLite bundle MB | = a + b N (one fp32 network = 1) | SavedModel MB "
-           "(variables) | x one fp32 network | goal: 1 network + dense deltas of the changed "
-           "stages (+ router head), MB | N + 1 separate fp32 networks MB |",
-           "|---|---|---|---|---|---|---|"]
-  for name, e in r["settings"].items():
-    s = e["storage"]
-    lines.append(f"| {name} | {s['tflite_bytes'] / 1e6:.1f} | {s['tflite_a']:.3f} + "
-                 f"{s['tflite_b']:.4f} N = {s['tflite_ratio']:.2f} | "
-                 f"{s['saved_model_bytes'] / 1e6:.1f} ({s['saved_model_variables_bytes'] / 1e6:.1f})"
-                 f" | {s['saved_model_ratio']:.2f} | {s['saved_model_goal_bytes'] / 1e6:.1f} | "
-                 f"{s['naive_fp32_bytes'] / 1e6:.1f} |")
-  lines += ["", "| setting | specialist MB | rebuild bytes, first / later ms | new interpreter ms "
-            "| its first invoke ms |", "|---|---|---|---|---|"]
-  for name, e in r["settings"].items():
-    rb = e["rebuild"]
-    lines.append(f"| {name} | {rb['specialist_bytes'] / 1e6:.2f} | {rb['first_rebuild_ms']:.1f} / "
-                 f"{rb['later_rebuild_ms']:.1f} | {rb['new_interpreter_ms']:.1f} | "
-                 f"{rb['first_invoke_ms']:.1f} |")
+           ""]
+  lines += markdown_table(
+      ["setting", "TFLite bundle MB", "= a + b N (one fp32 network = 1)",
+       "SavedModel MB (variables)", "x one fp32 network",
+       "goal: 1 network + dense deltas of the changed stages (+ router head), MB",
+       "N + 1 separate fp32 networks MB"],
+      [[name, f"{s['tflite_bytes'] / 1e6:.1f}",
+        f"{s['tflite_a']:.3f} + {s['tflite_b']:.4f} N = {s['tflite_ratio']:.2f}",
+        f"{s['saved_model_bytes'] / 1e6:.1f} ({s['saved_model_variables_bytes'] / 1e6:.1f})",
+        f"{s['saved_model_ratio']:.2f}", f"{s['saved_model_goal_bytes'] / 1e6:.1f}",
+        f"{s['naive_fp32_bytes'] / 1e6:.1f}"]
+       for name, s in ((name, e["storage"]) for name, e in r["settings"].items())])
+  lines += [""] + markdown_table(
+      ["setting", "specialist MB", "rebuild bytes, first / later ms", "new interpreter ms",
+       "its first invoke ms"],
+      [[name, f"{rb['specialist_bytes'] / 1e6:.2f}",
+        f"{rb['first_rebuild_ms']:.1f} / {rb['later_rebuild_ms']:.1f}",
+        f"{rb['new_interpreter_ms']:.1f}", f"{rb['first_invoke_ms']:.1f}"]
+       for name, rb in ((name, e["rebuild"]) for name, e in r["settings"].items())])
   lines += ["", "x flat: against the mean of the flat network's two measurements.", "",
             "switches: specialist interpreters built (each a rebuild, except the disk1 runs', "
-            "which map a file; disk1_packed_random also maps the packed weights).", "",
-            "| runtime | ms/image batch 1 (x flat) | switches | ms/image batch 32 (x flat) "
-            "| switches | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",
-            f"| flat int8 (before / after the others) | {_runs(flat, 'batch_1')} | | "
-            f"{_runs(flat, 'batch_32')} | | {flat['peak_rss_mb']:.0f} | "
-            f"{flat['model_rss_mb']:.0f} |"]
+            "which map a file; disk1_packed_random also maps the packed weights).", ""]
+  rows = [["flat int8 (before / after the others)", _runs(flat, "batch_1"), "",
+           _runs(flat, "batch_32"), "", f"{flat['peak_rss_mb']:.0f}",
+           f"{flat['model_rss_mb']:.0f}"]]
   for name, e in r["settings"].items():
     for label in (label for label in e if run_spec(label) is not None):
       x = e[label]
       switches = {b: x[b].get("switches", x[b]["rebuilds"]) for b in ("batch_1", "batch_32")}
-      lines.append(
-          f"| {name}, {label} | {x['batch_1']['ms_per_image']:.1f} "
-          f"({x['batch_1']['ms_per_image'] / flat['batch_1']['ms_per_image']:.2f}) | "
-          f"{switches['batch_1']}/{x['batch_1']['images']} | "
+      rows.append([
+          f"{name}, {label}",
+          f"{x['batch_1']['ms_per_image']:.1f} "
+          f"({x['batch_1']['ms_per_image'] / flat['batch_1']['ms_per_image']:.2f})",
+          f"{switches['batch_1']}/{x['batch_1']['images']}",
           f"{x['batch_32']['ms_per_image']:.1f} "
-          f"({x['batch_32']['ms_per_image'] / flat['batch_32']['ms_per_image']:.2f}) | "
-          f"{switches['batch_32']} | {x['peak_rss_mb']:.0f} "
-          f"({x['peak_rss_mb'] / flat['peak_rss_mb']:.2f}) | {x['model_rss_mb']:.0f} |")
+          f"({x['batch_32']['ms_per_image'] / flat['batch_32']['ms_per_image']:.2f})",
+          switches["batch_32"],
+          f"{x['peak_rss_mb']:.0f} ({x['peak_rss_mb'] / flat['peak_rss_mb']:.2f})",
+          f"{x['model_rss_mb']:.0f}"])
+  lines += markdown_table(
+      ["runtime", "ms/image batch 1 (x flat)", "switches", "ms/image batch 32 (x flat)",
+       "switches", "peak RSS MB (x flat)", "model part MB"], rows)
   return "\n".join(lines) + "\n"
 
 
