@@ -4,7 +4,7 @@ r"""How long the edge runtime takes to rebuild a specialist from the base and it
       --out=bench/results/rebuild_speed
 
 The first rebuild of each specialist goes through the flatbuffer object API and leaves a
-fast form behind (runtime.delta.FastRebuild); later ones copy bytes. Then a LiteRT
+fast form behind (formats.fast_rebuild.FastRebuild); later ones copy bytes. Then a LiteRT
 interpreter is made from the bytes, as TwoStageLite does, and run once on one image (the
 first invoke after a rebuild). Needs no TensorFlow.
 Writes <out>.json and <out>.md.

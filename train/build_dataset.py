@@ -1,4 +1,4 @@
-"""Builds a super-sub TFDS dataset (default: the offline synthetic one) and prints its summary.
+r"""Builds a super-sub TFDS dataset (default: the offline synthetic one) and prints its summary.
 
   super-sub-build                                   # superclassed_synthetic, no network
   super-sub-build --dataset=superclassed_fashion_mnist \
@@ -12,7 +12,6 @@ from absl import app
 from absl import flags
 
 from super_sub._internal import cli
-from super_sub.data import prepare as data
 
 _DATASET = flags.DEFINE_string(
     "dataset", "superclassed_synthetic",
@@ -27,6 +26,8 @@ _MANUAL_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # TensorFlow is imported here, not for --help.
+  from super_sub.data import prepare as data  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
   prepared = time.perf_counter()

@@ -9,14 +9,20 @@ The shipped super_sub/hierarchies/superclassed_imagenet.json was made with:
 (WordNet 3.0 from Debian's wordnet-base; the class list defaults to TFDS's imagenet2012
 labels.txt.) Classes under two superclasses are refused unless --resolve says how, e.g.
 --resolve=nearest, or --resolve=n03770679=n02958343 to put minivan under car, not truck.
+
+  super-sub-hierarchy --show=superclassed_imagenet   # a shipped name or a JSON path, as text
+
+An existing --output is replaced only if it is a hierarchy JSON (or with --overwrite).
 """
 
 import os
+import shutil
 
 from absl import app
 from absl import flags
 
 from super_sub._internal import cli
+from super_sub.hierarchy import tree
 from super_sub.hierarchy import wordnet
 
 _WORDNET_DIR = flags.DEFINE_string(
@@ -34,6 +40,11 @@ _RESOLVE = flags.DEFINE_string(
     "Empty: overlaps are an error that lists them.")
 _NAME = flags.DEFINE_string("name", None, "Hierarchy name; default: --output's file stem.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hierarchy JSON.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace --output even when it is not a "
+                                  "hierarchy JSON (an earlier hierarchy is replaced anyway).")
+_SHOW = flags.DEFINE_string("show", None, "Print a hierarchy as a tree instead of deriving one: "
+                            "a shipped name (" + ", ".join(tree.shipped_hierarchies())
+                            + ") or a JSON path.")
 
 
 def default_class_list() -> str:
@@ -54,21 +65,39 @@ def parse_superclasses(items: list[str]) -> list[tuple[str | None, str]]:
   return out
 
 
+def check_output(path: str, overwrite: bool) -> None:
+  """Refuses, before any work, an --output that is a folder, or a file that is not a
+  hierarchy JSON (unless `overwrite`): what super-sub did not write is never replaced."""
+  if os.path.isdir(path):
+    raise app.UsageError(f"--output={path} is a folder; give the path of a .json file, "
+                         f"e.g. --output={os.path.join(path, 'my_hierarchy.json')}")
+  if os.path.exists(path) and not overwrite:
+    try:
+      tree.Hierarchy.from_json(path)
+    except tree.HierarchyError:
+      raise app.UsageError(f"--output={path} exists and is not a hierarchy JSON; refusing to "
+                           "replace it: choose another path, or pass --overwrite") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _SHOW.value:
+    given = [f"--{f.name}" for f in (_WORDNET_DIR, _CLASS_LIST, _SUPERCLASSES, _OUTPUT) if f.value]
+    if given:
+      raise app.UsageError(f"--show prints a hierarchy and derives none: drop {', '.join(given)}")
+    print(tree.format_tree(tree.load(_SHOW.value), shutil.get_terminal_size().columns))
+    return
   for flag in (_WORDNET_DIR, _SUPERCLASSES, _OUTPUT):
     if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
+      raise app.UsageError(f"--{flag.name} is required (or --show=NAME to print a hierarchy)")
+  check_output(_OUTPUT.value, _OVERWRITE.value)
   class_list = _CLASS_LIST.value or default_class_list()
   name = _NAME.value or os.path.splitext(os.path.basename(_OUTPUT.value))[0]
-  try:
-    hierarchy = wordnet.derive(
-        parse_superclasses(_SUPERCLASSES.value), wordnet.read_class_list(class_list),
-        wordnet.read(_WORDNET_DIR.value), name, wordnet.Resolution.parse(_RESOLVE.value))
-  except wordnet.WordNetError as e:
-    # A data problem, not a usage one: print the message without absl's usage banner.
-    raise SystemExit(f"derive_hierarchy: {e}") from None
+  # A WordNetError (overlaps, unknown wnids) or a missing file is reported by cli.run.
+  hierarchy = wordnet.derive(
+      parse_superclasses(_SUPERCLASSES.value), wordnet.read_class_list(class_list),
+      wordnet.read(_WORDNET_DIR.value), name, wordnet.Resolution.parse(_RESOLVE.value))
   hierarchy.to_json(_OUTPUT.value)
 
   width = max(len(s.name) for s in hierarchy.superclasses)

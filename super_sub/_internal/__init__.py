@@ -4,4 +4,5 @@
   files    atomic writes, the one reader of untrusted JSON, file-name-safe names, folders
            super-sub owns
   cli      the start-up of the absl entry points
+  native_logs  hides TensorFlow's and LiteRT's C++ start-up lines on a command's stderr
 """

@@ -27,10 +27,26 @@ class SplitSummary:
 
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None
             ) -> tfds.core.DatasetBuilder:
-  """Builds dataset `name` (e.g. "superclassed_synthetic/32px") if needed and returns its builder."""
+  """Builds dataset `name` (e.g. "superclassed_synthetic/32px") if needed and returns its builder.
+
+  Raises:
+    tfds.core.registered.DatasetNotFoundError: no dataset of that name.
+    FileNotFoundError: the dataset needs files downloaded by hand and manual_dir lacks them.
+  """
   builder = tfds.builder(name, data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except AssertionError as e:
+    # TFDS 4.9 raises AssertionError for a manual download that is not there
+    # (DownloadManager.manual_dir): the user's missing folder, told as one.
+    if not str(e).startswith("Manual directory"):
+      raise
+    where = ("no manual_dir was given" if manual_dir is None
+             else f"manual_dir {manual_dir} does not exist or is empty")
+    how = " ".join((builder.MANUAL_DOWNLOAD_INSTRUCTIONS or "").split())
+    raise FileNotFoundError(f"{name} is built from files you download yourself, and {where} "
+                            f"(--manual_dir=DIR). {how}") from None
   return builder
 
 

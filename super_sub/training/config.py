@@ -14,6 +14,7 @@ from typing import Any
 from super_sub import runs
 from super_sub._internal import files
 from super_sub.formats import encodings
+from super_sub.models import BACKBONES
 
 STAGES = ("flat", "generalist", "router_head", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -206,7 +207,11 @@ class TrainConfig:
       raise ValueError("generalist_freeze_stages keeps stages of the flat network, so it "
                        "needs generalist_init='flat'")
     if self.epochs < 1 or self.batch_size < 1:
-      raise ValueError("epochs and batch_size must be positive")
+      raise ValueError(f"epochs and batch_size must be positive; got epochs={self.epochs}, "
+                       f"batch_size={self.batch_size}")
+    if self.backbone not in BACKBONES:
+      raise ValueError(f"unknown backbone {self.backbone!r}; choose one of "
+                       f"{', '.join(BACKBONES)}")
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")
