@@ -8,6 +8,7 @@
   model_dir/<stage>/history.csv, logs/  per-epoch metrics and TensorBoard logs
   model_dir/eval.json                   super-sub-eval's accuracies (every router, every stage)
   model_dir/predictions/<name>.npz      super-sub-eval's per-image predictions of each model
+  model_dir/reports/<name>/             super-sub-eval's misclassification report of each model
   model_dir/export/                     super-sub-export's default export folder
 
 with <stage> one of `flat`, `generalist`, `generalist_qat` (with --qat), `router_head` (with
@@ -34,6 +35,7 @@ WEIGHTS = "weights"
 WEIGHTS_PREFIX = "model"
 EVAL = "eval.json"
 PREDICTIONS = "predictions"
+REPORTS = "reports"
 EXPORT = "export"
 SPECIALISTS = "specialists"
 
@@ -153,6 +155,11 @@ def predictions_dir(model_dir: str) -> str:
 def predictions_path(model_dir: str, name: str) -> str:
   """super-sub-eval's predictions of model `name` (e.g. "flat", "two_stage_hard")."""
   return os.path.join(model_dir, PREDICTIONS, f"{name}.npz")
+
+
+def report_dir(model_dir: str, name: str) -> str:
+  """super-sub-eval's misclassification report of model `name` (index.html in it)."""
+  return os.path.join(model_dir, REPORTS, name)
 
 
 def export_dir(model_dir: str) -> str:

@@ -19,6 +19,7 @@ def test_stage_folders_and_files(tmp_path):
       d, "flat", "weights", "model")
   assert runs.predictions_path(d, "flat") == os.path.join(d, "predictions", "flat.npz")
   assert runs.export_dir(d) == os.path.join(d, "export")
+  assert runs.report_dir(d, "flat") == os.path.join(d, "reports", "flat")
 
 
 def test_a_stage_is_done_when_its_metrics_are_written(tmp_path):

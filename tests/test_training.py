@@ -380,7 +380,9 @@ print(json.dumps({"missing": missing, "defaults": defaults,
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["missing"] == [] and result["defaults"] == {}
-  assert not result["hierarchy_flag"]  # filled in from the dataset, not a flag
+  # --hierarchy names the hierarchy of a folder: or tfds: dataset; a built-in dataset fills
+  # it in (None: its own).
+  assert result["hierarchy_flag"] and result["config"]["hierarchy"] is None
   expected = dataclasses.asdict(config_lib.TrainConfig(
       model_dir="/tmp/x", specialists=(1, 3), qat=True, augment="crop"))
   expected["specialists"] = [1, 3]

@@ -13,6 +13,13 @@ labels.txt.) Classes under two superclasses are refused unless --resolve says ho
   super-sub-hierarchy --show=superclassed_imagenet   # a shipped name or a JSON path, as text
 
 An existing --output is replaced only if it is a hierarchy JSON (or with --overwrite).
+
+Without a taxonomy, learn one from a flat network's confusions (HD-CNN;
+super_sub.hierarchy.learned):
+
+  super-sub-hierarchy --from_run=runs/flat --superclasses=5 --output=learned.json
+  super-sub-hierarchy --from_predictions=preds.csv --class_names=names.txt --superclasses=5 \
+    --output=learned.json
 """
 
 import os
@@ -39,6 +46,19 @@ _RESOLVE = flags.DEFINE_string(
     "rule (nearest | first | drop) and/or CLASS_WNID=SUPERCLASS_WNID or CLASS_WNID=drop. "
     "Empty: overlaps are an error that lists them.")
 _NAME = flags.DEFINE_string("name", None, "Hierarchy name; default: --output's file stem.")
+_FROM_PREDICTIONS = flags.DEFINE_string(
+    "from_predictions", None, "Learn the hierarchy from a flat network's predictions on "
+    "held-out data (.csv or .npz, the format super-sub-analyze reads): --superclasses=K "
+    "groups of the classes it confuses.")
+_FROM_RUN = flags.DEFINE_string(
+    "from_run", None, "Learn the hierarchy from an evaluated run (its model_dir): the flat "
+    "network's predictions/flat.npz, classes named by the run's hierarchy.")
+_CLASS_NAMES = flags.DEFINE_string(
+    "class_names", None, "With --from_predictions: a text file, line k the name of class k "
+    "(default: class_<k>).")
+_MIN_GROUP_SIZE = flags.DEFINE_integer(
+    "min_group_size", 1, "With --from_predictions/--from_run: the fewest classes a learned "
+    "superclass holds.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the hierarchy JSON.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace --output even when it is not a "
                                   "hierarchy JSON (an earlier hierarchy is replaced anyway).")
@@ -88,6 +108,8 @@ def main(argv):
       raise app.UsageError(f"--show prints a hierarchy and derives none: drop {', '.join(given)}")
     print(tree.format_tree(tree.load(_SHOW.value), shutil.get_terminal_size().columns))
     return
+  if _FROM_PREDICTIONS.value or _FROM_RUN.value:
+    return learn_main()
   for flag in (_WORDNET_DIR, _SUPERCLASSES, _OUTPUT):
     if not flag.value:
       raise app.UsageError(f"--{flag.name} is required (or --show=NAME to print a hierarchy)")
@@ -106,6 +128,30 @@ def main(argv):
     print(f"{sup.name:<{width}}  {sup.wnid}  {len(sup.subclasses):10d}")
   print(f"{'total':<{width}}  {'':9}  {hierarchy.num_subclasses:10d} of "
         f"{hierarchy.num_source_labels} classes in {class_list}")
+  print(f"wrote {_OUTPUT.value}")
+
+
+def learn_main():
+  """--from_predictions / --from_run: a hierarchy learned from confusions."""
+  from super_sub.hierarchy import learned  # pylint: disable=import-outside-toplevel
+  if bool(_FROM_PREDICTIONS.value) == bool(_FROM_RUN.value) or _WORDNET_DIR.value:
+    raise app.UsageError("give one of --from_predictions and --from_run (and no --wordnet_dir)")
+  if not _OUTPUT.value or not _SUPERCLASSES.value or len(_SUPERCLASSES.value) != 1 \
+      or not _SUPERCLASSES.value[0].isdigit():
+    raise app.UsageError("learning a hierarchy needs --superclasses=K (a number of groups) and "
+                         "--output=<json>")
+  check_output(_OUTPUT.value, _OVERWRITE.value)
+  name = _NAME.value or os.path.splitext(os.path.basename(_OUTPUT.value))[0]
+  k = int(_SUPERCLASSES.value[0])
+  # LearnError, AnalysisError (a bad predictions file) and a missing run end as one line.
+  if _FROM_RUN.value:
+    result = learned.from_run(_FROM_RUN.value, k, name, _MIN_GROUP_SIZE.value)
+  else:
+    names = learned.read_class_names(_CLASS_NAMES.value) if _CLASS_NAMES.value else None
+    result = learned.from_predictions(_FROM_PREDICTIONS.value, k, names, name,
+                                      _MIN_GROUP_SIZE.value)
+  result.hierarchy.to_json(_OUTPUT.value)
+  print(learned.format_learned(result))
   print(f"wrote {_OUTPUT.value}")
 
 

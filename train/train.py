@@ -5,6 +5,8 @@ r"""super-sub-train: trains the flat baseline, the generalist and the specialist
 
   super-sub-train --config=imagenet_resnet50 --model_dir=runs/r50 --manual_dir=/data/ILSVRC2012
 
+  super-sub-train --model_dir=runs/pets --dataset=folder:~/pets --hierarchy=pets.json
+
 Re-running the same command resumes where it stopped. `--config=NAME` starts from a named
 experiment (super_sub.configs) and the flags given override its fields. `--flagfile=FILE`
 reads flags from a file; `--helpfull` lists them all. Every flag but --cpu_devices and

@@ -38,6 +38,7 @@ USER_ERRORS = {
     "absl.flags._exceptions.Error": 2,
     "super_sub.hierarchy.tree.HierarchyError": 2,
     "super_sub.hierarchy.wordnet.WordNetError": 2,
+    "super_sub.hierarchy.learned.LearnError": 2,
     "super_sub.formats.errors.BundleError": 2,
     "super_sub.formats.errors.DeltaError": 2,
     "super_sub.data.images.ImageError": 2,
