@@ -1,15 +1,15 @@
 """Helpers the bench scripts share (no flags here: each script defines its own)."""
 
-import glob
 import json
 import os
 import shutil
 import statistics
 import time
 
+from _report import markdown_table
 import numpy as np
 
-from super_sub._internal import files
+from super_sub import runs
 from super_sub.bundles import storage as storage_lib
 from super_sub.training import config as config_lib
 
@@ -29,10 +29,16 @@ def median_ms(call, repeats: int) -> float:
   return 1000 * statistics.median(times)
 
 
+def write_json(path: str, payload) -> None:
+  """Writes `payload` to `path` as indented JSON (a benchmark's result)."""
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+
+
 def write_results(out: str, result: dict, markdown: str) -> None:
   """Writes <out>.json and <out>.md (creating their folder) and prints the Markdown."""
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  files.write_json(out + ".json", result)
+  write_json(out + ".json", result)
   with open(out + ".md", "w", encoding="utf-8") as f:
     f.write(markdown)
   print(markdown)
@@ -44,7 +50,7 @@ def copy_stages(source: str, target: str, stages) -> None:
   for stage in stages:
     src, dst = os.path.join(source, stage), os.path.join(target, stage)
     if not os.path.exists(dst):
-      if not os.path.exists(os.path.join(src, "metrics.json")):
+      if not runs.is_done(src):
         raise FileNotFoundError(f"{src} is not finished; train it first")
       shutil.copytree(src, dst)
 
@@ -55,14 +61,11 @@ def tradeoff_row(label: str, model_dir: str, export_dir: str) -> dict:
   kernel weights that differ from the generalist's) and the export's manifest (b = cost of one
   specialist in units of one fp32 network, super_sub.bundles.storage.storage_fit)."""
   config = config_lib.load_config(model_dir)
-  with open(os.path.join(model_dir, "eval.json"), encoding="utf-8") as f:
-    result = json.load(f)
+  result = runs.read_eval(model_dir)
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
     storage = storage_lib.storage_fit(json.load(f))
-  changed = []
-  for path in sorted(glob.glob(os.path.join(model_dir, "specialists", "*", "metrics.json"))):
-    with open(path, encoding="utf-8") as f:
-      changed.append(json.load(f)["delta"]["changed_fraction"])
+  changed = [runs.read_metrics(folder)["delta"]["changed_fraction"]
+             for folder in runs.specialist_dirs(model_dir) if runs.is_done(folder)]
   return {"label": label, "model_dir": model_dir, "export_dir": export_dir,
           "knobs": {k: getattr(config, k) for k in SPECIALIST_KNOBS},
           "flat_top1": result["flat"]["top1"],
@@ -76,16 +79,16 @@ def tradeoff_row(label: str, model_dir: str, export_dir: str) -> dict:
 
 def tradeoff_table(rows: list[dict]) -> str:
   """The rows of `tradeoff_row` as a Markdown table."""
-  lines = ["| run | kernel weights changed | two-stage top-1 | oracle specialists | "
-           "per superclass (oracle) | b (x fp32 net) | bundle, N here | a + 10 b |",
-           "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
+  def cells(r):
     c = r["changed_fraction"]
     per = ", ".join(f"{k} {v:.1%}" for k, v in r["per_superclass"].items() if v is not None)
-    lines.append(f"| {r['label']} | {c['min']:.1%}-{c['max']:.1%} | {r['two_stage_top1']:.2%} | "
-                 f"{r['oracle_top1']:.2%} | {per} | {r['b']:.4f} | {r['storage_ratio']:.3f} | "
-                 f"{r['ratio_at_n10']:.2f} |")
-  return "\n".join(lines) + "\n"
+    return [r["label"], f"{c['min']:.1%}-{c['max']:.1%}", f"{r['two_stage_top1']:.2%}",
+            f"{r['oracle_top1']:.2%}", per, f"{r['b']:.4f}", f"{r['storage_ratio']:.3f}",
+            f"{r['ratio_at_n10']:.2f}"]
+  return "\n".join(markdown_table(
+      ["run", "kernel weights changed", "two-stage top-1", "oracle specialists",
+       "per superclass (oracle)", "b (x fp32 net)", "bundle, N here", "a + 10 b"],
+      [cells(r) for r in rows])) + "\n"
 
 
 def seed_stats(values) -> dict | None:

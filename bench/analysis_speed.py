@@ -16,13 +16,13 @@ import platform
 import tempfile
 import time
 
+from _common import write_json
 from absl import app
 from absl import flags
 import matplotlib
 import numpy as np
 
 from super_sub import analysis
-from super_sub._internal import files
 from super_sub import hierarchy as hierarchy_lib
 
 _EXAMPLES = flags.DEFINE_integer("examples", 50_000, "Number of predictions.")
@@ -105,7 +105,7 @@ def main(argv):
                   "cpus": os.cpu_count(), "numpy": np.__version__,
                   "matplotlib": matplotlib.__version__},
   }
-  files.write_json(_OUT.value, payload)
+  write_json(_OUT.value, payload)
   print(f"{'':<32}{'wall':>8}{'cpu':>8}")
   for key in payload["wall_s"]:
     print(f"{key:<32}{payload['wall_s'][key]:7.3f}s{payload['cpu_s'][key]:7.3f}s")

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from _report import markdown_table
+from _report import memory_kib
 from absl import app
 from absl import flags
 import numpy as np
@@ -45,23 +47,14 @@ _WORKER_MODEL = flags.DEFINE_string("worker_model", None, "(internal) .tflite or
 _WORKER_IMAGES = flags.DEFINE_string("worker_images", None, "(internal) .npy images.")
 
 
-def _rss_kb(field: str) -> int:
-  """VmRSS (now) or VmHWM (peak) of this process in KiB."""
-  with open("/proc/self/status", encoding="ascii") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1])
-  raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
   """One runtime's memory and latency; runs in its own process (no TensorFlow imported)."""
   from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
   images = np.load(images_path, allow_pickle=False)
-  rss_before = _rss_kb("VmRSS")
+  rss_before = memory_kib("VmRSS")
   if kind == "flat":
     with open(model, "rb") as f:
-      run = predictor._LiteModel(f.read(), num_threads, "flat")  # pylint: disable=protected-access
+      run = predictor.LiteModel(f.read(), num_threads, "flat")
     rebuilds = lambda: 0  # noqa: E731
   else:
     lite = predictor.TwoStageLite(model, num_threads=num_threads,
@@ -79,7 +72,7 @@ def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
     result[f"batch_{batch}"] = {"ms_per_image": 1000 * seconds / len(images),
                                 "specialist_rebuilds": rebuilds() - start_rebuilds}
   result["rss_after_imports_mb"] = rss_before / 1024
-  result["peak_rss_mb"] = _rss_kb("VmHWM") / 1024
+  result["peak_rss_mb"] = memory_kib("VmHWM") / 1024
   result["model_rss_mb"] = result["peak_rss_mb"] - result["rss_after_imports_mb"]
   return result
 
@@ -95,7 +88,8 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds
   from _common import write_results
-  from super_sub.bundles import parity as parity_lib
+  from super_sub import parity as parity_lib
+  from super_sub import runs
   from super_sub.bundles import storage
   from super_sub.bundles import tflite
   from super_sub.data import pipeline
@@ -105,11 +99,10 @@ def main(argv):
 
   run = run_lib.Run.open(_MODEL_DIR.value, _DATA_DIR.value)
   config = run.config
-  export_dir = _EXPORT_DIR.value or os.path.join(config.model_dir, "export")
+  export_dir = _EXPORT_DIR.value or runs.export_dir(config.model_dir)
   with open(os.path.join(export_dir, "manifest.json"), encoding="utf-8") as f:
     manifest = json.load(f)
-  with open(os.path.join(config.model_dir, "eval.json"), encoding="utf-8") as f:
-    evaluation = json.load(f)
+  evaluation = runs.read_eval(config.model_dir)
   split = run.evaluation_split
   result = {"command": " ".join(["python"] + sys.argv), "machine": platform.machine(),
             "cpus": os.cpu_count(), "config": {k: getattr(config, k) for k in (
@@ -133,7 +126,7 @@ def main(argv):
   spec = run.evaluation_input(256)
   ds = pipeline.make_dataset(run.builder, split, spec, training=False)
   images, labels = map(np.concatenate, zip(*tfds.as_numpy(ds)))
-  flat_lite = predictor._LiteModel(flat_tflite, _THREADS.value, "flat")  # pylint: disable=protected-access
+  flat_lite = predictor.LiteModel(flat_tflite, _THREADS.value, "flat")
   parity["flat_keras_top1"] = evaluation["flat"]["top1"]
   parity["flat_int8_top1"] = float(np.mean(np.argmax(flat_lite(images), -1) == labels))
   parity["two_stage_keras_top1"] = evaluation["two_stage"]["hard"]["top1"]
@@ -175,30 +168,30 @@ def main(argv):
 def to_markdown(r: dict) -> str:
   """The tables BENCHMARKS.md quotes."""
   p, s, rt = r["parity"], r["storage"], r["runtime"]
-  lines = [f"`{r['command']}`", "", f"config: {json.dumps(r['config'])}", "",
-           "| model | top-1 | same prediction as Keras two-stage |", "|---|---|---|",
-           f"| flat, Keras fp32 | {p['flat_keras_top1']:.2%} | |",
-           f"| flat, int8 TFLite | {p['flat_int8_top1']:.2%} | |",
-           f"| two-stage, Keras | {p['two_stage_keras_top1']:.2%} | |",
-           f"| two-stage, SavedModel bundle | {p['saved_model_top1']:.2%} | "
-           f"{p['saved_model_agreement_with_keras']:.2%} |",
-           f"| two-stage, TFLite bundle (int8) | {p['tflite_top1']:.2%} | "
-           f"{p['agreement_with_keras']:.2%} |", "",
-           f"Storage (one fp32 network = {s['single_fp32_network_bytes']:,} bytes): TFLite "
-           f"bundle {s['tflite_bundle_bytes']:,} bytes = {s['storage_ratio']:.3f} = a + b N with "
-           f"a = {s['a']:.3f}, b = {s['b']:.4f} ({s['b_min']:.4f}-{s['b_max']:.4f}; N = 10: "
-           f"{s['ratio_at_n10']:.2f}); separate int8 files "
-           f"{s['tflite_naive_int8_bytes']:,} bytes.", "",
-           "| specialist | skeleton bytes | delta bytes |", "|---|---|---|"]
-  for name, v in sorted(s["specialists"].items()):
-    lines.append(f"| {name} | {v.get('skeleton', 0):,} | {v.get('delta', 0):,} |")
-  lines += ["", "| runtime | peak RSS MB (model part) | ms/image batch 1 | ms/image batch 32 "
-            "| specialist rebuilds (batch 1) |", "|---|---|---|---|---|"]
-  for kind in ("flat", "two_stage", "two_stage_cache_all"):
-    x = rt[kind]
-    lines.append(f"| {kind} | {x['peak_rss_mb']:.1f} ({x['model_rss_mb']:.1f}) | "
-                 f"{x['batch_1']['ms_per_image']:.3f} | {x['batch_32']['ms_per_image']:.3f} | "
-                 f"{x['batch_1']['specialist_rebuilds']} |")
+  lines = [f"`{r['command']}`", "", f"config: {json.dumps(r['config'])}", ""]
+  lines += markdown_table(["model", "top-1", "same prediction as Keras two-stage"], [
+      ["flat, Keras fp32", f"{p['flat_keras_top1']:.2%}", ""],
+      ["flat, int8 TFLite", f"{p['flat_int8_top1']:.2%}", ""],
+      ["two-stage, Keras", f"{p['two_stage_keras_top1']:.2%}", ""],
+      ["two-stage, SavedModel bundle", f"{p['saved_model_top1']:.2%}",
+       f"{p['saved_model_agreement_with_keras']:.2%}"],
+      ["two-stage, TFLite bundle (int8)", f"{p['tflite_top1']:.2%}",
+       f"{p['agreement_with_keras']:.2%}"]])
+  lines += ["", f"Storage (one fp32 network = {s['single_fp32_network_bytes']:,} bytes): TFLite "
+            f"bundle {s['tflite_bundle_bytes']:,} bytes = {s['storage_ratio']:.3f} = a + b N "
+            f"with a = {s['a']:.3f}, b = {s['b']:.4f} ({s['b_min']:.4f}-{s['b_max']:.4f}; "
+            f"N = 10: {s['ratio_at_n10']:.2f}); separate int8 files "
+            f"{s['tflite_naive_int8_bytes']:,} bytes.", ""]
+  lines += markdown_table(["specialist", "skeleton bytes", "delta bytes"], [
+      [name, f"{v.get('skeleton', 0):,}", f"{v.get('delta', 0):,}"]
+      for name, v in sorted(s["specialists"].items())])
+  lines += [""] + markdown_table(
+      ["runtime", "peak RSS MB (model part)", "ms/image batch 1", "ms/image batch 32",
+       "specialist rebuilds (batch 1)"],
+      [[kind, f"{x['peak_rss_mb']:.1f} ({x['model_rss_mb']:.1f})",
+        f"{x['batch_1']['ms_per_image']:.3f}", f"{x['batch_32']['ms_per_image']:.3f}",
+        x["batch_1"]["specialist_rebuilds"]]
+       for kind, x in ((k, rt[k]) for k in ("flat", "two_stage", "two_stage_cache_all"))])
   for kind in ("two_stage", "two_stage_cache_all"):
     v = rt[kind]["vs_flat"]
     lines.append(f"\n{kind} vs flat: peak RSS {v['peak_rss']:.2f}x, latency batch 1 "

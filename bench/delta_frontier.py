@@ -52,8 +52,9 @@ from matplotlib import pyplot as plt  # pylint: disable=wrong-import-position
 from _common import copy_stages  # pylint: disable=wrong-import-position
 from _common import tradeoff_row  # pylint: disable=wrong-import-position
 from _common import tradeoff_table  # pylint: disable=wrong-import-position
+from _common import write_json  # pylint: disable=wrong-import-position
 from super_sub import evaluation  # pylint: disable=wrong-import-position
-from super_sub._internal import files  # pylint: disable=wrong-import-position
+from super_sub import runs  # pylint: disable=wrong-import-position
 from super_sub.bundles import export as export_lib  # pylint: disable=wrong-import-position
 from super_sub.training import config as config_lib  # pylint: disable=wrong-import-position
 from super_sub.training import fit  # pylint: disable=wrong-import-position
@@ -154,7 +155,7 @@ def run_setting(setting: str, base_dir: str) -> dict:
               [s for s in _BASE_STAGES if os.path.isdir(os.path.join(base_dir, s))])
   fit.train(_config(model_dir, stage="specialists", **overrides))
   run = run_lib.Run.open(model_dir, data_dir=_DATA_DIR.value)
-  if not os.path.exists(os.path.join(model_dir, "eval.json")):
+  if not runs.is_evaluated(model_dir):
     evaluation.evaluate(run)
   if not os.path.exists(os.path.join(export_dir, "manifest.json")):
     export_lib.export(run, export_dir)
@@ -233,7 +234,7 @@ def main(argv):
          "backbone": base.backbone, "tolerance": _TOLERANCE.value, "b_goal": _B_GOAL.value,
          "runs": rows, "wall_time_s_this_run": round(time.perf_counter() - start, 1)}
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  files.write_json(_OUT.value + ".json", out)
+  write_json(_OUT.value + ".json", out)
   plot(rows, _OUT.value + ".png")
   lines = [f"# Compression frontier: {_DATASET.value}, {base.backbone}, {_EPOCHS.value} epochs "
            f"per base network, {_SPECIALIST_EPOCHS.value} per specialist, "

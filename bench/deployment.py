@@ -62,6 +62,8 @@ import sys
 import tempfile
 import time
 
+from _report import markdown_table
+from _report import memory_kib
 from absl import app
 from absl import flags
 import numpy as np
@@ -199,8 +201,9 @@ def sign_models(generalist, h, move_batchnorm: bool = True):
   The QAT generalist's quantizer ranges are set by one training-mode call on random images.
   Each specialist is its QAT copy with a new head; a simulated fine-tuning moves every backbone
   kernel weight and BatchNorm as `finetune` does (`moved`; BatchNorm stays unless
-  `move_batchnorm`: `--freeze_bn`); then the training callback (`DeltaToBase(form="sign")`)
-  projects each kernel's move onto the sign form, +-k int8 steps of its channel's pinned
+  `move_batchnorm`: `--freeze_bn`); then the training callback's projection
+  (`deltas.project_once`, as `DeltaToBase(form="sign")` after every step) maps each kernel's
+  move onto the sign form, +-k int8 steps of its channel's pinned
   range, the range-setting weights held.
   """
   # pylint: disable=import-outside-toplevel
@@ -224,7 +227,7 @@ def sign_models(generalist, h, move_batchnorm: bool = True):
           "gamma", "beta", "moving_mean", "moving_variance")):
         continue
       var.assign(moved(w, name == "moving_variance", rng))
-    deltas.DeltaToBase(start, 0.0, pin_batchnorm=False, form="sign").project(m, threshold=0.0)
+    deltas.project_once(m, start, form="sign")
     specialists[sup] = m
   return base, specialists
 
@@ -368,30 +371,25 @@ def saved_model_sizes(backbone: str, out: str) -> None:
                "settings": rows}
   with open(out + ".json", "w", encoding="utf-8") as f:
     json.dump(files_out, f, indent=2)
-  lines = [f"# SavedModel size, {backbone} at 224 px, N = 10 (superclassed_imagenet)", "",
-           f"Command: `{command}`", "",
-           "| setting | SavedModel (MB) | variables | graph | goal | over the goal | "
-           "assembling a specialist (ms, median) |",
-           "|---|---|---|---|---|---|---|"]
-  for name, r in rows.items():
-    over = 100 * r["bytes_over_goal"] / r["goal_bytes"]
-    lines.append(f"| {name} | {r['saved_model_bytes'] / 1e6:.1f} | "
-                 f"{r['saved_model_variables_bytes'] / 1e6:.2f} | {r['graph_bytes'] / 1e6:.2f} | "
-                 f"{r['goal_bytes'] / 1e6:.2f} | {over:+.1f}% | {r['assemble_ms']:.1f} |")
   with open(out + ".md", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write(saved_model_markdown(files_out))
+
+
+def saved_model_markdown(r: dict) -> str:
+  """The SavedModel sizes table of --saved_model_only."""
+  lines = [f"# SavedModel size, {r['backbone']} at 224 px, N = 10 (superclassed_imagenet)", "",
+           f"Command: `{r['command']}`", ""]
+  lines += markdown_table(
+      ["setting", "SavedModel (MB)", "variables", "graph", "goal", "over the goal",
+       "assembling a specialist (ms, median)"],
+      [[name, f"{s['saved_model_bytes'] / 1e6:.1f}",
+        f"{s['saved_model_variables_bytes'] / 1e6:.2f}", f"{s['graph_bytes'] / 1e6:.2f}",
+        f"{s['goal_bytes'] / 1e6:.2f}", f"{100 * s['bytes_over_goal'] / s['goal_bytes']:+.1f}%",
+        f"{s['assemble_ms']:.1f}"] for name, s in r["settings"].items()])
+  return "\n".join(lines) + "\n"
 
 
 # --- measuring (worker processes: no TensorFlow) ------------------------------------------------
-def _rss_mb(field: str) -> float:
-  """VmRSS (now) or VmHWM (peak) of this process in MiB."""
-  with open("/proc/self/status", encoding="ascii") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1]) / 1024
-  raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 class ForcedRouting:
   """Runs the real router (its cost counts), then routes to a given superclass schedule.
 
@@ -428,12 +426,12 @@ def measure_runtime(spec: dict) -> dict:
   rng = np.random.default_rng(1)
   n1, n32 = spec["images_batch1"], spec["images_batch32"]
   images = rng.integers(0, 256, (max(n1, n32), *_SHAPE), dtype=np.uint8)
-  rss_before = _rss_mb("VmRSS")
+  rss_before = memory_kib("VmRSS") / 1024
   result = {}
   cache_dir = tempfile.mkdtemp(prefix="super_sub_cache_") if spec.get("disk") else None
   if spec["kind"] == "flat":
     with open(spec["model"], "rb") as f:
-      flat = predictor._LiteModel(f.read(), spec["threads"], "flat")  # pylint: disable=protected-access
+      flat = predictor.LiteModel(f.read(), spec["threads"], "flat")
     run = lambda x: flat(x.astype(np.float32) / 255)  # noqa: E731
     counts = lambda: (0, 0)  # noqa: E731
     run(images[:1])
@@ -469,7 +467,7 @@ def measure_runtime(spec: dict) -> dict:
   if cache_dir is not None:
     shutil.rmtree(cache_dir)  # this process's own temporary folder
   result["rss_after_imports_mb"] = rss_before
-  result["peak_rss_mb"] = _rss_mb("VmHWM")
+  result["peak_rss_mb"] = memory_kib("VmHWM") / 1024
   result["model_rss_mb"] = result["peak_rss_mb"] - rss_before
   return result
 
@@ -489,15 +487,16 @@ def measure_rebuild(bundle_dir: str) -> dict:
 def stored_copy(bundle_dir: str) -> str:
   """The same bundle with its deltas stored as they are (`--nocompress_deltas`), beside it."""
   # pylint: disable=import-outside-toplevel
-  from super_sub.runtime import bundle as bundle_lib
+  from super_sub.formats import bundle_loader as bundle_lib
+  from super_sub.formats import bundle_writer
   # pylint: enable=import-outside-toplevel
   out = bundle_dir + "_stored"
   if not os.path.exists(os.path.join(out, "manifest.json")):
     b = bundle_lib.load_bundle(bundle_dir)
-    bundle_lib.write_tflite_bundle(out, b.hierarchy, b.generalist,
-                                   {k: b.specialist(k) for k in b.deltas},
-                                   b.manifest["input"], trunk=b.trunk, compress_deltas=False,
-                                   router_head=b.router_head)
+    bundle_writer.write_tflite_bundle(out, b.hierarchy, b.generalist,
+                                      {k: b.specialist(k) for k in b.deltas},
+                                      b.manifest["input"], trunk=b.trunk, compress_deltas=False,
+                                      router_head=b.router_head)
   return out
 
 
@@ -651,44 +650,48 @@ def to_markdown(r: dict) -> str:
            f"{r['backbone']} at 224 px, superclassed_imagenet hierarchy (N = 10 specialists), "
            f"{r['cpus']} CPUs, {r['threads']} LiteRT threads. One fp32 network = "
            f"{unit / 1e6:.1f} MB; the flat int8 network = {r['build']['flat']['bytes'] / 1e6:.1f} MB.",
-           "", "| setting | TFLite bundle MB | = a + b N (one fp32 network = 1) | SavedModel MB "
-           "(variables) | x one fp32 network | goal: 1 network + dense deltas of the changed "
-           "stages (+ router head), MB | N + 1 separate fp32 networks MB |",
-           "|---|---|---|---|---|---|---|"]
-  for name, e in r["settings"].items():
-    s = e["storage"]
-    lines.append(f"| {name} | {s['tflite_bytes'] / 1e6:.1f} | {s['tflite_a']:.3f} + "
-                 f"{s['tflite_b']:.4f} N = {s['tflite_ratio']:.2f} | "
-                 f"{s['saved_model_bytes'] / 1e6:.1f} ({s['saved_model_variables_bytes'] / 1e6:.1f})"
-                 f" | {s['saved_model_ratio']:.2f} | {s['saved_model_goal_bytes'] / 1e6:.1f} | "
-                 f"{s['naive_fp32_bytes'] / 1e6:.1f} |")
-  lines += ["", "| setting | specialist MB | rebuild bytes, first / later ms | new interpreter ms "
-            "| its first invoke ms |", "|---|---|---|---|---|"]
-  for name, e in r["settings"].items():
-    rb = e["rebuild"]
-    lines.append(f"| {name} | {rb['specialist_bytes'] / 1e6:.2f} | {rb['first_rebuild_ms']:.1f} / "
-                 f"{rb['later_rebuild_ms']:.1f} | {rb['new_interpreter_ms']:.1f} | "
-                 f"{rb['first_invoke_ms']:.1f} |")
+           ""]
+  lines += markdown_table(
+      ["setting", "TFLite bundle MB", "= a + b N (one fp32 network = 1)",
+       "SavedModel MB (variables)", "x one fp32 network",
+       "goal: 1 network + dense deltas of the changed stages (+ router head), MB",
+       "N + 1 separate fp32 networks MB"],
+      [[name, f"{s['tflite_bytes'] / 1e6:.1f}",
+        f"{s['tflite_a']:.3f} + {s['tflite_b']:.4f} N = {s['tflite_ratio']:.2f}",
+        f"{s['saved_model_bytes'] / 1e6:.1f} ({s['saved_model_variables_bytes'] / 1e6:.1f})",
+        f"{s['saved_model_ratio']:.2f}", f"{s['saved_model_goal_bytes'] / 1e6:.1f}",
+        f"{s['naive_fp32_bytes'] / 1e6:.1f}"]
+       for name, s in ((name, e["storage"]) for name, e in r["settings"].items())])
+  lines += [""] + markdown_table(
+      ["setting", "specialist MB", "rebuild bytes, first / later ms", "new interpreter ms",
+       "its first invoke ms"],
+      [[name, f"{rb['specialist_bytes'] / 1e6:.2f}",
+        f"{rb['first_rebuild_ms']:.1f} / {rb['later_rebuild_ms']:.1f}",
+        f"{rb['new_interpreter_ms']:.1f}", f"{rb['first_invoke_ms']:.1f}"]
+       for name, rb in ((name, e["rebuild"]) for name, e in r["settings"].items())])
   lines += ["", "x flat: against the mean of the flat network's two measurements.", "",
             "switches: specialist interpreters built (each a rebuild, except the disk1 runs', "
-            "which map a file; disk1_packed_random also maps the packed weights).", "",
-            "| runtime | ms/image batch 1 (x flat) | switches | ms/image batch 32 (x flat) "
-            "| switches | peak RSS MB (x flat) | model part MB |", "|---|---|---|---|---|---|---|",
-            f"| flat int8 (before / after the others) | {_runs(flat, 'batch_1')} | | "
-            f"{_runs(flat, 'batch_32')} | | {flat['peak_rss_mb']:.0f} | "
-            f"{flat['model_rss_mb']:.0f} |"]
+            "which map a file; disk1_packed_random also maps the packed weights).", ""]
+  rows = [["flat int8 (before / after the others)", _runs(flat, "batch_1"), "",
+           _runs(flat, "batch_32"), "", f"{flat['peak_rss_mb']:.0f}",
+           f"{flat['model_rss_mb']:.0f}"]]
   for name, e in r["settings"].items():
     for label in (label for label in e if run_spec(label) is not None):
       x = e[label]
       switches = {b: x[b].get("switches", x[b]["rebuilds"]) for b in ("batch_1", "batch_32")}
-      lines.append(
-          f"| {name}, {label} | {x['batch_1']['ms_per_image']:.1f} "
-          f"({x['batch_1']['ms_per_image'] / flat['batch_1']['ms_per_image']:.2f}) | "
-          f"{switches['batch_1']}/{x['batch_1']['images']} | "
+      rows.append([
+          f"{name}, {label}",
+          f"{x['batch_1']['ms_per_image']:.1f} "
+          f"({x['batch_1']['ms_per_image'] / flat['batch_1']['ms_per_image']:.2f})",
+          f"{switches['batch_1']}/{x['batch_1']['images']}",
           f"{x['batch_32']['ms_per_image']:.1f} "
-          f"({x['batch_32']['ms_per_image'] / flat['batch_32']['ms_per_image']:.2f}) | "
-          f"{switches['batch_32']} | {x['peak_rss_mb']:.0f} "
-          f"({x['peak_rss_mb'] / flat['peak_rss_mb']:.2f}) | {x['model_rss_mb']:.0f} |")
+          f"({x['batch_32']['ms_per_image'] / flat['batch_32']['ms_per_image']:.2f})",
+          switches["batch_32"],
+          f"{x['peak_rss_mb']:.0f} ({x['peak_rss_mb'] / flat['peak_rss_mb']:.2f})",
+          f"{x['model_rss_mb']:.0f}"])
+  lines += markdown_table(
+      ["runtime", "ms/image batch 1 (x flat)", "switches", "ms/image batch 32 (x flat)",
+       "switches", "peak RSS MB (x flat)", "model part MB"], rows)
   return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ from _common import pct
 from _common import seed_stats
 from _common import write_results
 from super_sub import evaluation
+from super_sub import runs
 from super_sub.data import pipeline
 from super_sub.data import prepare
 from super_sub.routing import core
@@ -77,13 +78,13 @@ def _config(model_dir, epochs, seed, **overrides):
 
 
 def _done(model_dir, stages):
-  return all(os.path.exists(os.path.join(model_dir, s, "metrics.json")) for s in stages)
+  return all(runs.is_done(os.path.join(model_dir, s)) for s in stages)
 
 
 def _specialists_done(model_dir):
-  folder = os.path.join(model_dir, "specialists")
-  return (_done(model_dir, ["flat", "generalist"]) and os.path.isdir(folder)
-          and all(_done(folder, [name]) for name in os.listdir(folder)))
+  return (_done(model_dir, ["flat", "generalist"])
+          and os.path.isdir(os.path.join(model_dir, runs.SPECIALISTS))
+          and all(runs.is_done(folder) for folder in runs.specialist_dirs(model_dir)))
 
 
 def _flat_top1(run, split):

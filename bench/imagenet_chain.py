@@ -26,6 +26,7 @@ import numpy as np
 
 from super_sub import configs
 from super_sub import evaluation
+from super_sub import runs
 from super_sub import runtime
 from super_sub._internal.compat import keras
 from super_sub.bundles import export as export_lib
@@ -76,10 +77,10 @@ def main(argv):
   evaluation.evaluate(run, log=lambda _: None)
   eval_s = time.perf_counter() - start
   start = time.perf_counter()
-  manifest = export_lib.export(run, os.path.join(model_dir, "export"), log=lambda _: None)
+  manifest = export_lib.export(run, runs.export_dir(model_dir), log=lambda _: None)
   export_s = time.perf_counter() - start
 
-  lite = runtime.TwoStageLite(os.path.join(model_dir, "export", "tflite"), cache_size=1)
+  lite = runtime.TwoStageLite(os.path.join(runs.export_dir(model_dir), "tflite"), cache_size=1)
   images = tflite.representative_images(run, count=32)
   lite.predict(images[:1])
   start = time.perf_counter()

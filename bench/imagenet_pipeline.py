@@ -75,7 +75,7 @@ def make_tree(root: str, train_images: int, validation_images: int) -> None:
   # Validation files are labelled by their number (TFDS's validation_labels.txt): take the
   # first numbers whose class is in the hierarchy.
   wanted = set(wnids)
-  numbers = [k for k, w in enumerate(sib._validation_wnids(), start=1) if w in wanted]  # pylint: disable=protected-access
+  numbers = [k for k, w in enumerate(sib.validation_wnids(), start=1) if w in wanted]
   for i, number in enumerate(numbers[:validation_images]):
     os.makedirs(os.path.join(root, "val"), exist_ok=True)
     write(os.path.join(root, "val", f"ILSVRC2012_val_{number:08d}.JPEG"), i)

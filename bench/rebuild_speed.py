@@ -4,7 +4,7 @@ r"""How long the edge runtime takes to rebuild a specialist from the base and it
       --out=bench/results/rebuild_speed
 
 The first rebuild of each specialist goes through the flatbuffer object API and leaves a
-fast form behind (runtime.delta.FastRebuild); later ones copy bytes. Then a LiteRT
+fast form behind (formats.fast_rebuild.FastRebuild); later ones copy bytes. Then a LiteRT
 interpreter is made from the bytes, as TwoStageLite does, and run once on one image (the
 first invoke after a rebuild). Needs no TensorFlow.
 Writes <out>.json and <out>.md.
@@ -18,7 +18,7 @@ from absl import flags
 import numpy as np
 
 from _common import write_results
-from super_sub.runtime import bundle as bundle_lib
+from super_sub.formats import bundle_loader as bundle_lib
 from super_sub.runtime import predictor
 
 _BUNDLES = flags.DEFINE_multi_string("bundle", [], "A tflite/ bundle folder.")
@@ -42,7 +42,7 @@ def measure(path: str, repeats: int) -> dict:
   interpreter, first_invoke = [], []
   for _ in range(repeats):
     start = time.perf_counter()
-    lite = predictor._LiteModel(model, 2, "s")  # pylint: disable=protected-access
+    lite = predictor.LiteModel(model, 2, "s")
     interpreter.append(1000 * (time.perf_counter() - start))
     x = np.zeros((1, *lite.input_shape), np.float32)
     first_invoke.append(_ms(lambda: lite(x)))  # pylint: disable=cell-var-from-loop

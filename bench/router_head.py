@@ -155,8 +155,8 @@ def accuracy_part(model_dir: str, shared: int, widths, epochs: int) -> dict:
 def ms_per_image(model: bytes, inputs: np.ndarray, batch: int, repeats: int) -> float:
   """Median ms per image; float inputs are quantized first, as the trunk hands a tail its
   int8 features, so that only the model is timed."""
-  lite = predictor._LiteModel(model, 2, "timed")  # pylint: disable=protected-access
-  chunk = predictor._quantize(inputs[:batch], lite._in)  # pylint: disable=protected-access
+  lite = predictor.LiteModel(model, 2, "timed")
+  chunk = lite.quantize(inputs[:batch])
   return median_ms(lambda: lite(chunk), repeats) / batch  # the warm-up allocates the batch
 
 

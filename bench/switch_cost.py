@@ -40,7 +40,7 @@ def main(argv):
   del argv
   repeats, threads = _REPEATS.value, _THREADS.value
   with open(_FLAT.value, "rb") as f:
-    flat = predictor._LiteModel(f.read(), threads, "flat")  # pylint: disable=protected-access
+    flat = predictor.LiteModel(f.read(), threads, "flat")
   image = np.random.default_rng(0).integers(0, 256, (1, *flat.input_shape), np.uint8)
   scaled = image.astype(np.float32) / 255
   cached = predictor.TwoStageLite(_BUNDLE.value, cache_size=16, num_threads=threads)

@@ -18,7 +18,7 @@ first used.
   analysis    analyze, write_report, Predictions, read_predictions, AnalysisError
 
 The pipeline's packages, in the order an image travels: hierarchy -> data -> models ->
-training -> routing -> bundles -> runtime -> analysis (README: "What is in the box").
+training -> routing -> bundles -> formats -> runtime -> analysis (README: "What is in the box").
 """
 
 import importlib
@@ -50,27 +50,27 @@ _API = {
     "load_config": ("super_sub.training.config", "load_config"),
     "train": ("super_sub.training.fit", "train"),
     "Run": ("super_sub.training.run", "Run"),
-    "Stage": ("super_sub.training.run", "Stage"),
+    "Stage": ("super_sub.runs", "Stage"),
     "ConfigError": ("super_sub.training.config", "ConfigError"),
     "RunMismatchError": ("super_sub.training.run", "RunMismatchError"),
     "NonFiniteError": ("super_sub.training.guards", "NonFiniteError"),
-    "FolderLockedError": ("super_sub._internal.lock", "FolderLockedError"),
+    "FolderLockedError": ("super_sub.errors", "FolderLockedError"),
     # evaluation
     "evaluate": ("super_sub.evaluation", "evaluate"),
     "TwoStage": ("super_sub.routing.two_stage", "TwoStage"),
     "ROUTERS": ("super_sub.routing.core", "ROUTERS"),
     # export
     "export": ("super_sub.bundles.export", "export"),
-    "tflite_parity": ("super_sub.bundles.parity", "tflite_parity"),
+    "tflite_parity": ("super_sub.parity", "tflite_parity"),
     "storage_fit": ("super_sub.bundles.storage", "storage_fit"),
-    "OutputDirError": ("super_sub._internal.files", "OutputDirError"),
+    "OutputDirError": ("super_sub.errors", "OutputDirError"),
     # runtime
     "TwoStageLite": ("super_sub.runtime.predictor", "TwoStageLite"),
     "load_images": ("super_sub.data.images", "load_images"),
-    "load_bundle": ("super_sub.runtime.bundle", "load_bundle"),
-    "BundleError": ("super_sub.runtime.bundle", "BundleError"),
+    "load_bundle": ("super_sub.formats.bundle_loader", "load_bundle"),
+    "BundleError": ("super_sub.formats.errors", "BundleError"),
     "ImageError": ("super_sub.data.images", "ImageError"),
-    "DeltaError": ("super_sub.runtime.delta", "DeltaError"),
+    "DeltaError": ("super_sub.formats.errors", "DeltaError"),
     # analysis
     "analyze": ("super_sub.analysis.report", "analyze"),
     "write_report": ("super_sub.analysis.writer", "write_report"),

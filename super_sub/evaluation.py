@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from super_sub import analysis
 from super_sub import hierarchy as hierarchy_lib
+from super_sub import runs
 from super_sub._internal import files
 from super_sub.data import pipeline
 from super_sub.routing import core
@@ -133,7 +134,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
     result.update(_two_stage_results(got, predictions, labels, supers, h, router, routers,
                                      soft_k))
   # flat.npz marks the folder as super-sub's own (every evaluated run has it).
-  with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
+  with files.atomic_dir(runs.predictions_dir(config.model_dir), "predictions",
                         "flat.npz") as folder:
     for key, probs in ((k, got[k]) for k in predictions):
       truth, space = (supers, "superclass") if key == "generalist" else (labels, "subclass")
@@ -141,7 +142,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
                           predictions=predictions[key], top5=topk(probs),
                           probs=probs.astype(np.float32), file_names=file_names,
                           label_space=np.array(space))
-  files.write_json(os.path.join(config.model_dir, "eval.json"), result)
+  files.write_json(runs.eval_path(config.model_dir), result)
   log(format_table(result) if two_stage is not None else
       f"flat (one network, all subclasses): top-1 {result['flat']['top1']:.4f}")
   # A misclassification report per subclass-level model (super_sub.analysis; no images).
@@ -149,13 +150,12 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
     if key not in predictions:
       continue
     analysis.write_report(
-        os.path.join(config.model_dir, "reports", key),
+        runs.report_dir(config.model_dir, key),
         analysis.Predictions(labels, predictions[key], top5=topk(got[key]), probs=got[key],
                              file_names=file_names,
-                             source=os.path.join(config.model_dir, "predictions",
-                                                 f"{key}.npz")),
+                             source=runs.predictions_path(config.model_dir, key)),
         h, title=f"{builder.info.full_name} / {split}: {key}")
-  log(f"reports: {os.path.join(config.model_dir, 'reports', '<model>', 'index.html')}")
+  log(f"reports: {os.path.join(runs.report_dir(config.model_dir, '<model>'), 'index.html')}")
   return result
 
 

@@ -1,5 +1,7 @@
 """The public API: `import super_sub` stays light, and every advertised name resolves."""
 
+import ast
+import pathlib
 import subprocess
 import sys
 
@@ -9,10 +11,14 @@ import super_sub
 
 
 def test_import_loads_no_tensorflow():
-  """The edge runtime imports super_sub on devices without TensorFlow."""
+  """The edge runtime imports super_sub on devices without TensorFlow; so do the file formats
+  and the run folder's layout, which training and the benchmarks share."""
   out = subprocess.run(
       [sys.executable, "-c",
-       "import super_sub, super_sub.runtime, super_sub.routing, sys\n"
+       "import importlib, pkgutil, sys\n"
+       "import super_sub, super_sub.runtime, super_sub.routing, super_sub.runs, super_sub.formats\n"
+       "for m in pkgutil.iter_modules(super_sub.formats.__path__):\n"
+       "  importlib.import_module('super_sub.formats.' + m.name)\n"
        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
        "('tensorflow', 'tf_keras', 'keras', 'tensorflow_datasets', 'matplotlib'))\n"
        "print(heavy)"],
@@ -31,3 +37,97 @@ def test_every_public_name_resolves_to_its_module():
 def test_unknown_name_is_an_attribute_error():
   with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
     super_sub.no_such_thing  # pylint: disable=pointless-statement
+
+
+LIBRARY = pathlib.Path(super_sub.__file__).parent
+BENCH = LIBRARY.parent / "bench"
+
+
+def _imported_modules(tree: ast.AST, package: str) -> list[str]:
+  """Every module a file imports (`from a import b` counts as a and a.b), relative ones made
+  absolute against `package`."""
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out += [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
+      out += [base] + [f"{base}.{alias.name}" for alias in node.names]
+  return out
+
+
+@pytest.mark.parametrize("package", ["training", "bundles", "data", "models", "formats"])
+def test_training_and_export_never_import_the_runtime(package):
+  """The trainer and the exporter share the file formats with the runtime (super_sub.formats),
+  never the runtime itself."""
+  for path in sorted((LIBRARY / package).rglob("*.py")):
+    modules = _imported_modules(ast.parse(path.read_text(encoding="utf-8")),
+                                f"super_sub.{package}")
+    bad = [m for m in modules if m == "super_sub.runtime" or m.startswith("super_sub.runtime.")]
+    assert not bad, f"{path} imports {bad}"
+
+
+# The one Keras choice (lesson 9 of STYLE.md): a benchmark that builds models must take the
+# same tf_keras as the library, so it may import it from there.
+_BENCH_ALLOWED = {"super_sub._internal.compat", "super_sub._internal.compat.keras"}
+
+
+def _private_uses(tree: ast.AST) -> list[str]:
+  """Names with a leading underscore that a script takes from super_sub: in what it imports,
+  and as attributes of names it imported from super_sub."""
+  bound, out = set(), []
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      module = node.module if isinstance(node, ast.ImportFrom) else None
+      for alias in node.names:
+        full = f"{module}.{alias.name}" if module else alias.name
+        if full.split(".")[0] != "super_sub" or full in _BENCH_ALLOWED:
+          if full.split(".")[0] == "super_sub":
+            bound.add(alias.asname or alias.name)
+          continue
+        out += [full] if any(p.startswith("_") for p in full.split(".")) else []
+        bound.add(alias.asname or alias.name.split(".")[0])
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+        and not node.attr.startswith("__")):
+      root = node.value
+      while isinstance(root, ast.Attribute):
+        root = root.value
+      if isinstance(root, ast.Name) and root.id in bound:
+        out.append(f"{ast.unparse(node.value)}.{node.attr}")
+  return out
+
+
+def test_bench_scripts_use_only_public_names():
+  scripts = sorted(BENCH.glob("*.py"))
+  assert scripts
+  for path in scripts:
+    used = _private_uses(ast.parse(path.read_text(encoding="utf-8")))
+    assert not used, f"{path.name} uses private names of super_sub: {used}"
+
+
+def test_private_names_are_found():
+  tree = ast.parse("from super_sub.runtime import predictor\n"
+                   "from super_sub._internal import files\n"
+                   "predictor._LiteModel(1)\n")
+  assert _private_uses(tree) == ["super_sub._internal.files", "predictor._LiteModel"]
+
+
+def test_the_commands_user_errors_name_classes_that_exist():
+  """cli.USER_ERRORS names classes by module and name (so listing them imports nothing); a
+  class that moves must move there too, or its error prints a traceback and exit status 1."""
+  from super_sub._internal import cli  # pylint: disable=import-outside-toplevel
+  # Listed ahead of the module that defines it (the folder datasets' sources, in progress).
+  ahead = {"super_sub.data.sources.DatasetError"}
+  for key in cli.USER_ERRORS:
+    module, name = key.rsplit(".", 1)
+    if module.split(".")[0] != "super_sub" or key in ahead:
+      continue
+    path = LIBRARY.joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assert any(isinstance(node, ast.ClassDef) and node.name == name
+               for node in tree.body), f"{key}: no class {name} in {path}"

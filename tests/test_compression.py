@@ -10,7 +10,9 @@ from super_sub._internal import files
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.models import classifiers
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import delta as delta_lib
+from super_sub.formats import encodings
+from super_sub.formats import flatbuffer
 from super_sub.training import config as config_lib
 from super_sub.training import deltas as compression
 from super_sub.training import fit
@@ -124,7 +126,7 @@ def test_affine_specialist_keeps_every_int8_kernel_of_the_base(tmp_path, _train)
   for name in ("gamma", "beta", "moving_mean"):  # what an affine specialist learns
     assert any(not np.array_equal(s.numpy(), b.numpy()) for s, b in pairs if name in s.name)
   # In TFLite BatchNorm folds into the scales and biases: the int8 kernels stay the base's.
-  base_obj, spec_obj = (delta_lib.parse_model(tflite.to_tflite(m, None))
+  base_obj, spec_obj = (flatbuffer.parse_model(tflite.to_tflite(m, None))
                         for m in (base, specialist))
   int8_weights = changed_biases = 0
   for t, u in zip(spec_obj.subgraphs[0].tensors, base_obj.subgraphs[0].tensors):
@@ -145,7 +147,7 @@ def test_sign_specialist_moves_int8_kernels_by_whole_steps_per_channel(tmp_path,
                   learning_rate=3e-3)
   base, specialist = _stage(config, run_lib.GENERALIST_QAT), _stage(config, run_lib.specialist(4))
   base_tflite, spec_tflite = (tflite.to_tflite(m, None) for m in (base, specialist))
-  base_obj, spec_obj = (delta_lib.parse_model(m) for m in (base_tflite, spec_tflite))
+  base_obj, spec_obj = (flatbuffer.parse_model(m) for m in (base_tflite, spec_tflite))
   kernels = moved = clipped = weights = off = 0
   for t, u in zip(spec_obj.subgraphs[0].tensors, base_obj.subgraphs[0].tensors):
     a, b = spec_obj.buffers[t.buffer].data, base_obj.buffers[u.buffer].data
@@ -367,12 +369,12 @@ def test_low_rank_factors_hand_computed():
   left, right, scales = compression.low_rank_factors(rows, rank=1)
   assert left.dtype == right.dtype == np.int8 and scales.dtype == np.float32
   assert (left.shape, right.shape) == ((3, 1), (1, 4))
-  np.testing.assert_array_equal(delta_lib.factored_product(left, right, scales), rows)
+  np.testing.assert_array_equal(encodings.factored_product(left, right, scales), rows)
   # Rank 2 of a rank-2 matrix; a rank above min(m, n) is capped there.
   rows = rows + np.outer([0, 1, 0], [5, 5, -5, 5])
   left, right, scales = compression.low_rank_factors(rows, rank=8)
   assert left.shape == (3, 3)
-  np.testing.assert_array_equal(delta_lib.factored_product(left, right, scales), rows)
+  np.testing.assert_array_equal(encodings.factored_product(left, right, scales), rows)
 
 
 def test_rows_are_the_tflite_kernel_layout():
@@ -401,7 +403,7 @@ def test_low_rank_form_holds_the_integer_product_of_its_factors():
   factors = callback.factors[owners[hi]]
   assert factors[0].shape[1] == 2
   steps = compression.as_rows(kernel.numpy() - base[owners[hi]]) / step[:, None]
-  product = delta_lib.factored_product(*factors)
+  product = encodings.factored_product(*factors)
   held = compression.as_rows(compression.range_setters(base[owners[hi]], step))
   assert held.any()
   # Whole int8 steps: the product, except where each channel's largest weight stays.

@@ -15,10 +15,10 @@ import pytest
 
 from super_sub._internal import files
 from super_sub.bundles import export as export_lib
-from super_sub.bundles import parity
+from super_sub import parity
 from super_sub.bundles import storage
 from super_sub.bundles import tflite
-from super_sub.runtime import bundle as bundle_lib
+from super_sub.formats import bundle_loader as bundle_lib
 from super_sub.training import run as run_lib
 
 from conftest import _evaluation_batches

@@ -72,3 +72,25 @@ def test_safe_name():
   assert files.safe_name("  dots  ") == "dots"
   assert files.safe_name("...") == "unnamed"
   assert files.safe_name("a" * 50 + "/b", 40) == "a" * 40
+
+
+def test_read_json_names_the_file_in_the_callers_error(tmp_path):
+  class MyError(ValueError):
+    pass
+
+  path = tmp_path / "x.json"
+  with pytest.raises(MyError, match=r"x.json: no such file"):
+    files.read_json(path, MyError)
+  path.write_bytes(b"\xff{}")
+  with pytest.raises(MyError, match=r"x.json: not valid JSON \("):
+    files.read_json(path, MyError)
+  path.write_bytes(b"[" * 100_000)
+  with pytest.raises(MyError, match=r"x.json: bad \("):
+    files.read_json(path, MyError, invalid="bad")
+  path.write_text("[1]")
+  assert files.read_json(path, MyError) == [1]
+  with pytest.raises(MyError, match="expected a JSON object at the top level"):
+    files.read_json(path, MyError, expect_object=True)
+  assert files.read_json("in memory", MyError, raw=b'{"a": 1}', expect_object=True) == {"a": 1}
+  with pytest.raises(MyError, match="gone"):
+    files.read_json(tmp_path / "missing", MyError, not_found="gone")

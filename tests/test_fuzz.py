@@ -41,9 +41,10 @@ from super_sub import runtime
 from super_sub.analysis import loading
 from super_sub.analysis.predictions import AnalysisError
 from super_sub.hierarchy import Hierarchy, HierarchyError
-from super_sub.runtime import delta as delta_lib
-from super_sub.runtime.bundle import BundleError
-from super_sub.runtime.delta import DeltaError
+from super_sub.formats import delta as delta_lib
+from super_sub.formats import fast_rebuild
+from super_sub.formats import flatbuffer
+from super_sub.formats.errors import BundleError, DeltaError
 from super_sub.training import config as config_lib
 from super_sub.training.config import ConfigError
 
@@ -301,7 +302,7 @@ def _tflite(trunk: np.ndarray, head: np.ndarray) -> bytes:
   model.version, model.description, model.operatorCodes = 3, b"fuzz", [code]
   model.buffers = [buffer(), buffer(), buffer(trunk), buffer(), buffer(head), buffer()]
   model.subgraphs = [graph]
-  return delta_lib.pack_model(model)
+  return flatbuffer.pack_model(model)
 
 
 @pytest.fixture(scope="module")
@@ -328,8 +329,8 @@ def deltas(models):
 @pytest.fixture(scope="module")
 def fast(models, deltas):
   """(k, encoding) -> the FastRebuild that the first rebuild of specialist k leaves behind."""
-  return {which: delta_lib.FastRebuild.from_rebuilt(models["generalist"], models[which[0]],
-                                                    arrays)
+  return {which: fast_rebuild.FastRebuild.from_rebuilt(models["generalist"], models[which[0]],
+                                                       arrays)
           for which, (_, arrays) in deltas.items()}
 
 
@@ -534,7 +535,7 @@ TFL3_PREFIXED = st.binary(max_size=300).map(lambda b: b[:4].ljust(4, b"\0") + b"
 @example(edit=("replace", b""))
 @example(edit=("cut", 40))
 def test_parse_model_any_bytes(edit, models):
-  _only(DeltaError, delta_lib.parse_model, _edit_bytes(models[1], edit), "fuzzed model")
+  _only(DeltaError, flatbuffer.parse_model, _edit_bytes(models[1], edit), "fuzzed model")
 
 
 @fuzz(200)
@@ -561,7 +562,7 @@ def test_apply_delta_with_altered_arrays(which, edits, models, deltas, fast, loa
   assert rebuilt is None or rebuilt == want
   rebuilt = _only(DeltaError, fast[which].apply, base, altered)
   assert rebuilt is None or rebuilt == want
-  _only(DeltaError, delta_lib.FastRebuild.from_rebuilt, base, want, altered)
+  _only(DeltaError, fast_rebuild.FastRebuild.from_rebuilt, base, want, altered)
   bundle = dataclasses.replace(loaded, skeletons={**loaded.skeletons, k: skeleton},
                                deltas={**loaded.deltas, k: _npz(**altered)})
   rebuilt = _only(BundleError, bundle.specialist, k, names=loaded.path)

@@ -17,8 +17,10 @@ from super_sub.models import classifiers
 from super_sub.models import router_head
 from super_sub.models import trunk as trunk_lib
 from super_sub.routing import core
-from super_sub.runtime import bundle as bundle_lib
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import bundle_loader as bundle_lib
+from super_sub.formats import bundle_writer
+from super_sub.formats import flatbuffer
+from super_sub.formats import delta as delta_lib
 from super_sub.runtime import fusion
 from super_sub.runtime import predictor
 from super_sub.training import config as config_lib
@@ -169,10 +171,10 @@ def test_a_router_head_needs_a_trunk(run, exported, tmp_path):
   bundle = bundle_lib.load_bundle(os.path.join(exported[0], "tflite"))
   h = bundle.hierarchy
   with pytest.raises(bundle_lib.BundleError, match="a bundle without a trunk cannot hold one"):
-    bundle_lib.write_tflite_bundle(tmp_path / "b", h, bundle.generalist,
-                                   {k: bundle.specialist(k) for k in bundle.deltas},
-                                   {"shape": [16, 16, 3], "dtype": "float32", "range": [0, 1]},
-                                   router_head=bundle.router_head)
+    bundle_writer.write_tflite_bundle(tmp_path / "b", h, bundle.generalist,
+                                      {k: bundle.specialist(k) for k in bundle.deltas},
+                                      {"shape": [16, 16, 3], "dtype": "float32", "range": [0, 1]},
+                                      router_head=bundle.router_head)
   # A manifest that names a router head but no trunk is refused on loading.
   copy = tmp_path / "copy"
   shutil.copytree(os.path.join(exported[0], "tflite"), copy)
@@ -209,10 +211,10 @@ def test_with_a_router_head_the_generalist_stays_on_disk_and_is_checked_at_each_
 def test_the_fused_trunk_gives_the_separate_models_outputs_bit_for_bit(exported):
   bundle = bundle_lib.load_bundle(os.path.join(exported[0], "tflite"))
   images = np.random.default_rng(0).random((5, *bundle.input_shape), np.float32)
-  trunk = predictor._LiteModel(bundle.trunk, None, "trunk", raw_output=True)  # pylint: disable=protected-access
-  head = predictor._LiteModel(bundle.router_head, None, "head")  # pylint: disable=protected-access
-  fused = predictor._LiteModel(fusion.fuse_router(bundle.trunk, bundle.router_head), None,  # pylint: disable=protected-access
-                               "fused", raw_output=True)
+  trunk = predictor.LiteModel(bundle.trunk, None, "trunk", raw_output=True)
+  head = predictor.LiteModel(bundle.router_head, None, "head")
+  fused = predictor.LiteModel(fusion.fuse_router(bundle.trunk, bundle.router_head), None,
+                              "fused", raw_output=True)
   features, logits = fused(images)
   assert features.dtype == np.int8
   np.testing.assert_array_equal(features, trunk(images))
@@ -224,17 +226,17 @@ def test_the_fused_trunk_gives_the_separate_models_outputs_bit_for_bit(exported)
 @pytest.mark.slow
 def test_a_router_head_that_does_not_read_the_trunks_output_is_refused(exported, tmp_path):
   bundle = bundle_lib.load_bundle(os.path.join(exported[0], "tflite"))
-  head = delta_lib.parse_model(bundle.router_head)
+  head = flatbuffer.parse_model(bundle.router_head)
   graph = head.subgraphs[0]
   graph.tensors[graph.inputs[0]].quantization.scale = np.array([0.5], np.float32)
-  moved = delta_lib.pack_model(head)
+  moved = flatbuffer.pack_model(head)
   with pytest.raises(delta_lib.DeltaError, match="router head's input .* is not the trunk's"):
     fusion.fuse_router(bundle.trunk, moved)
   with pytest.raises(delta_lib.DeltaError, match="one subgraph with one input and one output"):
     fusion.fuse_router(fusion.fuse_router(bundle.trunk, bundle.router_head), bundle.router_head)
   # A bundle holding such a head is refused when the runtime loads it, naming the bundle.
-  bundle_lib.write_tflite_bundle(tmp_path / "b", bundle.hierarchy, bundle.generalist,
-                                 {k: bundle.specialist(k) for k in bundle.deltas},
-                                 bundle.manifest["input"], trunk=bundle.trunk, router_head=moved)
+  bundle_writer.write_tflite_bundle(tmp_path / "b", bundle.hierarchy, bundle.generalist,
+                                    {k: bundle.specialist(k) for k in bundle.deltas},
+                                    bundle.manifest["input"], trunk=bundle.trunk, router_head=moved)
   with pytest.raises(bundle_lib.BundleError, match="router head cannot read the trunk's output"):
     predictor.TwoStageLite(tmp_path / "b")

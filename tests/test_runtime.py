@@ -24,7 +24,11 @@ from ai_edge_litert import schema_py_generated as schema
 from super_sub import hierarchy as hierarchy_lib
 from super_sub import routing
 from super_sub import runtime
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import delta as delta_lib
+from super_sub.formats import delta_arrays
+from super_sub.formats import encodings
+from super_sub.formats import fast_rebuild
+from super_sub.formats import flatbuffer
 from super_sub.runtime import predictor
 
 SHAPE = (12, 12, 1)
@@ -160,7 +164,7 @@ def test_delta_rebuilds_specialist_bit_exactly(models, images, k, encoding):
 
 def test_delta_of_a_sparse_fine_tune_is_small(models):
   skeleton, arrays = runtime.make_delta(models["generalist"], models[1])
-  stored = delta_lib.delta_nbytes(arrays)
+  stored = encodings.delta_nbytes(arrays)
   # 20 changed int8 weights (+ 8 bytes of conversion metadata) of a 29 KB model: the delta is
   # ~1.3 KB, mostly .npz headers and two sha256; the skeleton keeps the graph and the head (3 KB).
   assert stored < 1400, stored
@@ -172,25 +176,25 @@ def test_delta_of_a_sparse_fine_tune_is_small(models):
 @pytest.mark.slow
 def test_delta_pairs_buffers_the_converter_permuted(models, images):
   """Equal-length buffers in another order (as differently named layers get) still pair up."""
-  obj = delta_lib.parse_model(models[1])
+  obj = flatbuffer.parse_model(models[1])
   sizes = [0 if b.data is None else len(b.data) for b in obj.buffers]
   a, b = sorted(range(len(sizes)), key=sizes.__getitem__)[-2:]  # the two largest kernels
   obj.buffers[a], obj.buffers[b] = obj.buffers[b], obj.buffers[a]
   for tensor in obj.subgraphs[0].tensors:
     tensor.buffer = {a: b, b: a}.get(tensor.buffer, tensor.buffer)
-  permuted = delta_lib.pack_model(obj)
+  permuted = flatbuffer.pack_model(obj)
   np.testing.assert_array_equal(_logits(permuted, images), _logits(models[1], images))
   skeleton, arrays = runtime.make_delta(models["generalist"], permuted)
   assert runtime.apply_delta(models["generalist"], skeleton, arrays) == permuted
   assert {(a, b), (b, a)} <= {(int(i), int(j)) for i, j, _ in arrays["buffers"]}
-  assert delta_lib.delta_nbytes(arrays) < 1400 and len(skeleton) < 0.25 * len(permuted)
+  assert encodings.delta_nbytes(arrays) < 1400 and len(skeleton) < 0.25 * len(permuted)
 
 
 def test_signed_encoding_hand_computed():
   # A [2, 3] int8 kernel (channel = row): channel 0 moved by +2, -2, +2, channel 1 by 0, +5, 0;
   # then a 4-byte int32 bias (no sign structure) whose low byte moved by +1.
   diff = np.array([2, 254, 2, 0, 5, 0, 1, 0, 0, 0], np.uint8)
-  encoded = delta_lib._signed(diff, np.array([[0, 6, 3, 2]]), force=False)
+  encoded = encodings.encode_signed(diff, np.array([[0, 6, 3, 2]]), force=False)
   # Channel 1: one byte moved by 5 and two not at all, so k = 0 (the 5 stays a residual), and
   # the run leaves it out: channel 0 only.
   np.testing.assert_array_equal(encoded["runs"], [[0, 3, 3, 1]])
@@ -198,10 +202,10 @@ def test_signed_encoding_hand_computed():
   np.testing.assert_array_equal(encoded["signs"], [0b101])  # +, -, + (least significant first)
   np.testing.assert_array_equal(encoded["gaps"][0], [4, 2])  # residual at bytes 4 and 6
   np.testing.assert_array_equal(encoded["values"], [5, 1])
-  np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
+  np.testing.assert_array_equal(encodings.decode(encoded, len(diff)), diff)
   # An int8 buffer whose changes have no sign structure is not worth its bits.
-  assert delta_lib._signed(np.array([0, 0, 0, 7, 0, 0], np.uint8), np.array([[0, 6, 3, 2]]),
-                           force=False) is None
+  assert encodings.encode_signed(np.array([0, 0, 0, 7, 0, 0], np.uint8), np.array([[0, 6, 3, 2]]),
+                                 force=False) is None
 
 
 def test_signed_runs_leave_out_unmoved_channels_where_that_saves_bytes():
@@ -210,13 +214,13 @@ def test_signed_runs_leave_out_unmoved_channels_where_that_saves_bytes():
   up = np.random.default_rng(0).random(8 * 48) < 0.5
   per_byte = np.repeat(k, 48)
   diff = np.where(up, per_byte, -per_byte).astype(np.uint8)
-  encoded = delta_lib._signed(diff, np.array([[0, 8 * 48, 48, 8]]), force=False)
+  encoded = encodings.encode_signed(diff, np.array([[0, 8 * 48, 48, 8]]), force=False)
   # Three unmoved channels (144 bytes, 18 sign bytes) cost more than a second run (16 bytes):
   # left out. One (48 bytes, 6 sign bytes) costs less: kept, with k = 0. The last: left out.
   np.testing.assert_array_equal(encoded["runs"], [[0, 48, 48, 1], [4 * 48, 3 * 48, 48, 3]])
   np.testing.assert_array_equal(encoded["magnitudes"], [2, 3, 0, 4])
   assert encoded["signs"].shape == (4 * 48 // 8,) and encoded["values"].size == 0
-  np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
+  np.testing.assert_array_equal(encodings.decode(encoded, len(diff)), diff)
 
 
 def test_signed_runs_cover_a_depthwise_kernel_whole():
@@ -226,11 +230,11 @@ def test_signed_runs_cover_a_depthwise_kernel_whole():
   up = np.random.default_rng(0).random(12) < 0.5
   per_byte = np.tile(k, 4)
   diff = np.where(up, per_byte, -per_byte).astype(np.uint8)
-  encoded = delta_lib._signed(diff, np.array([[0, 12, 1, 3]]), force=True)
+  encoded = encodings.encode_signed(diff, np.array([[0, 12, 1, 3]]), force=True)
   np.testing.assert_array_equal(encoded["runs"], [[0, 12, 1, 3]])
   np.testing.assert_array_equal(encoded["magnitudes"], [1, 2, 3])
   assert encoded["signs"].shape == (2,) and encoded["values"].size == 0
-  np.testing.assert_array_equal(delta_lib._decode(encoded, len(diff)), diff)
+  np.testing.assert_array_equal(encodings.decode(encoded, len(diff)), diff)
 
 
 def _largest_per_channel_kernel(obj):
@@ -244,7 +248,7 @@ def _largest_per_channel_kernel(obj):
 def _moved_by_sign(model: bytes, ks, seed: int) -> tuple[bytes, int]:
   """`model` with every byte of its largest per-channel int8 kernel moved by +-k of its channel
   (`ks`: one k for all, or one per channel; random signs), and that buffer's index."""
-  obj = delta_lib.parse_model(model)
+  obj = flatbuffer.parse_model(model)
   kernel = _largest_per_channel_kernel(obj)
   data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
   assert kernel.quantization.quantizedDimension == 0  # [C_out, ...]: channels are row blocks
@@ -252,18 +256,18 @@ def _moved_by_sign(model: bytes, ks, seed: int) -> tuple[bytes, int]:
                        len(kernel.quantization.scale)).astype(np.uint8)
   up = np.random.default_rng(seed).random(data.size) < 0.5
   obj.buffers[kernel.buffer].data = data + np.where(up, per_byte, np.negative(per_byte))
-  return delta_lib.pack_model(obj), kernel.buffer
+  return flatbuffer.pack_model(obj), kernel.buffer
 
 
 def test_auto_encoding_stores_a_sign_delta_in_about_a_bit_per_weight(models):
   ks = np.random.default_rng(3).integers(1, 10, 64)  # the dense layer's 64 output channels
   specialist, buffer = _moved_by_sign(models[1], ks, seed=0)
-  n = len(delta_lib.parse_model(models[1]).buffers[buffer].data)
+  n = len(flatbuffer.parse_model(models[1]).buffers[buffer].data)
   sizes = {}
   for encoding in ("sparse", "dense", "auto"):
     skeleton, arrays = runtime.make_delta(models["generalist"], specialist, encoding=encoding)
     assert runtime.apply_delta(models["generalist"], skeleton, arrays) == specialist
-    sizes[encoding] = delta_lib.delta_nbytes(arrays)
+    sizes[encoding] = encodings.delta_nbytes(arrays)
   assert "runs" in arrays and int(arrays["version"]) == 2
   # One run (the kernel) with each channel's k; the residual holds the sparse fine-tune's
   # CHANGED_WEIGHTS moves of another layer and a few bytes of conversion metadata.
@@ -285,7 +289,7 @@ def test_a_sign_moved_depthwise_kernel_rebuilds_from_one_run():
   x = keras.layers.DepthwiseConv2D(3)(x)
   keras.utils.set_random_seed(0)
   base = _convert(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x))))
-  obj = delta_lib.parse_model(base)
+  obj = flatbuffer.parse_model(base)
   kernel = next(t for t in obj.subgraphs[0].tensors if len(t.shape) == 4 and t.shape[0] == 1
                 and t.type == schema.TensorType.INT8)
   assert kernel.quantization.quantizedDimension == 3 and list(kernel.shape) == [1, 3, 3, 8]
@@ -294,7 +298,7 @@ def test_a_sign_moved_depthwise_kernel_rebuilds_from_one_run():
   up = np.random.default_rng(0).random(data.size) < 0.5
   per_byte = np.tile(ks, 9).astype(np.uint8)  # byte t is channel t % 8
   obj.buffers[kernel.buffer].data = data + np.where(up, per_byte, np.negative(per_byte))
-  specialist = delta_lib.pack_model(obj)
+  specialist = flatbuffer.pack_model(obj)
   skeleton, arrays = runtime.make_delta(base, specialist, encoding="signed")
   assert runtime.apply_delta(base, skeleton, arrays) == specialist
   runs = arrays["runs"].tolist()
@@ -309,7 +313,7 @@ def test_delta_pairs_a_buffer_with_the_nearest_not_the_one_with_most_equal_bytes
   length agrees with it by chance in ~1/256 of the bytes. Pairing by equal bytes chose that
   one (and stored the whole kernel); pairing by distance chooses the kernel's own base."""
   specialist, buffer = _moved_by_sign(models[1], 1, seed=1)
-  obj, spec = delta_lib.parse_model(models["generalist"]), delta_lib.parse_model(specialist)
+  obj, spec = flatbuffer.parse_model(models["generalist"]), flatbuffer.parse_model(specialist)
   stranger = schema.BufferT()
   n = len(spec.buffers[buffer].data)
   stranger.data = np.random.default_rng(2).integers(0, 256, n, dtype=np.uint8)
@@ -317,7 +321,7 @@ def test_delta_pairs_a_buffer_with_the_nearest_not_the_one_with_most_equal_bytes
   obj.buffers.insert(buffer, stranger)  # the same length, at the kernel's own index
   for t in obj.subgraphs[0].tensors:
     t.buffer += t.buffer >= buffer
-  base = delta_lib.pack_model(obj)
+  base = flatbuffer.pack_model(obj)
   skeleton, arrays = runtime.make_delta(base, specialist)
   assert runtime.apply_delta(base, skeleton, arrays) == specialist
   assert (buffer, buffer + 1, n) in {tuple(map(int, row)) for row in arrays["buffers"]}
@@ -341,14 +345,14 @@ def test_factored_product_hand_computed():
   right = np.array([[3, 0, -1], [1, 1, 1]], np.int8)
   scales = np.array([0.5, 0.25], np.float32)
   # left @ right = [[1, -2, -3], [381, 0, -127]]; x 0.5 and x 0.25, halves to even.
-  np.testing.assert_array_equal(delta_lib.factored_product(left, right, scales),
+  np.testing.assert_array_equal(encodings.factored_product(left, right, scales),
                                 [[0, -1, -2], [95, 0, -32]])
 
 
 def _factored_specialist(model: bytes, rank: int, seed: int):
   """`model` with its largest per-channel int8 kernel moved by a rank-`rank` factored product
   (mod 256, as the delta adds it), the factors, and the kernel's buffer index."""
-  obj = delta_lib.parse_model(model)
+  obj = flatbuffer.parse_model(model)
   kernel = _largest_per_channel_kernel(obj)
   data = np.array(obj.buffers[kernel.buffer].data, np.uint8)
   rows = int(kernel.shape[0])
@@ -356,9 +360,9 @@ def _factored_specialist(model: bytes, rank: int, seed: int):
   factors = (rng.integers(-127, 128, (rows, rank)).astype(np.int8),
              rng.integers(-127, 128, (rank, data.size // rows)).astype(np.int8),
              rng.uniform(0, 30 / (127 * 127 * rank), rows).astype(np.float32))
-  moved = (delta_lib.factored_product(*factors) % 256).astype(np.uint8).reshape(-1)
+  moved = (encodings.factored_product(*factors) % 256).astype(np.uint8).reshape(-1)
   obj.buffers[kernel.buffer].data = data + moved
-  return delta_lib.pack_model(obj), factors, kernel.buffer
+  return flatbuffer.pack_model(obj), factors, kernel.buffer
 
 
 def test_factored_delta_stores_the_factors_and_rebuilds_bit_exactly(models):
@@ -367,7 +371,7 @@ def test_factored_delta_stores_the_factors_and_rebuilds_bit_exactly(models):
   assert int(arrays["version"]) == 2
   np.testing.assert_array_equal(arrays["left"], factors[0].reshape(-1))
   np.testing.assert_array_equal(arrays["scales"], factors[2])
-  n = len(delta_lib.parse_model(models[1]).buffers[buffer].data)
+  n = len(flatbuffer.parse_model(models[1]).buffers[buffer].data)
   assert arrays["factored"][:, 1:].tolist() == [[64, n // 64, 3]]  # the dense layer, 64 rows
   # The residual: only the sparse fine-tune's moves elsewhere and conversion metadata.
   assert len(arrays["values"]) <= CHANGED_WEIGHTS + 16
@@ -376,11 +380,11 @@ def test_factored_delta_stores_the_factors_and_rebuilds_bit_exactly(models):
   np.savez_compressed(saved, **arrays)
   saved.seek(0)
   with np.load(saved, allow_pickle=False) as loaded:
-    fast = delta_lib.FastRebuild.from_rebuilt(models["generalist"], specialist, loaded)
+    fast = fast_rebuild.FastRebuild.from_rebuilt(models["generalist"], specialist, loaded)
     assert fast.apply(models["generalist"], loaded) == specialist
   _, dense = runtime.make_delta(models["generalist"], specialist, "dense")
   # ~1.1 KB of factors and ~2.4 KB of other arrays and headers, against ~10 KB dense.
-  assert delta_lib.delta_nbytes(arrays) < delta_lib.delta_nbytes(dense) / 2.5
+  assert encodings.delta_nbytes(arrays) < encodings.delta_nbytes(dense) / 2.5
 
 
 def test_factors_that_do_not_reproduce_the_specialist_are_refused(models):
@@ -418,10 +422,10 @@ def test_apply_delta_refuses_a_base_it_was_not_made_for(models):
 
 
 def test_make_delta_refuses_buffers_outside_the_flatbuffer(models):
-  obj = delta_lib.parse_model(models[1])
+  obj = flatbuffer.parse_model(models[1])
   obj.buffers[-1].data, obj.buffers[-1].offset, obj.buffers[-1].size = None, 4096, 16
   with pytest.raises(runtime.DeltaError, match="outside the flatbuffer"):
-    runtime.make_delta(models["generalist"], delta_lib.pack_model(obj))
+    runtime.make_delta(models["generalist"], flatbuffer.pack_model(obj))
   with pytest.raises(runtime.DeltaError, match="not a TFLite flatbuffer"):
     runtime.make_delta(models["generalist"], b"not a model at all")
 
@@ -867,8 +871,8 @@ def test_later_rebuilds_copy_bytes_and_still_check_the_result(bundle_dir, models
   fast = bundle._fast[k]  # pylint: disable=protected-access
   assert len(fast.kept) < len(first) / 2  # the tables around the rebuilt buffers only
   hashed = []
-  digest = delta_lib._digest  # pylint: disable=protected-access
-  monkeypatch.setattr(delta_lib, "_digest", lambda data: hashed.append(len(data)) or digest(data))
+  digest = delta_arrays.digest
+  monkeypatch.setattr(delta_arrays, "digest", lambda data: hashed.append(len(data)) or digest(data))
   assert bundle.specialist(k) == first  # the byte-copy path
   assert not hashed  # its inputs were verified as they were read: no second hash of the result
   with np.load(io.BytesIO(bundle.deltas[k]), allow_pickle=False) as npz:
@@ -886,7 +890,7 @@ def test_fixed_batch_models_run_in_padded_chunks(images):
   inputs = keras.Input(SHAPE, batch_size=2)
   x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
   fixed = _convert(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x))))
-  model = predictor._LiteModel(fixed, None, "fixed")  # pylint: disable=protected-access
+  model = predictor.LiteModel(fixed, None, "fixed")
   assert not model._resizable  # pylint: disable=protected-access
   np.testing.assert_allclose(model(images[:5]), _logits_fixed(fixed, images[:5], 2), atol=1e-6)
 

@@ -13,8 +13,8 @@ from super_sub.bundles import tflite
 from super_sub.models import classifiers
 from super_sub.models import trunk as trunk_lib
 from super_sub.routing import core
-from super_sub.runtime import bundle as bundle_lib
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import bundle_loader as bundle_lib
+from super_sub.formats import flatbuffer
 from super_sub.runtime import predictor
 from super_sub.training import deltas as compression
 from super_sub.training import run as run_lib
@@ -76,7 +76,7 @@ def test_frozen_stages_are_exported_once_as_a_trunk(run, exported):
 def test_trunk_tflite_feeds_the_generalist_tail_like_the_whole_network(run, exported):
   images = tflite.representative_images(run, count=32)
   generalist = run.load_model(run_lib.GENERALIST_QAT)
-  whole = predictor._LiteModel(tflite.to_tflite(generalist, images), 1, "whole")  # pylint: disable=protected-access
+  whole = predictor.LiteModel(tflite.to_tflite(generalist, images), 1, "whole")
   lite = predictor.TwoStageLite(os.path.join(exported[0], "tflite"))
   split = lite.router(lite.trunk(images))
   full = whole(images)
@@ -134,10 +134,10 @@ def test_trunk_features_cross_to_the_tails_as_int8_quantized_once(run, exported,
   # A tail that reads its input with other parameters is refused, naming both.
   copy = tmp_path / "tflite"
   shutil.copytree(folder, copy)
-  obj = delta_lib.parse_model((copy / "generalist.tflite").read_bytes())
+  obj = flatbuffer.parse_model((copy / "generalist.tflite").read_bytes())
   graph = obj.subgraphs[0]
   graph.tensors[graph.inputs[0]].quantization.scale = np.array([boundary[0] * 2], np.float32)
-  changed = delta_lib.pack_model(obj)
+  changed = flatbuffer.pack_model(obj)
   (copy / "generalist.tflite").write_bytes(changed)
   manifest = json.loads((copy / "manifest.json").read_text())
   manifest["files"]["generalist.tflite"] = {"bytes": len(changed),

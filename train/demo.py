@@ -8,13 +8,13 @@ Re-running reuses what is already trained in --model_dir. The run is the `synthe
 recipe (super_sub.configs); its flags override the recipe's fields.
 """
 
-import os
 
 from absl import app
 from absl import flags
 
 from super_sub import configs
 from super_sub._internal import cli
+from super_sub import runs
 from super_sub.training import config as config_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", "runs/demo", "Folder of the run.")
@@ -44,14 +44,14 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   from super_sub import evaluation
   from super_sub.bundles import export as export_lib
-  from super_sub.bundles import parity
+  from super_sub import parity
   from super_sub.training import fit
   from super_sub.training import run as run_lib
   # pylint: enable=import-outside-toplevel
   config = fit.train(config)
   run = run_lib.Run(config)
   evaluation.evaluate(run)
-  export_dir = os.path.join(config.model_dir, "export")
+  export_dir = runs.export_dir(config.model_dir)
   manifest = export_lib.export(run, export_dir)
   parity.tflite_parity(run, export_dir)
   print(f"storage: {manifest['num_specialists']} specialists + generalist in "

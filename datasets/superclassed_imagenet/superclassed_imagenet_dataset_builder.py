@@ -197,7 +197,7 @@ def _imagenet_wnids() -> list[str]:
   return path.read_text().split()
 
 
-def _validation_wnids() -> list[str]:
+def validation_wnids() -> list[str]:
   """Line k (1-based) is the wnid of ILSVRC2012_val_%08d.JPEG % k (TFDS's file)."""
   path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
   return path.read_text().split()
@@ -222,7 +222,7 @@ def _train_archive(manual_dir: epath.Path, wanted: set[str]) -> _Files:
 
 
 def _val_archive(manual_dir: epath.Path, wanted: set[str]) -> _Files:
-  labels = _validation_wnids()
+  labels = validation_wnids()
   for name, fobj in tfds.download.iter_archive(manual_dir / _VAL_TAR, _TAR):
     wnid = _val_wnid(name.rsplit("/", 1)[-1], labels, where=_VAL_TAR)
     if wnid in wanted:
@@ -248,7 +248,7 @@ def _val_folder(manual_dir: epath.Path, wanted: set[str]) -> _Files:
     for path in _images_in(val / wnid):
       yield f"val/{wnid}/{path.name}", wnid, path.read_bytes()
   flat = _images_in(val)
-  labels = _validation_wnids() if flat else []
+  labels = validation_wnids() if flat else []
   for path in flat:
     wnid = _val_wnid(path.name, labels, where=str(val))
     if wnid in wanted:

@@ -1,5 +1,5 @@
 """File helpers: atomic writes (a reader never sees a half-written file, a crash leaves the old
-one) and the one rule that turns names into file names."""
+one), the one reader of untrusted JSON, and the one rule that turns names into file names."""
 
 from __future__ import annotations
 
@@ -11,11 +11,48 @@ import shutil
 import tempfile
 from typing import Any, Iterator
 
+from super_sub.errors import OutputDirError
+
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:
   """Writes `payload` as indented JSON, atomically (`write_bytes`)."""
   text = json.dumps(payload, indent=1, ensure_ascii=False) + "\n"
   write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], raw: bytes | None = None,
+              expect_object: bool = False, not_found: str | None = None,
+              invalid: str = "not valid JSON") -> Any:
+  """Parses an untrusted JSON file (or its bytes `raw`, already read and verified), every
+  failure raised as `error` with a message that starts with the path.
+
+  Args:
+    path: the file (named in every message).
+    error: the caller's public error type (HierarchyError, ConfigError, BundleError, ...).
+    raw: the file's bytes when the caller already holds them; then nothing is read.
+    expect_object: refuse anything but a JSON object at the top level.
+    not_found: the whole message for a missing file (default: "<path>: no such file").
+    invalid: what a file that does not parse is called in the message.
+
+  Raises:
+    error: the file is missing or unreadable, not UTF-8, not JSON, nested too deep
+      (RecursionError), or not an object where one is expected.
+  """
+  if raw is None:
+    try:
+      with open(path, "rb") as f:
+        raw = f.read()
+    except FileNotFoundError:
+      raise error(not_found or f"{path}: no such file") from None
+    except (OSError, ValueError) as e:  # ValueError: a path with a NUL character
+      raise error(f"{path}: cannot be read ({e})") from None
+  try:
+    data = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+  except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: nesting
+    raise error(f"{path}: {invalid} ({e})") from None
+  if expect_object and not isinstance(data, dict):
+    raise error(f"{path}: expected a JSON object at the top level")
+  return data
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -33,10 +70,6 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   except BaseException:
     os.unlink(tmp)
     raise
-
-
-class OutputDirError(ValueError):
-  """An output folder that super-sub will not replace: it was not written by super-sub."""
 
 
 def is_output(folder: str, marker: str, marker_format: str | None = None) -> bool:

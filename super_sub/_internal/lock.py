@@ -19,23 +19,9 @@ import socket
 import tempfile
 from typing import Iterator
 
+from super_sub.errors import FolderLockedError
+
 LOCK_NAME = ".lock"
-
-
-class FolderLockedError(RuntimeError):
-  """Another process holds the folder's lock.
-
-  Attributes:
-    folder: the locked folder.
-    holder: "pid N on host H" as the holder wrote it, or "an unknown process".
-  """
-
-  def __init__(self, folder: str, holder: str, what: str):
-    self.folder, self.holder = folder, holder
-    super().__init__(
-        f"{folder} is in use: {holder} holds its lock {os.path.join(folder, LOCK_NAME)}. "
-        f"Two {what} processes must not write one folder; wait for that one to finish (or "
-        f"stop it) and re-run, or use another folder. Nothing was changed.")
 
 
 @contextlib.contextmanager
@@ -67,7 +53,8 @@ def hold(folder: str | os.PathLike, what: str = "super-sub-train") -> Iterator[s
     except OSError as e:
       if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         raise unusable_folder(folder, e) from e
-      raise FolderLockedError(folder, _holder(fd), what) from None
+      raise FolderLockedError(folder, _holder(fd), what,
+                              os.path.join(folder, LOCK_NAME)) from None
     locked = True
     try:
       os.ftruncate(fd, 0)

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub import runs
 from super_sub._internal import files
 from super_sub.analysis import loading
 from super_sub.analysis import report as report_lib
@@ -74,21 +75,18 @@ def collect(model_dir: str, run_name: str | None = None) -> dict[str, Any]:
   Raises:
     FileNotFoundError: the folder is not an evaluated run (no config.json or eval.json).
   """
-  paths = {name: os.path.join(model_dir, name) for name in ("config.json", "eval.json")}
-  for name, path in paths.items():
+  for path in (runs.config_path(model_dir), runs.eval_path(model_dir)):
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a run evaluated by "
                               "super-sub-eval (it needs config.json and eval.json)")
-  with open(paths["config.json"], encoding="utf-8") as f:
+  with open(runs.config_path(model_dir), encoding="utf-8") as f:
     config = json.load(f)
-  with open(paths["eval.json"], encoding="utf-8") as f:
-    result = json.load(f)
+  result = runs.read_eval(model_dir)
   h = hierarchy_lib.load(result["hierarchy"])
-  flat_predictions = loading.read_predictions(
-      os.path.join(model_dir, "predictions", "flat.npz"))
+  flat_predictions = loading.read_predictions(runs.predictions_path(model_dir, "flat"))
   flat = report_lib.analyze(flat_predictions, h)
   num_specialists = len(h.specialist_superclasses())
-  manifest = os.path.join(model_dir, "export", "manifest.json")
+  manifest = os.path.join(runs.export_dir(model_dir), "manifest.json")
   if os.path.exists(manifest):
     from super_sub.bundles import storage  # pylint: disable=import-outside-toplevel
     with open(manifest, encoding="utf-8") as f:
@@ -97,7 +95,7 @@ def collect(model_dir: str, run_name: str | None = None) -> dict[str, Any]:
   else:
     cost = {"a": 1.0, "b": 1.0, "source": "separate fp32 networks (not exported)"}
   two = result["two_stage"]
-  predictions = {name: os.path.join(model_dir, "predictions", f"{name}.npz")
+  predictions = {name: runs.predictions_path(model_dir, name)
                  for name in ("oracle_specialists", "two_stage_hard")}
   losses = (routing_losses(flat_predictions, loading.read_predictions(predictions[
       "oracle_specialists"]), loading.read_predictions(predictions["two_stage_hard"]), h)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
+from super_sub._internal import files
 from super_sub.analysis import predictions as predictions_lib
 
 AnalysisError = predictions_lib.AnalysisError
@@ -305,17 +305,7 @@ def read_multilabels(path: str | os.PathLike, predictions: Predictions) -> Multi
     AnalysisError: naming the file and the example that does not fit.
   """
   path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except FileNotFoundError:
-    raise AnalysisError(f"{path}: no such file") from None
-  except OSError as e:
-    raise AnalysisError(f"{path}: cannot be read ({e})") from None
-  try:
-    data = json.loads(raw.decode("utf-8"))
-  except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: nesting
-    raise AnalysisError(f"{path}: not valid JSON ({e})") from None
+  data = files.read_json(path, AnalysisError)
   n = len(predictions)
   if isinstance(data, list):
     if len(data) != n:

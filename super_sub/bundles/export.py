@@ -3,7 +3,7 @@
 `export(run, export_dir)` writes, atomically (temporary folder, then rename):
   export_dir/saved_model/   for servers (super_sub.bundles.saved_model): base + sparse deltas,
                             hard two-stage routing in `serving_default`
-  export_dir/tflite/        the edge bundle (super_sub.runtime.bundle): the int8 generalist,
+  export_dir/tflite/        the edge bundle (docs/bundle_format.md): the int8 generalist,
                             which is also the base, and each specialist as a delta over it;
                             with --freeze_stages=K, the first K stages once as a shared trunk
                             (super_sub.models.trunk) and the generalist and specialists as tails;
@@ -25,7 +25,7 @@ from super_sub.bundles import saved_model
 from super_sub.bundles import storage
 from super_sub.bundles import tflite
 from super_sub.models import trunk as trunk_lib
-from super_sub.runtime import bundle as bundle_lib
+from super_sub.formats import bundle_writer
 from super_sub.training import run as run_lib
 
 
@@ -47,7 +47,7 @@ def export(run: run_lib.Run, export_dir: str,
     representative: images for full-integer calibration; default 256 training images.
     overwrite: replace export_dir even if it holds something else.
     compress_deltas: deflate the TFLite bundle's deltas (smallest) or store them as they are
-      (faster specialist switches; super_sub.runtime.bundle.write_tflite_bundle).
+      (faster specialist switches; super_sub.formats.bundle_writer.write_tflite_bundle).
     deflate_saved_model: store the SavedModel's dense differences deflated (smaller, slower
       for each routed batch; super_sub.bundles.saved_model.export_saved_model).
   Returns:
@@ -144,7 +144,7 @@ def export_models(export_dir: str, hierarchy: hierarchy_lib.Hierarchy,
     saved_model.export_saved_model(os.path.join(tmp, "saved_model"), generalist,
                                    specialists, h, shared_stages=shared,
                                    router_head=router_head, deflate=deflate_saved_model)
-    bundle_lib.write_tflite_bundle(
+    bundle_writer.write_tflite_bundle(
         os.path.join(tmp, "tflite"), h, generalist_tflite, specialist_tflite,
         {"shape": list(generalist.input_shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
          "framing": framing},

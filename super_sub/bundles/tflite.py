@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from super_sub._internal.compat import keras
 from super_sub.data import images as images_lib
 from super_sub.data import pipeline
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import flatbuffer
 from super_sub.training import run as run_lib
 
 # Ops whose kernels derive their arithmetic from their output's scale and zero point when they
@@ -92,17 +92,17 @@ def feeding(trunk: bytes, tail: bytes) -> bytes:
     ValueError: either side's boundary is not int8 with one scale, the shapes differ, or the op
       producing the trunk's output needs the parameters it was converted with.
   """
-  trunk_obj = delta_lib.parse_model(trunk, "trunk")
+  trunk_obj = flatbuffer.parse_model(trunk, "trunk")
   graph = trunk_obj.subgraphs[0]
   target = graph.tensors[graph.outputs[0]]
   _int8_one_scale(target, "trunk output")
-  tail_graph = delta_lib.parse_model(tail, "tail").subgraphs[0]
+  tail_graph = flatbuffer.parse_model(tail, "tail").subgraphs[0]
   source = tail_graph.tensors[tail_graph.inputs[0]]
   _int8_one_scale(source, "tail input")
   if list(target.shape[1:]) != list(source.shape[1:]):
     raise ValueError(f"the trunk outputs {list(target.shape)}, the tail takes "
                      f"{list(source.shape)}")
-  names = {v: k for k, v in vars(delta_lib.schema.BuiltinOperator).items() if k.isupper()}
+  names = {v: k for k, v in vars(flatbuffer.schema.BuiltinOperator).items() if k.isupper()}
   for op in graph.operators:
     if graph.outputs[0] in list(op.outputs):
       code = trunk_obj.operatorCodes[op.opcodeIndex]
@@ -113,7 +113,7 @@ def feeding(trunk: bytes, tail: bytes) -> bytes:
                          f"tail's")
   target.quantization.scale = np.array(source.quantization.scale, np.float32)
   target.quantization.zeroPoint = np.array(source.quantization.zeroPoint, np.int64)
-  return delta_lib.pack_model(trunk_obj, size_hint=len(trunk) + 1024)
+  return flatbuffer.pack_model(trunk_obj, size_hint=len(trunk) + 1024)
 
 
 def boundary_quantization(tail: bytes, what: str = "tail input") -> tuple[float, int]:
@@ -122,7 +122,7 @@ def boundary_quantization(tail: bytes, what: str = "tail input") -> tuple[float,
   Raises:
     ValueError: the input is not int8 with one scale.
   """
-  graph = delta_lib.parse_model(tail, what).subgraphs[0]
+  graph = flatbuffer.parse_model(tail, what).subgraphs[0]
   tensor = graph.tensors[graph.inputs[0]]
   _int8_one_scale(tensor, what)
   return float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
@@ -130,7 +130,7 @@ def boundary_quantization(tail: bytes, what: str = "tail input") -> tuple[float,
 
 def _int8_one_scale(tensor, what: str) -> None:
   q = tensor.quantization
-  if (tensor.type != delta_lib.schema.TensorType.INT8 or q is None or q.scale is None
+  if (tensor.type != flatbuffer.schema.TensorType.INT8 or q is None or q.scale is None
       or len(q.scale) != 1):
     raise ValueError(f"the {what} must be int8 with one scale (to_tflite with int8_input / "
                      f"int8_output); got tensor type {tensor.type}, scales "

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from super_sub import runs
 from super_sub.hierarchy import tree
 
 
@@ -239,7 +240,7 @@ def from_run(model_dir: str, k: int, name: str = "learned", min_size: int = 1) -
     FileNotFoundError: model_dir is not a run.
   """
   from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
-  path = os.path.join(model_dir, "predictions", "flat.npz")
+  path = runs.predictions_path(model_dir, "flat")
   if not os.path.isfile(path):
     raise LearnError(f"{path} does not exist: learning from a run needs its flat network "
                      "trained and evaluated (super-sub-train, then super-sub-eval)")

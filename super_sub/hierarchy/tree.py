@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
-import json
 import os
 import textwrap
 from typing import Any, Iterable, Mapping, Sequence
@@ -217,17 +216,7 @@ class Hierarchy:
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> "Hierarchy":
     """Reads and validates a hierarchy JSON file; HierarchyError names the file."""
-    try:
-      with open(path, "rb") as f:
-        raw = f.read()
-    except (OSError, ValueError) as e:  # ValueError: a path with a NUL character
-      raise HierarchyError(f"{path}: cannot be read ({e})") from None
-    try:
-      data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # also UnicodeDecodeError; RecursionError: nesting
-      raise HierarchyError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-      raise HierarchyError(f"{path}: expected a JSON object at the top level")
+    data = files.read_json(path, HierarchyError, expect_object=True)
     return cls.from_dict(data, where=str(path))
 
   def to_json(self, path: str | os.PathLike) -> None:

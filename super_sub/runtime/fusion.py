@@ -18,9 +18,8 @@ import copy
 
 import numpy as np
 
-from super_sub.runtime import delta as delta_lib
-
-schema = delta_lib.schema
+from super_sub.formats.errors import DeltaError
+from super_sub.formats.flatbuffer import pack_model, parse_model, schema
 
 ROUTER_OUTPUT = "router_logits"  # the fused model's second output, in its signatures
 
@@ -33,8 +32,8 @@ def fuse_router(trunk: bytes, head: bytes) -> bytes:
     DeltaError: either model does not parse, has more than one subgraph, input or output, or
       the head's input is not the trunk's output (type, shape signature, scale, zero point).
   """
-  t = delta_lib.parse_model(trunk, "trunk")
-  h = delta_lib.parse_model(head, "router head")
+  t = parse_model(trunk, "trunk")
+  h = parse_model(head, "router head")
   tg, hg = _only_graph(t, "trunk"), _only_graph(h, "router head")
   features, head_input = tg.outputs[0], hg.inputs[0]
   _check_boundary(tg.tensors[features], hg.tensors[head_input])
@@ -69,13 +68,13 @@ def fuse_router(trunk: bytes, head: bytes) -> bytes:
     output = schema.TensorMapT()
     output.name, output.tensorIndex = ROUTER_OUTPUT.encode(), logits
     signature.outputs = list(signature.outputs or []) + [output]
-  return delta_lib.pack_model(t, size_hint=len(trunk) + len(head) + 4096)
+  return pack_model(t, size_hint=len(trunk) + len(head) + 4096)
 
 
 def _only_graph(model, what: str):
   graphs = model.subgraphs or []
   if len(graphs) != 1 or len(graphs[0].inputs) != 1 or len(graphs[0].outputs) != 1:
-    raise delta_lib.DeltaError(
+    raise DeltaError(
         f"{what}: expected one subgraph with one input and one output; got "
         f"{len(graphs)} subgraph(s)"
         + (f", {len(graphs[0].inputs)} input(s), {len(graphs[0].outputs)} output(s)"
@@ -92,7 +91,7 @@ def _check_boundary(out, inp) -> None:
             None if q is None or q.scale is None else [float(s) for s in q.scale],
             None if q is None or q.zeroPoint is None else [int(z) for z in q.zeroPoint])
   if describe(out) != describe(inp):
-    raise delta_lib.DeltaError(
+    raise DeltaError(
         f"the router head's input (type, shape, scales, zero points) {describe(inp)} is not "
         f"the trunk's output {describe(out)}")
 

@@ -35,8 +35,8 @@ from ai_edge_litert import options as litert_options
 
 from super_sub.data import images as images_lib
 from super_sub.routing import core
-from super_sub.runtime import bundle as bundle_lib
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import bundle_loader as bundle_lib
+from super_sub.formats.errors import BundleError, DeltaError
 from super_sub.runtime import disk_cache
 from super_sub.runtime import fusion
 
@@ -100,7 +100,7 @@ class TwoStageLite:
     self.packed_weights = bool(packed_weights)
     self.num_rebuilds = 0
     self.num_loads = 0
-    self._cache: collections.OrderedDict[int, _LiteModel] = collections.OrderedDict()
+    self._cache: collections.OrderedDict[int, LiteModel] = collections.OrderedDict()
     self._digests: dict[int, bytes] = {}  # superclass -> its specialist's sha256 (cache_dir)
     # With a trunk, it takes the images and every other model takes its output (features).
     head = self.bundle.router_head  # read once: the trunk's interpreter then holds it
@@ -110,7 +110,7 @@ class TwoStageLite:
     self._features = self.trunk.raw_output if self.trunk is not None else None
     self.router = None
     if head is None:
-      self.router = _LiteModel(self.bundle.generalist, num_threads, "generalist")
+      self.router = LiteModel(self.bundle.generalist, num_threads, "generalist")
       self._check(self.router, self.hierarchy.num_superclasses)
 
   def predict(self, images: np.ndarray, mode: str = "hard", k: int = 2,
@@ -143,7 +143,7 @@ class TwoStageLite:
                         # rebuilds, same result.
                         first=lambda sup: sup in self._cache)
 
-  def specialist(self, k: int) -> "_LiteModel":
+  def specialist(self, k: int) -> "LiteModel":
     """Superclass k's specialist interpreter: from memory if cached, else from `cache_dir`'s
     verified file if any, else rebuilt from base + delta."""
     if k in self._cache:
@@ -162,9 +162,9 @@ class TwoStageLite:
               else None)
     model = None
     try:
-      model = _LiteModel(source, self.num_threads,
-                         f"specialist {k} ({self.hierarchy.superclasses[k].name!r})",
-                         packed_weights=packed.path if packed is not None else None)
+      model = LiteModel(source, self.num_threads,
+                        f"specialist {k} ({self.hierarchy.superclasses[k].name!r})",
+                        packed_weights=packed.path if packed is not None else None)
     finally:
       if packed is not None:
         packed.commit(built=model is not None)
@@ -174,25 +174,25 @@ class TwoStageLite:
     return model
 
   # --- internals -------------------------------------------------------------------------------
-  def _load_trunk(self, trunk: bytes | None, head: bytes | None) -> "_LiteModel | None":
+  def _load_trunk(self, trunk: bytes | None, head: bytes | None) -> "LiteModel | None":
     """The trunk's interpreter; with a router head, one for both (fusion.fuse_router)."""
     if trunk is None:
       return None
     if head is not None:
       try:
         trunk = fusion.fuse_router(trunk, head)
-      except delta_lib.DeltaError as e:
-        raise bundle_lib.BundleError(f"{self.bundle.path}: the router head cannot read the "
-                                     f"trunk's output: {e}") from None
-    model = _LiteModel(trunk, self.num_threads,
-                       "trunk and router head" if head is not None else "trunk", raw_output=True)
+      except DeltaError as e:
+        raise BundleError(f"{self.bundle.path}: the router head cannot read the "
+                          f"trunk's output: {e}") from None
+    model = LiteModel(trunk, self.num_threads,
+                      "trunk and router head" if head is not None else "trunk", raw_output=True)
     if model.input_shape != self.input_shape:
-      raise bundle_lib.BundleError(f"{self.bundle.path}: the trunk takes inputs of shape "
-                                   f"{model.input_shape}; the manifest says {self.input_shape}")
+      raise BundleError(f"{self.bundle.path}: the trunk takes inputs of shape "
+                        f"{model.input_shape}; the manifest says {self.input_shape}")
     if head is not None and model.widths[1] != self.hierarchy.num_superclasses:
-      raise bundle_lib.BundleError(f"{self.bundle.path}: the router head outputs "
-                                   f"{model.widths[1]} logits; the hierarchy needs "
-                                   f"{self.hierarchy.num_superclasses}")
+      raise BundleError(f"{self.bundle.path}: the router head outputs "
+                        f"{model.widths[1]} logits; the hierarchy needs "
+                        f"{self.hierarchy.num_superclasses}")
     return model
 
   def _rebuild(self, k: int) -> bytes:
@@ -200,24 +200,24 @@ class TwoStageLite:
     self.num_rebuilds += 1
     return model
 
-  def _check(self, model: "_LiteModel", width: int) -> None:
+  def _check(self, model: "LiteModel", width: int) -> None:
     if len(model.widths) != 1:
-      raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} has {len(model.widths)} "
-                                   f"outputs; expected one (logits)")
+      raise BundleError(f"{self.bundle.path}: {model.name} has {len(model.widths)} "
+                        f"outputs; expected one (logits)")
     if model.input_shape != self._model_input:
       what = "the trunk's output" if self.trunk is not None else "the manifest's input"
-      raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} takes inputs of shape "
-                                   f"{model.input_shape}; {what} has {self._model_input}")
+      raise BundleError(f"{self.bundle.path}: {model.name} takes inputs of shape "
+                        f"{model.input_shape}; {what} has {self._model_input}")
     if self._features is not None:
       # int8 features go to the tails as they are, so the tails must read them alike.
       if model.input_quantization != self._features:
-        raise bundle_lib.BundleError(
+        raise BundleError(
             f"{self.bundle.path}: {model.name} takes {model.input_quantization[0]} inputs with "
             f"(scale, zero point) {model.input_quantization[1:]}; the trunk gives "
             f"{self._features[0]} features with {self._features[1:]}")
     if model.width != width:
-      raise bundle_lib.BundleError(f"{self.bundle.path}: {model.name} outputs {model.width} "
-                                   f"logits; the hierarchy needs {width}")
+      raise BundleError(f"{self.bundle.path}: {model.name} outputs {model.width} "
+                        f"logits; the hierarchy needs {width}")
 
   def _check_images(self, images) -> np.ndarray:
     """The image contract's model input, mapped linearly from [0, 1] onto the bundle's range."""
@@ -226,7 +226,7 @@ class TwoStageLite:
     return images if (lo, hi) == (0.0, 1.0) else (lo + images * (hi - lo)).astype(np.float32)
 
 
-class _LiteModel:
+class LiteModel:
   """One LiteRT interpreter: float inputs in, float32 outputs out, any batch size.
 
   A shared trunk whose output is int8 gives its features as they are (`raw_output`: the dtype
@@ -281,6 +281,11 @@ class _LiteModel:
         chunks.append([out[:len(chunk)] for out in self._invoke(np.concatenate([chunk, pad]))])
       outs = [np.concatenate(parts) for parts in zip(*chunks)]
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+  def quantize(self, x: np.ndarray) -> np.ndarray:
+    """x as this model's input tensor holds it (int8 with its scale and zero point, or float as
+    is); a call with the result quantizes nothing, so only the model is timed."""
+    return _quantize(x, self._in)
 
   def _details(self):
     return self._interpreter.get_input_details(), self._interpreter.get_output_details()

@@ -7,14 +7,15 @@ its flags from them, so a default or a description lives here only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
 
+from super_sub import runs
+from super_sub._internal import files
 from super_sub.data import sources
+from super_sub.formats import encodings
 from super_sub.models import BACKBONES
-from super_sub.runtime import delta as delta_lib
 
 STAGES = ("flat", "generalist", "router_head", "specialists")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -248,8 +249,8 @@ class TrainConfig:
                          f"int8 steps of the base's pinned quantizer ranges, so it needs "
                          f"qat=True and cannot be combined with {refused}; got "
                          f"qat={self.qat}{''.join(', ' + c for c in conflicts)}")
-    if not 1 <= self.delta_rank <= delta_lib.MAX_RANK:
-      raise ValueError(f"delta_rank must be in [1, {delta_lib.MAX_RANK}] (the bundle's integer "
+    if not 1 <= self.delta_rank <= encodings.MAX_RANK:
+      raise ValueError(f"delta_rank must be in [1, {encodings.MAX_RANK}] (the bundle's integer "
                        f"product stays exact up to there); got {self.delta_rank}")
     if self.delta_ranges == "grow" and (not self.qat or self.specialist_form != "delta"):
       raise ValueError("delta_ranges='grow' widens the QAT weight quantizer ranges of changed "
@@ -332,16 +333,10 @@ def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:
     ConfigError: config.json cannot be read, is not a JSON object, has unknown or missing keys,
       or holds a value of the wrong type or one that TrainConfig rejects.
   """
-  path = os.path.join(model_dir, "config.json")
+  path = runs.config_path(model_dir)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {model_dir} is not a super-sub-train run")
-  try:
-    with open(path, "rb") as f:
-      saved = json.loads(f.read().decode("utf-8"))
-  except OSError as e:
-    raise ConfigError(f"{path}: cannot be read ({e})") from None
-  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-    raise ConfigError(f"{path}: not valid UTF-8 JSON ({e})") from None
+  saved = files.read_json(path, ConfigError, invalid="not valid UTF-8 JSON")
   if not isinstance(saved, dict):
     raise ConfigError(f"{path}: expected a JSON object of TrainConfig fields, got "
                       f"{type(saved).__name__}")

@@ -20,17 +20,17 @@ A sign specialist (`--specialist_form=sign`, `sign_delta`; BitDelta, Liu et al. 
 weight of a kernel channel by the same amount, up or down: W = W_base + k x step x sign, with k a
 whole number of the channel's int8 steps. With the base's pinned quantizer ranges its int8 weights
 are the base's +-k, which the bundle stores in about one bit per weight (the signed encoding of
-`super_sub.runtime.delta`). Training keeps a free-moving latent delta that each step's update goes
-to and projects it onto that form for the next forward pass (a straight-through estimator).
+`super_sub.formats.encodings`). Training keeps a free-moving latent delta that each step's
+update goes to and projects it onto that form for the next forward pass (a straight-through estimator).
 With a budget (`--delta_keep`), only the output channels that would move most, in int8 steps, may
 move (`sign_channel_masks`). Channels that do not move store no sign bits.
 
 A low-rank specialist (`--specialist_form=lowrank`, `low_rank_factors`; LoRA, Hu et al. 2021,
 applied to each kernel as a [C_out, kernel size] matrix) changes each kernel's int8 weights by
 the product of two int8 factors of rank `--delta_rank` and a scale per output channel, the same
-integer product (`super_sub.runtime.delta.factored_product`) that the bundle's runtime computes,
-so the specialist's int8 weights are rebuilt exactly from r (C_out + kernel size) bytes. The
-factors are saved beside the specialist's weights (`FACTORS_FILE`) for the export.
+integer product (`super_sub.formats.encodings.factored_product`) that the bundle's runtime
+computes, so the specialist's int8 weights are rebuilt exactly from r (C_out + kernel size) bytes.
+The factors are saved beside the specialist's weights (`FACTORS_FILE`) for the export.
 
 An affine specialist (`--specialist_form=affine`, `freeze_kernels`) goes further: no kernel
 changes at all, only BatchNorm's per-channel scale and shift (and its statistics) and the head.
@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from super_sub._internal.compat import keras
-from super_sub.runtime import delta as delta_lib
+from super_sub.formats import encodings
 from super_sub.training import config as config_lib
 
 FACTORS_FILE = "factors.npz"  # a low-rank specialist's factors, in its stage folder
@@ -336,8 +336,8 @@ class DeltaToBase(keras.callbacks.Callback):
                                         (keep is not None and form == "lowrank")):
       raise ValueError(f"{form} deltas take no L1 step and the base's pinned ranges"
                        + (", and no budget" if form == "lowrank" else ""))
-    if not 1 <= rank <= delta_lib.MAX_RANK:
-      raise ValueError(f"rank must be in [1, {delta_lib.MAX_RANK}], got {rank}")
+    if not 1 <= rank <= encodings.MAX_RANK:
+      raise ValueError(f"rank must be in [1, {encodings.MAX_RANK}], got {rank}")
     self.rank = rank
     # Low-rank form, per kernel index: the factors of its last projection (what is saved).
     self.factors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -470,7 +470,7 @@ class DeltaToBase(keras.callbacks.Callback):
     step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
     factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
     self.factors[i] = factors
-    projected = self._hold(i, (from_rows(delta_lib.factored_product(*factors).astype(np.float32)
+    projected = self._hold(i, (from_rows(encodings.factored_product(*factors).astype(np.float32)
                                          * step_rows, latent.shape)).astype(latent.dtype))
     self._latent[i] = (latent, projected)
     return projected
@@ -497,6 +497,21 @@ class DeltaToBase(keras.callbacks.Callback):
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def project_once(model: keras.Model, base: list[np.ndarray], form: str = "sign",
+                 pin_batchnorm: bool = False) -> None:
+  """Projects a specialist's moves away from `base` onto `form`, once, as `DeltaToBase` does
+  after every training step (no L1 step, the base's pinned quantizer ranges): where a
+  fine-tuning of any length ends. bench/deployment.py builds its simulated specialists so.
+
+  Args:
+    model: the specialist, changed in place.
+    base: values of `backbone_variables(model)` when the specialist was made.
+    form: "sign" or "lowrank" (`DeltaToBase`'s forms without an L1 step).
+    pin_batchnorm: also put BatchNorm parameters and statistics back to the base's.
+  """
+  DeltaToBase(base, 0.0, pin_batchnorm=pin_batchnorm, form=form).project(model, threshold=0.0)
 
 
 def load_factors(path: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

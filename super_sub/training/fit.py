@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from super_sub import runs
 from super_sub._internal import files
 from super_sub._internal import lock
 from super_sub._internal.compat import keras
@@ -109,7 +110,7 @@ def _mirror_finished_stages(chief_dir: str, private_dir: str) -> None:
       os.remove(path)
   for root, dirs, names in os.walk(chief_dir):
     dirs[:] = [d for d in dirs if d != WORKERS_DIR]
-    if "metrics.json" in names:  # a finished stage
+    if runs.METRICS in names:  # a finished stage
       shutil.copytree(root, os.path.join(private_dir, os.path.relpath(root, chief_dir)),
                       ignore=shutil.ignore_patterns("backup", "logs"))
 
@@ -368,7 +369,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   wall = time.perf_counter() - start
   if trained is not None:
     model = trained
-  weights_dir = os.path.join(stage_dir, "weights")
+  weights_dir = runs.weights_dir(stage_dir)
   with _writing(stage, weights_dir):
     _save_weights(model, weights_dir)
   if base is not None and config.specialist_form == "lowrank":
@@ -376,7 +377,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
     with _writing(stage, factors_path):
       delta_callback.save_factors(factors_path)
   history = _read_history(history_path)
-  metrics_path = os.path.join(stage_dir, "metrics.json")
+  metrics_path = runs.metrics_path(stage_dir)
   digest = _weights_digest(model)
   with _writing(stage, metrics_path):
     files.write_json(metrics_path, {
@@ -448,7 +449,7 @@ def _weights_digest(model: keras.Model) -> str:
 def _save_weights(model: keras.Model, folder: str) -> None:
   """Saves a TF checkpoint (h5 fails on QAT models) into `folder` atomically."""
   with files.atomic_dir(folder, "weights", "checkpoint") as tmp:
-    model.save_weights(os.path.join(tmp, "model"))
+    model.save_weights(os.path.join(tmp, runs.WEIGHTS_PREFIX))
 
 
 def _read_history(path: str) -> dict[str, list[float]]:

@@ -1,27 +1,18 @@
 """A run: one model_dir, opened once, and everything training, evaluation and export read from it.
 
-  model_dir/config.json                 the resolved TrainConfig (identity checked on re-runs)
-  model_dir/.lock                       flock'ed while a super-sub-train runs (_internal.lock)
-  model_dir/<stage>/backup/             BackupAndRestore state while a stage is unfinished
-  model_dir/<stage>/weights/            final weights (TF checkpoint), written atomically
-  model_dir/<stage>/metrics.json        written last: a stage with it is done
-  model_dir/<stage>/history.csv, logs/  per-epoch metrics and TensorBoard logs
-
-with <stage> one of `flat`, `generalist`, `generalist_qat` (with --qat), `router_head` (with
---router_head) and `specialists/<k>_<superclass name>`. Stages are named by typed `Stage` values, never by
-parsing strings; `Stage.key` is only what logs and metrics.json print.
+The folder's layout (config.json, each stage's weights and metrics.json, eval.json,
+predictions/, export/) and the typed `Stage`s are super_sub.runs', which needs no TensorFlow.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import os
 
 import tensorflow_datasets as tfds
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub import runs
 from super_sub._internal import files
 from super_sub._internal.compat import keras
 from super_sub.models import backbones
@@ -33,55 +24,15 @@ from super_sub.training import qat as qat_lib
 import super_sub.datasets  # pylint: disable=unused-import,wrong-import-order  (registers the builders)
 
 
-ROLES = classifiers.ROLES + ("router_head",)
+ROLES = runs.ROLES
+Stage = runs.Stage
+FLAT, ROUTER_HEAD, GENERALIST, GENERALIST_QAT = (runs.FLAT, runs.ROUTER_HEAD, runs.GENERALIST,
+                                                 runs.GENERALIST_QAT)
+specialist = runs.specialist
 
 
 class RunMismatchError(ValueError):
   """A model_dir that holds another run (dataset, backbone, image size, hierarchy or QAT)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """One trained model of a run.
-
-  Attributes:
-    role: "flat" (all subclasses), "generalist" (superclasses), "router_head" (superclasses,
-      from the generalist's trunk: super_sub.models.router_head) or "specialist".
-    superclass: the specialist's superclass; None for the other roles.
-    qat: the quantization-aware generalist (stage `generalist_qat`).
-  """
-  role: str
-  superclass: int | None = None
-  qat: bool = False
-
-  def __post_init__(self):
-    if self.role not in ROLES:
-      raise ValueError(f"role must be one of {ROLES}; got {self.role!r}")
-    if (self.role == "specialist") != (self.superclass is not None):
-      raise ValueError("a superclass is required for, and only for, a specialist stage")
-    if self.qat and self.role != "generalist":
-      raise ValueError("only the generalist has a separate quantization-aware stage")
-
-  @property
-  def key(self) -> str:
-    """The stage's name in logs, metrics.json and Keras model names: `flat`, `generalist`,
-    `generalist_qat`, `router_head` or `specialist_<k>`."""
-    if self.role == "specialist":
-      return f"specialist_{self.superclass}"
-    return f"{self.role}_qat" if self.qat else self.role
-
-  def __str__(self) -> str:
-    return self.key
-
-
-FLAT = Stage("flat")
-ROUTER_HEAD = Stage("router_head")
-GENERALIST = Stage("generalist")
-GENERALIST_QAT = Stage("generalist", qat=True)
-
-
-def specialist(superclass: int) -> Stage:
-  return Stage("specialist", int(superclass))
 
 
 def check_identity(config: config_lib.TrainConfig) -> None:
@@ -96,7 +47,7 @@ def check_identity(config: config_lib.TrainConfig) -> None:
     RunMismatchError: naming each identity key that differs; nothing is written.
     ConfigError: the model_dir's config.json is malformed.
   """
-  if not os.path.exists(os.path.join(config.model_dir, "config.json")):
+  if not os.path.exists(runs.config_path(config.model_dir)):
     return
   saved = config_lib.load_config(config.model_dir)  # older runs: missing keys take defaults
   asked = {k: getattr(config, k) for k in config_lib.IDENTITY_KEYS
@@ -144,7 +95,7 @@ class Run:
         is written then.
     """
     check_identity(config)
-    files.write_json(os.path.join(config.model_dir, "config.json"), config.to_dict())
+    files.write_json(runs.config_path(config.model_dir), config.to_dict())
     return cls(config, builder)
 
   # --- the dataset ---------------------------------------------------------------------------
@@ -198,19 +149,16 @@ class Run:
     return {k: specialist(k) for k in self.hierarchy.specialist_superclasses()}
 
   def stage_dir(self, stage: Stage) -> str:
-    if stage.role == "specialist":
-      name = self.hierarchy.superclasses[stage.superclass].name
-      return os.path.join(self.model_dir, "specialists",
-                          f"{stage.superclass}_{files.safe_name(name)}")
-    return os.path.join(self.model_dir, stage.key)
+    name = (self.hierarchy.superclasses[stage.superclass].name if stage.role == "specialist"
+            else None)
+    return runs.stage_dir(self.model_dir, stage, name)
 
   def is_done(self, stage: Stage) -> bool:
-    return os.path.exists(os.path.join(self.stage_dir(stage), "metrics.json"))
+    return runs.is_done(self.stage_dir(stage))
 
   def metrics(self, stage: Stage) -> dict:
     """A finished stage's metrics.json."""
-    with open(os.path.join(self._finished(stage), "metrics.json"), encoding="utf-8") as f:
-      return json.load(f)
+    return runs.read_metrics(self._finished(stage))
 
   # --- models --------------------------------------------------------------------------------
   def build_model(self, stage: Stage, weights: str | None = None) -> keras.Model:
@@ -240,7 +188,7 @@ class Run:
       FileNotFoundError: the stage has not finished training.
     """
     model = self.build_model(stage)
-    model.load_weights(os.path.join(self._finished(stage), "weights", "model")).expect_partial()
+    model.load_weights(runs.weights_prefix(self._finished(stage))).expect_partial()
     return model
 
   def load_factors(self, stage: Stage) -> list:

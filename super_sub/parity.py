@@ -1,4 +1,5 @@
-"""Parity: an exported bundle against the Keras two-stage predictions it was made from."""
+"""Parity: an exported bundle, run by the edge runtime, against the Keras two-stage predictions it
+was made from."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from super_sub import runs
 from super_sub.data import pipeline
 from super_sub.runtime import predictor
 from super_sub.training import run as run_lib
@@ -43,7 +45,7 @@ def compare_with_keras(run: run_lib.Run,
   """
   config = run.config
   split = split or run.evaluation_split
-  path = os.path.join(config.model_dir, "predictions", "two_stage_hard.npz")
+  path = runs.predictions_path(config.model_dir, "two_stage_hard")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: run super-sub-eval --model_dir="
                             f"{config.model_dir} first")

@@ -1,28 +1,10 @@
-"""The `tflite/` bundle: a generalist, its specialists as deltas over it, the hierarchy, a manifest.
+"""Reads a `tflite/` bundle, verifying every file's size and sha256 before anything parses it.
 
-Layout (everything but manifest.json is listed in it with its byte count and sha256):
-  manifest.json
-  trunk.tflite                           optional: the stages every model shares (images in,
-                                         features out); the models below then take its output
-  generalist.tflite                      the generalist, and also THE shared base of every
-                                         specialist: each delta is a difference from these bytes
-  router_head.tflite                     optional (with a trunk): a small network on the trunk's
-                                         output that routes instead of the generalist, which is
-                                         then only the specialists' base
-  specialists/<k>_<name>.skeleton.tflite.gz  superclass k's specialist minus the buffers the delta
-                                         holds, gzip-compressed (the skeleton is mostly tables
-                                         that compress ~4x)
-  specialists/<k>_<name>.delta.npz       plain numpy arrays (super_sub.runtime.delta), no pickle
-  hierarchy.json                         super_sub.Hierarchy.to_dict()
-  labels.txt                             one subclass name per global subclass index
-
-`load_bundle` reads every listed file and checks its size and sha256 before anything parses it.
-It keeps the trunk, router head, hierarchy and labels in memory, and the generalist where it
-routes; the skeletons and deltas (most of the bytes at 224 px), and the generalist of a bundle
-with a router head (then only the deltas' base), stay on disk and are read, and checked again,
-when a specialist is rebuilt.
-So an interpreter only ever sees verified bytes.
-Needs only numpy, flatbuffers and ai_edge_litert: no TensorFlow.
+`load_bundle` keeps the trunk, router head, hierarchy and labels in memory, and the generalist
+where it routes; the skeletons and deltas (most of the bytes at 224 px), and the generalist of a
+bundle with a router head (then only the deltas' base), stay on disk and are read, and checked
+again, when a specialist is rebuilt. So an interpreter only ever sees verified bytes.
+Needs only numpy, flatbuffers and ai_edge_litert's schema: no TensorFlow.
 """
 
 from __future__ import annotations
@@ -32,26 +14,19 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import json
 import os
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from super_sub._internal import files
 from super_sub import hierarchy as hierarchy_lib
-from super_sub.data import images as images_lib
-from super_sub.runtime import delta as delta_lib
-
-FORMAT = "super-sub-tflite"
-VERSION = 1
-MANIFEST = "manifest.json"
-_KEYS = ("format", "version", "input", "generalist", "specialists", "hierarchy", "labels", "files")
-
-
-class BundleError(ValueError):
-  """A bundle that is malformed, incomplete or altered; the message names the file."""
+from super_sub._internal import files
+from super_sub.formats import delta as delta_lib
+from super_sub.formats import delta_arrays
+from super_sub.formats.errors import BundleError
+from super_sub.formats.fast_rebuild import FastRebuild
+from super_sub.formats.manifest import FORMAT, MANIFEST, check_input, read_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +66,7 @@ class Bundle:
   skeletons: Mapping[int, bytes]
   deltas: Mapping[int, bytes]
   input_framing: str = "resize"
-  _fast: dict[int, delta_lib.FastRebuild] = dataclasses.field(
+  _fast: dict[int, FastRebuild] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
 
   @property
@@ -126,7 +101,7 @@ class Bundle:
           return self._fast[k].apply(generalist, npz,
                                      verify=not isinstance(self.deltas, VerifiedFiles))
         model = delta_lib.apply_delta(generalist, self.skeletons[k], npz)
-        self._fast[k] = delta_lib.FastRebuild.from_rebuilt(generalist, model, npz)
+        self._fast[k] = FastRebuild.from_rebuilt(generalist, model, npz)
         return model
     except ValueError as e:  # a DeltaError (also for an array that would need unpickling)
       raise BundleError(f"{self.path}: specialist {k} "
@@ -136,105 +111,10 @@ class Bundle:
     """The sha256 of superclass k's rebuilt specialist, as its verified delta records it."""
     try:
       with np.load(io.BytesIO(self.deltas[k]), allow_pickle=False) as npz:
-        return delta_lib.specialist_sha256(npz)
+        return delta_arrays.specialist_sha256(npz)
     except ValueError as e:
       raise BundleError(f"{self.path}: specialist {k} "
                         f"({self.hierarchy.superclasses[k].name!r}): {e}") from None
-
-
-def write_tflite_bundle(out_dir: str | os.PathLike, hierarchy: hierarchy_lib.Hierarchy,
-                        generalist: bytes, specialists: Mapping[int, bytes],
-                        input_info: Mapping[str, Any],
-                        trunk: bytes | None = None, overwrite: bool = False,
-                        compress_deltas: bool = True,
-                        factors: Mapping[int, Sequence] | None = None,
-                        router_head: bytes | None = None) -> dict[str, Any]:
-  """Writes a bundle atomically (a temporary folder renamed to `out_dir` once complete).
-
-  Args:
-    out_dir: the bundle folder; an earlier bundle there is replaced, anything else only with
-      `overwrite` (super_sub._internal.files.atomic_dir).
-    hierarchy: the hierarchy the models were trained on.
-    generalist: the generalist's .tflite bytes; every specialist is stored as a delta over them.
-    specialists: superclass index -> .tflite bytes, for exactly the superclasses with >= 2
-      subclasses, each converted from a model fine-tuned from the generalist.
-    input_info: {"shape": [H, W, C], "dtype": "float32", "range": [lo, hi], "framing": ...}:
-      what the models take; the runtime maps images in [0, 1] linearly onto `range` and frames
-      image files as `framing` says ("resize", the default, or "center_crop").
-    trunk: optional .tflite bytes of stages shared by every model (super_sub.trunk): it takes
-      the images, and the generalist and the specialists take its output.
-    compress_deltas: deflate the delta arrays (np.savez_compressed; smallest bundle) or store
-      them as they are (np.savez): dense fine-tuning differences are noise-like, and
-      inflating them is most of a later rebuild's time at 224 px (bench/deployment.py).
-    factors: superclass index -> the (left, right, scales) low-rank factors its training
-      stored (`--specialist_form=lowrank`): that delta is stored factored
-      (`super_sub.runtime.delta.make_delta`).
-    router_head: optional .tflite bytes of a router head (super_sub.models.router_head): it
-      takes the trunk's output like the other tails and routes instead of the generalist.
-      Needs a trunk.
-
-  Returns:
-    The manifest written to manifest.json.
-
-  Raises:
-    BundleError: specialists missing or extra, bad input_info, a router head without a
-      trunk, or a subclass name with a newline.
-    DeltaError: a model that cannot be stored as a bit-exact delta.
-  """
-  h = hierarchy
-  specialists = {int(k): v for k, v in specialists.items()}
-  expected = h.specialist_superclasses()
-  if sorted(specialists) != expected:
-    raise BundleError(f"specialists must be given for exactly the superclasses with >= 2 "
-                      f"subclasses {expected}; got {sorted(specialists)}")
-  shape, lo_hi, framing = _check_input(dict(input_info), "input_info")
-  if router_head is not None and trunk is None:
-    raise BundleError("a router head takes the trunk's output; a bundle without a trunk "
-                      "cannot hold one")
-  if any("\n" in n or "\r" in n for n in h.subclass_names):
-    raise BundleError("subclass names must not contain line breaks (labels.txt is one per line)")
-  manifest: dict[str, Any] = {
-      "format": FORMAT, "version": VERSION,
-      "input": {**dict(input_info), "shape": list(shape), "range": list(lo_hi),
-                "framing": framing},
-      "trunk": "trunk.tflite" if trunk is not None else None,
-      "generalist": "generalist.tflite",
-      "router_head": "router_head.tflite" if router_head is not None else None,
-      "specialists": {},
-      "hierarchy": "hierarchy.json", "labels": "labels.txt", "files": {}}
-  delta_lib.parse_model(generalist, "generalist")
-  if trunk is not None:
-    delta_lib.parse_model(trunk, "trunk")
-  if router_head is not None:
-    delta_lib.parse_model(router_head, "router head")
-  with files.atomic_dir(out_dir, "TFLite bundle", MANIFEST, FORMAT, overwrite) as tmp:
-    if trunk is not None:
-      _write(tmp, "trunk.tflite", bytes(trunk))
-    if router_head is not None:
-      _write(tmp, "router_head.tflite", bytes(router_head))
-    _write(tmp, "generalist.tflite", bytes(generalist))
-    for k, model in sorted(specialists.items()):
-      skeleton, arrays = delta_lib.make_delta(generalist, model,
-                                              factors=(factors or {}).get(k, ()))
-      stem = f"specialists/{k}_{files.safe_name(h.superclasses[k].name)}"
-      _write(tmp, f"{stem}.skeleton.tflite.gz", gzip.compress(skeleton, 9, mtime=0))
-      buf = io.BytesIO()
-      (np.savez_compressed if compress_deltas else np.savez)(buf, **arrays)
-      _write(tmp, f"{stem}.delta.npz", buf.getvalue())
-      manifest["specialists"][str(k)] = {"skeleton": f"{stem}.skeleton.tflite.gz",
-                                         "delta": f"{stem}.delta.npz",
-                                         "superclass": h.superclasses[k].name}
-    files.write_json(os.path.join(tmp, "hierarchy.json"), h.to_dict())
-    _write(tmp, "labels.txt", "".join(n + "\n" for n in h.subclass_names).encode("utf-8"))
-    for root, _, names in os.walk(tmp):
-      for name in names:
-        rel = os.path.relpath(os.path.join(root, name), tmp).replace(os.sep, "/")
-        with open(os.path.join(tmp, rel), "rb") as f:
-          data = f.read()
-        manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    files.write_json(os.path.join(tmp, MANIFEST), manifest)
-  return manifest
 
 
 def find_bundle(path: str | os.PathLike) -> str:
@@ -276,7 +156,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
       checksum; an unlisted .tflite or .npz lies in the bundle; or the parts do not fit together.
   """
   path = os.fspath(bundle_dir)
-  manifest = _read_manifest(path)
+  manifest = read_manifest(path)
   listed = manifest["files"]
   # Every listed file is verified before anything parses it. The specialists' skeletons and
   # deltas are verified one at a time below, as their content is checked, and read again only
@@ -302,11 +182,10 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
                       f"refusing a bundle that mixes unverified models in")
 
   # Everything below reads only verified bytes.
+  where = f"{path}/{manifest['hierarchy']}"
   try:
-    h = hierarchy_lib.Hierarchy.from_dict(json.loads(data[manifest["hierarchy"]]),
-                                          where=f"{path}/{manifest['hierarchy']}")
-  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-    raise BundleError(f"{path}/{manifest['hierarchy']}: not valid JSON ({e})") from None
+    h = hierarchy_lib.Hierarchy.from_dict(
+        files.read_json(where, BundleError, raw=data[manifest["hierarchy"]]), where=where)
   except hierarchy_lib.HierarchyError as e:
     raise BundleError(str(e)) from None
   try:
@@ -339,7 +218,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     if not {"version", "sha256", "buffers"} <= names:
       raise BundleError(f"{path}/{entry['delta']}: not a super-sub delta (members: "
                         f"{sorted(names)})")
-  shape, lo_hi, framing = _check_input(manifest["input"], f"{path}/{MANIFEST}: input")
+  shape, lo_hi, framing = check_input(manifest["input"], f"{path}/{MANIFEST}: input")
   if manifest.get("router_head") is not None and manifest.get("trunk") is None:
     raise BundleError(f"{path}/{MANIFEST}: names a router head but no trunk, whose output it "
                       f"would take")
@@ -411,82 +290,8 @@ def _gunzip(data: bytes, where: str) -> bytes:
     raise BundleError(f"{where}: not a gzip-compressed skeleton ({e})") from None
 
 
-def _write(folder: str, rel: str, data: bytes) -> None:
-  target = os.path.join(folder, rel)
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  with open(target, "wb") as f:
-    f.write(data)
-
-
-
 def _walk(path: str) -> list[str]:
   out = []
   for root, _, names in os.walk(path):
     out += [os.path.relpath(os.path.join(root, n), path).replace(os.sep, "/") for n in names]
   return out
-
-
-def _check_input(info: Any, where: str
-                 ) -> tuple[tuple[int, int, int], tuple[float, float], str]:
-  shape = info.get("shape") if isinstance(info, dict) else None
-  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-      or not all(_is_int(d) and d > 0 for d in shape) or shape[2] not in (1, 3)):
-    raise BundleError(f"{where}: 'shape' must be [H, W, C] with positive ints and C 1 or 3; "
-                      f"got {shape!r}")
-  lo_hi = info.get("range", [0, 1])
-  if (not isinstance(lo_hi, (list, tuple)) or len(lo_hi) != 2
-      or not all(_is_int(v) or isinstance(v, float) for v in lo_hi) or not lo_hi[0] < lo_hi[1]):
-    raise BundleError(f"{where}: 'range' must be [lo, hi] with lo < hi; got {lo_hi!r}")
-  framing = info.get("framing", "resize")
-  if framing not in images_lib.FRAMINGS:
-    raise BundleError(f"{where}: 'framing' must be one of {list(images_lib.FRAMINGS)}; got "
-                      f"{framing!r:.80}")
-  return tuple(shape), (float(lo_hi[0]), float(lo_hi[1])), framing
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _read_manifest(path: str) -> dict[str, Any]:
-  where = os.path.join(path, MANIFEST)
-  try:
-    with open(where, "rb") as f:
-      manifest = json.loads(f.read().decode("utf-8"))
-  except FileNotFoundError:
-    raise BundleError(f"{where} not found: {path} is not a super-sub TFLite bundle") from None
-  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-    raise BundleError(f"{where}: does not parse as JSON ({e})") from None
-  if not isinstance(manifest, dict):
-    raise BundleError(f"{where}: expected a JSON object at the top level")
-  missing = [k for k in _KEYS if k not in manifest]
-  if missing:
-    raise BundleError(f"{where}: missing key(s) {missing}; a bundle manifest has {list(_KEYS)}")
-  if manifest["format"] != FORMAT or manifest["version"] != VERSION:
-    raise BundleError(f"{where}: format {manifest['format']!r} version {manifest['version']!r}; "
-                      f"this runtime reads {FORMAT!r} version {VERSION}")
-  listed = manifest["files"]
-  if not isinstance(listed, dict):
-    raise BundleError(f"{where}: 'files' must map relative paths to {{bytes, sha256}}")
-  for rel in listed:
-    norm = os.path.normpath(rel).replace(os.sep, "/")
-    if os.path.isabs(rel) or norm != rel or rel.startswith("../") or rel == MANIFEST:
-      raise BundleError(f"{where}: files entry {rel!r} is not a plain relative path inside the "
-                        f"bundle")
-  specs = manifest["specialists"]
-  if not isinstance(specs, dict) or not all(isinstance(e, dict) and {
-      "skeleton", "delta", "superclass"} <= set(e) for e in specs.values()):
-    raise BundleError(f"{where}: 'specialists' must map superclass indices to "
-                      f"{{skeleton, delta, superclass}}")
-  refs = [manifest["generalist"], manifest["hierarchy"], manifest["labels"]]
-  refs += [manifest[key] for key in ("trunk", "router_head") if manifest.get(key) is not None]
-  refs += [e[key] for e in specs.values() for key in ("skeleton", "delta")]
-  for ref in refs:
-    if not isinstance(ref, str) or ref not in listed:
-      raise BundleError(f"{where}: refers to {ref!r} but does not list its size and sha256 under "
-                        f"'files'; refusing to use an unverified file")
-  shared = sorted({ref for ref in refs if refs.count(ref) > 1})
-  if shared:
-    raise BundleError(f"{where}: names {shared} for more than one role; every model, delta, "
-                      f"skeleton, hierarchy and label file of a bundle is its own file")
-  return manifest

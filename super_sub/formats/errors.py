@@ -1,0 +1,9 @@
+"""The two errors of the file formats: a delta that cannot be made or applied, a bad bundle."""
+
+
+class DeltaError(ValueError):
+  """A model or delta that cannot be diffed or rebuilt; the message says which and why."""
+
+
+class BundleError(ValueError):
+  """A bundle that is malformed, incomplete or altered; the message names the file."""
