@@ -43,7 +43,6 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # The run's config before TensorFlow is imported: a folder that is no run is told at once.
   config = config_lib.load_config(_MODEL_DIR.value, _DATA_DIR.value)
-  cli.require_training_extra()  # before the imports that need TensorFlow (not for --help)
   # pylint: disable=import-outside-toplevel
   from super_sub.bundles import export as export_lib
   from super_sub.bundles import tflite
@@ -58,7 +57,7 @@ def main(argv):
 
 
 def run():
-  cli.run(main)
+  cli.run(main, needs_training_extra=True)
 
 
 if __name__ == "__main__":

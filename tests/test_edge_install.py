@@ -82,12 +82,24 @@ def test_runtime_installs_and_predicts_without_tensorflow(tmp_path):
        f"{TRAINING_ONLY!r} if importlib.util.find_spec(m)]))"],
       capture_output=True, text=True, timeout=300, check=True)
   assert json.loads(found.stdout) == []
-  # The training side says what to install instead of failing on an import.
-  for command in ("super-sub-train", "super-sub-export"):
-    refused = subprocess.run([str(venv / "bin" / command), "--help"], capture_output=True,
-                             text=True, timeout=300, check=False)
-    assert refused.returncode != 0
-    assert "pip install 'super-sub[train]'" in refused.stderr, refused.stderr[-2000:]
+  # The training side explains itself, and says what to install instead of failing on an
+  # import: one line, no traceback.
+  model_dir = f"--model_dir={tmp_path}"
+  for command, flag, *use in (("super-sub-train", "--backbone", model_dir),
+                              ("super-sub-export", "--model_dir", model_dir, f"--output={tmp_path}"),
+                              ("super-sub-eval", "--model_dir", model_dir),
+                              ("super-sub-analyze", "--predictions", "--predictions=p.csv",
+                               "--hierarchy=fashion_mnist", f"--output={tmp_path}")):
+    helped = subprocess.run([str(venv / "bin" / command), "--help"], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert helped.returncode == 0 and flag in helped.stdout, (command, helped.stderr[-2000:])
+    refused = subprocess.run([str(venv / "bin" / command), *use],
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert refused.returncode == 1, (command, refused.stderr[-2000:])
+    assert refused.stderr.strip().splitlines() == [
+        f"{command}: error: this super-sub command needs TensorFlow, which is not installed here "
+        "(the base install is the edge runtime, for super-sub-predict). To train, evaluate, "
+        "export or analyse: pip install 'super-sub[train]'"], (command, refused.stderr[-2000:])
 
   rng = np.random.default_rng(0)
   paths = []

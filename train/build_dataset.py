@@ -52,7 +52,7 @@ def main(argv):
 
 
 def run():
-  cli.run(main)
+  cli.run(main, needs_training_extra=True)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def learn_main():
 
 
 def run():
-  cli.run(main)
+  cli.run(main, needs_training_extra=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ RENAMED = {"out": "output", "export_dir": "output", "k": "soft_k"}
 # with the status given (2: a usage error; 1: the command could not finish).
 USER_ERRORS = {
     "super_sub._internal.cli.UsageError": 2,
+    "super_sub._internal.cli.MissingExtraError": 1,
     "absl.app.UsageError": 2,
     "absl.flags._exceptions.Error": 2,
     "super_sub.hierarchy.tree.HierarchyError": 2,
@@ -156,12 +157,21 @@ def _parse(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def run(main) -> None:
+class MissingExtraError(ImportError):
+  """A training-side command run where only the edge runtime is installed: its message says
+  which extra to install."""
+
+
+def run(main, needs_training_extra: bool = False) -> None:
   """`app.run(main)` with the behaviour of every super-sub command (module docstring).
 
   The absl log level is WARNING unless --verbosity is given: TFDS logs every file it reads at
   INFO, which drowns Keras's progress lines. (Setting the --verbosity default before app.run
   does not reach absl's logging level.)
+
+  `needs_training_extra`: the command trains, evaluates, exports or analyses, so it needs
+  TensorFlow; where only the edge runtime is installed, --help still works and any other use
+  ends in one line saying what to install (`require_training_extra`).
   """
   _adopt_key_flags(sys.modules[main.__module__])
 
@@ -172,6 +182,8 @@ def run(main) -> None:
     with native_logs.filtered_stderr(native_logs.min_level_to_hide(
         asked and flags.FLAGS.verbosity >= 0)):
       try:
+        if needs_training_extra:
+          require_training_extra()
         return main(argv)
       except Exception as e:  # pylint: disable=broad-except
         status = user_error_status(e)
@@ -183,10 +195,10 @@ def run(main) -> None:
 
 
 def require_training_extra() -> None:
-  """Raises ImportError saying how to install what the training side needs, where only the
-  edge runtime is installed (no TensorFlow): before a command fails on its first import."""
+  """Raises MissingExtraError saying how to install what the training side needs, where only
+  the edge runtime is installed (no TensorFlow): before a command fails on its first import."""
   if importlib.util.find_spec("tensorflow") is None:
-    raise ImportError(
+    raise MissingExtraError(
         "this super-sub command needs TensorFlow, which is not installed here (the base "
         "install is the edge runtime, for super-sub-predict). To train, evaluate, export or "
         "analyse: pip install 'super-sub[train]'")
