@@ -12,8 +12,6 @@ images as JPEG (their random-resized crops decode only the box), small ones as l
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 
 from absl import logging
@@ -54,10 +52,8 @@ def folder_config(path: str, hierarchy: str | None = None, unmapped_labels: str 
   hierarchy = sources.canonical_hierarchy(hierarchy)
   fields = {"path": path, "hierarchy": hierarchy, "unmapped_labels": unmapped_labels,
             "validation_share": validation_share, "seed": seed}
-  digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-  base = "".join(c if c.isalnum() or c in "._-" else "_" for c in os.path.basename(path))
-  return FolderConfig(name=f"{base or 'folder'}_{digest}", description=f"Images of {path}.",
-                      **fields)
+  return FolderConfig(name=sources.config_name(os.path.basename(path) or "folder", fields),
+                      description=f"Images of {path}.", **fields)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -76,9 +72,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   @property
   def _prepared(self) -> dict | None:
-    """The metadata of data already prepared under this config, else None."""
-    stored = self.data_path / "metadata.json"
-    return json.loads(stored.read_text()) if stored.exists() else None
+    return sources.prepared_metadata(self)
 
   @property
   def plan(self) -> folders.Plan:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
 
 from absl import logging
 import numpy as np
@@ -57,9 +55,8 @@ def tfds_config(source: str, hierarchy: str | None, unmapped_labels: str = "erro
   fields = {"source": source, "hierarchy": sources.canonical_hierarchy(hierarchy),
             "unmapped_labels": unmapped_labels, "validation_share": validation_share,
             "seed": seed}
-  digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-  base = "".join(c if c.isalnum() or c in "._-" else "_" for c in source)
-  return TfdsConfig(name=f"{base}_{digest}", description=f"TFDS {source}, superclassed.",
+  return TfdsConfig(name=sources.config_name(source, fields),
+                    description=f"TFDS {source}, superclassed.",
                     **fields)
 
 
@@ -79,8 +76,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   @property
   def _prepared(self) -> dict | None:
-    stored = self.data_path / "metadata.json"
-    return json.loads(stored.read_text()) if stored.exists() else None
+    return sources.prepared_metadata(self)
 
   @property
   def source(self) -> tfds.core.DatasetBuilder:

@@ -11,6 +11,8 @@ turns a name and those options into a TFDS builder.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 FOLDER = "folder:"
@@ -56,3 +58,18 @@ def canonical_hierarchy(hierarchy: str | None) -> str | None:
   if hierarchy.endswith(".json") or os.sep in hierarchy:
     return os.path.abspath(os.path.expanduser(hierarchy))
   return hierarchy
+
+
+def config_name(label: str, fields: dict) -> str:
+  """A builder config's name for a folder: or tfds: dataset: `label` made file-safe and a
+  digest of every field, so two sources (or one under two hierarchies) never share prepared
+  data."""
+  digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+  base = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+  return f"{base or 'dataset'}_{digest}"
+
+
+def prepared_metadata(builder) -> dict | None:
+  """The metadata.json of data `builder` already prepared under its config, else None."""
+  stored = builder.data_path / "metadata.json"
+  return json.loads(stored.read_text()) if stored.exists() else None
