@@ -311,6 +311,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         teacher, columns = _teacher(run, config.distill_from, stage.superclass)
         model = distill.distilled(model, teacher, columns, config.distill_temperature,
                                   config.distill_weight)
+      # The projection runs inside every train step (also with --steps_per_execution), on
+      # the specialist's own layers (a distilled model shares them).
+      delta_callback.attach(model, target=trained if trained is not None else model)
     elif stage.qat:
       model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
     elif stage.role == "router_head":
