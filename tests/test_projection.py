@@ -119,6 +119,8 @@ def test_compiled_projection_matches_the_numpy_reference(name, qat, options, thr
         else:
           np.testing.assert_allclose(got, want, rtol=1e-5, atol=ATOL,
                                      err_msg=f"{name}: variable {i}")
+  print(f"{name}: {len(base)} backbone variables, {len(kernels)} kernels ({total} weights), "
+        f"6 projections, {flipped} weight-steps one int8 step apart")
   assert flipped <= FLIPS * total * 6, f"{name}: {flipped} of {total} weights x 6 steps flipped"
   # The projection did something: kernels moved, and where the form keeps them, only so far.
   after = [v.numpy() for v in deltas.backbone_variables(tf_model)]

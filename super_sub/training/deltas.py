@@ -625,9 +625,9 @@ class _GraphState:
   Per variable index: the base (every variable an action touches), latent and last projection
   (sign and low-rank kernels), the budget's mask (delta kernels with a budget), the low-rank
   factors (as float32 holding whole numbers: int8 variables lack kernels on some devices), and
-  the held weights (`range_setters`) as 0/1 floats. Scalars: whether the latents start afresh
-  (the next call takes them from the weights, as a resumed training must), whether a budget
-  mask applies, and the sign budget of this epoch.
+  the held weights (`range_setters`) as 0/1 floats. Latents and projections start at zero, so
+  the first call takes the latent from the weights (as a resumed training must). Scalars:
+  whether a budget mask applies, and the sign budget of this epoch.
   """
 
   def __init__(self, plan: _Plan, owner: DeltaToBase):
@@ -646,7 +646,6 @@ class _GraphState:
                   for i, a in actions.items() if a == "delta" and budget}
     self.masks_from: dict | None = None  # the `DeltaToBase.masks` the variables hold
     self.masked = variable(False, "delta_masked")
-    self.fresh = variable(True, "delta_fresh")
     self.keep_now = variable(np.float64(1.0 if owner.keep_now is None else owner.keep_now),
                              "delta_keep_now")
     # Static shapes: each quantized kernel's step, broadcast against it, and its other axes.
@@ -668,7 +667,7 @@ class _GraphState:
     latents = {}
     for i, (latent, applied) in self.latent.items():
       delta = variables[i].read_value() - self.base[i]
-      latents[i] = tf.where(self.fresh, delta, latent + (delta - applied))
+      latents[i] = latent + (delta - applied)
       latent.assign(latents[i])
     moved = {i: _steps_moved_tf(latents[i], *self.steps[i]) for i in latents}
     channels = self._sign_channels(moved) if self.sign_budget else {}
@@ -708,7 +707,6 @@ class _GraphState:
       else:
         variables[i].assign(_grow_range_tf(self.base[i], variables[kernel].read_value(),
                                            short_name(variables[i]).endswith("_min")))
-    self.fresh.assign(False)
 
   def _hold(self, i, delta):
     return delta if i not in self.held else tf.where(self.held[i] > 0, 0.0, delta)
