@@ -42,6 +42,7 @@ the base's byte for byte and the delta holds only biases and scales.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -289,6 +290,26 @@ def grow_range(base: np.ndarray, kernel: np.ndarray, is_min: bool) -> np.ndarray
   return grown.astype(base.dtype)
 
 
+def after_every_step(model: keras.Model, function: Callable[[], None]) -> None:
+  """Runs `function` (TensorFlow ops on variables) inside `model`'s train step, right after
+  the optimizer's update: once per step, whatever `compile(steps_per_execution=...)` is, and
+  once across replicas, in cross-replica context as the optimizer applies its own updates
+  (mirrored variables then take one value everywhere). Call it before `fit` traces the step;
+  it survives `compile`."""
+  train_step = model.train_step
+
+  def train_step_then_function(data):
+    logs = train_step(data)
+    context = tf.distribute.get_replica_context()
+    if context is None:
+      function()
+    else:
+      context.merge_call(lambda _: function())
+    return logs
+
+  model.train_step = train_step_then_function
+
+
 class DeltaToBase(keras.callbacks.Callback):
   """Keeps a specialist's backbone a sparse delta over the base after every training step.
 
@@ -382,23 +403,12 @@ class DeltaToBase(keras.callbacks.Callback):
     target = target if target is not None else model
     self._target = target
     state = self._graph_state(target)
-    train_step = model.train_step
 
-    def projected_train_step(data):
-      logs = train_step(data)
+    def project():
+      rate = tf.cast(model.optimizer.learning_rate, tf.float64)
+      state.function(tf.cast(self.l1 * rate, tf.float32))
 
-      def project(*_):  # once, on the variables themselves, however many replicas
-        rate = tf.cast(model.optimizer.learning_rate, tf.float64)
-        state.function(tf.cast(self.l1 * rate, tf.float32))
-
-      context = tf.distribute.get_replica_context()
-      if context is None:
-        project()
-      else:
-        context.merge_call(project)
-      return logs
-
-    model.train_step = projected_train_step
+    after_every_step(model, project)
 
   def on_train_begin(self, logs=None):
     del logs
