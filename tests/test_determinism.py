@@ -34,14 +34,24 @@ class _Interrupt(keras.callbacks.Callback):
       raise KeyboardInterrupt(f"interrupted at epoch {epoch + 1}")
 
 
+class _Probe(keras.callbacks.Callback):
+  """Records whether TensorFlow's op determinism is on while the stage trains. (On this 2-core
+  CPU the smoke runs happen to repeat bit for bit without it; GPU kernels do not.)"""
+  on = None
+
+  def on_train_begin(self, logs=None):
+    self.on = tf_config.is_op_determinism_enabled()
+
+
 @pytest.mark.slow
 def test_two_deterministic_runs_and_a_resumed_one_give_identical_weights(tmp_path,
                                                                           smoke_config):
-  runs = {}
+  runs, probe = {}, _Probe()
   for name in ("a", "b"):
     fit.train(smoke_config(tmp_path / name, stage="flat", epochs=2, deterministic=True),
-              log=lambda _: None)
+              log=lambda _: None, callbacks=[probe])
     runs[name] = _metrics(tmp_path / name)
+  assert probe.on
   assert runs["a"]["weights_sha256"] == runs["b"]["weights_sha256"]
   assert runs["a"]["history"] == runs["b"]["history"]
   # Interrupted after epoch 1, then re-run: epoch 2 sees epoch 2's inputs, not epoch 1's again.

@@ -489,6 +489,11 @@ class DeltaToBase(keras.callbacks.Callback):
     state.function(tf.constant(threshold, tf.float32))
     self._last = "graph"
 
+  @property
+  def projections(self) -> int:
+    """How many times `project` has run (in train steps or not) since its model was set."""
+    return int(self._graph.calls.numpy()) if self._graph is not None else 0
+
   def _graph_state(self, model: keras.Model) -> "_GraphState":
     """`project`'s variables and compiled function for `model`, made at its first use."""
     if self._graph is not None and self._graph.plan.model is model:
@@ -656,6 +661,7 @@ class _GraphState:
                   for i, a in actions.items() if a == "delta" and budget}
     self.masks_from: dict | None = None  # the `DeltaToBase.masks` the variables hold
     self.masked = variable(False, "delta_masked")
+    self.calls = variable(np.int64(0), "delta_projections")  # how many projections ran
     self.keep_now = variable(np.float64(1.0 if owner.keep_now is None else owner.keep_now),
                              "delta_keep_now")
     # Static shapes: each quantized kernel's step, broadcast against it, and its other axes.
@@ -709,6 +715,7 @@ class _GraphState:
         delta = self._hold(i, delta)
         kept = value if i not in self.held else tf.where(self.held[i] > 0, base, value)
         var.assign(tf.where(full, base + delta, kept))
+    self.calls.assign_add(1)
     for i, kernel in plan.owners.items():
       if plan.actions.get(i) != "range":
         continue
