@@ -21,8 +21,9 @@ from super_sub.training import qat as qat_lib
 from super_sub.training import run as run_lib
 
 
-def _sign_specialist(steps_per_execution: int, attach: bool = True):
-  """A QAT small_resnet sign specialist (8 px) with its projection, compiled as training does."""
+def _sign_specialist(steps_per_execution: int, attach: bool = True, **options):
+  """A QAT small_resnet sign specialist (8 px; `options`: another DeltaToBase form) with its
+  projection, compiled as training does."""
   keras.utils.set_random_seed(1)
   model = qat_lib.quantize(classifiers.build_classifier("small_resnet", (8, 8, 1), 3,
                                                         "specialist", "s"))
@@ -30,8 +31,8 @@ def _sign_specialist(steps_per_execution: int, attach: bool = True):
   for r, k in deltas.range_owners(model).items():  # ranges as QAT leaves them
     extent = np.abs(variables[k].numpy()).max(axis=(0, 1, 2))
     variables[r].assign(-extent if deltas.short_name(variables[r]).endswith("_min") else extent)
-  projection = deltas.DeltaToBase([v.numpy() for v in variables], 0.0, form="sign", keep=0.5,
-                                  epochs=2)
+  projection = deltas.DeltaToBase([v.numpy() for v in variables], 0.0,
+                                  **(options or dict(form="sign", keep=0.5, epochs=2)))
   if attach:
     projection.attach(model)
   model.compile(optimizer=keras.optimizers.Adam(3e-3),
@@ -57,6 +58,27 @@ def test_projection_runs_after_every_step_whatever_the_steps_per_execution():
     weights[every] = model.get_weights()
   for a, b in zip(weights[1], weights[3]):
     np.testing.assert_array_equal(a, b)
+
+
+def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_path):
+  model, projection = _sign_specialist(2, form="lowrank", rank=2)
+  base = list(projection.base)
+  model.fit(_data(), epochs=1, verbose=0, callbacks=[projection])
+  projection.save_factors(str(tmp_path / deltas.FACTORS_FILE))
+  factors = deltas.load_factors(str(tmp_path / deltas.FACTORS_FILE))
+  variables = deltas.backbone_variables(model)
+  owners = deltas.range_owners(model)
+  kernels = sorted(set(owners.values()))
+  assert len(factors) == len(kernels) >= 9
+  moved = 0
+  for i, (left, right, scales) in zip(kernels, factors):
+    step = np.abs(base[max(r for r, k in owners.items() if k == i)]) / 127
+    levels = deltas.as_rows(variables[i].numpy() - base[i]) / step[:, None]
+    held = deltas.as_rows(deltas.range_setters(base[i], step))
+    product = deltas.delta_lib.factored_product(left, right, scales)
+    np.testing.assert_allclose(levels, np.where(held, 0, product), atol=1e-3)
+    moved += np.count_nonzero(product)
+  assert moved > 0
 
 
 def test_an_unattached_projection_refuses_several_steps_per_execution():

@@ -403,6 +403,7 @@ class DeltaToBase(keras.callbacks.Callback):
     target = target if target is not None else model
     self._target = target
     state = self._graph_state(target)
+    self._last = "graph"  # what `factors` reads: the train step projects from now on
 
     def project():
       rate = tf.cast(model.optimizer.learning_rate, tf.float64)
