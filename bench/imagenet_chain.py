@@ -1,5 +1,5 @@
 """The whole chain at 224 px on ImageNet-shaped data: a few training steps per stage, then
-evaluation, export and on-device prediction, timed stage by stage (issue 11's last benchmark).
+evaluation, export and on-device prediction, timed stage by stage.
 
   .venv/bin/python bench/imagenet_pipeline.py --work_dir=/work/inet   # makes the data first
   .venv/bin/python bench/imagenet_chain.py --work_dir=/work/inet --backbone=mobilenet_v2 \

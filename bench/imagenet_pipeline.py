@@ -1,4 +1,4 @@
-"""The input pipeline on ImageNet-shaped data, on this machine (issue 11's pipeline goals).
+"""The input pipeline on ImageNet-shaped data, on this machine.
 
   .venv/bin/python bench/imagenet_pipeline.py --work_dir=/tmp/imagenet_shaped \
       --out=bench/results/imagenet_pipeline

@@ -2,8 +2,8 @@ r"""Could a small head on the shared trunk's features route instead of the gener
 
 With a shared trunk (`--freeze_stages=K`), two-stage inference runs the trunk once and then
 two tails: the generalist's, to route, and the routed specialist's. The second tail is what
-keeps it above one network at 224 px (ResNet-50 k4: stage 4, 60% of the weights; BENCHMARKS.md,
-issue 12). A router head on the trunk's features, a few percent of a tail's work, would make
+keeps it above one network at 224 px (ResNet-50 k4: stage 4, 60% of the weights; BENCHMARKS.md).
+A router head on the trunk's features, a few percent of a tail's work, would make
 it about one network, if it routes as well. This bench measures both sides before training,
 export and runtime carry such a head:
 

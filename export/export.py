@@ -1,29 +1,23 @@
 """super-sub-export: writes a trained run's deployable bundle.
 
-  super-sub-export --model_dir=runs/fmnist --export_dir=exports/fmnist
+  super-sub-export --model_dir=runs/fmnist --output=exports/fmnist
 
-export_dir/tflite/ can be copied to a device on its own and run with super-sub-predict
-(numpy + ai-edge-litert, no TensorFlow); export_dir/manifest.json gives its size against
+OUTPUT/tflite/ can be copied to a device on its own and run with super-sub-predict
+(numpy + ai-edge-litert, no TensorFlow); OUTPUT/manifest.json gives its size against
 one fp32 network.
 """
-
-import sys
 
 from absl import app
 from absl import flags
 
 from super_sub._internal import cli
-cli.require_training_extra()  # before the imports that need TensorFlow
-from super_sub._internal import files  # pylint: disable=wrong-import-position
-from super_sub.bundles import export as export_lib  # pylint: disable=wrong-import-position
-from super_sub.bundles import tflite  # pylint: disable=wrong-import-position
-from super_sub.training import run as run_lib  # pylint: disable=wrong-import-position
+from super_sub.training import config as config_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A run made by super-sub-train.",
                                  required=True)
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Output folder: written atomically; an "
-                                  "earlier export there is replaced.",
-                                  required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder: written atomically; an earlier "
+                              "export there is replaced. (Formerly --export_dir.)",
+                              required=True)
 _REPRESENTATIVE = flags.DEFINE_string(
     "representative_dataset", None, "Images for full-integer calibration: an .npy array or "
     ".npz with 'images' [N, H, W, C] (uint8, or float in [0, 1]). Default: 256 images of the "
@@ -40,22 +34,27 @@ _DEFLATE_SAVED_MODEL = flags.DEFINE_boolean(
     "its specialist's first (MobileNetV2 at 224 px: 24-34 ms a specialist instead of 3.5-3.8 "
     "to add them to the base; BENCHMARKS.md).")
 _OVERWRITE = flags.DEFINE_boolean(
-    "overwrite", False, "Replace --export_dir even when it is not an earlier super-sub export "
+    "overwrite", False, "Replace --output even when it is not an earlier super-sub export "
     "(without it, a folder holding anything else is refused and left untouched).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  run = run_lib.Run.open(_MODEL_DIR.value, data_dir=_DATA_DIR.value)
+  # The run's config before TensorFlow is imported: a folder that is no run is told at once.
+  config = config_lib.load_config(_MODEL_DIR.value, _DATA_DIR.value)
+  cli.require_training_extra()  # before the imports that need TensorFlow (not for --help)
+  # pylint: disable=import-outside-toplevel
+  from super_sub.bundles import export as export_lib
+  from super_sub.bundles import tflite
+  from super_sub.training import run as run_lib
+  # pylint: enable=import-outside-toplevel
+  run = run_lib.Run(config)
   representative = (tflite.load_representative(_REPRESENTATIVE.value, run.image_shape)
                     if _REPRESENTATIVE.value else None)
-  try:
-    export_lib.export(run, _EXPORT_DIR.value, representative=representative,
-                      overwrite=_OVERWRITE.value, compress_deltas=_COMPRESS_DELTAS.value,
-                      deflate_saved_model=_DEFLATE_SAVED_MODEL.value)
-  except files.OutputDirError as e:
-    sys.exit(f"super-sub-export: {e}")
+  export_lib.export(run, _OUTPUT.value, representative=representative,
+                    overwrite=_OVERWRITE.value, compress_deltas=_COMPRESS_DELTAS.value,
+                    deflate_saved_model=_DEFLATE_SAVED_MODEL.value)
 
 
 def run():

@@ -1,7 +1,7 @@
 """super-sub-predict: classifies image files with a `tflite/` bundle, without TensorFlow.
 
   super-sub-predict --bundle=export/tflite shoe.jpg shirt.png photos/
-  super-sub-predict --bundle=export/tflite --json --mode=soft --k=2 *.jpg
+  super-sub-predict --bundle=export/tflite --json --mode=soft --soft_k=2 *.jpg
   super-sub-predict --bundle=export/tflite --cache_dir=~/.cache/super-sub *.jpg  # faster switches
 
 A folder stands for the image files under it (recursively, sorted). Every image gets one line:
@@ -33,7 +33,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per image (JSON 
                           "label_prob_joint name each).")
 _MODE = flags.DEFINE_enum("mode", "hard", ["hard", "soft"], "Routing: hard = the argmax "
                           "superclass's specialist; soft = the top-k superclasses' specialists.")
-_K = flags.DEFINE_integer("k", 2, "Superclasses soft routing follows.", lower_bound=1)
+_K = flags.DEFINE_integer("soft_k", 2, "Superclasses soft routing follows (formerly --k).",
+                         lower_bound=1)
 _CACHE_SIZE = flags.DEFINE_integer("cache_size", 1, "Rebuilt specialists kept in memory.",
                                    lower_bound=1)
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "A folder where each specialist, once "

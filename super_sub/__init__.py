@@ -5,8 +5,10 @@ the edge runtime works where TensorFlow is absent; a name that needs TensorFlow 
 first used.
 
   hierarchy   Hierarchy, HierarchyError, Subclass, Superclass, load_hierarchy,
-              shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet, WordNetError
-  datasets    prepare_dataset, summarize_dataset, InputSpec, make_dataset
+              shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet, WordNetError,
+              learn_hierarchy (from confusions), LearnError
+  datasets    prepare_dataset (a TFDS name, folder:<PATH>, tfds:<name>), summarize_dataset,
+              DatasetError, InputSpec, make_dataset
               (TFDS builders register with `import super_sub.datasets`)
   training    TrainConfig, train, Run, Stage, load_config; ConfigError, RunMismatchError,
               NonFiniteError, FolderLockedError
@@ -35,9 +37,12 @@ _API = {
     "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive"),
     "read_wordnet": ("super_sub.hierarchy.wordnet", "read"),
     "WordNetError": ("super_sub.hierarchy.wordnet", "WordNetError"),
+    "learn_hierarchy": ("super_sub.hierarchy.learned", "learn"),
+    "LearnError": ("super_sub.hierarchy.learned", "LearnError"),
     # datasets
     "prepare_dataset": ("super_sub.data.prepare", "prepare"),
     "summarize_dataset": ("super_sub.data.prepare", "summarize"),
+    "DatasetError": ("super_sub.data.sources", "DatasetError"),
     "InputSpec": ("super_sub.data.pipeline", "InputSpec"),
     "make_dataset": ("super_sub.data.pipeline", "make_dataset"),
     # training

@@ -1,5 +1,9 @@
 """Evaluates a trained run: flat vs generalist + specialists, and where the errors fall.
 
+A run of the flat network alone (a folder without a hierarchy; the first step of learning one
+from its confusions, `super-sub-hierarchy --from_run`) is evaluated alone: eval.json then holds
+the flat entries only, and predictions/ only flat.npz.
+
 Writes `<model_dir>/eval.json` and one predictions file per model under
 `<model_dir>/predictions/` (NPZ, plain arrays, loadable with `np.load` and no pickle):
 
@@ -77,18 +81,22 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
   core.check_router(router, has_head=has_head)
   routers = [name for name in core.ROUTERS if name != "head" or has_head]
   flat = run.load_model(run_lib.FLAT)
-  two_stage = run.load_two_stage(flat=flat)
+  two_stage = run.load_two_stage(flat=flat) if run.is_done(run.generalist) else None
+  if two_stage is None:
+    log("only the flat network is trained: evaluating it alone (the two-stage results need "
+        "super-sub-train --stage=all)")
 
   spec = run.evaluation_input(batch_size)
   ds = pipeline.make_dataset(builder, split, spec, training=False, with_metadata=True)
   parts: dict[str, list[np.ndarray]] = {}
   for images, labels, meta in tfds.as_numpy(ds):
-    oracle = two_stage.oracle(images, meta["superclass"])
-    batch = {
-        "labels": labels, "file_names": meta["file_name"],
-        "flat": core.softmax(flat.predict_on_batch(images)),
-        "oracle_specialists": oracle["label_probs"],
-    }
+    batch = {"labels": labels, "file_names": meta["file_name"],
+             "flat": core.softmax(flat.predict_on_batch(images))}
+    for key, value in batch.items():
+      parts.setdefault(key, []).append(np.asarray(value))
+    if two_stage is None:
+      continue
+    batch = {"oracle_specialists": two_stage.oracle(images, meta["superclass"])["label_probs"]}
     for name in routers:
       hard = two_stage.predict(images, mode="hard", router=name)
       soft = two_stage.predict(images, mode="soft", k=soft_k, router=name)
@@ -108,7 +116,7 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
                          for f in got["file_names"]])
   predictions = {k: got[k].argmax(axis=1) for k in
                  ("flat", "generalist", "two_stage_hard", "two_stage_soft",
-                  "oracle_specialists")}
+                  "oracle_specialists") if k in got}
 
   def top1(key, truth=labels):
     return float(np.mean(predictions[key] == truth))
@@ -119,12 +127,50 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
       "flat": {"top1": top1("flat"),
                "top5": float(np.mean((topk(got["flat"]) == labels[:, None]).any(axis=1))),
                "errors": error_counts(labels, predictions["flat"], h)},
+      "flat_per_superclass": per_superclass_accuracy(labels, predictions["flat"], h),
+  }
+  if two_stage is not None:
+    result.update(_two_stage_results(got, predictions, labels, supers, h, router, routers,
+                                     soft_k))
+  # flat.npz marks the folder as super-sub's own (every evaluated run has it).
+  with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
+                        "flat.npz") as folder:
+    for key, probs in ((k, got[k]) for k in predictions):
+      truth, space = (supers, "superclass") if key == "generalist" else (labels, "subclass")
+      np.savez_compressed(os.path.join(folder, f"{key}.npz"), labels=truth,
+                          predictions=predictions[key], top5=topk(probs),
+                          probs=probs.astype(np.float32), file_names=file_names,
+                          label_space=np.array(space))
+  files.write_json(os.path.join(config.model_dir, "eval.json"), result)
+  log(format_table(result) if two_stage is not None else
+      f"flat (one network, all subclasses): top-1 {result['flat']['top1']:.4f}")
+  # A misclassification report per subclass-level model (super_sub.analysis; no images).
+  for key in ("flat", "two_stage_hard", "two_stage_soft", "oracle_specialists"):
+    if key not in predictions:
+      continue
+    analysis.write_report(
+        os.path.join(config.model_dir, "reports", key),
+        analysis.Predictions(labels, predictions[key], top5=topk(got[key]), probs=got[key],
+                             file_names=file_names,
+                             source=os.path.join(config.model_dir, "predictions",
+                                                 f"{key}.npz")),
+        h, title=f"{builder.info.full_name} / {split}: {key}")
+  log(f"reports: {os.path.join(config.model_dir, 'reports', '<model>', 'index.html')}")
+  return result
+
+
+def _two_stage_results(got, predictions, labels, supers, h, router, routers, soft_k) -> dict:
+  """eval.json's entries of the generalist, the oracle specialists, two-stage routing and
+  every router."""
+  def top1(key, truth=labels):
+    return float(np.mean(predictions[key] == truth))
+
+  return {
       "generalist": {"superclass_top1": top1("generalist", supers)},
       "oracle_specialists": {
           "top1": top1("oracle_specialists"),
           "per_superclass": per_superclass_accuracy(labels, predictions["oracle_specialists"],
                                                     h)},
-      "flat_per_superclass": per_superclass_accuracy(labels, predictions["flat"], h),
       "two_stage": {
           "router": router,
           "hard": {"top1": top1("two_stage_hard"),
@@ -141,27 +187,6 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
                           - float(np.mean(got[f"{name}/hard"].argmax(axis=1) == labels)),
       } for name in routers},
   }
-  with files.atomic_dir(os.path.join(config.model_dir, "predictions"), "predictions",
-                        "two_stage_hard.npz") as folder:
-    for key, probs in ((k, got[k]) for k in predictions):
-      truth, space = (supers, "superclass") if key == "generalist" else (labels, "subclass")
-      np.savez_compressed(os.path.join(folder, f"{key}.npz"), labels=truth,
-                          predictions=predictions[key], top5=topk(probs),
-                          probs=probs.astype(np.float32), file_names=file_names,
-                          label_space=np.array(space))
-  files.write_json(os.path.join(config.model_dir, "eval.json"), result)
-  log(format_table(result))
-  # A misclassification report per subclass-level model (super_sub.analysis; no images).
-  for key in ("flat", "two_stage_hard", "two_stage_soft", "oracle_specialists"):
-    analysis.write_report(
-        os.path.join(config.model_dir, "reports", key),
-        analysis.Predictions(labels, predictions[key], top5=topk(got[key]), probs=got[key],
-                             file_names=file_names,
-                             source=os.path.join(config.model_dir, "predictions",
-                                                 f"{key}.npz")),
-        h, title=f"{builder.info.full_name} / {split}: {key}")
-  log(f"reports: {os.path.join(config.model_dir, 'reports', '<model>', 'index.html')}")
-  return result
 
 
 def format_table(result: dict) -> str:

@@ -327,7 +327,7 @@ def test_cli_end_to_end(tiny, tmp_path):
                                                   [21]]))
   out = tmp_path / "out"
   result = _cli(f"--predictions={csv_path}", f"--hierarchy={tmp_path / 'tiny.json'}",
-                f"--out={out}", "--label_space=source", f"--images_dir={tmp_path / 'images'}",
+                f"--output={out}", "--label_space=source", f"--images_dir={tmp_path / 'images'}",
                 f"--multilabel={tmp_path / 'real.json'}", "--top_confusions=3")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "7 examples, top-1 42.86%, 4 errors: 1 within the superclass (25.0%)" in result.stdout
@@ -340,7 +340,7 @@ def test_cli_end_to_end(tiny, tmp_path):
   (tmp_path / "broken.json").write_text(json.dumps({"name": "x", "superclasses": [
       {"name": "A", "subclasses": [{"name": "a", "source_label": 0, "colour": "red"}]}]}))
   result = _cli(f"--predictions={csv_path}", f"--hierarchy={tmp_path / 'broken.json'}",
-                f"--out={tmp_path / 'never'}")
+                f"--output={tmp_path / 'never'}")
   assert result.returncode != 0
   assert re.search(r"broken.json: superclasses\[0\].*unknown key\(s\) \['colour'\]",
                    result.stderr)

@@ -174,9 +174,9 @@ def test_cli_summary_counts_skipped_and_overwrite_exists_as_suggested(tiny, tmp_
   (out / "notes.txt").write_text("mine")
   command = [sys.executable, "-m", "super_sub.train.analyze", f"--predictions={path}",
              f"--hierarchy={tmp_path / 'tiny.json'}", "--label_space=source",
-             "--unmapped_labels=skip", f"--out={out}"]
+             "--unmapped_labels=skip", f"--output={out}"]
   refused = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-  assert refused.returncode == 1 and "Traceback" not in refused.stderr
+  assert refused.returncode == 2 and "Traceback" not in refused.stderr
   (line,) = [line for line in refused.stderr.splitlines() if "Refusing to replace" in line]
   assert re.findall(r"--(\w+)", line) == ["overwrite"], refused.stderr
   assert (out / "notes.txt").exists()

@@ -88,12 +88,73 @@ def test_distill_from_an_untrained_flat_is_refused_before_training(tmp_path, smo
   assert not (tmp_path / "run" / "specialists").exists()
 
 
+class _LossProbe(keras.callbacks.Callback):
+  """Records, as each specialist's `fit` begins, the loss that fit minimises (the model's own
+  `compute_loss`, which Keras's train_step calls) on a fixed seeded batch, with the student's
+  logits it was computed from. The metrics it touches are reset when the first epoch begins."""
+
+  def __init__(self, batch=8, seed=0):
+    super().__init__()
+    self.batch = batch
+    self.rng = np.random.default_rng(seed)
+    self.images = None  # drawn at the first specialist, in its input shape
+    self.seen = {}  # model name -> (labels, student logits, loss, regularisation loss)
+
+  def on_train_begin(self, logs=None):
+    if not self.model.name.startswith("specialist_"):
+      return
+    if self.images is None:
+      self.images = self.rng.random((self.batch, *self.model.input_shape[1:]), np.float32)
+    width = self.model.output_shape[-1]
+    labels = self.rng.integers(0, width, len(self.images))
+    logits = self.model(self.images, training=False)
+    loss = self.model.compute_loss(self.images, tf.constant(labels), logits)
+    regularisation = float(tf.add_n(self.model.losses)) if self.model.losses else 0.0
+    self.seen[self.model.name] = (labels, logits.numpy().astype(np.float64), float(loss),
+                                  regularisation)
+
+
+def _log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(axis=1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _assert_trained_on_soft_targets(probe, k, teacher_logits, temperature, weight):
+  """Specialist k's training loss on the probe's batch is, to float32 rounding, the hand-
+  computed mix of cross-entropy with the labels and T^2 x KL to the teacher's softened logits
+  at `weight`, and measurably not the plain cross-entropy (what fit minimises without
+  distillation)."""
+  labels, student, loss, regularisation = probe.seen[f"specialist_{k}"]
+  rows = np.arange(len(labels))
+  hard = -_log_softmax(student)[rows, labels]
+  log_teacher = _log_softmax(np.asarray(teacher_logits, np.float64) / temperature)
+  soft = np.sum(np.exp(log_teacher) * (log_teacher - _log_softmax(student / temperature)),
+                axis=1)
+  expected = np.mean((1 - weight) * hard + weight * temperature ** 2 * soft) + regularisation
+  plain = np.mean(hard) + regularisation
+  # float32 logits of magnitude ~1-10: the loss is exact to ~1e-6; 1e-4 leaves room, and the
+  # check below shows that 1e-4 tells the two losses apart.
+  assert loss == pytest.approx(expected, abs=1e-4), (k, loss, expected, plain)
+  assert abs(expected - plain) > 1e-2, (k, expected, plain)
+
+
 @pytest.mark.slow
 def test_distilled_specialists_train_and_load_as_plain_specialists(tmp_path, smoke_config):
+  probe = _LossProbe()
   config = fit.train(smoke_config(tmp_path / "run", distill_from="flat", distill_weight=0.7),
-                     log=lambda _: None)
+                     log=lambda _: None, callbacks=[probe])
   run = run_lib.Run.open(config.model_dir)
   assert config_lib.load_config(config.model_dir).distill_from == "flat"
+  # Every specialist trained on the trained flat network's logits of its own subclasses,
+  # softened at T = distill_temperature and mixed with the labels at w = 0.7.
+  flat_logits = run.load_model(run_lib.FLAT)(probe.images, training=False).numpy()
+  h = run.hierarchy
+  assert set(probe.seen) == {f"specialist_{k}" for k in run.specialists()}
+  for k in run.specialists():
+    columns = h.subclass_range(k)
+    _assert_trained_on_soft_targets(probe, k, flat_logits[:, columns.start:columns.stop],
+                                    config.distill_temperature, 0.7)
   two_stage = run.load_two_stage()  # plain specialist graphs load the distilled weights
   images = np.random.default_rng(0).random((4, *run.image_shape), np.float32)
   assert two_stage.predict(images)["label_probs"].shape == (4, run.hierarchy.num_subclasses)
@@ -110,18 +171,24 @@ def _teacher_run(tmp_path_factory, smoke_config):
 
 @pytest.mark.slow
 def test_specialists_distill_from_another_runs_specialists(tmp_path, smoke_config, _teacher_run):
+  probe = _LossProbe()
   config = fit.train(smoke_config(tmp_path / "run", distill_from=_teacher_run, delta_keep=0.05,
-                                  freeze_bn=True), log=lambda _: None)
+                                  freeze_bn=True), log=lambda _: None, callbacks=[probe])
   run = run_lib.Run.open(config.model_dir)
+  other_run = run_lib.Run.open(_teacher_run)
+  assert set(probe.seen) == {f"specialist_{k}" for k in run.specialists()}
   for k, stage in run.specialists().items():
     teacher, columns = fit._teacher(run, _teacher_run, k)  # pylint: disable=protected-access
     assert columns == (0, len(run.hierarchy.subclass_range(k)))
     # The teacher is the other run's specialist of the same superclass, weight for weight.
-    other = run_lib.Run.open(_teacher_run).load_model(stage)
+    other = other_run.load_model(stage)
     for a, b in zip(teacher.weights, other.weights):
       np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # ... and it is what this run's specialist trained on (default T and w).
+    _assert_trained_on_soft_targets(probe, k, other(probe.images, training=False).numpy(),
+                                    config.distill_temperature, config.distill_weight)
     assert np.isfinite(run.metrics(stage)["final"]["loss"])
-  assert run.metrics(run.specialists()[k])["delta"]["changed_fraction"] <= 0.05
+    assert run.metrics(stage)["delta"]["changed_fraction"] <= 0.05
 
 
 @pytest.mark.slow

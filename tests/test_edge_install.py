@@ -105,7 +105,7 @@ def test_runtime_installs_and_predicts_without_tensorflow(tmp_path):
   outputs = []
   for extra in ([], *[[f"--cache_dir={cache}", "--packed_weights"]] * 2):  # writes, then maps
     soft = subprocess.run(
-        [str(venv / "bin" / "super-sub-predict"), f"--bundle={BUNDLE}", "--mode=soft", "--k=3",
+        [str(venv / "bin" / "super-sub-predict"), f"--bundle={BUNDLE}", "--mode=soft", "--soft_k=3",
          *extra, "--json", *paths], capture_output=True, text=True, timeout=300, check=False,
         cwd=tmp_path)
     assert soft.returncode == 0, soft.stderr[-3000:]

@@ -170,7 +170,7 @@ def test_storage_fit_splits_the_bundle_into_shared_and_per_specialist(exported):
 
 @pytest.mark.slow
 def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path):
-  """`--export_dir=.` or `~/models` must not lose the user's files: refused, untouched."""
+  """`--output=.` or `~/models` must not lose the user's files: refused, untouched."""
   mine = tmp_path / "models"
   mine.mkdir()
   (mine / "thesis.tex").write_text("years of work")
@@ -183,7 +183,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(run, exported, tmp_path
   # The command line says the same and exits non-zero.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run([sys.executable, "-m", "super_sub.export.export",
-                        f"--model_dir={run.model_dir}", f"--export_dir={mine}"],
+                        f"--model_dir={run.model_dir}", f"--output={mine}"],
                        env=env, capture_output=True, text=True, timeout=600, check=False)
   assert out.returncode != 0 and "is not an export folder" in out.stderr
   assert (mine / "thesis.tex").read_text() == "years of work"
@@ -207,7 +207,7 @@ def test_killed_export_leaves_the_previous_export_intact(run, exported, tmp_path
   before = {p: p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.Popen([sys.executable, "-m", "super_sub.export.export",
-                           f"--model_dir={run.model_dir}", f"--export_dir={export_dir}"],
+                           f"--model_dir={run.model_dir}", f"--output={export_dir}"],
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 300

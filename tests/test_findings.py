@@ -86,7 +86,7 @@ def test_refuses_what_it_did_not_write_and_non_runs(runs, tmp_path):
 def test_cli(runs, tmp_path):
   out = tmp_path / "page"
   result = subprocess.run([sys.executable, "-m", "super_sub.train.findings",
-                           f"--runs={','.join(runs)}", f"--out={out}"],
+                           f"--runs={','.join(runs)}", f"--output={out}"],
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   assert "super-sub-findings --runs=" in (out / "index.md").read_text()

@@ -66,13 +66,15 @@ def test_build_classifier_on_a_backbone_model():
     classifiers.build_classifier(plain, (8, 8, 1), 3, "generalist", "g")
 
 
-@pytest.mark.parametrize("name", ["small_resnet", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["small_resnet",
+                                  pytest.param("mobilenet_v2", marks=pytest.mark.slow)])
 def test_quantize_model_accepts(built, name):
   quantized = tfmot.quantization.keras.quantize_model(built[name])
   assert quantized(_images(SIZES[name][0], n=1), training=False).shape == (1, 5)
   assert backbones.num_stages(quantized) == backbones.num_stages(built[name])  # quant_ prefix
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,preprocess", [
     ("resnet50", keras.applications.resnet50.preprocess_input),
     ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input)])

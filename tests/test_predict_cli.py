@@ -136,7 +136,7 @@ def test_bundle_is_found_from_its_manifest_or_export_folder(tmp_path):
 @pytest.mark.parametrize("mode", ["hard", "soft"])
 def test_each_probability_is_named_in_both_modes(tmp_path, mode):
   paths = [_png(tmp_path / f"{i}.png", i) for i in range(12)]
-  result = _predict(f"--bundle={BUNDLE}", "--json", f"--mode={mode}", "--k=3", *paths)
+  result = _predict(f"--bundle={BUNDLE}", "--json", f"--mode={mode}", "--soft_k=3", *paths)
   assert result.returncode == 0, result.stderr
   rows = [json.loads(line) for line in result.stdout.splitlines()]
   lite, out = _expected(paths, mode, 3)
@@ -151,7 +151,7 @@ def test_each_probability_is_named_in_both_modes(tmp_path, mode):
     assert row["label_prob"] == row[classify.LABEL_PROB_IS[mode]]
   if mode == "hard":  # some rows went to a specialist, whose answer is not certain
     assert min(r["label_prob_given_superclass"] for r in rows) < 0.99
-  text = _predict(f"--bundle={BUNDLE}", f"--mode={mode}", "--k=3", paths[0])
+  text = _predict(f"--bundle={BUNDLE}", f"--mode={mode}", "--soft_k=3", paths[0])
   assert text.stdout.split("\t")[2] == (
       f"{rows[0]['label']} ({rows[0]['label_prob_joint']:.3f} joint, "
       f"{rows[0]['label_prob_given_superclass']:.3f} given its superclass)\n")

@@ -405,9 +405,9 @@ def test_predict_cli_plain_output(tiny_bundle, pngs):
 
 
 def test_predict_cli_soft_json_lines(tiny_bundle, tiny_models, pngs):
-  """--mode=soft --k=2 --json: one JSON object per image, the runtime's soft routing, whose
+  """--mode=soft --soft_k=2 --json: one JSON object per image, the runtime's soft routing, whose
   numbers are P(superclass) x P(label | superclass) of the top-2 superclasses."""
-  lines = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--k=2", "--json", *pngs)
+  lines = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--soft_k=2", "--json", *pngs)
   lite = runtime.TwoStageLite(tiny_bundle)
   images = runtime.load_images(pngs, lite.input_shape)
   out = lite.predict(images, mode="soft", k=2)
@@ -441,9 +441,9 @@ def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny
   """--cache_dir: the same output, with the routed specialists written there as verified
   .tflite files (named by sha256) for the next run, and with --packed_weights LiteRT's packed
   weights too; a cache_dir that is a file is an error."""
-  plain = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--k=2", *pngs)
+  plain = _predict_cli(f"--bundle={tiny_bundle}", "--mode=soft", "--soft_k=2", *pngs)
   cache = tmp_path / "cache"
-  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--soft_k=2",
                       *pngs) == plain
   bundle = runtime.load_bundle(tiny_bundle)
   written = sorted(os.listdir(cache))
@@ -451,11 +451,11 @@ def test_predict_cli_cache_dir_keeps_rebuilt_specialists_and_refuses_a_file(tiny
   for name in written:
     assert hashlib.sha256((cache / name).read_bytes()).hexdigest() == name[:-len(".tflite")]
   assert set(written) <= {bundle.specialist_sha256(k).hex() + ".tflite" for k in bundle.deltas}
-  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--k=2",
+  assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={cache}", "--mode=soft", "--soft_k=2",
                       *pngs) == plain
   packed = tmp_path / "packed"
   assert _predict_cli(f"--bundle={tiny_bundle}", f"--cache_dir={packed}", "--packed_weights",
-                      "--mode=soft", "--k=2", *pngs) == plain
+                      "--mode=soft", "--soft_k=2", *pngs) == plain
   assert sorted(os.listdir(packed)) == sorted(  # with LiteRT's packed weights and their records
       name[:-len(".tflite")] + suffix for name in written
       for suffix in (".tflite", ".xnnpack", ".xnnpack.json"))

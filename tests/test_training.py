@@ -1,19 +1,24 @@
 """Training and evaluation end to end on the synthetic `smoke` config (16 px, 8 images a class)."""
 
+import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from super_sub import evaluation
 from super_sub.routing import core
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.data import pipeline
 from super_sub.data import synthetic
+from super_sub.runtime import predictor
 from super_sub._internal.compat import keras
 from super_sub.training import config as config_lib
 from super_sub.training import fit
@@ -42,19 +47,55 @@ def trained(tmp_path_factory, _config, data_dir):
   return config
 
 
+def _validation_top1(run, stage) -> float:
+  """Top-1 of `stage`'s saved weights on the run's validation split, computed here: the
+  targets from each image's own label and superclass (not the training pipeline's), a
+  specialist on its superclass's images only."""
+  model = run.load_model(stage)
+  h = run.hierarchy
+  ds = pipeline.make_dataset(run.builder, run.evaluation_split, run.evaluation_input(256),
+                             training=False, with_metadata=True)
+  correct = total = 0
+  for images, _, meta in tfds.as_numpy(ds):
+    labels, supers = meta["label"], meta["superclass"]
+    if stage.role == "specialist":
+      keep = supers == stage.superclass
+      images, targets = images[keep], labels[keep] - h.subclass_range(stage.superclass).start
+    else:
+      targets = supers if stage.role == "generalist" else labels
+    if len(images):
+      correct += int(np.sum(model.predict_on_batch(images).argmax(axis=1) == targets))
+      total += len(targets)
+  return correct / total
+
+
 @pytest.mark.slow
 def test_every_stage_leaves_weights_and_metrics(trained):
   h = synthetic.load_hierarchy()
   run = trained.model_dir
   expected = ["flat", "generalist"] + [
       f"specialists/{k}_{sup.name}" for k, sup in enumerate(h.superclasses)]
+  finals = {}
   for stage in expected:
     with open(os.path.join(run, stage, "metrics.json"), encoding="utf-8") as f:
       metrics = json.load(f)
     assert metrics["epochs"] == 1
-    assert 0.0 <= metrics["final"]["val_top1"] <= 1.0
+    finals[stage] = metrics["final"]["val_top1"]
+    # final is the last epoch of the history, and that is CSVLogger's last row on disk.
+    assert finals[stage] == metrics["history"]["val_top1"][-1]
+    with open(os.path.join(run, stage, "history.csv"), encoding="utf-8") as f:
+      rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[-1]["val_top1"]) == finals[stage]
     assert os.path.exists(os.path.join(run, stage, "weights", "model.index"))
     assert not os.path.exists(os.path.join(run, stage, "backup"))  # removed when finished
+  # val_top1 is what the saved weights score on the validation split, recomputed here (Keras
+  # keeps it as a float32: 1e-6 covers that rounding, not one image of 84 or of 20 = 0.01).
+  opened = run_lib.Run(trained)
+  assert finals["flat"] == pytest.approx(_validation_top1(opened, run_lib.FLAT), abs=1e-6)
+  assert finals["generalist"] == pytest.approx(
+      _validation_top1(opened, run_lib.GENERALIST), abs=1e-6)
+  assert finals["specialists/4_dots"] == pytest.approx(
+      _validation_top1(opened, run_lib.specialist(4)), abs=1e-6)
   with open(os.path.join(run, "specialists/4_dots/metrics.json"), encoding="utf-8") as f:
     dots = json.load(f)
   # The dots specialist saw only its superclass: 5 subclasses x 8 images = 40, batch 16.
@@ -214,6 +255,13 @@ def test_specialist_for_missing_superclass_is_refused(tmp_path, data_dir, _confi
   assert not (tmp_path / "flat").exists()  # refused before anything was trained
 
 
+def _printed(pattern: str, stdout: str) -> tuple[str, ...]:
+  """The groups of the one stdout line that `pattern` matches from its start."""
+  found = re.findall(rf"^{pattern}", stdout, flags=re.MULTILINE)
+  assert len(found) == 1, (pattern, stdout[-3000:])
+  return found[0] if isinstance(found[0], tuple) else (found[0],)
+
+
 @pytest.mark.slow
 def test_demo_command_end_to_end(tmp_path, data_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -222,12 +270,61 @@ def test_demo_command_end_to_end(tmp_path, data_dir):
        f"--dataset={SMOKE}", f"--data_dir={data_dir}", "--epochs=1", "--specialist_epochs=1"],
       env=env, capture_output=True, text=True, timeout=600, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "two-stage, hard routing" in out.stdout
-  assert "generalist superclass top-1" in out.stdout
-  assert (tmp_path / "eval.json").exists()
-  assert "same prediction as Keras for" in out.stdout
-  assert "x one fp32 network" in out.stdout
+  stdout = out.stdout
+  with open(tmp_path / "eval.json", encoding="utf-8") as f:
+    result = json.load(f)
+  with open(tmp_path / "export" / "manifest.json", encoding="utf-8") as f:
+    manifest = json.load(f)
   assert (tmp_path / "export" / "tflite" / "manifest.json").exists()
+  n = result["num_examples"]
+  assert n == 84  # 21 subclasses x 4 validation images
+
+  # The evaluation table: each printed top-1 is eval.json's, as the demo rounds it (.2%).
+  pct = r"(\d+\.\d\d)%"
+  hard, soft = result["two_stage"]["hard"], result["two_stage"]["soft"]
+  for pattern, value in (
+      (rf"flat \(one network, all subclasses\) +{pct}", result["flat"]["top1"]),
+      (rf"two-stage, hard routing +{pct}", hard["top1"]),
+      (rf"two-stage, soft routing \(k={soft['k']}\) +{pct}", soft["top1"]),
+      (rf"oracle specialists \(true superclass\) +{pct}", result["oracle_specialists"]["top1"]),
+      (rf"generalist superclass top-1: {pct}", result["generalist"]["superclass_top1"])):
+    assert _printed(pattern, stdout) == (f"{100 * value:.2f}",), pattern
+  # ... and eval.json's flat and hard top-1 are those of the predictions it saved.
+  for name, value in (("flat", result["flat"]["top1"]), ("two_stage_hard", hard["top1"])):
+    with np.load(tmp_path / "predictions" / f"{name}.npz") as npz:
+      assert len(npz["labels"]) == n
+      assert value == pytest.approx(np.mean(npz["labels"] == npz["predictions"]), abs=1e-12)
+
+  # Parity: the TFLite bundle's top-1 and its agreement with the Keras two-stage predictions,
+  # recomputed here image by image with the exported bundle.
+  run = run_lib.Run.open(str(tmp_path), data_dir=data_dir)
+  lite = predictor.TwoStageLite(str(tmp_path / "export" / "tflite"))
+  with np.load(tmp_path / "predictions" / "two_stage_hard.npz") as npz:
+    keras_said = dict(zip(npz["file_names"].tolist(), npz["predictions"].tolist()))
+  correct = agree = total = 0
+  for images, labels, meta in tfds.as_numpy(pipeline.make_dataset(
+      run.builder, run.evaluation_split, run.evaluation_input(256), training=False,
+      with_metadata=True)):
+    predicted = lite.predict(images, mode="hard")["label"]
+    correct += int(np.sum(predicted == labels))
+    agree += sum(int(p) == keras_said[name.decode("utf-8")]
+                 for p, name in zip(predicted, meta["file_name"]))
+    total += len(labels)
+  assert total == n
+  assert _printed(rf"TFLite bundle: top-1 {pct} \(Keras two-stage {pct}\); same prediction as "
+                  rf"Keras for {pct} of (\d+) images", stdout) == (
+      f"{100 * correct / n:.2f}", f"{100 * hard['top1']:.2f}", f"{100 * agree / n:.2f}", str(n))
+
+  # Storage: the manifest's ratio is the TFLite files' bytes on disk over one fp32 network
+  # (4 bytes a parameter of the generalist), and the demo prints it.
+  tflite_dir = tmp_path / "export" / "tflite"
+  on_disk = sum(p.stat().st_size for p in tflite_dir.rglob("*") if p.is_file())
+  fp32 = 4 * run.load_model(run.generalist).count_params()
+  assert manifest["storage_ratio"] == pytest.approx(on_disk / fp32, rel=1e-12)
+  assert manifest["num_specialists"] == 5
+  assert _printed(r"storage: (\d+) specialists \+ generalist in (\d+\.\d\d) x one fp32 network "
+                  r"\(N\+1 separate fp32 networks: (\d+)\)", stdout) == (
+      "5", f"{on_disk / fp32:.2f}", "6")
 
 
 @pytest.mark.slow
@@ -245,6 +342,7 @@ def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
     assert json.load(f)["two_stage"]["soft"]["k"] == 3
 
 
+@pytest.mark.slow
 def test_a_moved_run_reads_its_stages_where_it_now_lives(trained, tmp_path):
   first, moved = tmp_path / "first", tmp_path / "moved"
   shutil.copytree(trained.model_dir, first)
@@ -282,7 +380,9 @@ print(json.dumps({"missing": missing, "defaults": defaults,
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["missing"] == [] and result["defaults"] == {}
-  assert not result["hierarchy_flag"]  # filled in from the dataset, not a flag
+  # --hierarchy names the hierarchy of a folder: or tfds: dataset; a built-in dataset fills
+  # it in (None: its own).
+  assert result["hierarchy_flag"] and result["config"]["hierarchy"] is None
   expected = dataclasses.asdict(config_lib.TrainConfig(
       model_dir="/tmp/x", specialists=(1, 3), qat=True, augment="crop"))
   expected["specialists"] = [1, 3]

@@ -1,13 +1,13 @@
 r"""super-sub-analyze: the misclassification report of any classifier's predictions.
 
   super-sub-analyze --predictions=runs/demo/predictions/flat.npz \
-    --hierarchy=superclassed_synthetic --out=runs/demo/report_flat \
+    --hierarchy=superclassed_synthetic --output=runs/demo/report_flat \
     --images_dataset=superclassed_synthetic --images_split=validation
 
   # An ImageNet-1k model's predictions (ids 0..999) with ReaL multi-labels and WordNet:
   super-sub-analyze --predictions=resnet50_val.csv --label_space=source \
     --hierarchy=superclassed_imagenet --unmapped_labels=skip --multilabel=real.json \
-    --wordnet_dir=/usr/share/wordnet --out=reports/resnet50
+    --wordnet_dir=/usr/share/wordnet --output=reports/resnet50
 
 Writes DIR/index.html (open it in a browser), report.json, confusion_pairs.csv,
 mistakes.csv and the PNG pictures; see super_sub.analysis for the file formats.
@@ -15,7 +15,6 @@ mistakes.csv and the PNG pictures; see super_sub.analysis for the file formats.
 
 import os
 
-from absl import app
 from absl import flags
 
 from super_sub._internal import cli
@@ -29,8 +28,8 @@ _PREDICTIONS = flags.DEFINE_string(
     "optional file_names, top5), e.g. a run's predictions/flat.npz.")
 _HIERARCHY = flags.DEFINE_string(
     "hierarchy", None, "A shipped hierarchy name (e.g. superclassed_imagenet) or a JSON path.")
-_OUT = flags.DEFINE_string("out", None, "Report folder (replaced if it holds an earlier "
-                           "report; any other non-empty folder is refused).")
+_OUT = flags.DEFINE_string("output", None, "Report folder (replaced if it holds an earlier "
+                           "report; any other non-empty folder is refused). Formerly --out.")
 _LABEL_SPACE = flags.DEFINE_enum(
     "label_space", None, analysis.LABEL_SPACES, "Ids in the file: 'subclass' (the "
     "hierarchy's global subclass index) or 'source' (source dataset ids such as ImageNet-1k's "
@@ -61,33 +60,30 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the report folder ev
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
   for flag in (_PREDICTIONS, _HIERARCHY, _OUT):
     if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
+      raise cli.UsageError(f"--{flag.name} is required")
   if _IMAGES_DATASET.value and _IMAGES_DIR.value:
-    raise app.UsageError("give --images_dataset or --images_dir, not both")
+    raise cli.UsageError("give --images_dataset or --images_dir, not both")
   if bool(_IMAGES_DATASET.value) != bool(_IMAGES_SPLIT.value):
-    raise app.UsageError("--images_dataset and --images_split go together")
-  try:
-    hierarchy = hierarchy_lib.load(_HIERARCHY.value)
-    predictions = analysis.read_predictions(_PREDICTIONS.value, _LABEL_SPACE.value)
-    images = None
-    if _IMAGES_DATASET.value:
-      images = analysis.images_from_tfds(_IMAGES_DATASET.value, _IMAGES_SPLIT.value,
-                                         _DATA_DIR.value)
-    elif _IMAGES_DIR.value:
-      images = analysis.images_from_folder(_IMAGES_DIR.value)
-    report = analysis.write_report(
-        _OUT.value, predictions, hierarchy, images=images,
-        multilabels=(analysis.read_multilabels(_MULTILABEL.value, predictions)
-                     if _MULTILABEL.value else None),
-        wordnet=wordnet_lib.read(_WORDNET_DIR.value) if _WORDNET_DIR.value else None,
-        top_confusions=_TOP_CONFUSIONS.value, unmapped_labels=_UNMAPPED_LABELS.value,
-        title=_TITLE.value, overwrite=_OVERWRITE.value)
-  except (analysis.AnalysisError, hierarchy_lib.HierarchyError, wordnet_lib.WordNetError) as e:
-    # A data problem, not a usage one: the message without absl's usage banner.
-    raise SystemExit(f"super-sub-analyze: {e}") from None
+    raise cli.UsageError("--images_dataset and --images_split go together")
+  # Bad files and names raise the library's errors, which cli.run prints as one line.
+  hierarchy = hierarchy_lib.load(_HIERARCHY.value)
+  predictions = analysis.read_predictions(_PREDICTIONS.value, _LABEL_SPACE.value)
+  images = None
+  if _IMAGES_DATASET.value:
+    images = analysis.images_from_tfds(_IMAGES_DATASET.value, _IMAGES_SPLIT.value,
+                                       _DATA_DIR.value)
+  elif _IMAGES_DIR.value:
+    images = analysis.images_from_folder(_IMAGES_DIR.value)
+  report = analysis.write_report(
+      _OUT.value, predictions, hierarchy, images=images,
+      multilabels=(analysis.read_multilabels(_MULTILABEL.value, predictions)
+                   if _MULTILABEL.value else None),
+      wordnet=wordnet_lib.read(_WORDNET_DIR.value) if _WORDNET_DIR.value else None,
+      top_confusions=_TOP_CONFUSIONS.value, unmapped_labels=_UNMAPPED_LABELS.value,
+      title=_TITLE.value, overwrite=_OVERWRITE.value)
   print(analysis.summary(report))
   print(f"wrote {os.path.join(os.path.abspath(_OUT.value), 'index.html')}")
 

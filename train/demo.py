@@ -15,12 +15,7 @@ from absl import flags
 
 from super_sub import configs
 from super_sub._internal import cli
-from super_sub import evaluation
-from super_sub.bundles import export as export_lib
-from super_sub.bundles import parity
 from super_sub.training import config as config_lib
-from super_sub.training import fit
-from super_sub.training import run as run_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", "runs/demo", "Folder of the run.")
 _RECIPE = configs.get("synthetic_demo")
@@ -38,10 +33,22 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = fit.train(config_lib.TrainConfig(**{
-      **_RECIPE, "model_dir": _MODEL_DIR.value, "dataset": _DATASET.value,
-      "data_dir": _DATA_DIR.value, "epochs": _EPOCHS.value,
-      "specialist_epochs": _SPECIALIST_EPOCHS.value, "seed": _SEED.value}))
+  try:  # before TensorFlow is imported: a mistake is told at once
+    config = config_lib.TrainConfig(**{
+        **_RECIPE, "model_dir": _MODEL_DIR.value, "dataset": _DATASET.value,
+        "data_dir": _DATA_DIR.value, "epochs": _EPOCHS.value,
+        "specialist_epochs": _SPECIALIST_EPOCHS.value, "seed": _SEED.value})
+  except ValueError as e:  # TrainConfig's checks of the values
+    raise app.UsageError(str(e)) from None
+  # TensorFlow is imported here, not for --help.
+  # pylint: disable=import-outside-toplevel
+  from super_sub import evaluation
+  from super_sub.bundles import export as export_lib
+  from super_sub.bundles import parity
+  from super_sub.training import fit
+  from super_sub.training import run as run_lib
+  # pylint: enable=import-outside-toplevel
+  config = fit.train(config)
   run = run_lib.Run(config)
   evaluation.evaluate(run)
   export_dir = os.path.join(config.model_dir, "export")

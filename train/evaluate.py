@@ -6,10 +6,9 @@
 from absl import app
 from absl import flags
 
-from super_sub import evaluation
 from super_sub._internal import cli
 from super_sub.routing import core
-from super_sub.training import run as run_lib
+from super_sub.training import config as config_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Folder of a run made by super-sub-train.",
                                  required=True)
@@ -29,8 +28,12 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder, if not the 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  evaluation.evaluate(run_lib.Run.open(_MODEL_DIR.value, data_dir=_DATA_DIR.value),
-                       split=_SPLIT.value, soft_k=_SOFT_K.value, router=_ROUTER.value)
+  # The run's config before TensorFlow is imported: a folder that is no run is told at once.
+  config = config_lib.load_config(_MODEL_DIR.value, _DATA_DIR.value)
+  from super_sub import evaluation  # pylint: disable=import-outside-toplevel
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  evaluation.evaluate(run_lib.Run(config), split=_SPLIT.value, soft_k=_SOFT_K.value,
+                      router=_ROUTER.value)
 
 
 def run():

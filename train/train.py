@@ -1,9 +1,11 @@
-"""super-sub-train: trains the flat baseline, the generalist and the specialists.
+r"""super-sub-train: trains the flat baseline, the generalist and the specialists.
 
   super-sub-train --model_dir=runs/fmnist --dataset=superclassed_fashion_mnist \
       --manual_dir=/usr/share/datasets/fashion-mnist --stage=all --epochs=10
 
   super-sub-train --config=imagenet_resnet50 --model_dir=runs/r50 --manual_dir=/data/ILSVRC2012
+
+  super-sub-train --model_dir=runs/pets --dataset=folder:~/pets --hierarchy=pets.json
 
 Re-running the same command resumes where it stopped. `--config=NAME` starts from a named
 experiment (super_sub.configs) and the flags given override its fields. `--flagfile=FILE`
@@ -23,12 +25,7 @@ from absl import flags
 from super_sub import configs
 from super_sub._internal import cli
 from super_sub._internal import lock
-from super_sub.data import pipeline
 from super_sub.training import config as config_lib
-from super_sub.training import distribute
-from super_sub.training import fit
-from super_sub.training import guards
-from super_sub.training import run as run_lib
 
 CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical "
                                    "devices (to try --strategy=mirrored without GPUs).")
@@ -80,7 +77,8 @@ def config_from_flags() -> config_lib.TrainConfig:
   given on the command line laid over it, else every flag.
 
   Raises:
-    app.UsageError: an unknown --config name or --specialists that are not integers.
+    app.UsageError: an unknown --config name, --specialists that are not integers, or
+      values that TrainConfig refuses (--epochs=-1, an unknown --backbone, ...).
   """
   values = {name: holder.value for name, holder in FLAGS.items()}
   if CONFIG.value is not None:
@@ -98,16 +96,27 @@ def config_from_flags() -> config_lib.TrainConfig:
     except ValueError:
       raise app.UsageError(f"--specialists takes superclass indices (integers); got "
                            f"{','.join(values['specialists'])}") from None
-  return config_lib.TrainConfig(**values)
+  try:
+    return config_lib.TrainConfig(**values)
+  except ValueError as e:  # TrainConfig's checks of the values
+    raise app.UsageError(str(e)) from None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = config_from_flags()  # before TensorFlow is imported: a mistake is told at once
+  # pylint: disable=import-outside-toplevel
+  from super_sub.data import pipeline
+  from super_sub.training import distribute
+  from super_sub.training import fit
+  from super_sub.training import guards
+  from super_sub.training import run as run_lib
+  # pylint: enable=import-outside-toplevel
   if CPU_DEVICES.value:
     distribute.split_cpu(CPU_DEVICES.value)
   try:
-    fit.train(config_from_flags())
+    fit.train(config)
   except (config_lib.ConfigError, run_lib.RunMismatchError, lock.FolderLockedError,
           guards.NonFiniteError, pipeline.UndecodableImageError) as e:
     # Refusals and a diverged stage: the message says all; a traceback would bury it.

@@ -8,16 +8,15 @@ subclass label, its superclass and its index within that superclass.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 from typing import Iterator
 
 from absl import logging
 from etils import epath
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from super_sub.data import encoding
 from super_sub.data import features
 from super_sub import hierarchy as hierarchy_lib
 
@@ -27,7 +26,6 @@ _VAL_TAR = "ILSVRC2012_img_val.tar"
 _SOURCES = {"train": (_TRAIN_TAR, "train"), "validation": (_VAL_TAR, "val")}
 _VAL_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-_JPEG_QUALITY = 95
 _TAR = tfds.download.ExtractMethod.TAR_STREAM
 
 # Each example: (key, wnid, image bytes); keys are paths relative to manual_dir.
@@ -157,7 +155,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if file_name in file_names:  # e.g. val/X.JPEG left over next to val/<wnid>/X.JPEG
         raise ValueError(f"superclassed_imagenet: {file_name} appears twice in {manual_dir}"
                          f" (again as {key}); remove one copy.")
-      image, is_odd = _to_jpeg(data, size, where=f"{key} (in {manual_dir})")
+      # CMYK JPEGs and PNGs named .JPEG are found by decoding and stored as RGB JPEG.
+      image, is_odd = encoding.reencode(data, f"{key} (in {manual_dir})", "jpeg", size=size)
       odd += is_odd
       seen.add(wnid)
       file_names.add(file_name)
@@ -254,46 +253,3 @@ def _val_folder(manual_dir: epath.Path, wanted: set[str]) -> _Files:
     wnid = _val_wnid(path.name, labels, where=str(val))
     if wnid in wanted:
       yield f"val/{path.name}", wnid, path.read_bytes()
-
-
-def _to_jpeg(data: bytes, size: int | None, where: str) -> tuple[bytes, bool]:
-  """Decodes `data` fully; returns (JPEG bytes, whether it was an odd file).
-
-  An RGB or grayscale JPEG is kept byte for byte when `size` is None; anything else
-  that decodes (CMYK JPEGs, PNGs named .JPEG, ...) is odd and is re-encoded as RGB JPEG.
-  This sniffs the content (PIL reads the magic bytes and the JPEG colour space) rather
-  than listing known file names as TFDS's imagenet2012 does, so it covers any copy.
-
-  Raises:
-    ValueError: naming `where`, when the image cannot be decoded.
-  """
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      if size:
-        image.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale, still >= size.
-      image.load()  # Decodes everything, so truncated files fail here, not in training.
-      odd = not (image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L"))
-      if odd:
-        logging.info("superclassed_imagenet: re-encoding %s (%s, %s) as RGB JPEG.",
-                     where, image.format, image.mode)
-      elif not size:
-        return data, False
-      image = image.convert("RGB")
-      if size:
-        image = _resize_and_center_crop(image, size)
-      out = io.BytesIO()
-      image.save(out, "JPEG", quality=_JPEG_QUALITY)
-      return out.getvalue(), odd
-  except Exception as e:  # pylint: disable=broad-except  # PIL raises many types.
-    raise ValueError(f"superclassed_imagenet: cannot decode image {where}: "
-                     f"{type(e).__name__}: {e}") from e
-
-
-def _resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
-  """Scales the shorter side to `size` (bicubic, antialiased), then crops the center."""
-  w, h = image.size
-  scale = size / min(w, h)
-  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-  image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-  left, top = (new_w - size) // 2, (new_h - size) // 2
-  return image.crop((left, top, left + size, top + size))

@@ -21,7 +21,9 @@ one dataset are seeds of one experiment; the page reports their mean and standar
   them (how hard they are for a network that never routes).
 
 Writes index.md, index.html, findings.json and the PNGs into the folder (replaced only if it
-is an earlier findings page). Needs numpy and matplotlib, not TensorFlow.
+is an earlier findings page). The page names runs by their folder's name, never by a path of
+the machine that made it, and `rerender` writes it again from findings.json alone (no run
+folders needed). Needs numpy and matplotlib, not TensorFlow.
 """
 
 from __future__ import annotations
@@ -42,8 +44,32 @@ from super_sub.analysis import report as report_lib
 MARKER = "findings.json"
 
 
-def collect(model_dir: str) -> dict[str, Any]:
-  """One evaluated run's numbers for the findings.
+class FindingsError(ValueError):
+  """No runs to report, or a findings.json that cannot be read back; the message says which."""
+
+
+def run_names(model_dirs: Sequence[str]) -> list[str]:
+  """How the page names runs: each by the shortest end of its path that no other run's path
+  ends with (runs/fmnist_s0 -> fmnist_s0; a/seed0/supersub and a/seed1/supersub ->
+  seed0/supersub and seed1/supersub), never by a path of the machine that made them."""
+  parts = [os.path.normpath(d).replace(os.sep, "/").strip("/").split("/") for d in model_dirs]
+  names = []
+  for i, mine in enumerate(parts):
+    for depth in range(1, len(mine) + 1):
+      if all(other[-depth:] != mine[-depth:] for j, other in enumerate(parts) if j != i):
+        break
+    names.append("/".join(mine[-depth:]))
+  return names
+
+
+def default_command(run_names: Sequence[str]) -> str:
+  """The command line the page shows: the runs by name, no path of this machine."""
+  return "super-sub-findings --runs=" + ",".join(run_names)
+
+
+def collect(model_dir: str, run_name: str | None = None) -> dict[str, Any]:
+  """One evaluated run's numbers for the findings; `run_name` is how the page names it
+  (default: its folder's name).
 
   Raises:
     FileNotFoundError: the folder is not an evaluated run (no config.json or eval.json).
@@ -77,7 +103,7 @@ def collect(model_dir: str) -> dict[str, Any]:
       "oracle_specialists"]), loading.read_predictions(predictions["two_stage_hard"]), h)
             if all(os.path.exists(p) for p in predictions.values()) else None)
   return {
-      "model_dir": model_dir, "dataset": result["dataset"], "split": result["split"],
+      "run": run_name or run_names([model_dir])[0], "dataset": result["dataset"], "split": result["split"],
       "seed": config.get("seed"), "epochs": config.get("epochs"),
       "hierarchy": h.name, "num_specialists": num_specialists,
       "flat_top1": result["flat"]["top1"],
@@ -311,25 +337,81 @@ def _plots(folder: str, s: dict) -> None:
   plt.close(fig)
 
 
-def write_findings(out_dir: str, model_dirs: Sequence[str], command: str | None = None
-                   ) -> list[dict[str, Any]]:
+def write_findings(out_dir: str, model_dirs: Sequence[str], command: str | None = None,
+                   overwrite: bool = False) -> list[dict[str, Any]]:
   """Collects the runs, groups them by dataset and writes the page (see the module docstring).
 
+  Args:
+    out_dir: the page's folder.
+    model_dirs: evaluated runs.
+    command: the command line the page shows (default: `default_command` of the runs).
+    overwrite: replace out_dir even when it is not an earlier findings page.
+
   Raises:
-    ValueError: no runs given.
+    FindingsError: no runs given.
     FileNotFoundError: a folder that is not an evaluated run.
     files.OutputDirError: out_dir exists and is not an earlier findings page.
   """
   if not model_dirs:
-    raise ValueError("give at least one evaluated run (a model_dir with eval.json)")
-  files.check_replaceable(out_dir, "findings", MARKER)
+    raise FindingsError("give at least one evaluated run (a model_dir with eval.json)")
+  files.check_replaceable(out_dir, "findings", MARKER, overwrite=overwrite)
   groups: dict[str, list[dict]] = {}
-  for model_dir in model_dirs:
-    run = collect(model_dir)
+  for model_dir, name in zip(model_dirs, run_names(model_dirs)):
+    run = collect(model_dir, name)
     groups.setdefault(run["dataset"], []).append(run)
   summaries = [summarize(runs) for runs in groups.values()]
+  runs = [r for runs in groups.values() for r in runs]
+  if command is None:
+    command = default_command([r["run"] for r in runs])
+  _write_page(out_dir, summaries, runs, command, overwrite)
+  return summaries
+
+
+def rerender(out_dir: str, findings_json: str, overwrite: bool = False
+             ) -> list[dict[str, Any]]:
+  """Writes the page again from a saved findings.json (or the page folder holding one),
+  without the runs' folders: after a change of the page's layout, or on another machine.
+  Runs are named by their folder's name, also where an older findings.json kept paths.
+
+  Raises:
+    FileNotFoundError: no findings.json there.
+    FindingsError: the file is not a findings.json that super-sub wrote.
+    files.OutputDirError: out_dir exists and is not an earlier findings page.
+  """
+  path = (os.path.join(findings_json, MARKER) if os.path.isdir(findings_json)
+          else findings_json)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise FindingsError(f"{path} is not valid UTF-8 JSON ({e})") from None
+  if (not isinstance(saved, dict) or not isinstance(saved.get("datasets"), list)
+      or not saved["datasets"] or not isinstance(saved.get("runs", []), list)
+      or not all(isinstance(r, dict) for r in saved.get("runs", []))):
+    raise FindingsError(f"{path} is not a findings.json written by super-sub-findings (it "
+                        "needs a non-empty 'datasets' list)")
+  files.check_replaceable(out_dir, "findings", MARKER, overwrite=overwrite)
+  runs = [dict(r) for r in saved.get("runs", [])]
+  # findings.json files written before runs were named kept each run's path instead.
+  located = [r for r in runs if "model_dir" in r]
+  for r, name in zip(located, run_names([str(r["model_dir"]) for r in located])):
+    r["run"] = r.get("run", name)
+    del r["model_dir"]
+  summaries = saved["datasets"]
+  try:
+    _write_page(out_dir, summaries, runs, default_command([r.get("run", "?") for r in runs]),
+                overwrite)
+  except (KeyError, TypeError, ValueError) as e:
+    raise FindingsError(f"{path}: a summary lacks what the page shows ({type(e).__name__}: "
+                        f"{e})") from None
+  return summaries
+
+
+def _write_page(out_dir: str, summaries: Sequence[dict[str, Any]],
+                runs: Sequence[dict[str, Any]], command: str | None, overwrite: bool) -> None:
+  """index.md, index.html, the PNGs and findings.json, written into out_dir at once."""
   text = markdown(summaries, command)
-  with files.atomic_dir(out_dir, "findings", MARKER) as folder:
+  with files.atomic_dir(out_dir, "findings", MARKER, overwrite=overwrite) as folder:
     for s in summaries:
       _plots(folder, s)
     with open(os.path.join(folder, "index.md"), "w", encoding="utf-8") as f:
@@ -337,9 +419,7 @@ def write_findings(out_dir: str, model_dirs: Sequence[str], command: str | None 
     with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
       f.write(_html(text))
     files.write_json(os.path.join(folder, MARKER),
-                     {"command": command, "datasets": summaries,
-                      "runs": [r for runs in groups.values() for r in runs]})
-  return summaries
+                     {"command": command, "datasets": list(summaries), "runs": list(runs)})
 
 
 def _html(markdown_text: str) -> str:

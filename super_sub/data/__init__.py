@@ -1,7 +1,10 @@
 """From a TFDS dataset to model inputs.
 
   features   the features every super-sub TFDS dataset shares
-  prepare    build a dataset and summarise it per superclass
+  sources    what --dataset may name: a TFDS name, folder:<PATH>, tfds:<name> (no TensorFlow)
+  folders    your own image folders checked and read into a plan of labelled files
+  encoding   how builders store an image file: kept, or re-encoded in the dataset's encoding
+  prepare    open and build a dataset, and summarise it per superclass
   synthetic  the procedural shapes behind `superclassed_synthetic`
   images     the image contract: dtype, range, resize method, framing (numpy + Pillow, no
              TensorFlow)

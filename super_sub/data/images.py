@@ -32,6 +32,9 @@ FRAMINGS = ("resize", "center_crop")
 # The center crop keeps 7/8 of the shorter side: resizing the shorter side to image_size / 0.875
 # and cropping image_size, ResNet's and Inception's evaluation view, in integers.
 CENTER_CROP_FRACTION = (7, 8)
+# Stored images at least this large (or of varying size) are "large natural images": they train
+# on random-resized crops and are evaluated on the center crop (`is_large`).
+LARGE_IMAGES = 128
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR}
 _MODES = {1: "L", 3: "RGB"}
 
@@ -64,6 +67,13 @@ def center_crop_box(height, width):
   numerator, denominator = CENTER_CROP_FRACTION
   side = shorter - shorter * (denominator - numerator) // denominator
   return (height - side + 1) // 2, (width - side + 1) // 2, side
+
+
+def is_large(height: int | None, width: int | None) -> bool:
+  """Whether images stored at `height` x `width` (None: sizes vary) are large natural images,
+  the rule behind a dataset's default augmentation and framing (training.config) and the
+  encoding a folder of images is stored in (super_sub.data.folders)."""
+  return height is None or width is None or min(height, width) >= LARGE_IMAGES
 
 
 def load_images(paths: Sequence[str | os.PathLike], shape: Sequence[int],

@@ -13,7 +13,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from super_sub.data import sources
 import super_sub.datasets  # pylint: disable=unused-import  (registers the builders)
+from super_sub.datasets.superclassed_folder import superclassed_folder_dataset_builder as folder_builder
+from super_sub.datasets.superclassed_tfds import superclassed_tfds_dataset_builder as tfds_builder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,12 +28,63 @@ class SplitSummary:
   superclass_counts: np.ndarray
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None
+def open_builder(name: str, data_dir: str | None = None, hierarchy: str | None = None,
+                 unmapped_labels: str = "error") -> tfds.core.DatasetBuilder:
+  """The builder of a dataset name (super_sub.data.sources), prepared or not.
+
+  Args:
+    name: a registered TFDS name[/config], folder:<PATH> or tfds:<name>[/<config>].
+    data_dir: where TFDS keeps prepared data (default: TFDS's).
+    hierarchy: folder: and tfds: only: a hierarchy JSON path or shipped name (tfds: also
+      from_feature:<feature>).
+    unmapped_labels: folder: and tfds: only: "error" or "skip" classes outside `hierarchy`.
+
+  Raises:
+    sources.DatasetError: a hierarchy for a dataset that carries its own, or a bad folder.
+  """
+  name = sources.canonical(name)
+  if sources.kind(name) == "folder":
+    config = folder_builder.folder_config(name[len(sources.FOLDER):], hierarchy,
+                                          unmapped_labels)
+    return folder_builder.Builder(config=config, data_dir=data_dir)
+  if sources.kind(name) == "tfds":
+    config = tfds_builder.tfds_config(name[len(sources.TFDS):], hierarchy, unmapped_labels)
+    return tfds_builder.Builder(config=config, data_dir=data_dir)
+  if hierarchy is not None:
+    raise sources.DatasetError(
+        f"--hierarchy={hierarchy}: {name} carries its own hierarchy; --hierarchy applies to "
+        "--dataset=folder:<PATH> and --dataset=tfds:<name>")
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+            hierarchy: str | None = None, unmapped_labels: str = "error"
             ) -> tfds.core.DatasetBuilder:
-  """Builds dataset `name` (e.g. "superclassed_synthetic/32px") if needed and returns its builder."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  """Builds dataset `name` (e.g. "superclassed_synthetic/32px", "folder:/data/pets") if needed
+  and returns its builder (`open_builder` says what the arguments are).
+
+  Raises:
+    tfds.core.registered.DatasetNotFoundError: no dataset of that name.
+    FileNotFoundError: the dataset needs files downloaded by hand and manual_dir lacks them.
+    sources.DatasetError, hierarchy.HierarchyError: a folder: or tfds: dataset that cannot be
+      read as asked (see open_builder).
+  """
+  builder = open_builder(name, data_dir, hierarchy, unmapped_labels)
+  if sources.kind(sources.canonical(name)) == "folder":
+    builder.check_unchanged()
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except AssertionError as e:
+    # TFDS 4.9 raises AssertionError for a manual download that is not there
+    # (DownloadManager.manual_dir): the user's missing folder, told as one.
+    if not str(e).startswith("Manual directory"):
+      raise
+    where = ("no manual_dir was given" if manual_dir is None
+             else f"manual_dir {manual_dir} does not exist or is empty")
+    how = " ".join((builder.MANUAL_DOWNLOAD_INSTRUCTIONS or "").split())
+    raise FileNotFoundError(f"{name} is built from files you download yourself, and {where} "
+                            f"(--manual_dir=DIR). {how}") from None
   return builder
 
 
@@ -69,7 +123,9 @@ def format_summary(builder: tfds.core.DatasetBuilder, summaries: list[SplitSumma
   lines = [f"{builder.info.full_name}  ({builder.data_dir})",
            f"image {shape}, {h.num_superclasses} superclasses, {h.num_subclasses} subclasses "
            f"(hierarchy {h.name!r})",
-           "splits: " + ", ".join(f"{s.name}={s.num_examples}" for s in summaries), ""]
+           "splits: " + ", ".join(f"{s.name}={s.num_examples}" for s in summaries)]
+  # What a builder decided for the user (a held-out validation split, skipped folders).
+  lines += [f"note: {note}" for note in (builder.info.metadata or {}).get("notes", [])] + [""]
   header = f"{'superclass':<16}{'#sub':>5}" + "".join(f"{s.name:>12}" for s in summaries)
   lines += [header + "  subclasses", "-" * (len(header) + 12)]
   for k, sup in enumerate(h.superclasses):

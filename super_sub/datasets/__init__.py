@@ -10,5 +10,7 @@ so that no top-level package called `datasets` is ever installed.
 
 # pylint: disable=unused-import
 from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder
+from super_sub.datasets.superclassed_folder import superclassed_folder_dataset_builder
 from super_sub.datasets.superclassed_imagenet import superclassed_imagenet_dataset_builder
 from super_sub.datasets.superclassed_synthetic import superclassed_synthetic_dataset_builder
+from super_sub.datasets.superclassed_tfds import superclassed_tfds_dataset_builder

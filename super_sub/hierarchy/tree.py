@@ -13,6 +13,7 @@ import functools
 import importlib.resources
 import json
 import os
+import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -63,6 +64,13 @@ class Hierarchy:
 
   def __post_init__(self):
     _validate(self)
+
+  def __repr__(self) -> str:
+    # One short line: the dataclass's own repr would list every subclass.
+    return (f"Hierarchy({self.name!r}: {self.num_superclasses} superclasses, "
+            f"{self.num_subclasses} subclasses"
+            + ("" if self.num_source_labels is None
+               else f" of {self.num_source_labels} source labels") + ")")
 
   # --- sizes and names -------------------------------------------------------
   @property
@@ -225,6 +233,28 @@ class Hierarchy:
   def to_json(self, path: str | os.PathLike) -> None:
     """Writes the hierarchy atomically (temporary file, then rename)."""
     files.write_json(path, self.to_dict())
+
+
+def format_tree(hierarchy: Hierarchy, width: int = 100) -> str:
+  """The hierarchy as text for a person: one paragraph per superclass with its index, name,
+  WordNet id and subclass count, then its subclasses wrapped to `width` columns."""
+  h = hierarchy
+  lines = [f"{h.name}: {h.num_superclasses} superclasses, {h.num_subclasses} subclasses"
+           + ("" if h.num_source_labels is None else
+              f" (of {h.num_source_labels} source labels)")
+           + f", {len(h.specialist_superclasses())} with a specialist"]
+  digits = len(str(h.num_superclasses - 1))
+  for k, sup in enumerate(h.superclasses):
+    count = len(sup.subclasses)
+    lines.append(f"{k:>{digits}}  {sup.name}" + (f"  {sup.wnid}" if sup.wnid else "")
+                 + f"  ({count} subclass{'' if count == 1 else 'es'})")
+    indent = " " * (digits + 4)
+    # A no-break space inside each name: lines break between names, never within one.
+    text = ", ".join(s.name.replace(" ", "\xa0") for s in sup.subclasses)
+    lines.extend(line.replace("\xa0", " ") for line in textwrap.wrap(
+        text, width=max(width, len(indent) + 20), initial_indent=indent,
+        subsequent_indent=indent, break_on_hyphens=False))
+  return "\n".join(lines)
 
 
 def shipped_hierarchies() -> list[str]:

@@ -7,3 +7,6 @@
 
 Importing this package loads nothing; import the module you need (they load TensorFlow).
 """
+
+# The backbones build_backbone knows, here so that a config can be checked without TensorFlow.
+BACKBONES = ("small_resnet", "small_resnet_wide", "resnet18", "resnet50", "mobilenet_v2")

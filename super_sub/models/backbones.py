@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from super_sub._internal.compat import keras
+from super_sub.models import BACKBONES  # the names, defined where no TensorFlow is needed
 
 layers = keras.layers
 
-BACKBONES = ("small_resnet", "small_resnet_wide", "resnet18", "resnet50", "mobilenet_v2")
 INPUT_NAME = "image"
 POOL_NAME = "pool"
 HEAD_NAME = "head"

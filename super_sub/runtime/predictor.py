@@ -16,22 +16,14 @@ generalist is only the specialists' base. The router head then runs inside the t
 interpreter, appended to its graph (super_sub.runtime.fusion): one invoke, no second copy of
 the features. The routing itself is super_sub.routing.core's, so semantics and outputs match
 TwoStage.predict exactly. Needs only numpy, Pillow and ai_edge_litert.
-
-LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." (and, for a
-CompiledModel, a page of INFO lines) to stderr while an interpreter is built; the runtime hides
-LiteRT's INFO lines (`_quiet_litert_info`) unless TF_CPP_MIN_LOG_LEVEL=0 or SUPER_SUB_TF_LOGS=1
-asks for them.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import importlib.metadata
 import os
-import sys
-import tempfile
 
 import numpy as np
 from ai_edge_litert import compiled_model as litert_compiled
@@ -253,11 +245,10 @@ class _LiteModel:
     source = {"model_path": model} if isinstance(model, str) else {"model_content": model}
     self._interpreter = litert.Interpreter(**source, num_threads=num_threads)
     self._compiled = None
-    with _quiet_litert_info():  # the first build applies XNNPACK and says so
-      if packed_weights is None:
-        self._interpreter.allocate_tensors()
-      else:  # the interpreter above only describes the tensors; the compiled model runs them
-        self._compiled = _PackedRunner(model, num_threads, packed_weights)
+    if packed_weights is None:
+      self._interpreter.allocate_tensors()
+    else:  # the interpreter above only describes the tensors; the compiled model runs them
+      self._compiled = _PackedRunner(model, num_threads, packed_weights)
     (self._in,), self._outs = self._details()
     self._out = self._outs[0]
     self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
@@ -363,43 +354,6 @@ def _environment():
             runtime_path=runtime_path, compiler_plugin_path="", dispatch_library_path=""),
         litert_environment.EnvironmentOptions(runtime_path=runtime_path))
   return _ENVIRONMENT
-
-
-@contextlib.contextmanager
-def _quiet_litert_info():
-  """Runs the block (an interpreter's build) with stderr, file descriptor 2, caught, then writes
-  back every line but LiteRT's INFO lines; a no-op where TF_CPP_MIN_LOG_LEVEL=0 (TensorFlow's
-  setting for showing INFO lines) or SUPER_SUB_TF_LOGS=1 (the commands' switch for start-up
-  logs) asks for them.
-
-  LiteRT's C++ logs to file descriptor 2 directly, and neither its minimal logger (the XNNPACK
-  line, once per process and library) nor its LiteRtLogger (CompiledModel's environment, one
-  line per accelerator) has a level that Python can reach in ai-edge-litert 2.x, nor does
-  TF_CPP_MIN_LOG_LEVEL reach them. Warnings and errors pass through, after the block.
-  """
-  if (os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
-      or os.environ.get("SUPER_SUB_TF_LOGS", "") not in ("", "0")):
-    yield
-    return
-  try:
-    sys.stderr.flush()
-    saved = os.dup(2)
-  except (OSError, ValueError):  # no file descriptor 2 (an embedding host): leave it alone
-    yield
-    return
-  with tempfile.TemporaryFile() as caught:
-    os.dup2(caught.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      caught.seek(0)
-      kept = [line for line in caught.read().splitlines(keepends=True)
-              if not line.startswith(b"INFO: ")]
-      if kept:
-        os.write(2, b"".join(kept))
 
 
 @functools.cache  # read from the package metadata once, not at every specialist switch

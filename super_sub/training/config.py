@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+from super_sub.data import sources
+from super_sub.models import BACKBONES
 from super_sub.runtime import delta as delta_lib
 
 STAGES = ("flat", "generalist", "router_head", "specialists")
@@ -22,6 +24,7 @@ SPECIALIST_FORMS = ("delta", "affine", "sign", "lowrank")
 # How a specialist's QAT weight quantizer ranges may move (super_sub.training.deltas.DeltaToBase).
 DELTA_RANGES = ("pinned", "grow")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
+UNMAPPED = ("error", "skip")
 # Keys that define what a model_dir holds; a re-run must agree on all of them.
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
 
@@ -45,7 +48,9 @@ class TrainConfig:
       "flag": True})
   dataset: str = _field("superclassed_synthetic", "TFDS name[/config], e.g. "
                         "superclassed_synthetic, superclassed_fashion_mnist, "
-                        "superclassed_imagenet/64x64.")
+                        "superclassed_imagenet/64x64; folder:<PATH> (your own images, "
+                        "<PATH>/<split>/[<superclass>/]<class>/<image>); or tfds:<name>[/<config>] "
+                        "(any TFDS image classification dataset, with --hierarchy).")
   data_dir: str | None = _field(None, "TFDS data folder (default: TFDS's).")
   manual_dir: str | None = _field(None, "Folder of manually downloaded source files "
                                   "(ImageNet, Fashion-MNIST).")
@@ -203,13 +208,25 @@ class TrainConfig:
       "mine' (an extra output; Hinton et al. 2015's specialists, HD-CNN). Hard routing then "
       "sends an image its specialist calls 'not mine' to the second superclass's specialist; "
       "soft routing discounts it. 0: no dustbin. Not exportable to bundles yet.")
-  hierarchy: str | None = _field(None, "Filled in from the dataset.", flag=False)
+  hierarchy: str | None = _field(
+      None, "With --dataset=folder:/tfds: how classes group into superclasses: a hierarchy JSON "
+      "or shipped name (its subclasses name the class folders, or the TFDS labels, by name or "
+      "WordNet id), or for tfds: from_feature:<coarse label feature>; a folder in the "
+      "<superclass>/<class>/ layout needs none, a flat folder without one trains one "
+      "superclass. Other datasets carry their own: it is filled in with its name.")
+  unmapped_labels: str = _field(
+      "error", "With --dataset=folder:/tfds: classes outside --hierarchy are an error, or "
+      "skipped and counted.", UNMAPPED)
 
   def __post_init__(self):
     if self.specialist_form is None:
       self.specialist_form = default_specialist_form(self)
+    # A folder or hierarchy file is saved as an absolute path: the run reads it from anywhere.
+    self.dataset = sources.canonical(self.dataset)
+    if sources.takes_hierarchy(self.dataset):
+      self.hierarchy = sources.canonical_hierarchy(self.hierarchy)
     for name in ("stage", "strategy", "generalist_init", "augment", "specialist_form",
-                 "delta_ranges"):
+                 "delta_ranges", "unmapped_labels"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]
       value = getattr(self, name)
       if value is not None and value not in choices:
@@ -218,7 +235,11 @@ class TrainConfig:
       raise ValueError("generalist_freeze_stages keeps stages of the flat network, so it "
                        "needs generalist_init='flat'")
     if self.epochs < 1 or self.batch_size < 1:
-      raise ValueError("epochs and batch_size must be positive")
+      raise ValueError(f"epochs and batch_size must be positive; got epochs={self.epochs}, "
+                       f"batch_size={self.batch_size}")
+    if self.backbone not in BACKBONES:
+      raise ValueError(f"unknown backbone {self.backbone!r}; choose one of "
+                       f"{', '.join(BACKBONES)}")
     if self.steps_per_execution < 1:
       raise ValueError(f"steps_per_execution must be a positive number of steps; got "
                        f"{self.steps_per_execution}")
@@ -291,6 +312,13 @@ class TrainConfig:
     if self.stage != "all":
       return (self.stage,)
     return tuple(s for s in STAGES if s != "router_head" or self.router_head)
+
+  def dataset_options(self) -> dict[str, Any]:
+    """The keyword arguments `super_sub.data.prepare.open_builder` takes with `dataset`: the
+    hierarchy and unmapped labels of a folder: or tfds: dataset, none for the others."""
+    if not sources.takes_hierarchy(self.dataset):
+      return {}
+    return {"hierarchy": self.hierarchy, "unmapped_labels": self.unmapped_labels}
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -381,24 +409,31 @@ def resolve(config: TrainConfig, builder) -> TrainConfig:
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
   hierarchy = builder.hierarchy
   pipeline.check_hierarchy_matches(builder, hierarchy)
+  if hierarchy.num_superclasses < 2 and set(config.stages()) - {"flat"}:
+    raise sources.DatasetError(
+        f"{config.dataset} has one superclass ({hierarchy.superclass_names[0]!r}), so only the "
+        "flat network can be trained: pass --stage=flat, or give the classes superclasses "
+        "(--hierarchy, or the <split>/<superclass>/<class>/ layout)")
+  image_size = config.image_size or builder.info.features["image"].shape[0]
+  if image_size is None:
+    raise sources.DatasetError(f"{config.dataset} holds images of several sizes: give the "
+                               "side the network takes with --image_size (e.g. 224)")
   return dataclasses.replace(
       config,
-      image_size=config.image_size or builder.info.features["image"].shape[0],
+      image_size=image_size,
       augment=config.augment or default_augmentation(builder),
       specialist_epochs=config.specialist_epochs or config.epochs,
       specialist_learning_rate=config.specialist_learning_rate or config.learning_rate,
-      hierarchy=hierarchy.name)
-
-
-# Stored images at least this large (or of varying size) are "large natural images".
-LARGE_IMAGES = 128
+      # folder: and tfds: keep the option they were built with (it reopens the dataset).
+      hierarchy=config.hierarchy if sources.takes_hierarchy(config.dataset) else hierarchy.name)
 
 
 def default_augmentation(builder) -> str:
-  """The augmentation the kind of data calls for (see the `augment` field)."""
+  """The augmentation the kind of data calls for (see the `augment` field): large natural
+  images (`super_sub.data.images.is_large`) get random-resized crops."""
+  from super_sub.data import images  # pylint: disable=import-outside-toplevel
   if "synthetic" in builder.name:
     return "crop"
-  height, width = builder.info.features["image"].shape[:2]
-  if height is None or width is None or min(height, width) >= LARGE_IMAGES:
+  if images.is_large(*builder.info.features["image"].shape[:2]):
     return "random_resized_crop"
   return "flip_crop"

@@ -151,7 +151,9 @@ class Run:
   @functools.cached_property
   def builder(self) -> tfds.core.DatasetBuilder:
     """The run's TFDS builder (the dataset must be prepared)."""
-    return tfds.builder(self.config.dataset, data_dir=self.config.data_dir)
+    from super_sub.data import prepare  # pylint: disable=import-outside-toplevel
+    return prepare.open_builder(self.config.dataset, self.config.data_dir,
+                                **self.config.dataset_options())
 
   @property
   def hierarchy(self) -> hierarchy_lib.Hierarchy:

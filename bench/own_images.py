@@ -1,0 +1,142 @@
+r"""Benchmark of the "your own images" route: Fashion-MNIST as PNG folders through folder:.
+
+  apt-get install dataset-fashion-mnist
+  .venv/bin/python bench/own_images.py --image_dir=/work/fmnist_png \
+      --out=bench/results/own_images                        # write, build, check: no training
+  .venv/bin/python bench/own_images.py --image_dir=/work/fmnist_png --epochs=2 --seeds=0,1,2 \
+      --work_dir=/work/bench_own_images --out=bench/results/own_images     # and train
+
+1. Writes the four IDX files as <image_dir>/<split>/<superclass>/<class>/<index>.png, the
+   superclass layout of the shipped fashion_mnist hierarchy (class folders named without
+   "/": T-shirt_top). Existing files are left as they are (the folder is reused).
+2. Builds folder:<image_dir> (no hierarchy file: the folders are the hierarchy) and times it;
+   checks that every image's pixels and every superclass count equal superclassed_fashion_mnist's,
+   read from the same IDX files.
+3. With --epochs: trains Super-Sub (flat, generalist, specialists) on both datasets with the
+   same flags and seeds and compares flat and two-stage top-1 on the test split. The folder
+   has no validation folder, so the folder route trains on 90% of train (10% held out, seeded):
+   expect it a little below the IDX route, not equal.
+Writes <out>.json and <out>.md.
+"""
+
+import os
+import platform
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from _common import seed_stats
+from _common import write_results
+from super_sub import hierarchy as hierarchy_lib
+from super_sub.data import prepare
+from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
+from super_sub.training import config as config_lib
+from super_sub.training import fit
+from super_sub.training import run as run_lib
+
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", "/usr/share/datasets/fashion-mnist",
+                                  "Folder of the four Fashion-MNIST IDX files.")
+_IMAGE_DIR = flags.DEFINE_string("image_dir", "/tmp/fmnist_png", "Where the PNG folders go.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
+_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/bench_own_images", "Model dirs go here.")
+_EPOCHS = flags.DEFINE_integer("epochs", 0, "Epochs per network; 0: no training.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the trainings.")
+_OUT = flags.DEFINE_string("out", "bench/results/own_images", "Results: <out>.json, <out>.md.")
+
+_SPLITS = {"train": "train", "test": "t10k"}
+
+
+def folder_name(name: str) -> str:
+  return name.replace("/", "_")
+
+
+def write_folders(manual_dir: str, image_dir: str) -> int:
+  """The IDX images as PNG files in the superclass layout; returns how many were written."""
+  h = hierarchy_lib.load("fashion_mnist")
+  written = 0
+  for split, prefix in _SPLITS.items():
+    images = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-images-idx3-ubyte.gz"), ndim=3)
+    labels = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-labels-idx1-ubyte.gz"), ndim=1)
+    glob = h.source_to_global[labels]
+    for i, (image, g) in enumerate(zip(images, glob)):
+      sup = h.superclasses[h.superclass_of[g]].name
+      path = os.path.join(image_dir, split, sup, folder_name(h.subclass_names[g]), f"{i:05d}.png")
+      if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(image, "L").save(path)
+        written += 1
+  return written
+
+
+def check_same_pixels(folder_builder, idx_builder) -> dict:
+  """Every folder image against the IDX builder's image of the same split and index."""
+  out = {}
+  for split in _SPLITS:
+    idx = {ex["file_name"].decode().split("/")[1]: ex["image"]
+           for ex in tfds.as_numpy(idx_builder.as_dataset(split=split))}
+    same = total = 0
+    for ex in tfds.as_numpy(folder_builder.as_dataset(split=split)):
+      index = os.path.splitext(ex["file_name"].decode().rsplit("/", 1)[1])[0]  # 00042.png
+      same += int(np.array_equal(ex["image"], idx[index]))
+      total += 1
+    out[split] = {"images": total, "identical": same}
+  return out
+
+
+def train_and_score(dataset: str, model_dir: str, seed: int) -> dict:
+  config = config_lib.TrainConfig(model_dir=model_dir, dataset=dataset, data_dir=_DATA_DIR.value,
+                                  manual_dir=_MANUAL_DIR.value, epochs=_EPOCHS.value, seed=seed)
+  fit.train(config)
+  from super_sub import evaluation  # pylint: disable=import-outside-toplevel
+  # Both on the test split: the folder route holds 10% of train out as its validation split.
+  result = evaluation.evaluate(run_lib.Run.open(model_dir), split="test")
+  return {"flat": result["flat"]["top1"], "two_stage": result["two_stage"]["hard"]["top1"]}
+
+
+def main(argv):
+  del argv
+  start = time.perf_counter()
+  written = write_folders(_MANUAL_DIR.value, _IMAGE_DIR.value)
+  wrote_s = time.perf_counter() - start
+  start = time.perf_counter()
+  folder = prepare.prepare(f"folder:{_IMAGE_DIR.value}", data_dir=_DATA_DIR.value)
+  build_s = time.perf_counter() - start
+  idx = prepare.prepare("superclassed_fashion_mnist", data_dir=_DATA_DIR.value,
+                        manual_dir=_MANUAL_DIR.value)
+  counts = {s: {"folder": folder.info.metadata["superclass_counts"][s]} for s in _SPLITS}
+  for s in _SPLITS:  # the folder's superclasses are in name order; the shipped hierarchy's not
+    named = dict(zip(idx.hierarchy.superclass_names, idx.info.metadata["superclass_counts"][s]))
+    counts[s]["idx"] = [named[n] for n in folder.hierarchy.superclass_names]
+  result = {"platform": platform.platform(), "images_written": written,
+            "write_s": round(wrote_s, 1), "build_s": round(build_s, 1),
+            "images_per_s": round(sum(folder.info.splits[s].num_examples
+                                      for s in folder.info.splits) / build_s, 1),
+            "splits": {s: folder.info.splits[s].num_examples for s in folder.info.splits},
+            "superclass_counts": counts, "pixels": check_same_pixels(folder, idx),
+            "notes": folder.info.metadata.get("notes", []), "runs": {}}
+  lines = ["# Fashion-MNIST as PNG folders through folder:", "",
+           f"built {sum(result['splits'].values())} images in {result['build_s']} s "
+           f"({result['images_per_s']} images/s); splits {result['splits']}", ""]
+  lines += [f"- {s}: {v['identical']} of {v['images']} images pixel-identical to "
+            f"superclassed_fashion_mnist" for s, v in result["pixels"].items()]
+  lines += [f"- note: {n}" for n in result["notes"]]
+  if _EPOCHS.value:
+    for name, dataset in (("folder", f"folder:{_IMAGE_DIR.value}"),
+                          ("idx", "superclassed_fashion_mnist")):
+      scores = [train_and_score(dataset, os.path.join(_WORK_DIR.value, f"seed{s}", name), int(s))
+                for s in _SEEDS.value]
+      result["runs"][name] = {k: seed_stats([r[k] for r in scores]) for k in scores[0]}
+    lines += ["", f"| route | flat top-1 | two-stage top-1 ({_EPOCHS.value} epochs, seeds "
+              f"{','.join(_SEEDS.value)}) |", "|---|---|---|"]
+    for name, r in result["runs"].items():
+      lines.append(f"| {name} | {100 * r['flat']['mean']:.2f} | "
+                   f"{100 * r['two_stage']['mean']:.2f} |")
+  write_results(_OUT.value, result, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

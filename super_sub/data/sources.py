@@ -1,0 +1,58 @@
+"""Dataset names: what `--dataset` may say, parsed in one place (no TensorFlow needed).
+
+  superclassed_synthetic[/32px]   a registered TFDS name[/config], which carries its hierarchy
+  folder:<PATH>                   your own image folders (datasets/superclassed_folder)
+  tfds:<name>[/<config>]          any TFDS image-classification dataset, its `label` mapped by a
+                                  hierarchy (datasets/superclassed_tfds)
+
+Only the last two take a `--hierarchy` (and `--unmapped_labels`); `prepare.open_builder`
+turns a name and those options into a TFDS builder.
+"""
+
+from __future__ import annotations
+
+import os
+
+FOLDER = "folder:"
+TFDS = "tfds:"
+FROM_FEATURE = "from_feature:"
+
+
+class DatasetError(ValueError):
+  """A dataset that cannot be read as asked; the message names the problem and the fix."""
+
+
+def kind(dataset: str) -> str:
+  """"folder", "tfds" or "builder" (a registered TFDS name)."""
+  if dataset.startswith(FOLDER):
+    return "folder"
+  if dataset.startswith(TFDS):
+    return "tfds"
+  return "builder"
+
+
+def takes_hierarchy(dataset: str) -> bool:
+  """Whether the dataset's hierarchy is an option (folder: and tfds:) rather than its own."""
+  return kind(dataset) != "builder"
+
+
+def canonical(dataset: str) -> str:
+  """The dataset name with a folder's path made absolute (what a run saves and compares)."""
+  if kind(dataset) == "folder":
+    path = dataset[len(FOLDER):]
+    if not path:
+      raise DatasetError("--dataset=folder: needs a path: --dataset=folder:<PATH>")
+    return FOLDER + os.path.abspath(os.path.expanduser(path))
+  if kind(dataset) == "tfds" and not dataset[len(TFDS):]:
+    raise DatasetError("--dataset=tfds: needs a name: --dataset=tfds:<name>[/<config>]")
+  return dataset
+
+
+def canonical_hierarchy(hierarchy: str | None) -> str | None:
+  """A hierarchy option with a JSON path made absolute; shipped names and from_feature:
+  stay as they are."""
+  if hierarchy is None or hierarchy.startswith(FROM_FEATURE):
+    return hierarchy
+  if hierarchy.endswith(".json") or os.sep in hierarchy:
+    return os.path.abspath(os.path.expanduser(hierarchy))
+  return hierarchy
