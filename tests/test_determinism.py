@@ -66,11 +66,17 @@ def test_two_deterministic_runs_and_a_resumed_one_give_identical_weights(tmp_pat
   assert not tf_config.is_op_determinism_enabled()  # off again for what runs next
 
 
-def test_training_epochs_depend_on_the_seed_and_the_epoch_only(smoke_data_dir):
+@pytest.mark.parametrize("dustbin", [0.0, 0.5])
+def test_training_epochs_depend_on_the_seed_and_the_epoch_only(smoke_data_dir, dustbin):
   builder = prepare.prepare(SMOKE, smoke_data_dir)
-  spec = pipeline.InputSpec(role="flat", batch_size=16, image_size=16, augment="flip_crop",
-                            seed=3)
-  steps = int(pipeline.make_dataset(builder, "train", spec, training=True).cardinality())
+  if dustbin:  # superclass 4's specialist, with other superclasses' images drawn each epoch
+    spec = pipeline.InputSpec(role="specialist", superclass=4, batch_size=8, image_size=16,
+                              augment="crop", seed=3, dustbin=dustbin)
+    steps = -(-pipeline.epoch_examples(builder, "train", spec) // 8)
+  else:
+    spec = pipeline.InputSpec(role="flat", batch_size=16, image_size=16, augment="flip_crop",
+                              seed=3)
+    steps = int(pipeline.make_dataset(builder, "train", spec, training=True).cardinality())
 
   def epochs(first, count):
     start = tf.Variable(first, dtype=tf.int64)
@@ -85,7 +91,10 @@ def test_training_epochs_depend_on_the_seed_and_the_epoch_only(smoke_data_dir):
   assert not same(first[0], first[1]) and not same(first[1], first[2])
   again = epochs(1, 2)  # a run resumed at epoch 2
   assert same(again[0], first[1]) and same(again[1], first[2])
+  labels = [np.concatenate([b[1] for b in epoch]) for epoch in first]
+  if dustbin:  # "not mine" (5 subclasses, so label 5) drawn anew each epoch
+    assert all((epoch_labels == 5).any() for epoch_labels in labels)
+    return
   # Every example once an epoch (the last batch partial), in another order each epoch.
-  labels = [np.sort(np.concatenate([b[1] for b in epoch])) for epoch in first]
-  np.testing.assert_array_equal(labels[0], labels[1])
-  assert sum(len(b[1]) for b in first[0]) == builder.info.splits["train"].num_examples
+  np.testing.assert_array_equal(np.sort(labels[0]), np.sort(labels[1]))
+  assert len(labels[0]) == builder.info.splits["train"].num_examples
