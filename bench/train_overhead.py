@@ -31,6 +31,10 @@ flags.DEFINE_string("out", "bench/results/train_overhead_small", "Results path, 
 flags.DEFINE_integer("epochs", 4, "Epochs of every measured stage.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 28, "Image side.")
+flags.DEFINE_string("backbone", "small_resnet", "Backbone (mobilenet_v2 at 224 px: a GPU's job).")
+flags.DEFINE_string("dataset", "superclassed_synthetic/32px", "TFDS dataset; its superclass 4 "
+                    "must have a specialist.")
+flags.DEFINE_string("manual_dir", None, "Manually downloaded source files (ImageNet).")
 flags.DEFINE_string("note", "", "What else shared the machine (written into the result).")
 FLAGS = flags.FLAGS
 
@@ -101,8 +105,8 @@ def main(argv):
   from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
 
   root = tempfile.mkdtemp(prefix="train_overhead_")
-  common = dict(dataset="superclassed_synthetic/32px", data_dir=FLAGS.data_dir,
-                image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+  common = dict(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+                backbone=FLAGS.backbone, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
                 specialist_epochs=FLAGS.epochs, qat_epochs=2, specialists=(4,), seed=0)
   # (setting, run folder, extra options, stages measured there: (run's stage name, Stage))
   settings = [
