@@ -321,8 +321,11 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         model = distill.distilled(model, teacher, columns, config.distill_temperature,
                                   config.distill_weight)
       # The projection runs inside every train step (also with --steps_per_execution), on
-      # the specialist's own layers (a distilled model shares them).
-      delta_callback.attach(model, target=trained if trained is not None else model)
+      # the specialist's own layers (a distilled model shares them). Except a low-rank one
+      # under --jit_compile: XLA took over 5 minutes compiling its SVDs on a CPU, so it runs
+      # after each step as a callback instead (and refuses --steps_per_execution > 1).
+      if not (config.jit_compile and config.specialist_form == "lowrank"):
+        delta_callback.attach(model, target=trained if trained is not None else model)
     elif stage.qat:
       model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
     elif stage.role == "router_head":
