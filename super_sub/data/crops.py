@@ -29,14 +29,16 @@ _MAX_ATTEMPTS = 10
 _DCT_METHOD = "INTEGER_ACCURATE"
 
 
-def crop(image_bytes: tf.Tensor, kind: str, image_size: int, channels: int) -> tf.Tensor:
+def crop(image_bytes: tf.Tensor, kind: str, image_size: int, channels: int,
+         seed: tf.Tensor | None = None) -> tf.Tensor:
   """uint8 [image_size, image_size, channels]: the `kind` ("center_crop" or "random_crop")
-  crop of one encoded image, resized."""
+  crop of one encoded image, resized. `seed`: a [2] seed that makes a random crop and its flip
+  stateless (the same seed, the same crop); None: stateful draws."""
   shape = _shape(image_bytes, channels)
   if kind == "center_crop":
     window = tf.stack(center_crop_window(shape))
   elif kind == "random_crop":
-    window = random_crop_window(shape)
+    window = random_crop_window(shape, seed)
   else:
     raise ValueError(f"crop kind must be center_crop or random_crop; got {kind!r}")
   image = _decode_window(image_bytes, window, channels)
@@ -46,7 +48,10 @@ def crop(image_bytes: tf.Tensor, kind: str, image_size: int, channels: int) -> t
   # resize cost more than the crop's decoding, and the crop's random scale already varies
   # what a pixel covers. Evaluation keeps the contract's resize, so the runtime sees the same
   # pixels.
-  return tf.image.random_flip_left_right(resize(image, image_size, antialias=False))
+  image = resize(image, image_size, antialias=False)
+  if seed is None:
+    return tf.image.random_flip_left_right(image)
+  return tf.image.stateless_random_flip_left_right(image, seed[::-1])
 
 
 def center_crop_window(shape: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -55,14 +60,20 @@ def center_crop_window(shape: tf.Tensor) -> tuple[tf.Tensor, ...]:
   return top, left, side, side
 
 
-def random_crop_window(shape: tf.Tensor) -> tf.Tensor:
+def random_crop_window(shape: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
   """[top, left, height, width] of a random-resized crop of an image of `shape` [H, W, C]:
   `AREA_RANGE` of the area, aspect ratio in `ASPECT_RATIO_RANGE` (Szegedy et al. 2015);
-  the center crop when ten draws find no such box (as Model Garden's ImageNet input does)."""
-  begin, size, _ = tf.image.sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-      min_object_covered=AREA_RANGE[0], aspect_ratio_range=ASPECT_RATIO_RANGE,
-      area_range=AREA_RANGE, max_attempts=_MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+  the center crop when ten draws find no such box (as Model Garden's ImageNet input does).
+  `seed`: a [2] seed of a stateless draw; None: a stateful one."""
+  options = dict(bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+                 min_object_covered=AREA_RANGE[0], aspect_ratio_range=ASPECT_RATIO_RANGE,
+                 area_range=AREA_RANGE, max_attempts=_MAX_ATTEMPTS,
+                 use_image_if_no_bounding_boxes=True)
+  if seed is None:
+    begin, size, _ = tf.image.sample_distorted_bounding_box(shape, **options)
+  else:
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(shape, seed=seed,
+                                                                       **options)
   sampled = tf.stack([begin[0], begin[1], size[0], size[1]])
   failed = tf.reduce_all(tf.equal(size[:2], shape[:2]))  # the sampler's "no box found"
   return tf.where(failed, tf.stack(center_crop_window(shape)), sampled)

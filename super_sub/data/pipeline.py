@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import functools
 import os
 
 import numpy as np
@@ -161,11 +160,41 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
 
   Training datasets give their examples in a new order each epoch. `metadata` holds `label`, `superclass`
   and `file_name`, so predictions can be written out with their true labels.
+  (`make_training_epochs` draws every epoch's order and augmentation from the seed and the
+  epoch's number instead.)
 
   Raises:
     ValueError: if the dataset lacks the super-sub features or a specialist's superclass
       does not exist in it.
   """
+  prefix, one_pass = _stages(builder, split, spec, training, with_metadata, by_epoch=False)
+  return one_pass(prefix, None)
+
+
+def make_training_epochs(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
+                         first_epoch: tf.Variable, steps: int) -> tf.data.Dataset:
+  """Training batches as `make_dataset` gives them, `steps` an epoch, epoch after epoch from
+  `first_epoch` (read when an iterator starts), where every random choice of epoch e (its
+  order, crops, flips, dustbin draws) is a function of (spec.seed, e) alone: two runs see the
+  same batches, and a run resumed at epoch e sees what an uninterrupted one saw there, not
+  epoch 1's order and crops again. Files are read in one fixed (seeded) order; an epoch of
+  fewer steps than a pass is cut there, and one of more repeats its own order.
+
+  Raises:
+    ValueError: as `make_dataset`.
+  """
+  prefix, one_pass = _stages(builder, split, spec, True, False, by_epoch=True)
+  epochs = tf.data.Dataset.range(2**62).map(lambda k: k + first_epoch.read_value())
+  return epochs.flat_map(
+      lambda epoch: one_pass(prefix, epoch).repeat().take(steps)).prefetch(tf.data.AUTOTUNE)
+
+
+def _stages(builder, split: str, spec: InputSpec, training: bool, with_metadata: bool,
+            by_epoch: bool):
+  """(prefix, one_pass): what is the same every epoch (reading, filtering, a cache), and
+  `one_pass(prefix, epoch)`, one pass of batches. With an `epoch` (an int64 scalar tensor)
+  every random op of the pass is stateless, seeded by (spec.seed, epoch); with None, stateful
+  ops draw anew on each pass."""
   features = builder.info.features
   missing = {"image", "label", "superclass", "subclass"} - set(features.keys())
   if missing:
@@ -178,7 +207,8 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
 
   # Images stay encoded until an example is kept: a specialist never decodes the other
   # superclasses' images.
-  read_config = tfds.ReadConfig(shuffle_seed=spec.seed)
+  read_config = tfds.ReadConfig(shuffle_seed=spec.seed,
+                                shuffle_reshuffle_each_iteration=False if by_epoch else None)
   ds = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config,
                           decoders={"image": tfds.decode.SkipDecoding()})
   size = num_examples(builder, split, spec.superclass)
@@ -199,11 +229,12 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
     return tf.where(tf.equal(ex["superclass"], spec.superclass), ex["subclass"],
                     tf.constant(not_mine, ex["subclass"].dtype))
 
-  def decode(ex):  # per example: keep uint8 (4x less memory than float in a cache)
+  def decode(ex, seed=None):  # per example: keep uint8 (4x less memory than float in a cache)
     if framing == "resize":
       image = crops.resize(crops.decode(ex["image"], image_feature.shape), spec.image_size)
     else:
-      image = crops.crop(ex["image"], framing, spec.image_size, image_feature.shape[-1])
+      image = crops.crop(ex["image"], framing, spec.image_size, image_feature.shape[-1],
+                         seed=seed)
     if not with_metadata:
       return image, target(ex)
     meta = {"label": ex["label"], "superclass": ex["superclass"]}
@@ -211,40 +242,57 @@ def make_dataset(builder: tfds.core.DatasetBuilder, split: str, spec: InputSpec,
       meta["file_name"] = ex["file_name"]
     return image, target(ex), meta
 
+  keep = 0.0
   if dustbin:
     # Keep every own image and each other one with probability p, so that an epoch holds
     # `dustbin` others per own image on average; a fresh draw each pass, and endless, so an
     # epoch is `epoch_examples` images whatever one pass drew.
     keep = _dustbin_images(builder, split, dustbin, size) / max(
         1, builder.info.splits[split].num_examples - size)
-    draw = functools.partial(_draw_dustbin, keep=keep, seed=spec.seed)
   cache = cache_stage(builder, split, spec, training)
   if cache == "decoded":
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if dustbin:
-      ds = draw(ds, lambda example: example[1] < not_mine)
-    if training:
-      ds = ds.shuffle(min(size, 20_000), seed=spec.seed, reshuffle_each_iteration=True)
-  else:  # draw and shuffle still-encoded examples (from memory or disk), decode the kept ones
-    if cache == "encoded":
-      ds = ds.cache()
-    if dustbin:
-      ds = draw(ds, lambda ex: tf.equal(ex["superclass"], spec.superclass))
-    if training:
-      ds = ds.shuffle(min(size, STREAM_SHUFFLE_BUFFER), seed=spec.seed,
-                      reshuffle_each_iteration=True)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-  ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
-  # Whole batches from here on: per-example work after the cache made the pipeline, not
+  elif cache == "encoded":
+    ds = ds.cache()
+  # Whole batches after the cache: per-example work after the cache made the pipeline, not
   # the model, the bottleneck on 2 cores (bench/fashion_mnist.py measures both).
   augment = (_batch_augmenter(spec) if training and spec.augment in ("crop", "flip_crop")
              else None)
 
-  def to_model(image, *rest):
-    image = tf.cast(image, tf.float32) / 255.0
-    return (augment(image) if augment else image, *rest)
+  def one_pass(ds, epoch):
+    # Seeds of this epoch: one scalar (shuffle, dustbin draws), and [2]-seeds of stateless ops.
+    seed = None if epoch is None else tf.cast(epoch, tf.int64) * 1_000_003 + spec.seed
+    is_own = ((lambda example: example[1] < not_mine) if cache == "decoded"
+              else (lambda ex: tf.equal(ex["superclass"], spec.superclass)))
+    if dustbin:
+      ds = (_draw_dustbin(ds, is_own, keep, spec.seed) if seed is None
+            else _draw_dustbin_stateless(ds, is_own, keep, seed))
+    if training:
+      buffer = min(size, 20_000 if cache == "decoded" else STREAM_SHUFFLE_BUFFER)
+      ds = (ds.shuffle(buffer, seed=spec.seed, reshuffle_each_iteration=True) if seed is None
+            else _shuffle_stateless(ds, buffer, seed))
+    if cache != "decoded":  # decode the kept, still-encoded examples
+      if seed is None or framing != "random_crop":
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+      else:
+        ds = ds.enumerate().map(lambda i, ex: decode(ex, tf.stack([seed, i])),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
+    if seed is not None and augment is not None:
+      ds = ds.enumerate()
 
-  return ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def to_model(*batch):
+      if seed is not None and augment is not None:
+        index, (image, *rest) = batch  # (batch index, (images, targets)) of enumerate()
+        return (augment(tf.cast(image, tf.float32) / 255.0, tf.stack([seed, index])), *rest)
+      image, *rest = batch
+      image = tf.cast(image, tf.float32) / 255.0
+      return (augment(image) if augment else image, *rest)
+
+    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds if epoch is not None else ds.prefetch(tf.data.AUTOTUNE)
+
+  return ds, one_pass
 
 
 def _draw_dustbin(ds: tf.data.Dataset, is_own, keep: float, seed: int) -> tf.data.Dataset:
@@ -257,15 +305,48 @@ def _draw_dustbin(ds: tf.data.Dataset, is_own, keep: float, seed: int) -> tf.dat
   return ds.map(lambda example, coin: example).repeat()
 
 
+# Dataset.shuffle and Dataset.random take no tensor seed once a global seed is set (their
+# get_seed compares the seed pair with (0, 0) in Python), so epochs seeded by a tensor draw
+# with stateless ops instead.
+def _shuffle_stateless(ds: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+  """`ds` in a random order that is a function of `seed`: each run of `window` elements
+  permuted (a whole dataset that fits one window, fully)."""
+  ds = ds.batch(window).enumerate()
+
+  def permute(index, elements):
+    n = tf.shape(tf.nest.flatten(elements)[0])[0]
+    order = tf.random.experimental.stateless_shuffle(tf.range(n), tf.stack([seed, index]))
+    return tf.nest.map_structure(lambda t: tf.gather(t, order), elements)
+
+  return ds.map(permute).unbatch()
+
+
+def _draw_dustbin_stateless(ds: tf.data.Dataset, is_own, keep: float,
+                            seed: tf.Tensor) -> tf.data.Dataset:
+  """`_draw_dustbin` with coins that are a function of `seed` and the element's position
+  (the same draws on every pass of this dataset); repeated forever."""
+  def kept(index, example):
+    coin = tf.random.stateless_uniform([], tf.stack([seed, index]), dtype=tf.float64)
+    return tf.logical_or(is_own(example), coin < keep)
+  return ds.enumerate().filter(kept).map(lambda index, example: example).repeat()
+
+
 def _batch_augmenter(spec: InputSpec):
   """Random translation by up to 1/8 of the side (zero fill), as pad-and-crop does, plus
   left-right flips for "flip_crop"; one draw per image of the batch."""
   pad = max(1, spec.image_size // 8)
   flip = spec.augment == "flip_crop"
 
-  def augment(images):
+  def augment(images, seed=None):
+    """`seed`: a [2] seed of stateless draws (the batch's own); None: stateful draws."""
     n = tf.shape(images)[0]
-    shift = tf.cast(tf.random.uniform([n, 2], -pad, pad + 1, dtype=tf.int32), tf.float32)
+    if seed is None:
+      shift = tf.random.uniform([n, 2], -pad, pad + 1, dtype=tf.int32)
+      mirror = tf.random.uniform([n]) < 0.5
+    else:
+      shift = tf.random.stateless_uniform([n, 2], seed, -pad, pad + 1, dtype=tf.int32)
+      mirror = tf.random.stateless_uniform([n], seed[::-1]) < 0.5
+    shift = tf.cast(shift, tf.float32)
     ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
     # Output pixel (x, y) reads input (x + dx, y + dy).
     transforms = tf.concat([ones, zeros, shift[:, :1], zeros, ones, shift[:, 1:], zeros,
@@ -274,7 +355,6 @@ def _batch_augmenter(spec: InputSpec):
         images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
         fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT")
     if flip:
-      mirror = tf.random.uniform([n]) < 0.5
       images = tf.where(mirror[:, None, None, None], tf.reverse(images, axis=[2]), images)
     return images
   return augment

@@ -127,6 +127,19 @@ class TrainConfig:
       "(tfmot's fake quantization is float32 only).")
   jit_compile: bool = _field(False, "XLA-compile the training step (Keras "
                              "compile(jit_compile=True)).")
+  steps_per_execution: int = _field(
+      1, "Training steps per call of the compiled train function (Keras "
+      "compile(steps_per_execution=N)): fewer host round trips on accelerators. Callbacks (the "
+      "history, the NaN guard's loss check) then see every N-th step, the guard naming the "
+      "last step of the call whose loss went bad; specialists' projections still run after "
+      "every step.")
+  deterministic: bool = _field(
+      False, "Bit-reproducible training where TensorFlow allows it: deterministic ops "
+      "(tf.config.experimental.enable_op_determinism: slower on GPUs, and an op without a "
+      "deterministic kernel raises), everything seeded by --seed, and each epoch's order, crops, "
+      "flips and dustbin draws a function of (seed, epoch), so a resumed stage sees the inputs "
+      "an uninterrupted one would have. Two runs of one command on one machine and software "
+      "stack give the same weights.")
   specialists: tuple[int, ...] | None = _field(
       None, "Superclass indices whose specialists to train (default: all with >= 2 "
       "subclasses).")
@@ -228,6 +241,9 @@ class TrainConfig:
     if self.backbone not in BACKBONES:
       raise ValueError(f"unknown backbone {self.backbone!r}; choose one of "
                        f"{', '.join(BACKBONES)}")
+    if self.steps_per_execution < 1:
+      raise ValueError(f"steps_per_execution must be a positive number of steps; got "
+                       f"{self.steps_per_execution}")
     if self.delta_keep is not None and not 0.0 <= self.delta_keep <= 1.0:
       raise ValueError(f"delta_keep is the fraction of kernel weights a specialist may "
                        f"change, in [0, 1]; got {self.delta_keep}")

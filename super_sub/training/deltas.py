@@ -42,6 +42,7 @@ the base's byte for byte and the delta holds only biases and scales.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -289,6 +290,26 @@ def grow_range(base: np.ndarray, kernel: np.ndarray, is_min: bool) -> np.ndarray
   return grown.astype(base.dtype)
 
 
+def after_every_step(model: keras.Model, function: Callable[[], None]) -> None:
+  """Runs `function` (TensorFlow ops on variables) inside `model`'s train step, right after
+  the optimizer's update: once per step, whatever `compile(steps_per_execution=...)` is, and
+  once across replicas, in cross-replica context as the optimizer applies its own updates
+  (mirrored variables then take one value everywhere). Call it before `fit` traces the step;
+  it survives `compile`."""
+  train_step = model.train_step
+
+  def train_step_then_function(data):
+    logs = train_step(data)
+    context = tf.distribute.get_replica_context()
+    if context is None:
+      function()
+    else:
+      context.merge_call(lambda _: function())
+    return logs
+
+  model.train_step = train_step_then_function
+
+
 class DeltaToBase(keras.callbacks.Callback):
   """Keeps a specialist's backbone a sparse delta over the base after every training step.
 
@@ -312,6 +333,15 @@ class DeltaToBase(keras.callbacks.Callback):
   layer's weights as trainable even when the layer is frozen
   (tensorflow/model-optimization#1067), so pinning,
   not `.trainable`, is what holds them.
+
+  `project` is one compiled TensorFlow function over every backbone variable: the base, the
+  latent deltas, the budget's masks and the low-rank factors are tf.Variables, so a step's
+  projection never copies a weight to the host. `attach` runs it inside Keras's train step,
+  right after the optimizer's update: after every step, also with
+  `compile(steps_per_execution=N)`, where callbacks only see every N-th step. Unattached, the
+  callback projects after each batch Keras reports (and refuses steps_per_execution > 1).
+  `project_reference` is the same projection in numpy on the host, the specification that the
+  tests hold `project` to.
   """
 
   def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True,
@@ -339,37 +369,70 @@ class DeltaToBase(keras.callbacks.Callback):
     if not 1 <= rank <= encodings.MAX_RANK:
       raise ValueError(f"rank must be in [1, {encodings.MAX_RANK}], got {rank}")
     self.rank = rank
-    # Low-rank form, per kernel index: the factors of its last projection (what is saved).
-    self.factors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     self.ranges = ranges
     self.form = form
-    # Per model, computed once: range_owners, and each quantized kernel's int8 steps.
-    self._owners: tuple[keras.Model, dict[int, int], dict[int, np.ndarray]] | None = None
-    # Per quantized kernel with pinned ranges: where it stays the base's (`range_setters`).
-    self._held: dict[int, np.ndarray] = {}
-    self._held_at: dict[int, np.ndarray] = {}  # their indices (np.argwhere)
-    # Sign and low-rank forms, per kernel index: (latent delta, the projection last assigned).
-    self._latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self.base = base
     self.l1 = float(l1)
     self.pin_batchnorm = pin_batchnorm
     self.keep = keep
     self.epochs = epochs
     self.masks: dict[int, np.ndarray] | None = None
-    self.keep_now: float | None = None  # this epoch's budget (`keep_schedule`)
+    self._keep_now: float | None = None
+    self._graph: _GraphState | None = None  # `project`'s variables and function, per model
+    self._reference: _Plan | None = None  # `project_reference`'s state, per model
+    self._target: keras.Model | None = None  # the model `attach` projects
+    self._last: str | None = None  # which of the two projected last ("graph", "reference")
+
+  # --- Keras hooks ---------------------------------------------------------------------------
+  @property
+  def keep_now(self) -> float | None:
+    """This epoch's budget (`keep_schedule`); None before the first epoch."""
+    return self._keep_now
+
+  @keep_now.setter
+  def keep_now(self, value: float | None) -> None:
+    self._keep_now = value
+    if self._graph is not None:
+      self._graph.keep_now.assign(1.0 if value is None else float(value))
+
+  def attach(self, model: keras.Model, target: keras.Model | None = None) -> None:
+    """Runs `project` inside `model`'s train step, after the optimizer's update (threshold: l1 x
+    the optimizer's current learning rate), so that every step is projected whatever
+    `steps_per_execution` is; call it before `fit`. `target`: the model whose backbone is the
+    delta (default `model`; a distilled model trains `target`'s layers)."""
+    target = target if target is not None else model
+    self._target = target
+    state = self._graph_state(target)
+    self._last = "graph"  # what `factors` reads: the train step projects from now on
+
+    def project():
+      rate = tf.cast(model.optimizer.learning_rate, tf.float64)
+      state.function(tf.cast(self.l1 * rate, tf.float32))
+
+    after_every_step(model, project)
+
+  def on_train_begin(self, logs=None):
+    del logs
+    every = getattr(self.model, "_steps_per_execution", None)
+    if self._target is None and every is not None and int(every.numpy()) > 1:
+      raise ValueError(f"steps_per_execution={int(every.numpy())}: Keras calls callbacks once "
+                       "per execution, so DeltaToBase would skip steps; call "
+                       "DeltaToBase.attach(model) before fit to project inside every step")
 
   def on_epoch_begin(self, epoch, logs=None):
     del logs
+    model = self._target or self.model
     if self.keep is not None:
       self.keep_now = keep_schedule(epoch, self.epochs, self.keep)
     if self.keep is not None and self.form != "sign":  # sign: channels chosen at every step
-      self.masks = budget_masks(self._variables(self.model), self.base,
+      self.masks = budget_masks(self._variables(model), self.base,
                                 keep_schedule(epoch, self.epochs, self.keep))
-      self.project(self.model, threshold=0.0)
+      self.project(model, threshold=0.0)
 
   def on_train_batch_end(self, batch, logs=None):
     del batch, logs
-    self.project(self.model, self.l1 * float(self.model.optimizer.learning_rate))
+    if self._target is None:  # attached: the train step has projected already
+      self.project(self.model, self.l1 * float(self.model.optimizer.learning_rate))
 
   def _variables(self, model: keras.Model) -> list[tf.Variable]:
     variables = backbone_variables(model)
@@ -378,44 +441,96 @@ class DeltaToBase(keras.callbacks.Callback):
                        f"{len(self.base)}: not the model this delta was made for")
     return variables
 
+  # --- what both implementations share -------------------------------------------------------
+  def _plan(self, model: keras.Model) -> "_Plan":
+    """What each backbone variable of `model` gets (`_Plan`), computed once per model."""
+    variables = self._variables(model)
+    frozen = frozen_variables(model)
+    owners = range_owners(model)
+    steps = self._int8_steps(owners)
+    held = ({i: range_setters(self.base[i], step) for i, step in steps.items()}
+            if self.ranges == "pinned" else {})
+    if self.form == "lowrank":
+      self._check_rank(variables, steps)
+    actions: dict[int, str] = {}
+    for i, var in enumerate(variables):
+      short = short_name(var)
+      if i in owners and not frozen[i]:
+        actions[i] = "range"  # after the kernels they cover
+      elif frozen[i]:
+        actions[i] = "base"
+      elif is_kernel(var) and self.form in ("sign", "lowrank"):
+        if i in steps and self.form == "sign":
+          actions[i] = "sign"
+        elif i in steps and short != "depthwise_kernel":
+          actions[i] = "lowrank"
+        else:  # no weight quantizer (or, low-rank, a depthwise kernel): the base's
+          actions[i] = "base"
+      elif is_kernel(var):
+        actions[i] = "delta"
+      elif short in _BATCHNORM:
+        if self.pin_batchnorm:
+          actions[i] = "base"
+      elif not var.trainable and not short.startswith(_ACTIVATION_RANGES):
+        actions[i] = "base"  # the input range and step counters
+    return _Plan(model, variables, owners, steps, held, actions)
+
+  # --- the compiled projection ---------------------------------------------------------------
   def project(self, model: keras.Model, threshold: float) -> None:
     """Soft-thresholds kernel deltas by `threshold`, applies the budget's masks and pins
-    the rest of the backbone (weight quantizer ranges last, after the kernels they cover)."""
-    frozen = frozen_variables(model)
-    variables = self._variables(model)
-    if self._owners is None or self._owners[0] is not model:  # once, not after every step
-      owners = range_owners(model)
-      steps = self._int8_steps(owners)
-      self._held = ({i: range_setters(self.base[i], step) for i, step in steps.items()}
-                    if self.ranges == "pinned" else {})
-      self._held_at = {i: np.argwhere(held) for i, held in self._held.items()}
-      if self.form == "lowrank":
-        self._check_rank(variables, steps)
-      self._owners, self._latent, self.factors = (model, owners, steps), {}, {}
-    _, owners, steps = self._owners
+    the rest of the backbone (weight quantizer ranges last, after the kernels they cover):
+    one call of the compiled function (`project_reference` in numpy)."""
+    state = self._graph_state(model)
+    if self.masks is not state.masks_from:  # a new epoch's budget
+      for i, mask in (self.masks or {}).items():
+        if i in state.masks:  # (a frozen kernel's is the base anyway)
+          state.masks[i].assign(mask.astype(np.float32))
+      state.masked.assign(self.masks is not None)
+      state.masks_from = self.masks
+    state.function(tf.constant(threshold, tf.float32))
+    self._last = "graph"
+
+  @property
+  def projections(self) -> int:
+    """How many times `project` has run (in train steps or not) since its model was set."""
+    return int(self._graph.calls.numpy()) if self._graph is not None else 0
+
+  def _graph_state(self, model: keras.Model) -> "_GraphState":
+    """`project`'s variables and compiled function for `model`, made at its first use."""
+    if self._graph is not None and self._graph.plan.model is model:
+      return self._graph
+    plan = self._plan(model)
+    with tf.init_scope():  # eager variables, even when first called from a traced function
+      state = _GraphState(plan, self)
+    self._graph = state
+    return state
+
+  # --- the reference: numpy on the host ------------------------------------------------------
+  def project_reference(self, model: keras.Model, threshold: float) -> None:
+    """`project` in numpy, kernel by kernel on the host: the specification its tests compare
+    the compiled projection with (the same state kept apart, so one callback can run both)."""
+    if self._reference is None or self._reference.model is not model:  # once, not every step
+      self._reference = self._plan(model)
+    plan = self._reference
+    variables, owners, steps, frozen = plan.variables, plan.owners, plan.steps, plan.frozen
     channels = None
     if self.form == "sign":
       latents = {i: self._update_latent(i, variables[i].numpy() - self.base[i])
-                 for i in steps if not frozen[i] and is_kernel(variables[i])}
+                 for i, action in plan.actions.items() if action == "sign"}
       if self.keep_now is not None and self.keep_now < 1.0:
         channels = sign_channel_masks(latents, steps, self.keep_now)
     for i, (var, base) in enumerate(zip(variables, self.base)):
-      if i in owners and not frozen[i]:
-        continue
-      short = short_name(var)
-      if frozen[i]:
+      action = plan.actions.get(i)
+      if action == "base":
         var.assign(base)
-      elif is_kernel(var) and self.form in ("sign", "lowrank"):
-        if i in steps and self.form == "sign":
-          var.assign(base + self._projected_sign(
-              i, steps[i], channels[i] if channels is not None else None))
-        elif i in steps and short != "depthwise_kernel":
-          var.assign(base + self._projected_step(i, var.numpy() - base, steps[i]))
-        else:  # no weight quantizer (or, low-rank, a depthwise kernel): the base's
-          var.assign(base)
-      elif is_kernel(var):
+      elif action == "sign":
+        var.assign(base + self._projected_sign(
+            i, steps[i], channels[i] if channels is not None else None))
+      elif action == "lowrank":
+        var.assign(base + self._projected_step(i, var.numpy() - base, steps[i]))
+      elif action == "delta":
         mask = self.masks.get(i) if self.masks is not None else None
-        held = self._held.get(i)
+        held = plan.held.get(i)
         if threshold > 0 or mask is not None:
           delta = var.numpy() - base
           if threshold > 0:
@@ -426,18 +541,22 @@ class DeltaToBase(keras.callbacks.Callback):
             delta = np.where(held, 0.0, delta)
           var.assign(base + delta.astype(base.dtype))
         elif held is not None:  # only the held weights (a few a channel): no full copy a step
-          var.scatter_nd_update(self._held_at[i], base[held])
-      elif short in _BATCHNORM:
-        if self.pin_batchnorm:
-          var.assign(base)
-      elif not var.trainable and not short.startswith(_ACTIVATION_RANGES):
-        var.assign(base)  # the input range and step counters
+          var.scatter_nd_update(np.argwhere(held), base[held])
     for i, kernel in owners.items():
       if not frozen[i]:
         variables[i].assign(self.base[i] if self.ranges == "pinned" else
                             grow_range(self.base[i], variables[kernel].numpy(),
                                        is_min=short_name(variables[i]).endswith("_min")))
+    self._last = "reference"
 
+  @property
+  def factors(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Low-rank form, per kernel index: the (left, right, scales) factors of the last
+    projection (what is saved), of whichever implementation projected last."""
+    if self._last == "graph" and self._graph is not None:
+      return {i: (left.numpy().astype(np.int8), right.numpy().astype(np.int8), scales.numpy())
+              for i, (left, right, scales) in self._graph.factors.items()}
+    return dict(self._reference.factors) if self._reference is not None else {}
 
   def _int8_steps(self, owners: dict[int, int]) -> dict[int, np.ndarray]:
     """Each quantized kernel's int8 step per channel (or per tensor), from the base's pinned
@@ -450,17 +569,18 @@ class DeltaToBase(keras.callbacks.Callback):
   def _update_latent(self, i: int, delta: np.ndarray) -> np.ndarray:
     """The straight-through update of kernel i's latent delta: it takes the optimizer's change
     since the last projection (a resumed or first call starts it from the weights)."""
-    latent, applied = self._latent.get(i, (delta, delta))
+    state = self._reference.latent
+    latent, applied = state.get(i, (delta, delta))
     latent = latent + (delta - applied)
-    self._latent[i] = (latent, applied)
+    state[i] = (latent, applied)
     return latent
 
   def _projected_sign(self, i: int, step: np.ndarray, channels: np.ndarray | None) -> np.ndarray:
     """Kernel i's latent delta (updated by `_update_latent`) projected by `sign_delta`; that
     projection is what the model holds until the next step."""
-    latent, _ = self._latent[i]
+    latent, _ = self._reference.latent[i]
     projected = self._hold(i, sign_delta(latent, step, channels))
-    self._latent[i] = (latent, projected)
+    self._reference.latent[i] = (latent, projected)
     return projected
 
   def _projected_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -469,15 +589,15 @@ class DeltaToBase(keras.callbacks.Callback):
     latent = self._update_latent(i, delta)
     step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
     factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
-    self.factors[i] = factors
+    self._reference.factors[i] = factors
     projected = self._hold(i, (from_rows(encodings.factored_product(*factors).astype(np.float32)
                                          * step_rows, latent.shape)).astype(latent.dtype))
-    self._latent[i] = (latent, projected)
+    self._reference.latent[i] = (latent, projected)
     return projected
 
   def _hold(self, i: int, delta: np.ndarray) -> np.ndarray:
     """Kernel i's delta, zero where `range_setters` holds it at the base (pinned ranges)."""
-    held = self._held.get(i)
+    held = self._reference.held.get(i)
     return delta if held is None else np.where(held, 0.0, delta).astype(delta.dtype)
 
   def _check_rank(self, variables, steps) -> None:
@@ -512,6 +632,182 @@ def project_once(model: keras.Model, base: list[np.ndarray], form: str = "sign",
     pin_batchnorm: also put BatchNorm parameters and statistics back to the base's.
   """
   DeltaToBase(base, 0.0, pin_batchnorm=pin_batchnorm, form=form).project(model, threshold=0.0)
+
+
+class _Plan:
+  """What `DeltaToBase` does to each backbone variable of one model, and the numpy reference's
+  state. `actions[i]`: "base" (pinned), "delta" (soft threshold, budget mask, held weights),
+  "sign" or "lowrank" (projected latent), "range" (a weight quantizer range, last); absent:
+  left alone (activation ranges, free BatchNorm)."""
+
+  def __init__(self, model, variables, owners, steps, held, actions):
+    self.model, self.variables, self.owners, self.steps = model, variables, owners, steps
+    self.held, self.actions = held, actions
+    self.frozen = frozen_variables(model)
+    # The reference's sign and low-rank state, per kernel index: (latent, last projection),
+    # and the low-rank factors of the last projection.
+    self.latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self.factors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+class _GraphState:
+  """`DeltaToBase.project`'s variables for one model and its compiled function.
+
+  Per variable index: the base (every variable an action touches), latent and last projection
+  (sign and low-rank kernels), the budget's mask (delta kernels with a budget), the low-rank
+  factors (as float32 holding whole numbers: int8 variables lack kernels on some devices), and
+  the held weights (`range_setters`) as 0/1 floats. Latents and projections start at zero, so
+  the first call takes the latent from the weights (as a resumed training must). Scalars:
+  whether a budget mask applies, and the sign budget of this epoch.
+  """
+
+  def __init__(self, plan: _Plan, owner: DeltaToBase):
+    self.plan, self.form, self.rank = plan, owner.form, owner.rank
+    self.ranges, self.sign_budget = owner.ranges, owner.form == "sign" and owner.keep is not None
+    base, actions = owner.base, plan.actions
+    variable = lambda value, name: tf.Variable(value, trainable=False, name=name)  # noqa: E731
+    self.base = {i: variable(base[i], f"delta_base_{i}") for i in actions}
+    self.latent = {i: (variable(np.zeros_like(base[i]), f"delta_latent_{i}"),
+                       variable(np.zeros_like(base[i]), f"delta_applied_{i}"))
+                   for i, a in actions.items() if a in ("sign", "lowrank")}
+    self.held = {i: variable(h.astype(np.float32), f"delta_held_{i}")
+                 for i, h in plan.held.items() if actions.get(i) in ("delta", "sign", "lowrank")}
+    budget = owner.keep is not None and owner.form != "sign"
+    self.masks = {i: variable(np.ones(base[i].shape, np.float32), f"delta_mask_{i}")
+                  for i, a in actions.items() if a == "delta" and budget}
+    self.masks_from: dict | None = None  # the `DeltaToBase.masks` the variables hold
+    self.masked = variable(False, "delta_masked")
+    self.calls = variable(np.int64(0), "delta_projections")  # how many projections ran
+    self.keep_now = variable(np.float64(1.0 if owner.keep_now is None else owner.keep_now),
+                             "delta_keep_now")
+    # Static shapes: each quantized kernel's step, broadcast against it, and its other axes.
+    self.steps = {i: _per_channel(base[i], plan.steps[i]) for i in self.latent}
+    self.factors = {}
+    for i, a in actions.items():
+      if a == "lowrank":
+        m = base[i].shape[-1]
+        n = base[i].size // m
+        r = min(self.rank, m, n)
+        self.factors[i] = (variable(np.zeros((m, r), np.float32), f"delta_left_{i}"),
+                           variable(np.zeros((r, n), np.float32), f"delta_right_{i}"),
+                           variable(np.zeros(m, np.float32), f"delta_scales_{i}"))
+    self.function = tf.function(self._project)
+
+  def _project(self, threshold: tf.Tensor) -> None:
+    """The projection of `DeltaToBase.project_reference`, on the variables, in one graph."""
+    plan, variables = self.plan, self.plan.variables
+    latents = {}
+    for i, (latent, applied) in self.latent.items():
+      delta = variables[i].read_value() - self.base[i]
+      latents[i] = latent + (delta - applied)
+      latent.assign(latents[i])
+    moved = {i: _steps_moved_tf(latents[i], *self.steps[i]) for i in latents}
+    channels = self._sign_channels(moved) if self.sign_budget else {}
+    for i in sorted(plan.actions):
+      action, var = plan.actions[i], variables[i]
+      base = self.base.get(i)
+      if action == "base":
+        var.assign(base)
+      elif action in ("sign", "lowrank"):
+        if action == "sign":
+          k = tf.round(moved[i])
+          if i in channels:
+            k = k * channels[i]
+          projected = k * self.steps[i][0] * tf.where(latents[i] >= 0, 1.0, -1.0)
+        else:
+          projected = self._low_rank(i, latents[i], plan.steps[i])
+        projected = self._hold(i, projected)
+        self.latent[i][1].assign(projected)
+        var.assign(base + projected)
+      elif action == "delta":
+        value = var.read_value()
+        delta = value - base
+        cut = tf.sign(delta) * tf.maximum(tf.abs(delta) - threshold, 0.0)
+        delta = tf.where(threshold > 0, cut, delta)
+        full = threshold > 0
+        if i in self.masks:
+          delta = tf.where(tf.logical_and(self.masked, self.masks[i] == 0), 0.0, delta)
+          full = tf.logical_or(full, self.masked)
+        delta = self._hold(i, delta)
+        kept = value if i not in self.held else tf.where(self.held[i] > 0, base, value)
+        var.assign(tf.where(full, base + delta, kept))
+    self.calls.assign_add(1)
+    for i, kernel in plan.owners.items():
+      if plan.actions.get(i) != "range":
+        continue
+      if self.ranges == "pinned":
+        variables[i].assign(self.base[i])
+      else:
+        variables[i].assign(_grow_range_tf(self.base[i], variables[kernel].read_value(),
+                                           short_name(variables[i]).endswith("_min")))
+
+  def _hold(self, i, delta):
+    return delta if i not in self.held else tf.where(self.held[i] > 0, 0.0, delta)
+
+  def _sign_channels(self, moved: dict) -> dict:
+    """`sign_channel_masks` in TensorFlow: per kernel, 1.0 where a channel may move."""
+    order_keys = sorted(moved)
+    score = tf.concat([tf.reshape(moved[i], [-1]) for i in order_keys], axis=0)
+    counts = [int(np.prod(moved[i].shape)) for i in order_keys]
+    size = np.concatenate([np.full(c, self.base[i].shape.num_elements() // c, np.int64)
+                           for i, c in zip(order_keys, counts)])
+    order = tf.argsort(-score, stable=True)
+    taken = (tf.cast(tf.cumsum(tf.gather(size, order)), tf.float64)
+             <= self.keep_now * float(size.sum()))
+    taken = tf.gather(taken, tf.math.invert_permutation(order)) | (self.keep_now >= 1.0)
+    parts = tf.split(tf.cast(taken, tf.float32), counts)
+    return {i: tf.reshape(p, moved[i].shape) for i, p in zip(order_keys, parts)}
+
+  def _low_rank(self, i, latent, step):
+    """Kernel i's latent delta as the integer product of its rank-r int8 factors, in steps."""
+    shape = latent.shape
+    step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else np.float32(step)
+    rows = _as_rows_tf(latent) / tf.maximum(step_rows, 1e-12)
+    s, u, v = tf.linalg.svd(tf.cast(rows, tf.float64), full_matrices=False)
+    left_var, right_var, scales_var = self.factors[i]
+    r = left_var.shape[1]
+    left, right = u[:, :r] * s[:r], tf.transpose(v[:, :r])
+    right_max = tf.reduce_max(tf.abs(right))
+    right_max = tf.where(right_max == 0, tf.constant(1.0, tf.float64), right_max)
+    left_max = tf.reduce_max(tf.abs(left), axis=1)
+    left_max = tf.where(left_max == 0, tf.constant(1.0, tf.float64), left_max)
+    left = tf.round(left * 127 / left_max[:, None])
+    right = tf.round(right * 127 / right_max)
+    scales = tf.cast(left_max / 127 * right_max / 127, tf.float32)
+    left_var.assign(tf.cast(left, tf.float32))
+    right_var.assign(tf.cast(right, tf.float32))
+    scales_var.assign(scales)
+    # `encodings.factored_product`: the sums are whole numbers below 2**24, exact in float64
+    # and float32, then one correctly rounded float32 product per weight.
+    product = tf.round(tf.cast(tf.matmul(left, right), tf.float32) * scales[:, None])
+    return _from_rows_tf(product * step_rows, shape)
+
+
+def _steps_moved_tf(latent, step, others):
+  """`_steps_moved`'s first part in TensorFlow: mean |latent| / step per channel (keepdims)."""
+  return (tf.reduce_mean(tf.abs(latent), axis=others, keepdims=True)
+          / tf.maximum(tf.constant(step), 1e-12))
+
+
+def _as_rows_tf(kernel):
+  """`as_rows` in TensorFlow."""
+  rank = kernel.shape.rank
+  moved = tf.transpose(kernel, [rank - 1] + list(range(rank - 1)))
+  return tf.reshape(moved, [kernel.shape[-1], -1])
+
+
+def _from_rows_tf(rows, shape):
+  """`from_rows` in TensorFlow."""
+  rank = len(shape)
+  rows = tf.reshape(rows, [shape[-1], *shape[:-1]])
+  return tf.transpose(rows, list(range(1, rank)) + [0])
+
+
+def _grow_range_tf(base, kernel, is_min: bool):
+  """`grow_range` in TensorFlow."""
+  others = _per_channel(np.empty(kernel.shape, np.float32), np.empty(base.shape, np.float32))[1]
+  extent = tf.reduce_max(tf.abs(kernel), axis=others)
+  return tf.minimum(base, -extent) if is_min else tf.maximum(base, extent)
 
 
 def load_factors(path: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -40,6 +40,7 @@ from super_sub.models import backbones
 from super_sub.models import classifiers
 from super_sub.models import router_head
 from super_sub.training import deltas
+from super_sub.training import determinism
 from super_sub.training import distill
 from super_sub.training import distribute
 from super_sub.training import guards
@@ -145,7 +146,10 @@ def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> Tra
       if run.is_done(stage):
         log(f"[{stage}] already trained in {run.stage_dir(stage)}; skipping")
         continue
-      _train_stage(run, stage, strategy, log, callbacks, chief_model_dir)
+      # --deterministic: each stage starts from the seed, whatever stages ran before it in
+      # this process (a re-run skips finished ones).
+      with determinism.deterministic_ops(config.seed, enabled=config.deterministic):
+        _train_stage(run, stage, strategy, log, callbacks, chief_model_dir)
   return config
 
 
@@ -278,17 +282,21 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                               dustbin=config.dustbin if stage.role == "specialist" else 0.0)
   train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
   val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
-  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    train_ds, val_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(val_ds)
   # A dustbin specialist's data is endless (fresh other-superclass images every pass).
   endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
   steps = config.steps_per_epoch or (
       math.ceil(pipeline.epoch_examples(builder, "train", spec(True)) / global_batch)
       if endless else int(train_ds.cardinality()))
-  if config.steps_per_epoch and not endless:
-    train_ds = train_ds.repeat()
   if steps <= 0:
     raise ValueError(f"stage {stage.key!r} has no training examples in the train split")
+  first_epoch = None
+  if config.deterministic:  # each epoch's inputs from (seed, epoch), resumed ones included
+    first_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    train_ds = pipeline.make_training_epochs(builder, "train", spec(True), first_epoch, steps)
+  elif config.steps_per_epoch and not endless:
+    train_ds = train_ds.repeat()
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    train_ds, val_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(val_ds)
 
   callbacks = list(callbacks)
   base = None
@@ -313,12 +321,20 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         teacher, columns = _teacher(run, config.distill_from, stage.superclass)
         model = distill.distilled(model, teacher, columns, config.distill_temperature,
                                   config.distill_weight)
+      # The projection runs inside every train step (also with --steps_per_execution), on
+      # the specialist's own layers (a distilled model shares them). Except a low-rank one
+      # under --jit_compile: XLA took over 5 minutes compiling its SVDs on a CPU, so it runs
+      # after each step as a callback instead (and refuses --steps_per_execution > 1).
+      if not (config.jit_compile and config.specialist_form == "lowrank"):
+        delta_callback.attach(model, target=trained if trained is not None else model)
     elif stage.qat:
       model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
     elif stage.role == "router_head":
       model = run.build_model(stage)
       router_head.copy_trunk(run.load_model(run.generalist), model, config.freeze_stages)
-      callbacks.append(router_training.PinnedTrunk(model, config.freeze_stages))
+      pinned = router_training.PinnedTrunk(model, config.freeze_stages)
+      pinned.attach(model)  # inside every step, also with --steps_per_execution
+      callbacks.append(pinned)
     else:
       model = run.build_model(stage, weights=config.weights)
       if stage.role == "generalist" and config.generalist_init == "flat":
@@ -341,7 +357,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
         + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
            if num_classes > 5 else []),
-        jit_compile=config.jit_compile)
+        jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
 
   os.makedirs(stage_dir, exist_ok=True)
   log(f"[{stage}] training {epochs} epochs of {steps} steps (global batch {global_batch}, "
@@ -355,13 +371,16 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   with _writing(stage, stage_dir, during_fit=backup_dir), _naming_undecodable_images(run, stage):
     model.fit(
         train_ds, epochs=epochs,
-        steps_per_epoch=steps if (config.steps_per_epoch or endless) else None,
+        steps_per_epoch=(steps if (config.steps_per_epoch or endless or config.deterministic)
+                         else None),
         validation_data=val_ds,
         verbose=2,
         callbacks=[
             # Before BackupAndRestore: a diverged epoch must fail before it is backed up.
             guards.FiniteGuard(stage.key, backup_dir),
             keras.callbacks.BackupAndRestore(backup_dir),
+            # After BackupAndRestore: the epoch it restores is where the inputs start.
+            *([determinism.FirstEpoch(first_epoch, steps)] if first_epoch is not None else []),
             keras.callbacks.CSVLogger(history_path, append=True),
             keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
             *callbacks,

@@ -45,7 +45,9 @@ class FiniteGuard(keras.callbacks.Callback):
   for the step before last, not the one just launched, and the accelerator's queue never runs
   dry; the error still names the step whose loss went bad, and fires before the epoch's
   backup. The weight check is one reduction over the model's floating-point variables
-  (BatchNorm statistics included), once an epoch.
+  (BatchNorm statistics included), once an epoch. With `compile(steps_per_execution=N)` Keras
+  calls the batch hooks once per N steps: the loss is still the running mean, so a bad step is
+  still caught, and the error names the last step of the call it happened in.
 
   Keras times the batch hooks of a callback it does not know during the first batches; the
   wait for a step's loss can make it warn that `on_train_batch_end` "is slow compared to the
