@@ -118,7 +118,7 @@ def test_parity_with_keras_two_stage(run, exported):
     assert result["keras_top1"] == pytest.approx(json.load(f)["two_stage"]["hard"]["top1"])
   # int8 post-training quantization of the float models: Keras' probabilities to within
   # quantization noise, and its answer wherever noise cannot flip it, on every specialist.
-  checked = assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.03)
+  checked = assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.05)
   assert sorted(checked["per_specialist"]) == [0, 1, 2, 3, 4]
   assert result["agreement_with_keras"] >= 0.9
 

@@ -162,7 +162,7 @@ def test_bundles_route_with_the_head(run, exported):
   assert lite.trunk.widths[1] == run.hierarchy.num_superclasses
   # The bundle answers as the Keras two-stage routed by the head did, up to int8 noise.
   head = run.load_model(run_lib.ROUTER_HEAD)
-  checked = assert_bundle_matches_keras(run, tflite_dir, atol=0.03, router=head)
+  checked = assert_bundle_matches_keras(run, tflite_dir, atol=0.05, router=head)
   assert sorted(checked["per_specialist"]) == [0, 1, 2, 3, 4]
 
 
