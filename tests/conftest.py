@@ -102,7 +102,7 @@ def export_run(run, tmp_path_factory) -> tuple[str, dict]:
 
 def assert_bundle_matches_keras(run, tflite_dir: str, atol: float, router=None,
                                 min_per_specialist: int = 8,
-                                min_decisive: float = 0.4) -> dict[str, object]:
+                                min_decisive: float = 1 / 3) -> dict[str, object]:
   """The TFLite bundle (hard routing) answers as the Keras two-stage model did in
   super-sub-eval (model_dir/predictions/), image by image, up to int8 noise. Its superclass
   probabilities are the generalist's there, or those of `router` (a Keras router head) when
@@ -120,7 +120,7 @@ def assert_bundle_matches_keras(run, tflite_dir: str, atol: float, router=None,
     label on every image whose label is decisive.
   At least `min_decisive` of the images must be decisive for routing, and of the images routed
   alike for labels, or the check has checked too little and fails. (Measured on smoke runs
-  with known routing, atol 0.05: 43-67% decisive, at most 5% of them beyond atol.)
+  with known routing, atol 0.05, seeds 0-2: 42-67% decisive, at most 5% of them beyond atol.)
 
   Returns what it checked: {"images", "per_specialist": {k: images routed there},
   "decisive_routing", "decisive_labels"}.

@@ -120,7 +120,6 @@ def test_parity_with_keras_two_stage(run, exported):
   # quantization noise, and its answer wherever noise cannot flip it, on every specialist.
   checked = assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.05)
   assert sorted(checked["per_specialist"]) == [0, 1, 2, 3, 4]
-  assert result["agreement_with_keras"] >= 0.9
 
 
 @pytest.mark.slow
