@@ -44,10 +44,10 @@ def main(argv):
                                                           "specialist", "s"))
     variables = deltas.backbone_variables(model)
     for r, k in deltas.range_owners(model).items():  # ranges as QAT leaves them
-      kernel = variables[k].numpy()
-      extent = np.abs(kernel).max(axis=deltas._per_channel(  # pylint: disable=protected-access
-          kernel, variables[r].numpy())[1])
-      variables[r].assign(-extent if deltas.short_name(variables[r]).endswith("_min") else extent)
+      is_min = deltas.short_name(variables[r]).endswith("_min")
+      # The kernel's own per-channel extent: a zero range grown to it.
+      variables[r].assign(deltas.grow_range(np.zeros_like(variables[r].numpy()),
+                                            variables[k].numpy(), is_min=is_min))
     base = [v.numpy() for v in variables]
     times = {}
     for name in ("project_reference", "project"):
