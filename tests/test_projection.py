@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from super_sub._internal.compat import keras
+from super_sub.formats import encodings
 from super_sub.models import classifiers
 from super_sub.training import deltas
 from super_sub.training import qat as qat_lib
@@ -135,6 +136,6 @@ def test_compiled_projection_matches_the_numpy_reference(name, qat, options, thr
     for i, (left, right, scales) in compiled.factors.items():
       ref_left, ref_right, ref_scales = reference.factors[i]
       np.testing.assert_array_equal(  # the products agree (the factors' signs may not)
-          np.abs(deltas.delta_lib.factored_product(left, right, scales)
-                 - deltas.delta_lib.factored_product(ref_left, ref_right, ref_scales)) > 1,
+          np.abs(encodings.factored_product(left, right, scales)
+                 - encodings.factored_product(ref_left, ref_right, ref_scales)) > 1,
           False)
