@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from super_sub._internal.compat import keras
+from super_sub.formats import encodings
 from super_sub.models import classifiers
 from super_sub.models import trunk as trunk_lib
 from super_sub.training import config as config_lib
@@ -75,7 +76,7 @@ def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_p
     step = np.abs(base[max(r for r, k in owners.items() if k == i)]) / 127
     levels = deltas.as_rows(variables[i].numpy() - base[i]) / step[:, None]
     held = deltas.as_rows(deltas.range_setters(base[i], step))
-    product = deltas.delta_lib.factored_product(left, right, scales)
+    product = encodings.factored_product(left, right, scales)
     np.testing.assert_allclose(levels, np.where(held, 0, product), atol=1e-3)
     moved += np.count_nonzero(product)
   assert moved > 0
