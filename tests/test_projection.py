@@ -81,6 +81,7 @@ def _flips(got, want, step):
   return int(off.sum()), bool(np.all(one_step[off]))
 
 
+@pytest.mark.slow  # 12 compiled projections of QAT models: ~30 s
 @pytest.mark.parametrize("name, qat, options, threshold, keep, frozen", FORMS,
                          ids=[f[0] for f in FORMS])
 def test_compiled_projection_matches_the_numpy_reference(name, qat, options, threshold, keep,

@@ -48,6 +48,7 @@ def _data():
   return tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 3, len(images)))).batch(8)
 
 
+@pytest.mark.slow
 def test_projection_runs_after_every_step_whatever_the_steps_per_execution():
   weights = {}
   for every in (1, 3):
@@ -61,6 +62,7 @@ def test_projection_runs_after_every_step_whatever_the_steps_per_execution():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_path):
   model, projection = _sign_specialist(2, form="lowrank", rank=2)
   base = list(projection.base)
@@ -82,6 +84,7 @@ def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_p
   assert moved > 0
 
 
+@pytest.mark.slow
 def test_an_unattached_projection_refuses_several_steps_per_execution():
   model, projection = _sign_specialist(3, attach=False)
   with pytest.raises(ValueError, match=r"steps_per_execution=3: .* DeltaToBase.attach"):
