@@ -1,4 +1,5 @@
-r"""Derives a Super-Sub hierarchy from WordNet superclasses and writes it as JSON.
+r"""Makes or shows a Super-Sub hierarchy: derived from WordNet superclasses, learned from a
+flat network's confusions (--from_run, --from_predictions), or printed (--show=NAME|PATH).
 
 The shipped super_sub/hierarchies/superclassed_imagenet.json was made with:
 
