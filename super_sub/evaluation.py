@@ -125,6 +125,8 @@ def evaluate(run: run_lib.Run, split: str | None = None, soft_k: int = 2,
   result = {
       "dataset": builder.info.full_name, "split": split, "num_examples": int(len(labels)),
       "hierarchy": h.name,
+      # The tree itself: a folder: or tfds: run's hierarchy has no shipped name to load by.
+      "hierarchy_definition": h.to_dict(),
       "flat": {"top1": top1("flat"),
                "top5": float(np.mean((topk(got["flat"]) == labels[:, None]).any(axis=1))),
                "errors": error_counts(labels, predictions["flat"], h)},

@@ -358,3 +358,19 @@ def test_images_from_a_tfds_dataset(tmp_path):
   with pytest.raises(AnalysisError, match=r"p.npz, example 4: image 'nope.png' not found in "
                                           r"TFDS dataset .*split 'validation'"):
     load({"validation/000003.png": "p.npz, example 0", "nope.png": "p.npz, example 4"})
+
+
+def test_images_from_a_folder_dataset_read_from_the_folder(tmp_path):
+  """--images_dataset=folder:<PATH>: the file names a folder dataset stores are relative to
+  PATH, so the images come from the folder without its prepared data."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  (tmp_path / "photos" / "test" / "cat").mkdir(parents=True)
+  Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "photos" / "test" / "cat" / "a.png")
+  load = analysis.images_from_tfds(f"folder:{tmp_path / 'photos'}", "test")
+  got = load({"test/cat/a.png": "p.npz, example 0"})
+  assert got["test/cat/a.png"].shape == (30, 40, 3)
+  assert tuple(got["test/cat/a.png"][0, 0]) == (200, 10, 10)
+  with pytest.raises(AnalysisError, match=r"p.npz, example 2: image 'test/cat/b.png' not found"):
+    load({"test/cat/b.png": "p.npz, example 2"})
+  with pytest.raises(AnalysisError, match=r"image folder .*nowhere.* does not exist"):
+    analysis.images_from_tfds(f"folder:{tmp_path / 'nowhere'}", "test")

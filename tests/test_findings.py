@@ -129,3 +129,22 @@ def test_where_routing_loses_needs_the_same_examples(tmp_path):
   _predictions(folder, "two_stage_hard", [0, 4, 9, 7], [0, 4, 9, 7])
   with pytest.raises(ValueError, match="two_stage_hard.npz and .*flat.npz do not hold the same"):
     findings.write_findings(str(tmp_path / "page"), [folder])
+
+
+def test_a_run_whose_hierarchy_is_not_shipped(tmp_path):
+  """A folder: or tfds: run's hierarchy is read from the tree eval.json holds; an eval.json
+  without it (written before it held one) is refused with the fix."""
+  from super_sub import hierarchy as hierarchy_lib  # pylint: disable=import-outside-toplevel
+  folder = _run(tmp_path / "mine", 0, 0.90, 0.92)
+  eval_path = os.path.join(folder, "eval.json")
+  result = json.loads(open(eval_path, encoding="utf-8").read())
+  shipped = hierarchy_lib.load("fashion_mnist").to_dict()
+  result["hierarchy"] = shipped["name"] = "my_photos"
+  files.write_json(eval_path, result)
+  with pytest.raises(findings.FindingsError,
+                     match=r"eval.json names hierarchy 'my_photos', which is not shipped.*"
+                           r"run super-sub-eval on the run again"):
+    findings.collect(folder)
+  files.write_json(eval_path, {**result, "hierarchy_definition": shipped})
+  got = findings.collect(folder)
+  assert (got["hierarchy"], got["within_share"]) == ("my_photos", pytest.approx(2 / 3))

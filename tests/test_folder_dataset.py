@@ -266,8 +266,9 @@ def test_flat_layout_without_hierarchy_trains_the_flat_network(tmp_path, smoke_c
   assert h.num_superclasses == 1 and h.subclass_names == ["a", "b", "c"]
   # Evaluated alone: the flat entries and predictions, what learning a hierarchy reads.
   result = json.loads((tmp_path / "run" / "eval.json").read_text())
-  assert set(result) == {"dataset", "split", "num_examples", "hierarchy", "flat",
-                         "flat_per_superclass"}
+  assert set(result) == {"dataset", "split", "num_examples", "hierarchy",
+                         "hierarchy_definition", "flat", "flat_per_superclass"}
+  assert result["hierarchy_definition"] == h.to_dict()  # no shipped name to load it by
   assert sorted(os.listdir(tmp_path / "run" / "predictions")) == ["flat.npz"]
   assert run.config.augment == "flip_crop" and run.config.image_size == 16
   assert run.is_done(run_lib.FLAT)

@@ -39,8 +39,10 @@ _UNMAPPED_LABELS = flags.DEFINE_enum(
     "unmapped_labels", "error", ["error", "skip"], "Examples whose true label is outside "
     "the hierarchy (source space): an error, or skipped and counted.")
 _IMAGES_DATASET = flags.DEFINE_string(
-    "images_dataset", None, "TFDS dataset holding the images, matched by its file_name "
-    "feature (super-sub's datasets are registered), e.g. superclassed_synthetic.")
+    "images_dataset", None, "Dataset holding the images, matched by its file_name feature, "
+    "named as super-sub-train's --dataset: a TFDS name (super-sub's are registered, e.g. "
+    "superclassed_synthetic), folder:<PATH> (read from the folder) or tfds:<name> (opened "
+    "with --hierarchy).")
 _IMAGES_SPLIT = flags.DEFINE_string("images_split", None, "Split of --images_dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder of --images_dataset.")
 _IMAGES_DIR = flags.DEFINE_string("images_dir", None, "Folder the file names are relative to "
@@ -74,7 +76,7 @@ def main(argv):
   images = None
   if _IMAGES_DATASET.value:
     images = analysis.images_from_tfds(_IMAGES_DATASET.value, _IMAGES_SPLIT.value,
-                                       _DATA_DIR.value)
+                                       _DATA_DIR.value, hierarchy=_HIERARCHY.value)
   elif _IMAGES_DIR.value:
     images = analysis.images_from_folder(_IMAGES_DIR.value)
   report = analysis.write_report(

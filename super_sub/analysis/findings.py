@@ -82,7 +82,7 @@ def collect(model_dir: str, run_name: str | None = None) -> dict[str, Any]:
   with open(runs.config_path(model_dir), encoding="utf-8") as f:
     config = json.load(f)
   result = runs.read_eval(model_dir)
-  h = hierarchy_lib.load(result["hierarchy"])
+  h = _hierarchy(result, runs.eval_path(model_dir))
   flat_predictions = loading.read_predictions(runs.predictions_path(model_dir, "flat"))
   flat = report_lib.analyze(flat_predictions, h)
   num_specialists = len(h.specialist_superclasses())
@@ -120,6 +120,19 @@ def collect(model_dir: str, run_name: str | None = None) -> dict[str, Any]:
       "storage": {**cost, "n": num_specialists, "total": cost["a"] + cost["b"] * num_specialists},
       "where_routing_loses": losses,
   }
+
+
+def _hierarchy(result: dict[str, Any], where: str) -> hierarchy_lib.Hierarchy:
+  """The run's hierarchy: the tree eval.json holds, else its shipped name."""
+  if "hierarchy_definition" in result:
+    return hierarchy_lib.Hierarchy.from_dict(result["hierarchy_definition"], where=where)
+  try:
+    return hierarchy_lib.load(result["hierarchy"])
+  except hierarchy_lib.HierarchyError:
+    raise FindingsError(
+        f"{where} names hierarchy {result['hierarchy']!r}, which is not shipped, and does not "
+        "hold the tree (an eval.json written before it did): run super-sub-eval on the run "
+        "again") from None
 
 
 def routing_losses(flat: loading.Predictions, oracle: loading.Predictions,

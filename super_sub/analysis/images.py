@@ -48,19 +48,27 @@ def from_folder(folder: str | os.PathLike) -> ImageSource:
   return load
 
 
-def from_tfds(name: str, split: str, data_dir: str | None = None) -> ImageSource:
-  """Images of a prepared TFDS dataset split, matched by its `file_name` feature.
+def from_tfds(name: str, split: str, data_dir: str | None = None,
+              hierarchy: str | None = None) -> ImageSource:
+  """Images of a prepared dataset split, matched by its `file_name` feature.
 
-  super-sub's own datasets are registered by importing `super_sub.datasets`. Images are
-  read undecoded and only the wanted ones are decoded.
+  `name` is any dataset name a run takes (super_sub.data.sources): a registered TFDS name,
+  `tfds:<name>` (opened with `hierarchy`, the one the run was trained with), or
+  `folder:<PATH>`, whose file names are paths relative to PATH, so its images are read from
+  the folder itself (`from_folder`). super-sub's own datasets are registered by importing
+  `super_sub.datasets`. Images are read undecoded and only the wanted ones are decoded.
   """
+  from super_sub.data import sources  # pylint: disable=import-outside-toplevel
+  if sources.kind(name) == "folder":
+    return from_folder(sources.canonical(name)[len(sources.FOLDER):])
+
   def load(wanted: Mapping[str, str]) -> dict[str, np.ndarray]:
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    import super_sub.datasets  # noqa: F401  registers super-sub's builders
+    from super_sub.data import prepare
     try:
-      builder = tfds.builder(name, data_dir=data_dir)
+      builder = prepare.open_builder(name, data_dir, hierarchy)
       features = builder.info.features
       if "file_name" not in features or "image" not in features:
         raise predictions_lib.AnalysisError(
