@@ -82,6 +82,14 @@ def smoke_config(smoke_data_dir):
   return make
 
 
+def softmax(logits) -> np.ndarray:
+  """Row-wise softmax in float64, written out here so that tests compare the library's
+  probabilities against a computation that does not share its code."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=1, keepdims=True))
+  return z / z.sum(axis=1, keepdims=True)
+
+
 def train_run(config, evaluate: bool = False):
   """The trained `super_sub.training.run.Run` of `config` (silent), evaluated if asked."""
   from super_sub import evaluation  # pylint: disable=import-outside-toplevel

@@ -13,6 +13,7 @@ from super_sub.training import fit
 from super_sub.training import run as run_lib
 
 from conftest import SMOKE
+from conftest import softmax
 
 DOTS = 4  # smoke data: 5 subclasses x 8 training images; the other 4 superclasses hold 128
 
@@ -57,12 +58,6 @@ def _validation_images(run):
   return np.concatenate([x for x, _ in tfds.as_numpy(ds)])
 
 
-def _softmax(logits):
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=1, keepdims=True))
-  return z / z.sum(axis=1, keepdims=True)
-
-
 @pytest.mark.slow
 def test_dustbin_specialists_train_route_and_refuse_export(tmp_path, smoke_config):
   config = fit.train(smoke_config(tmp_path / "run", dustbin=0.5), log=lambda _: None)
@@ -78,13 +73,13 @@ def test_dustbin_specialists_train_route_and_refuse_export(tmp_path, smoke_confi
   # the models' own outputs.
   two_stage = run.load_two_stage()
   images = _validation_images(run)
-  supers = _softmax(two_stage.generalist(images, training=False).numpy())
+  supers = softmax(two_stage.generalist(images, training=False).numpy())
   order = np.argsort(-supers, axis=1, kind="stable")
   refusing = int(np.bincount(order[:, 0], minlength=h.num_superclasses).argmax())
   head = two_stage.specialists[refusing].get_layer(classifiers.HEAD_NAME)
   kernel, bias = head.get_weights()
   head.set_weights([kernel, np.concatenate([bias[:-1], [100.0]]).astype(np.float32)])
-  own = {k: _softmax(m(images, training=False).numpy()) for k, m in two_stage.specialists.items()}
+  own = {k: softmax(m(images, training=False).numpy()) for k, m in two_stage.specialists.items()}
   assert (own[refusing].argmax(axis=1) == len(h.subclass_range(refusing))).all()  # "not mine"
 
   expected = np.zeros((len(images), h.num_subclasses))

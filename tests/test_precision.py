@@ -17,6 +17,8 @@ from super_sub.training import config as config_lib
 from super_sub.training import fit
 from super_sub.training import run as run_lib
 
+from conftest import softmax
+
 
 def test_mixed_precision_holds_while_a_stage_is_built(tmp_path):
   config = config_lib.TrainConfig(model_dir=str(tmp_path), mixed_precision=True)
@@ -49,12 +51,6 @@ class _AsTrained(keras.callbacks.Callback):
     self.variables = {v.dtype for v in self.model.weights}
 
 
-def _softmax(logits):
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=1, keepdims=True))
-  return z / z.sum(axis=1, keepdims=True)
-
-
 @pytest.mark.slow
 def test_a_stage_trains_mixed_and_xla_compiled(tmp_path, smoke_config):
   config = smoke_config(tmp_path / "run", stage="flat", mixed_precision=True, jit_compile=True)
@@ -82,8 +78,8 @@ def test_a_stage_trains_mixed_and_xla_compiled(tmp_path, smoke_config):
   spec = run.evaluation_input(256)
   images = np.concatenate([x for x, _ in tfds.as_numpy(
       pipeline.make_dataset(run.builder, run.evaluation_split, spec, training=False))])
-  mixed = _softmax(as_trained.trained(images, training=False).numpy())
-  full = _softmax(model(images, training=False).numpy())
+  mixed = softmax(as_trained.trained(images, training=False).numpy())
+  full = softmax(model(images, training=False).numpy())
   delta = np.abs(mixed - full).max()
   assert len(images) == 84
   assert 1e-4 < delta < 0.02, delta
