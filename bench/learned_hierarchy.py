@@ -15,9 +15,9 @@ The "your own images" route a user without a taxonomy takes, on Fashion-MNIST:
 3. Super-Sub (generalist from the flat network, one specialist per superclass of >= 2 classes)
    under each learned hierarchy and under the hand-made `fashion_mnist` hierarchy (class names
    made folder-safe: "T-shirt/top" -> "T-shirt_top"). Every Super-Sub run of a seed starts from
-   that seed's one flat network: its weights are copied into the run with the classifier's
-   output units reordered to the run's class order, so the gains are paired on one flat
-   network and differ only by the hierarchy (checked: each run's flat test top-1 is equal).
+   that seed's one flat network (--flat_from: the same network, its outputs reordered to the
+   run's class order), so the gains are paired on one flat network and differ only by the
+   hierarchy (checked: each run's flat test top-1 is equal).
 4. Each run evaluated on the test split: flat and two-stage (hard, generalist router) top-1,
    Super-Sub's gain over flat, the routing loss (oracle specialists - hard) and the share of
    the flat network's test errors that stay inside the true superclass of that hierarchy.
@@ -44,8 +44,6 @@ from _common import write_results
 from _report import markdown_table
 import super_sub
 from super_sub import evaluation
-from super_sub import runs
-from super_sub.data import prepare
 from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
 from super_sub.hierarchy import learned
 from super_sub.hierarchy import tree
@@ -117,28 +115,6 @@ def config(model_dir: str, seed: int, **overrides) -> config_lib.TrainConfig:
                                 **overrides)
 
 
-def copy_flat(source: run_lib.Run, cfg: config_lib.TrainConfig) -> None:
-  """Writes `source`'s flat network as the flat stage of the run `cfg`, its output units in
-  the order of cfg's hierarchy (matched by class name)."""
-  builder = prepare.prepare(cfg.dataset, data_dir=cfg.data_dir, hierarchy=cfg.hierarchy)
-  target = run_lib.Run.create(config_lib.resolve(cfg, builder), builder)
-  old = list(source.hierarchy.subclass_names)
-  order = [old.index(name) for name in target.hierarchy.subclass_names]
-  model = target.build_model(run_lib.FLAT)
-  weights = source.load_model(run_lib.FLAT).get_weights()
-  kernel, bias = weights[-2], weights[-1]
-  if kernel.shape[-1] != len(old) or bias.shape != (len(old),):
-    raise RuntimeError(f"the flat network's last weights are not its classifier: "
-                       f"{kernel.shape}, {bias.shape}")
-  model.set_weights(weights[:-2] + [kernel[:, order], bias[order]])
-  folder = target.stage_dir(run_lib.FLAT)
-  model.save_weights(runs.weights_prefix(folder))
-  metrics = runs.read_metrics(source.stage_dir(run_lib.FLAT))
-  metrics["copied_from"] = source.model_dir
-  with open(runs.metrics_path(folder), "w", encoding="utf-8") as f:
-    json.dump(metrics, f, indent=1)
-
-
 def score(model_dir: str) -> dict:
   """Test-split accuracies of a finished Super-Sub run."""
   result = evaluation.evaluate(run_lib.Run.open(model_dir), split="test", log=lambda _: None)
@@ -171,9 +147,7 @@ def run_seed(seed: int, hierarchies: str) -> dict:
         "validation_errors": found.errors, "hierarchy": paths[f"learned K={k}"]}
   for name, path in paths.items():
     model_dir = os.path.join(work, name.replace(" ", "_").replace("=", ""))
-    cfg = config(model_dir, seed, hierarchy=path, generalist_init="flat")
-    if not runs.is_done(os.path.join(model_dir, "flat")):
-      copy_flat(flat_run, cfg)
+    cfg = config(model_dir, seed, hierarchy=path, flat_from=flat_dir)
     start = time.perf_counter()
     fit.train(cfg)
     out["runs"][name] = {**score(model_dir), "hierarchy": path,

@@ -277,6 +277,37 @@ def test_flat_layout_without_hierarchy_trains_the_flat_network(tmp_path, smoke_c
   assert saved.dataset == f"folder:{root}" and saved.hierarchy is None
   assert run_lib.Run.open(str(tmp_path / "run")).builder.info.splits["train"].num_examples == 18
 
+  # Super-Sub under a hierarchy of those classes, from that flat network (--flat_from): the
+  # same network, its outputs in the new class order (c, a, b); no flat training.
+  grouped = tmp_path / "grouped.json"
+  grouped.write_text(json.dumps({"name": "grouped", "superclasses": [
+      {"name": "ca_group", "subclasses": [{"name": "c", "source_label": 0},
+                                          {"name": "a", "source_label": 1}]},
+      {"name": "b_group", "subclasses": [{"name": "b", "source_label": 2}]}]}))
+  second = train_run(dataclasses.replace(config, model_dir=str(tmp_path / "grouped_run"),
+                                         hierarchy=str(grouped), stage="all",
+                                         flat_from=str(tmp_path / "run")))
+  assert second.hierarchy.subclass_names == ["c", "a", "b"]
+  metrics = second.metrics(run_lib.FLAT)
+  assert metrics["copied_from"] == str(tmp_path / "run")
+  assert metrics["history"] == run.metrics(run_lib.FLAT)["history"]
+  images = np.random.default_rng(0).random((5, 16, 16, 3), np.float32)
+  np.testing.assert_allclose(second.load_model(run_lib.FLAT).predict(images, verbose=0),
+                             run.load_model(run_lib.FLAT).predict(images, verbose=0)[:, [2, 0, 1]],
+                             atol=1e-5)
+  assert second.is_done(second.generalist) and second.is_done(run_lib.specialist(0))
+  # A flat network that knows other classes is refused before anything is written.
+  only_ca = tmp_path / "only_ca.json"
+  only_ca.write_text(json.dumps({"name": "only_ca", "superclasses": [
+      {"name": "c_group", "subclasses": [{"name": "c", "source_label": 0}]},
+      {"name": "a_group", "subclasses": [{"name": "a", "source_label": 1}]}]}))
+  with pytest.raises(run_lib.RunMismatchError, match=r"other classes: none only here, \['b'\] "
+                                                     r"only there"):
+    train_run(dataclasses.replace(config, model_dir=str(tmp_path / "only_ca_run"),
+                                  hierarchy=str(only_ca), unmapped_labels="skip", stage="all",
+                                  flat_from=str(tmp_path / "run")))
+  assert not (tmp_path / "only_ca_run" / "flat").exists()
+
 
 def test_large_or_varying_images_are_jpeg_with_imagenet_crops(tmp_path):
   root = tmp_path / "photos"

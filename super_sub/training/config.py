@@ -77,6 +77,12 @@ class TrainConfig:
       "trains flat first) or from scratch (the paper's recipe). From flat it routes better: on "
       "Fashion-MNIST at 2 epochs per network a scratch generalist's routing lost the "
       "specialists' gain and put Super-Sub below the flat network (README).", GENERALIST_INITS)
+  flat_from: str | None = _field(
+      None, "Take the flat network from another run's model_dir instead of training one: a run "
+      "of the same dataset, backbone and image size whose flat stage is trained, under any "
+      "hierarchy (its outputs are reordered to this run's classes, matched by name). Trying "
+      "several hierarchies, e.g. ones learned from that run's confusions, then trains only the "
+      "generalist and specialists, every one from the same flat network.")
   generalist_freeze_stages: int = _field(
       0, "With --generalist_init=flat: the generalist keeps the flat network's first K stages "
       "frozen (K = stages + 1: the whole backbone, only the superclass head trains). Its "
@@ -226,6 +232,11 @@ class TrainConfig:
     self.dataset = sources.canonical(self.dataset)
     if sources.takes_hierarchy(self.dataset):
       self.hierarchy = sources.canonical_hierarchy(self.hierarchy)
+    if self.flat_from is not None:
+      self.flat_from = os.path.abspath(os.path.expanduser(self.flat_from))
+      if self.flat_from == os.path.abspath(os.path.expanduser(self.model_dir)):
+        raise ValueError("flat_from names this run's own model_dir; give the run whose flat "
+                         "network to take")
     for name in ("stage", "strategy", "generalist_init", "augment", "specialist_form",
                  "delta_ranges", "unmapped_labels"):
       choices = TrainConfig.__dataclass_fields__[name].metadata["choices"]

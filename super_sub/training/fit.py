@@ -45,6 +45,7 @@ from super_sub.training import distill
 from super_sub.training import distribute
 from super_sub.training import guards
 from super_sub.training import qat as qat_lib
+from super_sub.training import reuse_flat
 from super_sub.training import router_head as router_training
 from super_sub.training import run as run_lib
 from super_sub.training.config import TrainConfig, resolve
@@ -126,6 +127,8 @@ def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> Tra
   run = run_lib.Run.create(config, builder)
   keras.utils.set_random_seed(config.seed)
   chosen = _specialists(run)  # fails before any training
+  if config.flat_from and not run.is_done(run_lib.FLAT):
+    _copy_flat(run, log)
   if ("generalist" in config.stages() and config.generalist_init == "flat"
       and "flat" not in config.stages() and not run.is_done(run_lib.FLAT)):
     raise FileNotFoundError(
@@ -151,6 +154,24 @@ def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> Tra
       with determinism.deterministic_ops(config.seed, enabled=config.deterministic):
         _train_stage(run, stage, strategy, log, callbacks, chief_model_dir)
   return config
+
+
+def _copy_flat(run: run_lib.Run, log: Callable[[str], None]) -> None:
+  """--flat_from: the other run's flat network written as this run's finished flat stage,
+  its outputs in this run's class order (super_sub.training.reuse_flat)."""
+  source = run.config.flat_from
+  model, metrics = reuse_flat.reordered_flat(source, run)
+  stage_dir = run.stage_dir(run_lib.FLAT)
+  weights_dir = runs.weights_dir(stage_dir)
+  with _writing(run_lib.FLAT, weights_dir):
+    _save_weights(model, weights_dir)
+  digest = _weights_digest(model)
+  metrics_path = runs.metrics_path(stage_dir)
+  with _writing(run_lib.FLAT, metrics_path):
+    files.write_json(metrics_path, {**metrics, "copied_from": source,
+                                    "wall_time_s_this_run": 0.0, "weights_sha256": digest})
+  log(f"[flat] taken from {source}, its outputs reordered to this run's classes; weights "
+      f"sha256 {digest}")
 
 
 def _specialists(run: run_lib.Run) -> list[run_lib.Stage]:
