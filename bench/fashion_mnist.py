@@ -38,11 +38,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from _common import copy_stages
-from _common import pct
-from _common import seed_stats
 from _common import write_results
 from super_sub import evaluation
 from super_sub import runs
+from super_sub.analysis.stats import pct
+from super_sub.analysis.stats import seed_stats
 from super_sub.data import pipeline
 from super_sub.data import prepare
 from super_sub.routing import core

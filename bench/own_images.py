@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from _common import seed_stats
 from _common import write_results
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.analysis.stats import seed_stats
 from super_sub.data import prepare
 from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
 from super_sub.training import config as config_lib

@@ -27,9 +27,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from _common import pct
-from _common import seed_stats
 from _common import write_results
+from super_sub.analysis.stats import pct
+from super_sub.analysis.stats import seed_stats
 from super_sub.data import pipeline
 from super_sub.routing import core
 from super_sub.training import run as run_lib

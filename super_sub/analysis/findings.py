@@ -23,13 +23,12 @@ one dataset are seeds of one experiment; the page reports their mean and standar
 Writes index.md, index.html, findings.json and the PNGs into the folder (replaced only if it
 is an earlier findings page). The page names runs by their folder's name, never by a path of
 the machine that made it, and `rerender` writes it again from findings.json alone (no run
-folders needed). Needs numpy and matplotlib, not TensorFlow.
+folders needed). Needs numpy, matplotlib and markdown (Python-Markdown), not TensorFlow.
 """
 
 from __future__ import annotations
 
 import collections
-import html
 import json
 import os
 from typing import Any, Sequence
@@ -41,6 +40,7 @@ from super_sub import runs
 from super_sub._internal import files
 from super_sub.analysis import loading
 from super_sub.analysis import report as report_lib
+from super_sub.analysis import stats as stats_lib
 
 MARKER = "findings.json"
 
@@ -160,11 +160,12 @@ def routing_losses(flat: loading.Predictions, oracle: loading.Predictions,
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
-  vals = [v for v in values if v is not None]
-  if not vals:
-    return {"mean": None, "std": None, "n": 0}
-  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-          else None, "n": len(vals)}
+  """`stats.seed_stats` as findings.json has always kept it: without the values (the runs are
+  saved beside them), and with mean and std None where no run has a value (the page and its
+  plots read them)."""
+  s = stats_lib.seed_stats(values)
+  return ({"mean": None, "std": None, "n": 0} if s is None
+          else {key: s[key] for key in ("mean", "std", "n")})
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -217,9 +218,7 @@ def _where_routing_loses(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | Non
 
 
 def _pct(s: dict) -> str:
-  if s["mean"] is None:
-    return "n/a"
-  return f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
+  return stats_lib.pct(s, missing="n/a")
 
 
 def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) -> str:
@@ -421,40 +420,10 @@ def _write_page(out_dir: str, summaries: Sequence[dict[str, Any]],
 
 
 def _html(markdown_text: str) -> str:
-  """A plain HTML rendering of the page's Markdown (headings, tables, images, paragraphs)."""
-  out, table = [], False
-  for line in markdown_text.splitlines():
-    if line.startswith("|"):
-      cells = [c.strip() for c in line.strip("|").split("|")]
-      if set("".join(cells)) <= set("-"):
-        continue
-      if not table:
-        out.append("<table>")
-        table = True
-      out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
-      continue
-    if table:
-      out.append("</table>")
-      table = False
-    if line.startswith("#"):
-      level = len(line) - len(line.lstrip("#"))
-      out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-    elif line.startswith("![") and "](" in line:
-      alt, src = line[2:-1].split("](", 1)
-      out.append(f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>')
-    elif line:
-      out.append(f"<p>{_inline(line)}</p>")
-  if table:
-    out.append("</table>")
+  """The page's Markdown as one HTML page (Python-Markdown, with its tables extension)."""
+  import markdown as markdown_lib  # pylint: disable=import-outside-toplevel
+  body = markdown_lib.markdown(markdown_text, extensions=["tables"])
   style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-           "td{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse}")
+           "td,th{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse}")
   return ("<!doctype html><html><head><meta charset='utf-8'><title>super-sub findings</title>"
-          f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
-
-
-def _inline(text: str) -> str:
-  """Escapes text and renders **bold** and `code`."""
-  parts = html.escape(text).split("**")
-  text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
-  parts = text.split("`")
-  return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+          f"<style>{style}</style></head><body>\n" + body + "\n</body></html>\n")
