@@ -41,6 +41,7 @@ from super_sub._internal import files
 from super_sub.analysis import loading
 from super_sub.analysis import report as report_lib
 from super_sub.analysis import stats as stats_lib
+from super_sub.analysis import tables
 
 MARKER = "findings.json"
 
@@ -236,32 +237,33 @@ def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) ->
               f"{_pct(i['chance'])} % would if its mistakes fell on the other subclasses at "
               "random.", "", f"![errors within superclass]({_slug(s)}_errors.png)", "",
               "**Finding (ii): a specialist beats the network trained on all subclasses.** "
-              "Top-1 on each superclass's test images:", "",
-              "| superclass | flat | oracle specialist | gain |", "|---|---|---|---|"]
+              "Top-1 on each superclass's test images:", ""]
+    rows = []
     for name, v in s["finding_ii"].items():
       gain = (v["specialist"]["mean"] - v["flat"]["mean"]
               if v["flat"]["mean"] is not None and v["specialist"]["mean"] is not None else None)
-      lines.append(f"| {name} | {_pct(v['flat'])} | {_pct(v['specialist'])} | "
-                   f"{'n/a' if gain is None else f'{100 * gain:+.2f}'} |")
+      rows.append([name, _pct(v["flat"]), _pct(v["specialist"]),
+                   "n/a" if gain is None else f"{100 * gain:+.2f}"])
+    lines += tables.markdown_table(["superclass", "flat", "oracle specialist", "gain"], rows)
     if s["without_specialist"]:
       lines += ["", f"({', '.join(s['without_specialist'])}: one subclass each, so no "
                 "specialist; the generalist's superclass is the answer.)"]
     lines += ["", f"![per superclass]({_slug(s)}_superclasses.png)", "",
-              "**Super-Sub against the flat network.**", "",
-              "| model | top-1 |", "|---|---|",
-              f"| flat | {_pct(s['flat_top1'])} |",
-              f"| Super-Sub, hard routing | {_pct(s['hard_top1'])} |",
-              f"| Super-Sub, soft routing | {_pct(s['soft_top1'])} |",
-              f"| oracle specialists (true superclass) | {_pct(s['oracle_top1'])} |", "",
-              f"Gain of hard routing over flat: {_pct(s['gain_hard'])} points; relative error "
+              "**Super-Sub against the flat network.**", ""]
+    lines += tables.markdown_table(["model", "top-1"], [
+        ["flat", _pct(s["flat_top1"])],
+        ["Super-Sub, hard routing", _pct(s["hard_top1"])],
+        ["Super-Sub, soft routing", _pct(s["soft_top1"])],
+        ["oracle specialists (true superclass)", _pct(s["oracle_top1"])]])
+    lines += ["", f"Gain of hard routing over flat: {_pct(s['gain_hard'])} points; relative error "
               f"reduction {_pct(s['relative_error_reduction'])} %; routing loss (oracle minus "
               f"hard) {_pct(s['routing_loss'])} points.", ""]
     if s["routers"]:
-      lines += ["| router | superclass top-1 | hard top-1 | soft top-1 | routing loss |",
-                "|---|---|---|---|---|"]
-      for name, r in s["routers"].items():
-        lines.append(f"| {name} | {_pct(r['superclass_top1'])} | {_pct(r['hard_top1'])} | "
-                     f"{_pct(r['soft_top1'])} | {_pct(r['routing_loss'])} |")
+      lines += tables.markdown_table(
+          ["router", "superclass top-1", "hard top-1", "soft top-1", "routing loss"],
+          [[name] + [_pct(r[key]) for key in ("superclass_top1", "hard_top1", "soft_top1",
+                                             "routing_loss")]
+           for name, r in s["routers"].items()])
       lines.append("")
     lines += _where_routing_loses_lines(s)
     lines += [f"Storage: a + b N = {st['a']:.2f} + {st['b']:.2f} x {st['n']} = "
@@ -275,14 +277,14 @@ def _where_routing_loses_lines(s: dict, shown: int = 5) -> list[str]:
     return []
   lines = ["**Where routing loses.** The images the oracle specialists get right and hard "
            f"routing ({s['router']} router) does not, by true superclass and the superclass "
-           "that answered, in points of top-1:", "",
-           "| true superclass -> answered by | points |", "|---|---|"]
+           "that answered, in points of top-1:", ""]
   pairs = list(where["pairs"].items())
-  lines += [f"| {key} | {_pct(v)} |" for key, v in pairs[:shown]]
+  rows = [[key, _pct(v)] for key, v in pairs[:shown]]
   if len(pairs) > shown:
     rest = sum(v["mean"] for _, v in pairs[shown:])
-    lines.append(f"| {len(pairs) - shown} other pairs | {100 * rest:.2f} |")
-  lines += [f"| all | {_pct(where['total'])} |", ""]
+    rows.append([f"{len(pairs) - shown} other pairs", f"{100 * rest:.2f}"])
+  rows.append(["all", _pct(where["total"])])
+  lines += tables.markdown_table(["true superclass -> answered by", "points"], rows) + [""]
   if s["without_specialist"]:
     lines.append(f"{_pct(where['one_subclass_share'])} % of them are images of one-subclass "
                  f"superclasses ({', '.join(s['without_specialist'])}), which the oracle gets "
