@@ -28,6 +28,7 @@ TRAIN = [
     "tensorflow-datasets>=4.9.4,<4.10",
     "tensorboard>=2.16",  # the TensorBoard callback of training runs
     "matplotlib>=3.5",  # the misclassification report's pictures (super_sub.analysis)
+    "markdown>=3.4",  # the findings page's Markdown as HTML (super_sub.analysis.findings)
 ]
 
 

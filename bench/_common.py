@@ -6,10 +6,8 @@ import shutil
 import statistics
 import time
 
-from _report import markdown_table
-import numpy as np
-
 from super_sub import runs
+from super_sub.analysis.tables import markdown_table
 from super_sub.bundles import storage as storage_lib
 from super_sub.training import config as config_lib
 
@@ -90,20 +88,3 @@ def tradeoff_table(rows: list[dict]) -> str:
        "per superclass (oracle)", "b (x fp32 net)", "bundle, N here", "a + 10 b"],
       [cells(r) for r in rows])) + "\n"
 
-
-def seed_stats(values) -> dict | None:
-  """Mean, sample standard deviation (None for one value), count and the values themselves,
-  over the values that are not None; None if there are none."""
-  vals = [float(v) for v in values if v is not None]
-  if not vals:
-    return None
-  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-          else None, "n": len(vals), "values": vals}
-
-
-def pct(s: dict | None, signed: bool = False) -> str:
-  """`seed_stats` as percentage points, "mean ± std" ("" for None)."""
-  if s is None:
-    return ""
-  text = f"{100 * s['mean']:+.2f}" if signed else f"{100 * s['mean']:.2f}"
-  return text + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")

@@ -1,5 +1,5 @@
-"""What bench scripts report: their process's memory, and Markdown tables (standard library
-only, so worker processes that must import nothing else can use it)."""
+"""What bench scripts report of their process: its memory (standard library only, so worker
+processes that must import nothing else can use it). Tables: super_sub.analysis.tables."""
 
 
 def memory_kib(field: str) -> int:
@@ -10,10 +10,3 @@ def memory_kib(field: str) -> int:
         return int(line.split()[1])
   raise RuntimeError(f"/proc/self/status has no {field}")
 
-
-def markdown_table(header, rows) -> list[str]:
-  """A Markdown table as lines: the header, its rule, then one line per row. Cells are str()
-  of their values; an empty one stays empty ("| |")."""
-  def line(cells) -> str:
-    return "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
-  return [line(header), "|" + "---|" * len(header)] + [line(row) for row in rows]

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 
-from _report import markdown_table
 from _report import memory_kib
 from absl import app
 from absl import flags
@@ -167,6 +166,8 @@ def main(argv):
 
 def to_markdown(r: dict) -> str:
   """The tables BENCHMARKS.md quotes."""
+  # Imported here: the measuring processes run this file and import nothing they need not.
+  from super_sub.analysis.tables import markdown_table  # pylint: disable=import-outside-toplevel
   p, s, rt = r["parity"], r["storage"], r["runtime"]
   lines = [f"`{r['command']}`", "", f"config: {json.dumps(r['config'])}", ""]
   lines += markdown_table(["model", "top-1", "same prediction as Keras two-stage"], [

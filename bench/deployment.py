@@ -62,7 +62,6 @@ import sys
 import tempfile
 import time
 
-from _report import markdown_table
 from _report import memory_kib
 from absl import app
 from absl import flags
@@ -377,6 +376,8 @@ def saved_model_sizes(backbone: str, out: str) -> None:
 
 def saved_model_markdown(r: dict) -> str:
   """The SavedModel sizes table of --saved_model_only."""
+  # Imported here: the measuring processes run this file and import nothing they need not.
+  from super_sub.analysis.tables import markdown_table  # pylint: disable=import-outside-toplevel
   lines = [f"# SavedModel size, {r['backbone']} at 224 px, N = 10 (superclassed_imagenet)", "",
            f"Command: `{r['command']}`", ""]
   lines += markdown_table(
@@ -644,6 +645,7 @@ def _runs(flat: dict, batch: str) -> str:
 
 def to_markdown(r: dict) -> str:
   """The tables BENCHMARKS.md quotes."""
+  from super_sub.analysis.tables import markdown_table  # pylint: disable=import-outside-toplevel
   flat = r["flat"]
   unit = next(iter(r["settings"].values()))["storage"]["fp32_network_bytes"]
   lines = [f"`{r['command']}`", "",

@@ -38,11 +38,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from _common import copy_stages
-from _common import pct
-from _common import seed_stats
 from _common import write_results
 from super_sub import evaluation
 from super_sub import runs
+from super_sub.analysis.stats import pct
+from super_sub.analysis.stats import seed_stats
+from super_sub.analysis.tables import markdown_table
 from super_sub.data import pipeline
 from super_sub.data import prepare
 from super_sub.routing import core
@@ -229,26 +230,26 @@ def markdown(report):
   for epochs, b in report["budgets"].items():
     models = b["models"]
     flat, wide = models.get("flat"), models.get("flat, widened (small_resnet_wide)")
-    lines += [f"## {epochs} epochs per network (seeds {b['seeds']})", "",
-              "| model | top-1 | n | gain vs flat | beyond spread | gain vs widened flat | "
-              "beyond spread | relative error reduction vs flat |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"## {epochs} epochs per network (seeds {b['seeds']})", ""]
+    rows = []
     for name, s in models.items():
       rer = s.get("relative_error_reduction")
       vs_flat, vs_wide = name != "flat", "widened" not in name
-      lines.append(
-          f"| {name} | {pct(s)} | {s['n']} | "
-          f"{pct(s.get('gain_vs_flat'), True) if vs_flat else ''} | "
-          f"{_beyond_spread(s, flat, 'gain_vs_flat') if vs_flat else ''} | "
-          f"{pct(s.get('gain_vs_wide'), True) if vs_wide and wide else ''} | "
-          f"{_beyond_spread(s, wide, 'gain_vs_wide') if vs_wide and wide else ''} | "
-          f"{'' if rer is None or not vs_flat else f'{100 * rer:.1f} %'} |")
+      rows.append([
+          name, pct(s), s["n"],
+          pct(s.get("gain_vs_flat"), True) if vs_flat else "",
+          _beyond_spread(s, flat, "gain_vs_flat") if vs_flat else "",
+          pct(s.get("gain_vs_wide"), True) if vs_wide and wide else "",
+          _beyond_spread(s, wide, "gain_vs_wide") if vs_wide and wide else "",
+          "" if rer is None or not vs_flat else f"{100 * rer:.1f} %"])
+    lines += markdown_table(["model", "top-1", "n", "gain vs flat", "beyond spread",
+                             "gain vs widened flat", "beyond spread",
+                             "relative error reduction vs flat"], rows)
     if b["superclass_top1"]:  # runs with Super-Sub in them
-      lines += ["", "| router | superclass top-1 | routing loss (oracle - hard, points) |",
-                "|---|---|---|"]
-      for router in b["superclass_top1"]:
-        lines.append(f"| {router} | {pct(b['superclass_top1'][router])} | "
-                     f"{pct(b['routing_loss'][router])} |")
+      lines += [""] + markdown_table(
+          ["router", "superclass top-1", "routing loss (oracle - hard, points)"],
+          [[router, pct(b["superclass_top1"][router]), pct(b["routing_loss"][router])]
+           for router in b["superclass_top1"]])
     lines.append("")
   return "\n".join(lines) + "\n"
 

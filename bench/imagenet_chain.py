@@ -29,6 +29,7 @@ from super_sub import evaluation
 from super_sub import runs
 from super_sub import runtime
 from super_sub._internal.compat import keras
+from super_sub.analysis.tables import markdown_table
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.training import config as config_lib
@@ -116,16 +117,15 @@ def to_markdown(r: dict) -> str:
       f"{r['backbone']} ({r['num_params'] / 1e6:.1f}M parameters) at {r['image_size']} px, "
       f"batch {r['batch_size']}, {r['cpus']} CPUs, ImageNet-shaped data.",
       "",
-      "| stage | first step (s, traces and compiles) | step (s, median of the rest) |",
-      "|---|---|---|",
   ]
-  for name in ("flat", "generalist"):
-    if name in steps:
-      lines.append(f"| {name} | {steps[name]['first_step_s']:.1f} | {steps[name]['step_s']:.2f} |")
+  rows = [[name, f"{steps[name]['first_step_s']:.1f}", f"{steps[name]['step_s']:.2f}"]
+          for name in ("flat", "generalist") if name in steps]
   if specialists:
-    lines.append(f"| specialists ({len(specialists)}), median | "
-                 f"{np.median([v['first_step_s'] for k, v in steps.items() if k.startswith('specialist')]):.1f} | "
-                 f"{np.median(specialists):.2f} |")
+    rows.append([f"specialists ({len(specialists)}), median",
+                 f"{np.median([v['first_step_s'] for k, v in steps.items() if k.startswith('specialist')]):.1f}",
+                 f"{np.median(specialists):.2f}"])
+  lines += markdown_table(
+      ["stage", "first step (s, traces and compiles)", "step (s, median of the rest)"], rows)
   lines += [
       "",
       f"All stages ({sum(v['steps'] for v in steps.values())} steps, with per-epoch validation "

@@ -37,6 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from _imagenet_shaped import make_tree
+from super_sub.analysis.tables import markdown_table
 from super_sub.data import pipeline
 from super_sub.datasets.superclassed_imagenet import superclassed_imagenet_dataset_builder as sib
 
@@ -218,35 +219,33 @@ def to_markdown(r: dict, smallest: str) -> str:
       f"{d['builder_images_per_s']:.0f} images/s (train and validation, from the extracted "
       "tree).",
       "",
-      "| pipeline | images/s | |",
-      "|---|---|---|",
-      f"| raw JPEG decode (whole images, bytes in memory, all cores) | {ips['raw_jpeg_decode']:.0f} "
-      "| the limit of whole-image decoding |",
-      f"| training, random-resized crop (decodes only the box) | "
-      f"{ips['train_random_resized_crop']:.0f} | {goals['train_pipeline_vs_raw_decode']:.2f}x "
-      "raw decode (goal >= 0.9) |",
-      f"| training, whole image resized | {ips['train_whole_image_resize']:.0f} | |",
-      f"| evaluation, center crop | {ips['evaluation_center_crop']:.0f} | |",
-      f"| specialist '{smallest}' ({min(c for c in d['superclass_counts'] if c)} of "
-      f"{d['train_images']} images), filter before decode | "
-      f"{ips['specialist_' + smallest]:.0f} | "
-      f"{goals['specialist_seconds_per_image_vs_flat']:.2f}x the flat pipeline's time per "
-      "image (goal <= 1.2) |",
-      f"| the same, its still-encoded images cached in memory (they fit the default budget) | "
-      f"{ips['specialist_encoded_cache']:.0f} | "
-      f"{goals['specialist_encoded_cache_seconds_per_image_vs_flat']:.2f}x |",
-      f"| the same, old order (decode all, then filter) | "
-      f"{ips['specialist_old_decode_then_filter']:.0f} | "
-      f"{goals['old_specialist_seconds_per_image_vs_flat']:.2f}x |",
-      "",
-      "| memory over one epoch | RSS before (MiB) | after 100 steps | peak | peak / step 100 |",
-      "|---|---|---|---|---|",
-      f"| cache off (streaming, {off['steps']} steps) | {off['rss_before_mib']:.0f} | "
-      f"{off['rss_at_step_100_mib']:.0f} | {off['peak_rss_mib']:.0f} | {off['ratio']:.2f} "
-      "(goal <= 1.1) |",
-      f"| decoded images cached, for contrast | {on['rss_before_mib']:.0f} | "
-      f"{on['rss_at_step_100_mib']:.0f} | {on['peak_rss_mib']:.0f} | {on['ratio']:.2f} |",
   ]
+  lines += markdown_table(["pipeline", "images/s", ""], [
+      ["raw JPEG decode (whole images, bytes in memory, all cores)",
+       f"{ips['raw_jpeg_decode']:.0f}", "the limit of whole-image decoding"],
+      ["training, random-resized crop (decodes only the box)",
+       f"{ips['train_random_resized_crop']:.0f}",
+       f"{goals['train_pipeline_vs_raw_decode']:.2f}x raw decode (goal >= 0.9)"],
+      ["training, whole image resized", f"{ips['train_whole_image_resize']:.0f}", ""],
+      ["evaluation, center crop", f"{ips['evaluation_center_crop']:.0f}", ""],
+      [f"specialist '{smallest}' ({min(c for c in d['superclass_counts'] if c)} of "
+       f"{d['train_images']} images), filter before decode",
+       f"{ips['specialist_' + smallest]:.0f}",
+       f"{goals['specialist_seconds_per_image_vs_flat']:.2f}x the flat pipeline's time per "
+       "image (goal <= 1.2)"],
+      ["the same, its still-encoded images cached in memory (they fit the default budget)",
+       f"{ips['specialist_encoded_cache']:.0f}",
+       f"{goals['specialist_encoded_cache_seconds_per_image_vs_flat']:.2f}x"],
+      ["the same, old order (decode all, then filter)",
+       f"{ips['specialist_old_decode_then_filter']:.0f}",
+       f"{goals['old_specialist_seconds_per_image_vs_flat']:.2f}x"]])
+  lines += [""] + markdown_table(
+      ["memory over one epoch", "RSS before (MiB)", "after 100 steps", "peak", "peak / step 100"],
+      [[f"cache off (streaming, {off['steps']} steps)", f"{off['rss_before_mib']:.0f}",
+        f"{off['rss_at_step_100_mib']:.0f}", f"{off['peak_rss_mib']:.0f}",
+        f"{off['ratio']:.2f} (goal <= 1.1)"],
+       ["decoded images cached, for contrast", f"{on['rss_before_mib']:.0f}",
+        f"{on['rss_at_step_100_mib']:.0f}", f"{on['peak_rss_mib']:.0f}", f"{on['ratio']:.2f}"]])
   return "\n".join(lines) + "\n"
 
 

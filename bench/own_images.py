@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from _common import seed_stats
 from _common import write_results
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.analysis.stats import seed_stats
+from super_sub.analysis.tables import markdown_table
 from super_sub.data import prepare
 from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
 from super_sub.training import config as config_lib
@@ -130,11 +131,11 @@ def main(argv):
       scores = [train_and_score(dataset, os.path.join(_WORK_DIR.value, f"seed{s}", name), int(s))
                 for s in _SEEDS.value]
       result["runs"][name] = {k: seed_stats([r[k] for r in scores]) for k in scores[0]}
-    lines += ["", f"| route | flat top-1 | two-stage top-1 ({_EPOCHS.value} epochs, seeds "
-              f"{','.join(_SEEDS.value)}) |", "|---|---|---|"]
-    for name, r in result["runs"].items():
-      lines.append(f"| {name} | {100 * r['flat']['mean']:.2f} | "
-                   f"{100 * r['two_stage']['mean']:.2f} |")
+    lines += [""] + markdown_table(
+        ["route", "flat top-1",
+         f"two-stage top-1 ({_EPOCHS.value} epochs, seeds {','.join(_SEEDS.value)})"],
+        [[name, f"{100 * r['flat']['mean']:.2f}", f"{100 * r['two_stage']['mean']:.2f}"]
+         for name, r in result["runs"].items()])
   write_results(_OUT.value, result, "\n".join(lines) + "\n")
 
 

@@ -35,6 +35,7 @@ SETTINGS = [("small_resnet", 28, dict(form="sign"), 0.0),
 def main(argv):
   del argv
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from super_sub.analysis.tables import markdown_table  # pylint: disable=import-outside-toplevel
   from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
   from super_sub.training import deltas  # pylint: disable=import-outside-toplevel
   from super_sub.training import qat as qat_lib  # pylint: disable=import-outside-toplevel
@@ -69,10 +70,11 @@ def main(argv):
   result = {"command": " ".join(["python", "bench/projection_speed.py"] + sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU; {FLAGS.note}",
             "rows": rows}
-  lines = ["| backbone | px | form | kernel weights | numpy reference ms | compiled ms | speed-up |",
-           "|---|---|---|---|---|---|---|"]
-  lines += [f"| {r['backbone']} | {r['image_size']} | {r['form']} | {r['kernel_weights']} | "
-            f"{r['reference_ms']} | {r['compiled_ms']} | {r['speedup']}x |" for r in rows]
+  lines = markdown_table(
+      ["backbone", "px", "form", "kernel weights", "numpy reference ms", "compiled ms",
+       "speed-up"],
+      [[r["backbone"], r["image_size"], r["form"], r["kernel_weights"], r["reference_ms"],
+        r["compiled_ms"], f"{r['speedup']}x"] for r in rows])
   _common.write_results(FLAGS.out, result, "\n".join(lines) + "\n\n" + result["machine"] + "\n")
 
 

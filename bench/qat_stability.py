@@ -33,7 +33,7 @@ import numpy as np
 from _common import copy_stages
 from _common import write_results
 from _imagenet_shaped import make_tree
-from _report import markdown_table
+from super_sub.analysis.tables import markdown_table
 from super_sub import runs
 from super_sub.data import pipeline
 from super_sub.data import prepare

@@ -18,6 +18,7 @@ from absl import flags
 import numpy as np
 
 from _common import write_results
+from super_sub.analysis.tables import markdown_table
 from super_sub.formats import bundle_loader as bundle_lib
 from super_sub.runtime import predictor
 
@@ -57,11 +58,10 @@ def main(argv):
   if not _BUNDLES.value:
     raise app.UsageError("give at least one --bundle=DIR")
   rows = [measure(p, _REPEATS.value) for p in _BUNDLES.value]
-  lines = [f"`python {' '.join(sys.argv)}`", "",
-           "| bundle | first rebuild ms | later rebuilds ms | new interpreter ms |",
-           "|---|---|---|---|"]
-  lines += [f"| {r['bundle']} | {r['first_rebuild_ms']:.1f} | {r['later_rebuild_ms']:.2f} | "
-            f"{r['new_interpreter_ms']:.2f} |" for r in rows]
+  lines = [f"`python {' '.join(sys.argv)}`", ""] + markdown_table(
+      ["bundle", "first rebuild ms", "later rebuilds ms", "new interpreter ms"],
+      [[r["bundle"], f"{r['first_rebuild_ms']:.1f}", f"{r['later_rebuild_ms']:.2f}",
+        f"{r['new_interpreter_ms']:.2f}"] for r in rows])
   write_results(_OUT.value, {"command": " ".join(sys.argv), "bundles": rows},
                 "\n".join(lines) + "\n")
 

@@ -39,6 +39,7 @@ from _common import write_results
 from super_sub._internal.compat import keras
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
+from super_sub.analysis.tables import markdown_table
 from super_sub.bundles import tflite
 from super_sub.data import pipeline
 from super_sub.models import backbones
@@ -195,9 +196,11 @@ def markdown(result: dict) -> str:
               f"stage {a['shared_stages'] - 1} ({'x'.join(map(str, a['features_shape']))}), "
               f"trained {a['head_epochs']} epochs on {a['train_images']} train images' "
               f"features, scored on {a['evaluation_images']} {a['evaluation_split']} images.",
-              "", "| router | parameters | superclass top-1 (%) |", "|---|---|---|"]
-    for r in a["rows"]:
-      lines.append(f"| {r['router']} | {r['params']:,} | {100 * r['superclass_top1']:.2f} |")
+              ""]
+    lines += markdown_table(
+        ["router", "parameters", "superclass top-1 (%)"],
+        [[r["router"], f"{r['params']:,}", f"{100 * r['superclass_top1']:.2f}"]
+         for r in a["rows"]])
     lines.append("")
   s = result.get("speed")
   if s:
@@ -205,13 +208,13 @@ def markdown(result: dict) -> str:
     lines += [f"Speed: {s['backbone']} at {s['image_size']} px, random weights, int8, trunk "
               f"of {s['shared_stages']} stages (features "
               f"{'x'.join(map(str, s['features_shape']))}), LiteRT {s['threads']} threads, "
-              f"median of {s['repeats']}.", "",
-              "| model | int8 MB | ms/image batch 1 (x whole) | ms/image batch 32 (x whole) |",
-              "|---|---|---|---|"]
-    for r in s["rows"]:
-      lines.append(f"| {r['model']} | {r['tflite_bytes'] / 1e6:.2f} | {r['ms_batch_1']:.2f} "
-                   f"({r['ms_batch_1'] / whole['ms_batch_1']:.3f}) | {r['ms_batch_32']:.2f} "
-                   f"({r['ms_batch_32'] / whole['ms_batch_32']:.3f}) |")
+              f"median of {s['repeats']}.", ""]
+    lines += markdown_table(
+        ["model", "int8 MB", "ms/image batch 1 (x whole)", "ms/image batch 32 (x whole)"],
+        [[r["model"], f"{r['tflite_bytes'] / 1e6:.2f}",
+          f"{r['ms_batch_1']:.2f} ({r['ms_batch_1'] / whole['ms_batch_1']:.3f})",
+          f"{r['ms_batch_32']:.2f} ({r['ms_batch_32'] / whole['ms_batch_32']:.3f})"]
+         for r in s["rows"]])
   return "\n".join(lines) + "\n"
 
 

@@ -27,9 +27,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from _common import pct
-from _common import seed_stats
 from _common import write_results
+from super_sub.analysis.stats import pct
+from super_sub.analysis.stats import seed_stats
+from super_sub.analysis.tables import markdown_table
 from super_sub.data import pipeline
 from super_sub.routing import core
 from super_sub.training import run as run_lib
@@ -117,20 +118,21 @@ def markdown(report):
            f"Command: `{report['command']}`  ", f"Machine: {report['machine']}", "",
            f"Runs: {', '.join(report['runs'])}", "",
            "Top-1 on the evaluation split, mean ± standard deviation over the runs (%). Gains "
-           "are paired by run, against the flat network with the same flip setting.", "",
-           "| setting | top-1 | gain vs flat | relative error reduction | routing loss |",
-           "|---|---|---|---|---|"]
+           "are paired by run, against the flat network with the same flip setting.", ""]
+  rows = []
   for key, s in report["settings"].items():
     if key.startswith("superclass"):
       continue
     gain = s.get("gain_vs_flat")
     rer = "" if gain is None else f"{100 * s['relative_error_reduction']:.1f} %"
-    lines.append(f"| {key} | {pct(s)} | {pct(gain, True) if gain else ''} | "
-                 f"{rer} | "
-                 f"{pct(s['routing_loss']) if 'routing_loss' in s else ''} |")
-  lines += ["", "| flip | generalist superclass top-1 |", "|---|---|"]
-  for key in ("superclass top-1", "superclass top-1, flip"):
-    lines.append(f"| {'yes' if 'flip' in key else 'no'} | {pct(report['settings'][key])} |")
+    rows.append([key, pct(s), pct(gain, True) if gain else "", rer,
+                 pct(s["routing_loss"]) if "routing_loss" in s else ""])
+  lines += markdown_table(
+      ["setting", "top-1", "gain vs flat", "relative error reduction", "routing loss"], rows)
+  lines += [""] + markdown_table(
+      ["flip", "generalist superclass top-1"],
+      [["yes" if "flip" in key else "no", pct(report["settings"][key])]
+       for key in ("superclass top-1", "superclass top-1, flip")])
   soft = {k: s for k, s in report["settings"].items() if k.startswith("soft") and "flip" not in k}
   best = max(soft, key=lambda k: soft[k]["mean"])
   lines += ["", f"Best temperature on the test images (an upper bound; no held-out split): "

@@ -25,6 +25,7 @@ import numpy as np
 
 from _common import median_ms
 from _common import write_results
+from super_sub.analysis.tables import markdown_table
 from super_sub.runtime import fusion
 from super_sub.runtime import predictor
 
@@ -75,8 +76,10 @@ def main(argv):
             "repeats": repeats, "ms": parts}
   lines = [f"`{command}`", "",
            f"Median ms of {repeats} calls at batch 1, {threads} LiteRT threads, one process.",
-           "", "| part | ms | x flat |", "|---|---|---|"]
-  lines += [f"| {name} | {ms:.2f} | {ms / parts['flat']:.2f} |" for name, ms in parts.items()]
+           ""]
+  lines += markdown_table(["part", "ms", "x flat"],
+                          [[name, f"{ms:.2f}", f"{ms / parts['flat']:.2f}"]
+                           for name, ms in parts.items()])
   write_results(_OUT.value, result, "\n".join(lines) + "\n")
 
 

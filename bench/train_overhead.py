@@ -99,6 +99,7 @@ def _bare_keras(run, stage, images: int) -> float:
 def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from super_sub.analysis.tables import markdown_table  # pylint: disable=import-outside-toplevel
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
   from super_sub.training import config as config_lib  # pylint: disable=import-outside-toplevel
   from super_sub.training import fit  # pylint: disable=import-outside-toplevel
@@ -151,11 +152,11 @@ def main(argv):
       "rows": rows,
       "not_measured": "MobileNetV2 at 224 px (left for a GPU session)",
   }
-  lines = ["| setting | backbone | px | batch | super-sub img/s | Keras fit img/s | ratio |",
-           "|---|---|---|---|---|---|---|"]
-  lines += [f"| {r['setting']} | {r['backbone']} | {r['image_size']} | {r['batch_size']} | "
-            f"{r['super_sub_images_per_s']} | {r['keras_images_per_s']} | {r['ratio']} |"
-            for r in rows]
+  keys = ("setting", "backbone", "image_size", "batch_size", "super_sub_images_per_s",
+          "keras_images_per_s", "ratio")
+  lines = markdown_table(
+      ["setting", "backbone", "px", "batch", "super-sub img/s", "Keras fit img/s", "ratio"],
+      [[r[key] for key in keys] for r in rows])
   _common.write_results(FLAGS.out, result, "\n".join(lines) + "\n\n" + result["machine"] + "\n")
 
 

@@ -23,13 +23,12 @@ one dataset are seeds of one experiment; the page reports their mean and standar
 Writes index.md, index.html, findings.json and the PNGs into the folder (replaced only if it
 is an earlier findings page). The page names runs by their folder's name, never by a path of
 the machine that made it, and `rerender` writes it again from findings.json alone (no run
-folders needed). Needs numpy and matplotlib, not TensorFlow.
+folders needed). Needs numpy, matplotlib and markdown (Python-Markdown), not TensorFlow.
 """
 
 from __future__ import annotations
 
 import collections
-import html
 import json
 import os
 from typing import Any, Sequence
@@ -41,6 +40,8 @@ from super_sub import runs
 from super_sub._internal import files
 from super_sub.analysis import loading
 from super_sub.analysis import report as report_lib
+from super_sub.analysis import stats as stats_lib
+from super_sub.analysis import tables
 
 MARKER = "findings.json"
 
@@ -173,11 +174,12 @@ def routing_losses(flat: loading.Predictions, oracle: loading.Predictions,
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
-  vals = [v for v in values if v is not None]
-  if not vals:
-    return {"mean": None, "std": None, "n": 0}
-  return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-          else None, "n": len(vals)}
+  """`stats.seed_stats` as findings.json has always kept it: without the values (the runs are
+  saved beside them), and with mean and std None where no run has a value (the page and its
+  plots read them)."""
+  s = stats_lib.seed_stats(values)
+  return ({"mean": None, "std": None, "n": 0} if s is None
+          else {key: s[key] for key in ("mean", "std", "n")})
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -230,9 +232,7 @@ def _where_routing_loses(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | Non
 
 
 def _pct(s: dict) -> str:
-  if s["mean"] is None:
-    return "n/a"
-  return f"{100 * s['mean']:.2f}" + (f" ± {100 * s['std']:.2f}" if s["std"] is not None else "")
+  return stats_lib.pct(s, missing="n/a")
 
 
 def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) -> str:
@@ -250,32 +250,33 @@ def markdown(summaries: Sequence[dict[str, Any]], command: str | None = None) ->
               f"{_pct(i['chance'])} % would if its mistakes fell on the other subclasses at "
               "random.", "", f"![errors within superclass]({_slug(s)}_errors.png)", "",
               "**Finding (ii): a specialist beats the network trained on all subclasses.** "
-              "Top-1 on each superclass's test images:", "",
-              "| superclass | flat | oracle specialist | gain |", "|---|---|---|---|"]
+              "Top-1 on each superclass's test images:", ""]
+    rows = []
     for name, v in s["finding_ii"].items():
       gain = (v["specialist"]["mean"] - v["flat"]["mean"]
               if v["flat"]["mean"] is not None and v["specialist"]["mean"] is not None else None)
-      lines.append(f"| {name} | {_pct(v['flat'])} | {_pct(v['specialist'])} | "
-                   f"{'n/a' if gain is None else f'{100 * gain:+.2f}'} |")
+      rows.append([name, _pct(v["flat"]), _pct(v["specialist"]),
+                   "n/a" if gain is None else f"{100 * gain:+.2f}"])
+    lines += tables.markdown_table(["superclass", "flat", "oracle specialist", "gain"], rows)
     if s["without_specialist"]:
       lines += ["", f"({', '.join(s['without_specialist'])}: one subclass each, so no "
                 "specialist; the generalist's superclass is the answer.)"]
     lines += ["", f"![per superclass]({_slug(s)}_superclasses.png)", "",
-              "**Super-Sub against the flat network.**", "",
-              "| model | top-1 |", "|---|---|",
-              f"| flat | {_pct(s['flat_top1'])} |",
-              f"| Super-Sub, hard routing | {_pct(s['hard_top1'])} |",
-              f"| Super-Sub, soft routing | {_pct(s['soft_top1'])} |",
-              f"| oracle specialists (true superclass) | {_pct(s['oracle_top1'])} |", "",
-              f"Gain of hard routing over flat: {_pct(s['gain_hard'])} points; relative error "
+              "**Super-Sub against the flat network.**", ""]
+    lines += tables.markdown_table(["model", "top-1"], [
+        ["flat", _pct(s["flat_top1"])],
+        ["Super-Sub, hard routing", _pct(s["hard_top1"])],
+        ["Super-Sub, soft routing", _pct(s["soft_top1"])],
+        ["oracle specialists (true superclass)", _pct(s["oracle_top1"])]])
+    lines += ["", f"Gain of hard routing over flat: {_pct(s['gain_hard'])} points; relative error "
               f"reduction {_pct(s['relative_error_reduction'])} %; routing loss (oracle minus "
               f"hard) {_pct(s['routing_loss'])} points.", ""]
     if s["routers"]:
-      lines += ["| router | superclass top-1 | hard top-1 | soft top-1 | routing loss |",
-                "|---|---|---|---|---|"]
-      for name, r in s["routers"].items():
-        lines.append(f"| {name} | {_pct(r['superclass_top1'])} | {_pct(r['hard_top1'])} | "
-                     f"{_pct(r['soft_top1'])} | {_pct(r['routing_loss'])} |")
+      lines += tables.markdown_table(
+          ["router", "superclass top-1", "hard top-1", "soft top-1", "routing loss"],
+          [[name] + [_pct(r[key]) for key in ("superclass_top1", "hard_top1", "soft_top1",
+                                             "routing_loss")]
+           for name, r in s["routers"].items()])
       lines.append("")
     lines += _where_routing_loses_lines(s)
     lines += [f"Storage: a + b N = {st['a']:.2f} + {st['b']:.2f} x {st['n']} = "
@@ -289,14 +290,14 @@ def _where_routing_loses_lines(s: dict, shown: int = 5) -> list[str]:
     return []
   lines = ["**Where routing loses.** The images the oracle specialists get right and hard "
            f"routing ({s['router']} router) does not, by true superclass and the superclass "
-           "that answered, in points of top-1:", "",
-           "| true superclass -> answered by | points |", "|---|---|"]
+           "that answered, in points of top-1:", ""]
   pairs = list(where["pairs"].items())
-  lines += [f"| {key} | {_pct(v)} |" for key, v in pairs[:shown]]
+  rows = [[key, _pct(v)] for key, v in pairs[:shown]]
   if len(pairs) > shown:
     rest = sum(v["mean"] for _, v in pairs[shown:])
-    lines.append(f"| {len(pairs) - shown} other pairs | {100 * rest:.2f} |")
-  lines += [f"| all | {_pct(where['total'])} |", ""]
+    rows.append([f"{len(pairs) - shown} other pairs", f"{100 * rest:.2f}"])
+  rows.append(["all", _pct(where["total"])])
+  lines += tables.markdown_table(["true superclass -> answered by", "points"], rows) + [""]
   if s["without_specialist"]:
     lines.append(f"{_pct(where['one_subclass_share'])} % of them are images of one-subclass "
                  f"superclasses ({', '.join(s['without_specialist'])}), which the oracle gets "
@@ -434,40 +435,10 @@ def _write_page(out_dir: str, summaries: Sequence[dict[str, Any]],
 
 
 def _html(markdown_text: str) -> str:
-  """A plain HTML rendering of the page's Markdown (headings, tables, images, paragraphs)."""
-  out, table = [], False
-  for line in markdown_text.splitlines():
-    if line.startswith("|"):
-      cells = [c.strip() for c in line.strip("|").split("|")]
-      if set("".join(cells)) <= set("-"):
-        continue
-      if not table:
-        out.append("<table>")
-        table = True
-      out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
-      continue
-    if table:
-      out.append("</table>")
-      table = False
-    if line.startswith("#"):
-      level = len(line) - len(line.lstrip("#"))
-      out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-    elif line.startswith("![") and "](" in line:
-      alt, src = line[2:-1].split("](", 1)
-      out.append(f'<p><img src="{html.escape(src)}" alt="{html.escape(alt)}"></p>')
-    elif line:
-      out.append(f"<p>{_inline(line)}</p>")
-  if table:
-    out.append("</table>")
+  """The page's Markdown as one HTML page (Python-Markdown, with its tables extension)."""
+  import markdown as markdown_lib  # pylint: disable=import-outside-toplevel
+  body = markdown_lib.markdown(markdown_text, extensions=["tables"])
   style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-           "td{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse}")
+           "td,th{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse}")
   return ("<!doctype html><html><head><meta charset='utf-8'><title>super-sub findings</title>"
-          f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
-
-
-def _inline(text: str) -> str:
-  """Escapes text and renders **bold** and `code`."""
-  parts = html.escape(text).split("**")
-  text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
-  parts = text.split("`")
-  return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+          f"<style>{style}</style></head><body>\n" + body + "\n</body></html>\n")
