@@ -38,12 +38,12 @@ from absl import app
 from absl import flags
 from PIL import Image
 
-from super_sub.analysis.stats import pct
-from super_sub.analysis.stats import seed_stats
 from _common import write_results
-from super_sub.analysis.tables import markdown_table
 import super_sub
 from super_sub import evaluation
+from super_sub.analysis.stats import pct
+from super_sub.analysis.stats import seed_stats
+from super_sub.analysis.tables import markdown_table
 from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
 from super_sub.hierarchy import learned
 from super_sub.hierarchy import tree
