@@ -36,7 +36,7 @@ import psutil
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from _imagenet_shaped import make_tree
+from imagenet_shaped import make_tree
 from super_sub.analysis.tables import markdown_table
 from super_sub.data import pipeline
 from super_sub.datasets.superclassed_imagenet import superclassed_imagenet_dataset_builder as sib

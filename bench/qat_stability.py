@@ -6,7 +6,7 @@ many short seeded runs.
 
 The setting that diverged (super-sub-train --backbone=mobilenet_v2 --image_size=224 --epochs=1
 --batch_size=16 --qat --freeze_stages=3, MobileNetV2 from random weights): on an ImageNet-shaped
-tree made offline (bench/_imagenet_shaped.py; one JPEG per class of the superclassed_imagenet
+tree made offline (bench/imagenet_shaped.py; one JPEG per class of the superclassed_imagenet
 hierarchy, built by the real builder), per trunk setting
   frozen     --freeze_stages=3 (stem and stages 1-3 shared with the generalist)
   trainable  --freeze_stages=0
@@ -32,7 +32,7 @@ import numpy as np
 
 from _common import copy_stages
 from _common import write_results
-from _imagenet_shaped import make_tree
+from imagenet_shaped import make_tree
 from super_sub.analysis.tables import markdown_table
 from super_sub import runs
 from super_sub.data import pipeline

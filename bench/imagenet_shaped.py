@@ -1,6 +1,11 @@
 """An ImageNet-shaped ILSVRC2012 tree made offline (JPEGs of ImageNet's usual sizes, the extracted
 layout), built by the real superclassed_imagenet builder in the benchmarks that work at 224 px:
-ImageNet itself is never on these machines."""
+ImageNet itself is never on these machines.
+
+  .venv/bin/python bench/imagenet_shaped.py /tmp/ILSVRC2012 4000 400   # root, train, validation
+
+makes the tree (nothing if <root>/done exists); bench/imagenet_pipeline.py and
+bench/qat_stability.py call `make_tree` themselves."""
 
 import os
 
@@ -40,3 +45,10 @@ def make_tree(root: str, train_images: int, validation_images: int) -> None:
     os.makedirs(os.path.join(root, "val"), exist_ok=True)
     write(os.path.join(root, "val", f"ILSVRC2012_val_{number:08d}.JPEG"), i)
   open(os.path.join(root, "done"), "w", encoding="utf-8").close()
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  if len(sys.argv) != 4:
+    sys.exit("usage: imagenet_shaped.py ROOT TRAIN_IMAGES VALIDATION_IMAGES")
+  make_tree(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
