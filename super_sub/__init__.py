@@ -4,6 +4,8 @@ The public API, grouped by use. Names load lazily: `import super_sub` imports nu
 the edge runtime works where TensorFlow is absent; a name that needs TensorFlow loads it when
 first used.
 
+  errors      SuperSubError (the base of every error below: a user's mistake, one line and
+              exit status 2, or 1 where the command could not finish)
   hierarchy   Hierarchy, HierarchyError, Subclass, Superclass, load_hierarchy,
               shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet, WordNetError,
               learn_hierarchy (from confusions), LearnError
@@ -27,6 +29,8 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute)
 _API = {
+    # errors
+    "SuperSubError": ("super_sub.errors", "SuperSubError"),
     # hierarchy
     "Hierarchy": ("super_sub.hierarchy.tree", "Hierarchy"),
     "HierarchyError": ("super_sub.hierarchy.tree", "HierarchyError"),

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from super_sub import errors as errors_lib
 from super_sub import hierarchy as hierarchy_lib
 from super_sub._internal import cli
 from super_sub._internal import files
@@ -159,6 +160,11 @@ def test_old_spellings_are_rewritten_with_one_notice():
 
 def test_user_errors_are_known_by_class_without_importing_them():
   assert cli.user_error_status(hierarchy_lib.HierarchyError("x")) == 2
+  assert cli.user_error_status(cli.UsageError("x")) == 2
+  assert cli.user_error_status(cli.MissingExtraError("x")) == 1
+  locked = errors_lib.FolderLockedError("f", "pid 1", "training", "f/lock")
+  assert cli.user_error_status(locked) == 1
+  assert cli.user_error_status(errors_lib.OutputDirError("x")) == 2
   assert cli.user_error_status(FileNotFoundError(2, "No such file", "x")) == 2
   assert cli.message(FileNotFoundError(2, "No such file or directory", "x.txt")) == (
       "No such file or directory: x.txt")

@@ -41,11 +41,12 @@ from super_sub import runs
 from super_sub._internal import files
 from super_sub.analysis import loading
 from super_sub.analysis import report as report_lib
+from super_sub.errors import SuperSubError
 
 MARKER = "findings.json"
 
 
-class FindingsError(ValueError):
+class FindingsError(SuperSubError, ValueError):
   """No runs to report, or a findings.json that cannot be read back; the message says which."""
 
 

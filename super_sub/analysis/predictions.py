@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.errors import SuperSubError
 
 # "subclass": the hierarchy's global subclass index (what super-sub's models predict);
 # "source": the source dataset's label ids (e.g. ImageNet-1k's 0..999), mapped through
@@ -22,7 +23,7 @@ OUTSIDE = -1  # a prediction outside the hierarchy, after mapping
 PROBABILITY_SLACK = 1e-3
 
 
-class AnalysisError(ValueError):
+class AnalysisError(SuperSubError, ValueError):
   """Input that cannot be analysed; the message names the file and the row or field."""
 
 

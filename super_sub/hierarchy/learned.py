@@ -27,10 +27,11 @@ from typing import Sequence
 import numpy as np
 
 from super_sub import runs
+from super_sub.errors import SuperSubError
 from super_sub.hierarchy import tree
 
 
-class LearnError(ValueError):
+class LearnError(SuperSubError, ValueError):
   """Confusions a hierarchy cannot be learned from, or impossible group counts or sizes."""
 
 

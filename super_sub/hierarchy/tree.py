@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from super_sub._internal import files
+from super_sub.errors import SuperSubError
 
 _TOP_KEYS = {"name", "superclasses", "num_source_labels"}
 _SUPER_KEYS = {"name", "wnid", "subclasses"}
@@ -27,7 +28,7 @@ _SUB_KEYS = {"name", "wnid", "source_label"}
 MAX_SOURCE_LABELS = 2**24
 
 
-class HierarchyError(ValueError):
+class HierarchyError(SuperSubError, ValueError):
   """A hierarchy description that does not validate; the message names the entry."""
 
 

@@ -15,6 +15,7 @@ import os
 from typing import Iterable, Mapping, Sequence
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.errors import SuperSubError
 
 # Pointer symbols followed upward (`man 5 wninput`): hypernym and instance hypernym.
 _HYPERNYM_POINTERS = ("@", "@i")
@@ -25,7 +26,7 @@ _DATA_NOUN_PLACES = ("data.noun", os.path.join("dict", "data.noun"))
 RULES = ("nearest", "first", "drop")
 
 
-class WordNetError(ValueError):
+class WordNetError(SuperSubError, ValueError):
   """A WordNet file, synset id or derivation request that cannot be used; names the culprit."""
 
 
