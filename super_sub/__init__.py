@@ -14,10 +14,11 @@ first used.
               (TFDS builders register with `import super_sub.datasets`)
   training    TrainConfig, train, Run, Stage, load_config; ConfigError, RunMismatchError,
               NonFiniteError, FolderLockedError
-  evaluation  evaluate, TwoStage
+  evaluation  evaluate, TwoStage, ROUTERS
   export      export, tflite_parity, storage_fit, OutputDirError
   runtime     TwoStageLite, load_images, load_bundle, BundleError, ImageError, DeltaError
-  analysis    analyze, write_report, Predictions, read_predictions, AnalysisError
+  analysis    analyze, write_report, Predictions, read_predictions, AnalysisError,
+              write_findings
 
 The pipeline's packages, in the order an image travels: hierarchy -> data -> models ->
 training -> routing -> bundles -> formats -> runtime -> analysis (README: "What is in the box").
@@ -36,16 +37,16 @@ _API = {
     "HierarchyError": ("super_sub.hierarchy.tree", "HierarchyError"),
     "Subclass": ("super_sub.hierarchy.tree", "Subclass"),
     "Superclass": ("super_sub.hierarchy.tree", "Superclass"),
-    "load_hierarchy": ("super_sub.hierarchy.tree", "load"),
+    "load_hierarchy": ("super_sub.hierarchy.tree", "load_hierarchy"),
     "shipped_hierarchies": ("super_sub.hierarchy.tree", "shipped_hierarchies"),
-    "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive"),
-    "read_wordnet": ("super_sub.hierarchy.wordnet", "read"),
+    "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive_hierarchy"),
+    "read_wordnet": ("super_sub.hierarchy.wordnet", "read_wordnet"),
     "WordNetError": ("super_sub.hierarchy.wordnet", "WordNetError"),
-    "learn_hierarchy": ("super_sub.hierarchy.learned", "learn"),
+    "learn_hierarchy": ("super_sub.hierarchy.learned", "learn_hierarchy"),
     "LearnError": ("super_sub.hierarchy.learned", "LearnError"),
     # datasets
-    "prepare_dataset": ("super_sub.data.prepare", "prepare"),
-    "summarize_dataset": ("super_sub.data.prepare", "summarize"),
+    "prepare_dataset": ("super_sub.data.prepare", "prepare_dataset"),
+    "summarize_dataset": ("super_sub.data.prepare", "summarize_dataset"),
     "DatasetError": ("super_sub.data.sources", "DatasetError"),
     "InputSpec": ("super_sub.data.pipeline", "InputSpec"),
     "make_dataset": ("super_sub.data.pipeline", "make_dataset"),

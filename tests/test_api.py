@@ -3,6 +3,7 @@
 import ast
 import importlib
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,20 @@ def test_every_public_name_resolves_to_its_module():
     module, attribute = super_sub._API[name]  # pylint: disable=protected-access
     assert value is getattr(sys.modules[module], attribute), name
   assert set(super_sub.__all__) <= set(dir(super_sub))
+
+
+def test_the_docstring_lists_every_public_name():
+  """The module docstring is the API's table of contents: a name left out of it is hidden."""
+  words = set(re.findall(r"\w+", super_sub.__doc__))
+  missing = [name for name in super_sub._API if name not in words]  # pylint: disable=protected-access
+  assert not missing, f"add to super_sub/__init__.py's docstring: {missing}"
+
+
+def test_public_functions_have_one_name():
+  """A public function is defined under the name users call it by (README: What is in the
+  box), so that a traceback, the docs and the code all say the same name."""
+  for name, (_, attribute) in super_sub._API.items():  # pylint: disable=protected-access
+    assert attribute == name, f"{name} is defined as {attribute}"
 
 
 def test_unknown_name_is_an_attribute_error():

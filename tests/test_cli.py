@@ -174,7 +174,7 @@ def test_user_errors_are_known_by_class_without_importing_them():
 
 # --- a hierarchy, readable -------------------------------------------------------------------
 def test_hierarchy_repr_is_one_short_line():
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   assert repr(h) == ("Hierarchy('superclassed_imagenet': 10 superclasses, 289 subclasses of "
                      "1000 source labels)")
 
@@ -188,7 +188,7 @@ def test_show_prints_the_tree_wrapped():
   assert lines[1] == "0  bird  n01503061  (59 subclasses)"
   assert all(len(line) <= 60 for line in lines[1:])
   # Lines break between names, never within one ("indigo bunting", "great grey owl").
-  for name in hierarchy_lib.load("superclassed_imagenet").subclass_names:
+  for name in hierarchy_lib.load_hierarchy("superclassed_imagenet").subclass_names:
     assert any(re.search(rf"(^|, ){re.escape(name)}(,|$)", line.strip()) for line in lines), name
 
 

@@ -44,7 +44,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   @property
   def hierarchy(self) -> hierarchy_lib.Hierarchy:
     """The hierarchy that `label` and `superclass` follow."""
-    return hierarchy_lib.load("fashion_mnist")
+    return hierarchy_lib.load_hierarchy("fashion_mnist")
 
   def _info(self) -> tfds.core.DatasetInfo:
     h = self.hierarchy

@@ -179,7 +179,7 @@ def load_hierarchy(name_or_path: str) -> hierarchy_lib.Hierarchy:
     hierarchy_lib.HierarchyError: naming the subclass whose wnid is missing, is not an
       ImageNet-1k class, or whose source_label is not that class's ImageNet-1k label.
   """
-  h = hierarchy_lib.load(name_or_path)
+  h = hierarchy_lib.load_hierarchy(name_or_path)
   labels = {wnid: i for i, wnid in enumerate(_imagenet_wnids())}
   for sub in h.subclasses:
     if labels.get(sub.wnid) != sub.source_label:

@@ -111,7 +111,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if c.hierarchy.startswith(sources.FROM_FEATURE):
       h = self._from_feature(c.hierarchy[len(sources.FROM_FEATURE):])
       return h, h.source_to_global
-    h = hierarchy_lib.load(c.hierarchy)
+    h = hierarchy_lib.load_hierarchy(c.hierarchy)
     index = {n: i for i, n in enumerate(names)}
     to_global = np.full(len(names), -1, np.int64)
     for g, sub in enumerate(h.subclasses):

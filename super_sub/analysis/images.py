@@ -30,7 +30,7 @@ def _decode(data: bytes | str, what: str) -> np.ndarray:
     raise predictions_lib.AnalysisError(f"{what}: not a readable image ({e})") from None
 
 
-def from_folder(folder: str | os.PathLike) -> ImageSource:
+def images_from_folder(folder: str | os.PathLike) -> ImageSource:
   """File names resolved against `folder` (absolute file names are taken as they are)."""
   folder = os.fspath(folder)
   if not os.path.isdir(folder):
@@ -48,7 +48,7 @@ def from_folder(folder: str | os.PathLike) -> ImageSource:
   return load
 
 
-def from_tfds(name: str, split: str, data_dir: str | None = None) -> ImageSource:
+def images_from_tfds(name: str, split: str, data_dir: str | None = None) -> ImageSource:
   """Images of a prepared TFDS dataset split, matched by its `file_name` feature.
 
   super-sub's own datasets are registered by importing `super_sub.datasets`. Images are

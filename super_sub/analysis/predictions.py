@@ -178,7 +178,7 @@ def _check_label_space(p: Predictions, hierarchy: hierarchy_lib.Hierarchy) -> No
       fits = []
       for name in hierarchy_lib.shipped_hierarchies():
         spaces = [space for space in (p.label_space, other)
-                  if space_size(hierarchy_lib.load(name), space) == c]
+                  if space_size(hierarchy_lib.load_hierarchy(name), space) == c]
         if spaces:  # the label space asked for where it fits, else the other one
           fits.append(f"--hierarchy={name}" + ("" if spaces[0] == p.label_space
                                                else f" --label_space={spaces[0]}"))

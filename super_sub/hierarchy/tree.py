@@ -253,7 +253,7 @@ def shipped_hierarchies() -> list[str]:
   return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load(name_or_path: str | os.PathLike) -> Hierarchy:
+def load_hierarchy(name_or_path: str | os.PathLike) -> Hierarchy:
   """Loads a shipped hierarchy by name (e.g. "superclassed_imagenet") or a JSON file by path.
 
   Anything that ends in ".json" or contains a path separator is a path; a bare word is
