@@ -47,13 +47,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return hierarchy_lib.load_hierarchy("fashion_mnist")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    h = self.hierarchy
-    return self.dataset_info_from_configs(
-        features=features.features(h, tfds.features.Image(shape=(28, 28, 1))),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        metadata=tfds.core.MetadataDict(),  # superclass_counts, recorded while preparing
-    )
+    # metadata: superclass_counts, recorded while preparing.
+    return features.dataset_info(self, self.hierarchy, tfds.features.Image(shape=(28, 28, 1)),
+                                 homepage="https://github.com/zalandoresearch/fashion-mnist")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     paths = _manual_files(dl_manager)

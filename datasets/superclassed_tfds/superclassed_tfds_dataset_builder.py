@@ -165,23 +165,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise sources.DatasetError(f"{name}: {feature} does not make a hierarchy ({e})") from None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    prepared = self._prepared
-    if prepared:
-      shape, image_encoding, metadata = (tuple(prepared["image_shape"]), prepared["encoding"],
-                                         prepared)
-    else:
+    metadata = self._prepared
+    if not metadata:
       shape = tuple(self.source.info.features["image"].shape)
-      image_encoding = "jpeg" if images.is_large(*shape[:2]) else "png"
       metadata = {"hierarchy": self.hierarchy.to_dict(), "image_shape": list(shape),
-                  "encoding": image_encoding, "source": self.builder_config.source,
-                  "notes": []}
-    return self.dataset_info_from_configs(
-        features=features.features(
-            self.hierarchy, tfds.features.Image(shape=shape, encoding_format=image_encoding)),
-        supervised_keys=("image", "label"),
-        homepage="https://arxiv.org/abs/2201.08098",
-        metadata=tfds.core.MetadataDict(metadata),
-    )
+                  "encoding": "jpeg" if images.is_large(*shape[:2]) else "png",
+                  "source": self.builder_config.source, "notes": []}
+    return features.dataset_info(self, self.hierarchy, features.image_from_metadata(metadata),
+                                 metadata)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager
