@@ -3,7 +3,6 @@ and inside Keras's train step (every step, whatever steps_per_execution)."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from super_sub._internal.compat import keras
 from super_sub.formats import encodings

@@ -2,9 +2,6 @@
 specialists' projections (and the router head's pinned trunk) still after every step, and the
 NaN guard still stopping a diverged stage."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
