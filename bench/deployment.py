@@ -243,7 +243,7 @@ def saved_model_now(backbone: str, frozen_stages: int, keep: float, router: bool
   from super_sub.bundles import saved_model
   from super_sub.models import router_head
   # pylint: enable=import-outside-toplevel
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   generalist, specialists = make_models(backbone, h, frozen_stages, keep, form)
   head = (router_head.build_router_head(generalist, frozen_stages, _ROUTER_WIDTH.value)
           if router else None)
@@ -275,7 +275,7 @@ def build(work: str, backbone: str, log=print) -> dict:
   info_path = os.path.join(work, "build.json")
   info = json.load(open(info_path, encoding="utf-8")) if os.path.exists(info_path) else {}
   os.makedirs(work, exist_ok=True)
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   keras.utils.set_random_seed(0)
   rng = np.random.default_rng(0)
   representative = rng.random((16, *_SHAPE), dtype=np.float32)
@@ -327,7 +327,7 @@ def savedmodel_bound(backbone: str, frozen_stages: int, router: bool = False) ->
   from super_sub.models import router_head
   from super_sub.models import trunk
   # pylint: enable=import-outside-toplevel
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   generalist = classifiers.build_classifier(backbone, _SHAPE, h.num_superclasses, "generalist",
                                             "generalist")
   changed_backbone = sum(
@@ -415,7 +415,7 @@ def schedule(num_images: int, grouped: bool, seed: int = 0) -> np.ndarray:
   """Superclass of each image, drawn in proportion to its subclass count (each ImageNet class
   has ~1,300 images, so this is its share of the data); sorted when grouped."""
   from super_sub import hierarchy as hierarchy_lib  # pylint: disable=import-outside-toplevel
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   share = np.array([len(h.subclass_range(s)) for s in range(h.num_superclasses)], float)
   draw = np.random.default_rng(seed).choice(h.num_superclasses, num_images, p=share / share.sum())
   return np.sort(draw, kind="stable") if grouped else draw

@@ -259,7 +259,7 @@ def main(argv):
   bad = set(_VARIANTS.value) - set(VARIANTS)
   if bad:
     raise app.UsageError(f"unknown variants {sorted(bad)}; choose from {VARIANTS}")
-  prepare.prepare(DATASET, _DATA_DIR.value, _MANUAL_DIR.value)
+  prepare.prepare_dataset(DATASET, _DATA_DIR.value, _MANUAL_DIR.value)
   reports = []  # read before any training, so a bad path fails at once
   for path in _WITH_RUNS.value:
     with open(path) as f:

@@ -57,7 +57,7 @@ def folder_name(name: str) -> str:
 
 def write_folders(manual_dir: str, image_dir: str) -> int:
   """The IDX images as PNG files in the superclass layout; returns how many were written."""
-  h = hierarchy_lib.load("fashion_mnist")
+  h = hierarchy_lib.load_hierarchy("fashion_mnist")
   written = 0
   for split, prefix in _SPLITS.items():
     images = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-images-idx3-ubyte.gz"), ndim=3)
@@ -104,10 +104,10 @@ def main(argv):
   written = write_folders(_MANUAL_DIR.value, _IMAGE_DIR.value)
   wrote_s = time.perf_counter() - start
   start = time.perf_counter()
-  folder = prepare.prepare(f"folder:{_IMAGE_DIR.value}", data_dir=_DATA_DIR.value)
+  folder = prepare.prepare_dataset(f"folder:{_IMAGE_DIR.value}", data_dir=_DATA_DIR.value)
   build_s = time.perf_counter() - start
-  idx = prepare.prepare("superclassed_fashion_mnist", data_dir=_DATA_DIR.value,
-                        manual_dir=_MANUAL_DIR.value)
+  idx = prepare.prepare_dataset("superclassed_fashion_mnist", data_dir=_DATA_DIR.value,
+                                manual_dir=_MANUAL_DIR.value)
   counts = {s: {"folder": folder.info.metadata["superclass_counts"][s]} for s in _SPLITS}
   for s in _SPLITS:  # the folder's superclasses are in name order; the shipped hierarchy's not
     named = dict(zip(idx.hierarchy.superclass_names, idx.info.metadata["superclass_counts"][s]))

@@ -38,6 +38,7 @@ def main(argv):
   from super_sub.analysis.tables import markdown_table  # pylint: disable=import-outside-toplevel
   from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
   from super_sub.training import deltas  # pylint: disable=import-outside-toplevel
+  from super_sub.training import projection  # pylint: disable=import-outside-toplevel
   from super_sub.training import qat as qat_lib  # pylint: disable=import-outside-toplevel
   rows = []
   for backbone, size, options, threshold in SETTINGS:
@@ -47,8 +48,8 @@ def main(argv):
     for r, k in deltas.range_owners(model).items():  # ranges as QAT leaves them
       is_min = deltas.short_name(variables[r]).endswith("_min")
       # The kernel's own per-channel extent: a zero range grown to it.
-      variables[r].assign(deltas.grow_range(np.zeros_like(variables[r].numpy()),
-                                            variables[k].numpy(), is_min=is_min))
+      variables[r].assign(projection.grow_range(np.zeros_like(variables[r].numpy()),
+                                                variables[k].numpy(), is_min=is_min))
     base = [v.numpy() for v in variables]
     times = {}
     for name in ("project_reference", "project"):

@@ -123,7 +123,7 @@ def main(argv):
   root = _WORK_DIR.value
   make_tree(os.path.join(root, "ILSVRC2012"), train_images=289, validation_images=289)
   seeds = parse_seeds(_SEEDS.value)
-  builder = prepare.prepare("superclassed_imagenet", data_dir=os.path.join(root, "tfds"),
+  builder = prepare.prepare_dataset("superclassed_imagenet", data_dir=os.path.join(root, "tfds"),
                             manual_dir=os.path.join(root, "ILSVRC2012"))
   superclasses = ([int(k) for k in _SUPERCLASSES.value] if _SUPERCLASSES.value
                   else smallest_superclasses(builder))

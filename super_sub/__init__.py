@@ -4,6 +4,8 @@ The public API, grouped by use. Names load lazily: `import super_sub` imports nu
 the edge runtime works where TensorFlow is absent; a name that needs TensorFlow loads it when
 first used.
 
+  errors      SuperSubError (the base of every error below: a user's mistake, one line and
+              exit status 2, or 1 where the command could not finish)
   hierarchy   Hierarchy, HierarchyError, Subclass, Superclass, load_hierarchy,
               shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet, WordNetError,
               learn_hierarchy (from confusions), LearnError
@@ -12,10 +14,11 @@ first used.
               (TFDS builders register with `import super_sub.datasets`)
   training    TrainConfig, train, Run, Stage, load_config; ConfigError, RunMismatchError,
               NonFiniteError, FolderLockedError
-  evaluation  evaluate, TwoStage
+  evaluation  evaluate, TwoStage, ROUTERS
   export      export, tflite_parity, storage_fit, OutputDirError
   runtime     TwoStageLite, load_images, load_bundle, BundleError, ImageError, DeltaError
-  analysis    analyze, write_report, Predictions, read_predictions, AnalysisError
+  analysis    analyze, write_report, Predictions, read_predictions, AnalysisError,
+              write_findings
 
 The pipeline's packages, in the order an image travels: hierarchy -> data -> models ->
 training -> routing -> bundles -> formats -> runtime -> analysis (README: "What is in the box").
@@ -27,21 +30,23 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute)
 _API = {
+    # errors
+    "SuperSubError": ("super_sub.errors", "SuperSubError"),
     # hierarchy
     "Hierarchy": ("super_sub.hierarchy.tree", "Hierarchy"),
     "HierarchyError": ("super_sub.hierarchy.tree", "HierarchyError"),
     "Subclass": ("super_sub.hierarchy.tree", "Subclass"),
     "Superclass": ("super_sub.hierarchy.tree", "Superclass"),
-    "load_hierarchy": ("super_sub.hierarchy.tree", "load"),
+    "load_hierarchy": ("super_sub.hierarchy.tree", "load_hierarchy"),
     "shipped_hierarchies": ("super_sub.hierarchy.tree", "shipped_hierarchies"),
-    "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive"),
-    "read_wordnet": ("super_sub.hierarchy.wordnet", "read"),
+    "derive_hierarchy": ("super_sub.hierarchy.wordnet", "derive_hierarchy"),
+    "read_wordnet": ("super_sub.hierarchy.wordnet", "read_wordnet"),
     "WordNetError": ("super_sub.hierarchy.wordnet", "WordNetError"),
-    "learn_hierarchy": ("super_sub.hierarchy.learned", "learn"),
+    "learn_hierarchy": ("super_sub.hierarchy.learned", "learn_hierarchy"),
     "LearnError": ("super_sub.hierarchy.learned", "LearnError"),
     # datasets
-    "prepare_dataset": ("super_sub.data.prepare", "prepare"),
-    "summarize_dataset": ("super_sub.data.prepare", "summarize"),
+    "prepare_dataset": ("super_sub.data.prepare", "prepare_dataset"),
+    "summarize_dataset": ("super_sub.data.prepare", "summarize_dataset"),
     "DatasetError": ("super_sub.data.sources", "DatasetError"),
     "InputSpec": ("super_sub.data.pipeline", "InputSpec"),
     "make_dataset": ("super_sub.data.pipeline", "make_dataset"),

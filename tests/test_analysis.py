@@ -146,7 +146,7 @@ def test_mistake_severity_with_the_wordnet_fixture():
       hierarchy_lib.Superclass("dog", "n00001642", (
           sub("beagle", "n00001987", 3), sub("Maltese", "n00002089", 4)))))
   p = analysis.Predictions(labels=[0, 0, 0, 3, 1, 2], predictions=[1, 1, 2, 4, 3, 2])
-  severity = analysis.analyze(p, h, wordnet=wordnet.read(WORDNET))["mistake_severity"]
+  severity = analysis.analyze(p, h, wordnet=wordnet.read_wordnet(WORDNET))["mistake_severity"]
   # brambling->goldfinch x2 (finch, 1), brambling->crane (bird, 2), beagle->Maltese (dog, 2),
   # goldfinch->beagle (animal, 3).
   assert severity["mean_lca_height"] == pytest.approx((2 * 1 + 2 + 2 + 3) / 5)
@@ -155,7 +155,7 @@ def test_mistake_severity_with_the_wordnet_fixture():
   assert severity["histogram"] == {"1": 2, "2": 2, "3": 1}
   with pytest.raises(AnalysisError, match=r"WordNet id on every subclass.*'tiny'"):
     analysis.analyze(analysis.Predictions([0], [1]), hierarchy_lib.from_groups(
-        "tiny", [("A", [("a0", 0), ("a1", 1)])]), wordnet=wordnet.read(WORDNET))
+        "tiny", [("A", [("a0", 0), ("a1", 1)])]), wordnet=wordnet.read_wordnet(WORDNET))
 
 
 def test_bins_never_straddle_superclasses():

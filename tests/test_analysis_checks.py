@@ -46,7 +46,7 @@ def test_probabilities_saved_as_logits_are_refused(tmp_path):
   labels = np.arange(10) % 10
   logits = _logits(labels, 10)
   probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-  fashion = hierarchy_lib.load("fashion_mnist")
+  fashion = hierarchy_lib.load_hierarchy("fashion_mnist")
   path = _npz(tmp_path / "p.npz", labels=labels, logits=probs)
   with pytest.raises(AnalysisError, match=r"p.npz: field 'logits' holds probabilities.*"
                                           r"save them under 'probs'"):
@@ -75,7 +75,7 @@ def test_scores_wider_than_the_label_space_are_refused(tmp_path):
   labels = RNG.integers(0, 10, 10)
   path = _npz(tmp_path / "wide.npz", labels=labels, logits=_logits(labels, 1000))
   with pytest.raises(AnalysisError) as refused:
-    _analyze(path, hierarchy_lib.load("fashion_mnist"))
+    _analyze(path, hierarchy_lib.load_hierarchy("fashion_mnist"))
   message = str(refused.value)
   assert "'logits' has 1000 columns" in message and "10 subclasses" in message
   assert "--hierarchy=superclassed_imagenet --label_space=source" in message
@@ -87,7 +87,7 @@ def test_scores_narrower_than_the_label_space_are_refused(tmp_path):
   labels[0] = 999
   path = _npz(tmp_path / "narrow.npz", labels=labels, logits=RNG.normal(size=(10, 10)))
   with pytest.raises(AnalysisError) as refused:
-    _analyze(path, hierarchy_lib.load("superclassed_imagenet"), label_space="source",
+    _analyze(path, hierarchy_lib.load_hierarchy("superclassed_imagenet"), label_space="source",
              unmapped_labels="skip")
   message = str(refused.value)
   assert "'logits' has 10 columns" in message and "1000 source labels" in message
@@ -107,7 +107,7 @@ def test_labels_outside_the_label_space_are_refused(tmp_path):
   path = _npz(tmp_path / "labels.npz", labels=np.array([7, 5000, 8]),
               predictions=np.array([7, 8, 8]))
   with pytest.raises(AnalysisError) as refused:
-    _analyze(path, hierarchy_lib.load("superclassed_imagenet"), label_space="source",
+    _analyze(path, hierarchy_lib.load_hierarchy("superclassed_imagenet"), label_space="source",
              unmapped_labels="skip")  # skipping never hides a label beyond the dataset
   message = str(refused.value)
   assert "example 1: label 5000" in message and "1000 source labels" in message
@@ -147,7 +147,7 @@ def test_a_file_that_is_not_an_npz_archive_says_so(tmp_path):
 def test_predictions_outside_the_hierarchy_are_named(tmp_path):
   """ImageNet ids outside superclassed_imagenet (276 hyena, 390 eel) get TFDS's imagenet2012
   label names (wnids), offline; subclasses keep their own names."""
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   p = analysis.Predictions(labels=[7, 8, 7, 8, 0], predictions=[7, 276, 390, 276, 8],
                            label_space="source")
   out = tmp_path / "report"

@@ -1,7 +1,9 @@
 """The public API: `import super_sub` stays light, and every advertised name resolves."""
 
 import ast
+import importlib
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -32,6 +34,20 @@ def test_every_public_name_resolves_to_its_module():
     module, attribute = super_sub._API[name]  # pylint: disable=protected-access
     assert value is getattr(sys.modules[module], attribute), name
   assert set(super_sub.__all__) <= set(dir(super_sub))
+
+
+def test_the_docstring_lists_every_public_name():
+  """The module docstring is the API's table of contents: a name left out of it is hidden."""
+  words = set(re.findall(r"\w+", super_sub.__doc__))
+  missing = [name for name in super_sub._API if name not in words]  # pylint: disable=protected-access
+  assert not missing, f"add to super_sub/__init__.py's docstring: {missing}"
+
+
+def test_public_functions_have_one_name():
+  """A public function is defined under the name users call it by (README: What is in the
+  box), so that a traceback, the docs and the code all say the same name."""
+  for name, (_, attribute) in super_sub._API.items():  # pylint: disable=protected-access
+    assert attribute == name, f"{name} is defined as {attribute}"
 
 
 def test_unknown_name_is_an_attribute_error():
@@ -116,16 +132,38 @@ def test_private_names_are_found():
   assert _private_uses(tree) == ["super_sub._internal.files", "predictor._LiteModel"]
 
 
-def test_the_commands_user_errors_name_classes_that_exist():
-  """cli.USER_ERRORS names classes by module and name (so listing them imports nothing); a
-  class that moves must move there too, or its error prints a traceback and exit status 1."""
+def test_the_commands_user_errors_list_only_foreign_classes():
+  """cli.USER_ERRORS names classes by module and name (so listing them imports nothing), and
+  only classes from outside super-sub: super-sub's own are SuperSubErrors, which carry their
+  exit status."""
   from super_sub._internal import cli  # pylint: disable=import-outside-toplevel
-  for key in cli.USER_ERRORS:
-    module, name = key.rsplit(".", 1)
-    if module.split(".")[0] != "super_sub":
-      continue
-    path = LIBRARY.joinpath(*module.split(".")[1:])
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+  ours = [key for key in cli.USER_ERRORS if key.split(".")[0] == "super_sub"]
+  assert not ours, f"make these SuperSubErrors instead: {ours}"
+
+
+def test_every_public_error_is_a_super_sub_error():
+  """A public error that is not a SuperSubError would end a command in a traceback."""
+  names = [name for name in super_sub._API if name.endswith("Error")]  # pylint: disable=protected-access
+  assert "HierarchyError" in names and "SuperSubError" in names
+  for name in names:
+    assert issubclass(getattr(super_sub, name), super_sub.SuperSubError), name
+
+
+def test_every_error_class_in_the_library_is_a_super_sub_error():
+  """The same for the errors that are not exported (UsageError, FindingsError, ...): every
+  class in super_sub/ whose name ends in Error."""
+  found = []
+  for path in sorted(LIBRARY.rglob("*.py")):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    assert any(isinstance(node, ast.ClassDef) and node.name == name
-               for node in tree.body), f"{key}: no class {name} in {path}"
+    classes = [node.name for node in tree.body
+               if isinstance(node, ast.ClassDef) and node.name.endswith("Error")]
+    if not classes:
+      continue
+    parts = path.relative_to(LIBRARY.parent).with_suffix("").parts
+    module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for name in classes:
+      cls = getattr(importlib.import_module(module), name)
+      assert issubclass(cls, super_sub.SuperSubError), f"{module}.{name}"
+      found.append(name)
+  assert {"UsageError", "MissingExtraError", "FindingsError", "UnknownConfigError",
+          "UndecodableImageError"} <= set(found)

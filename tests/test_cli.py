@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from super_sub import errors as errors_lib
 from super_sub import hierarchy as hierarchy_lib
 from super_sub._internal import cli
 from super_sub._internal import files
@@ -159,6 +160,11 @@ def test_old_spellings_are_rewritten_with_one_notice():
 
 def test_user_errors_are_known_by_class_without_importing_them():
   assert cli.user_error_status(hierarchy_lib.HierarchyError("x")) == 2
+  assert cli.user_error_status(cli.UsageError("x")) == 2
+  assert cli.user_error_status(cli.MissingExtraError("x")) == 1
+  locked = errors_lib.FolderLockedError("f", "pid 1", "training", "f/lock")
+  assert cli.user_error_status(locked) == 1
+  assert cli.user_error_status(errors_lib.OutputDirError("x")) == 2
   assert cli.user_error_status(FileNotFoundError(2, "No such file", "x")) == 2
   assert cli.message(FileNotFoundError(2, "No such file or directory", "x.txt")) == (
       "No such file or directory: x.txt")
@@ -168,7 +174,7 @@ def test_user_errors_are_known_by_class_without_importing_them():
 
 # --- a hierarchy, readable -------------------------------------------------------------------
 def test_hierarchy_repr_is_one_short_line():
-  h = hierarchy_lib.load("superclassed_imagenet")
+  h = hierarchy_lib.load_hierarchy("superclassed_imagenet")
   assert repr(h) == ("Hierarchy('superclassed_imagenet': 10 superclasses, 289 subclasses of "
                      "1000 source labels)")
 
@@ -182,7 +188,7 @@ def test_show_prints_the_tree_wrapped():
   assert lines[1] == "0  bird  n01503061  (59 subclasses)"
   assert all(len(line) <= 60 for line in lines[1:])
   # Lines break between names, never within one ("indigo bunting", "great grey owl").
-  for name in hierarchy_lib.load("superclassed_imagenet").subclass_names:
+  for name in hierarchy_lib.load_hierarchy("superclassed_imagenet").subclass_names:
     assert any(re.search(rf"(^|, ){re.escape(name)}(,|$)", line.strip()) for line in lines), name
 
 

@@ -16,6 +16,7 @@ from super_sub.formats import flatbuffer
 from super_sub.training import config as config_lib
 from super_sub.training import deltas as compression
 from super_sub.training import fit
+from super_sub.training import projection
 from super_sub.training import qat as qat_lib
 from super_sub.training import run as run_lib
 
@@ -189,22 +190,22 @@ def test_sign_delta_hand_computed():
   latent = np.array([[0.30, -0.01], [-0.10, 0.02], [0.05, 0.00]], np.float32)  # 2 channels
   step = np.array([0.1, 0.04], np.float32)
   # Channel 0: mean |latent| = 0.15 = 1.5 steps -> k = 2; channel 1: 0.01 = 0.25 steps -> 0.
-  np.testing.assert_allclose(compression.sign_delta(latent, step),
+  np.testing.assert_allclose(projection.sign_delta(latent, step),
                              [[0.2, 0.0], [-0.2, 0.0], [0.2, 0.0]], atol=1e-7)
   # Per tensor: mean 0.08 = 2 steps of 0.04, zero counts as +.
-  np.testing.assert_allclose(compression.sign_delta(latent, np.float32(0.04))[2], [0.08, 0.08],
+  np.testing.assert_allclose(projection.sign_delta(latent, np.float32(0.04))[2], [0.08, 0.08],
                              atol=1e-7)
 
 
 def test_range_setters_hand_computed():
   # 2 channels (last axis), steps 0.1 and 0.01: int8 levels [[3, 50], [-5, -50], [5, 20]].
   base = np.array([[0.3, 0.5], [-0.5, -0.5], [0.46, 0.2]], np.float32)
-  np.testing.assert_array_equal(compression.range_setters(base, np.array([0.1, 0.01])),
+  np.testing.assert_array_equal(projection.range_setters(base, np.array([0.1, 0.01])),
                                 [[False, True], [True, True], [True, False]])  # ties: both
   # Per tensor (step 0.1): levels 3, 5, 5, 5, 5, 2; past +-127 counts as 127.
-  np.testing.assert_array_equal(compression.range_setters(base, np.float32(0.1)),
+  np.testing.assert_array_equal(projection.range_setters(base, np.float32(0.1)),
                                 [[False, True], [True, True], [True, False]])
-  np.testing.assert_array_equal(compression.range_setters(base, np.float32(0.001))[:, 0],
+  np.testing.assert_array_equal(projection.range_setters(base, np.float32(0.001))[:, 0],
                                 [True, True, True])
 
 
@@ -241,16 +242,16 @@ def test_sign_channel_masks_spend_the_budget_on_the_channels_that_move_most():
            7: np.float32(1.0)}
   # 16 weights; keep 0.5 = 8: channels by k: (0,0) 3 weights, (5,0) 2, (5,2) 2 -> 7; next
   # (0,1) has 3 and would make 10.
-  masks = compression.sign_channel_masks(latents, steps, 0.5)
+  masks = projection.sign_channel_masks(latents, steps, 0.5)
   np.testing.assert_array_equal(masks[0], [True, False])
   np.testing.assert_array_equal(masks[5], [True, False, True])
   assert masks[7].shape == () and not masks[7]
-  masks = compression.sign_channel_masks(latents, steps, 1.0)
+  masks = projection.sign_channel_masks(latents, steps, 1.0)
   assert all(np.all(m) for m in masks.values())
   # The mask zeroes k of the channels left out.
-  np.testing.assert_allclose(compression.sign_delta(latents[0], steps[0], np.array([True, False])),
+  np.testing.assert_allclose(projection.sign_delta(latents[0], steps[0], np.array([True, False])),
                              [[0.3, 0.0], [0.3, 0.0], [-0.3, 0.0]], atol=1e-7)
-  np.testing.assert_allclose(compression.sign_delta(latents[7], steps[7], np.array(False)),
+  np.testing.assert_allclose(projection.sign_delta(latents[7], steps[7], np.array(False)),
                              np.zeros((2, 2)))
 
 
@@ -292,7 +293,7 @@ def test_sign_form_accumulates_updates_below_half_a_step():
   expected = np.zeros_like(nudge)
   expected[..., 0] = 0.01
   expected[0, 0, 0, 0] = -0.01
-  held = compression.range_setters(base[owners[hi]], extent / 127)  # each channel's largest
+  held = projection.range_setters(base[owners[hi]], extent / 127)  # each channel's largest
   assert 1 <= np.count_nonzero(held[..., 0]) < held[..., 0].size
   np.testing.assert_allclose(kernel.numpy() - base[owners[hi]], np.where(held, 0.0, expected),
                              atol=1e-6)
@@ -313,7 +314,7 @@ def test_sign_form_with_a_budget_moves_only_the_channels_that_fit():
   kernel.assign(base[owners[hi]] + nudge)
   callback.project(model, threshold=0.0)
   moved = kernel.numpy() - base[owners[hi]]
-  held = compression.range_setters(base[owners[hi]], extent / 127)
+  held = projection.range_setters(base[owners[hi]], extent / 127)
   np.testing.assert_allclose(moved[..., 0], np.where(held[..., 0], 0.0, 0.03), atol=1e-6)
   np.testing.assert_array_equal(moved[..., 1:], 0.0)
   # The channel left out keeps its latent change: with a budget of all, it moves.
@@ -366,23 +367,23 @@ def test_runs_saved_before_specialist_form_load_as_delta(tmp_path):
 
 def test_low_rank_factors_hand_computed():
   rows = np.outer([1, -2, 3], [2, -1, 4, 0]).astype(np.float32)  # rank 1, in int8 steps
-  left, right, scales = compression.low_rank_factors(rows, rank=1)
+  left, right, scales = projection.low_rank_factors(rows, rank=1)
   assert left.dtype == right.dtype == np.int8 and scales.dtype == np.float32
   assert (left.shape, right.shape) == ((3, 1), (1, 4))
   np.testing.assert_array_equal(encodings.factored_product(left, right, scales), rows)
   # Rank 2 of a rank-2 matrix; a rank above min(m, n) is capped there.
   rows = rows + np.outer([0, 1, 0], [5, 5, -5, 5])
-  left, right, scales = compression.low_rank_factors(rows, rank=8)
+  left, right, scales = projection.low_rank_factors(rows, rank=8)
   assert left.shape == (3, 3)
   np.testing.assert_array_equal(encodings.factored_product(left, right, scales), rows)
 
 
 def test_rows_are_the_tflite_kernel_layout():
   kernel = np.arange(3 * 3 * 2 * 4, dtype=np.float32).reshape(3, 3, 2, 4)  # [H, W, C_in, C_out]
-  rows = compression.as_rows(kernel)
+  rows = projection.as_rows(kernel)
   assert rows.shape == (4, 18)
   np.testing.assert_array_equal(rows[1], kernel[..., 1].reshape(-1))  # [C_out, H, W, C_in]
-  np.testing.assert_array_equal(compression.from_rows(rows, kernel.shape), kernel)
+  np.testing.assert_array_equal(projection.from_rows(rows, kernel.shape), kernel)
 
 
 def test_low_rank_form_holds_the_integer_product_of_its_factors():
@@ -397,14 +398,14 @@ def test_low_rank_form_holds_the_integer_product_of_its_factors():
   shape = base[owners[hi]].shape
   rank2 = rng.normal(0, 2, (shape[-1], 2)) @ rng.normal(0, 2, (2, int(np.prod(shape[:-1]))))
   noise = rng.normal(0, 0.05, rank2.shape)  # in int8 steps; the rank-2 part ~4 steps
-  kernel.assign(base[owners[hi]] + compression.from_rows(
+  kernel.assign(base[owners[hi]] + projection.from_rows(
       (rank2 + noise) * step[:, None], shape).astype(np.float32))  # as optimizer steps would
   callback.project(model, threshold=0.0)
   factors = callback.factors[owners[hi]]
   assert factors[0].shape[1] == 2
-  steps = compression.as_rows(kernel.numpy() - base[owners[hi]]) / step[:, None]
+  steps = projection.as_rows(kernel.numpy() - base[owners[hi]]) / step[:, None]
   product = encodings.factored_product(*factors)
-  held = compression.as_rows(compression.range_setters(base[owners[hi]], step))
+  held = projection.as_rows(projection.range_setters(base[owners[hi]], step))
   assert held.any()
   # Whole int8 steps: the product, except where each channel's largest weight stays.
   np.testing.assert_allclose(steps, np.where(held, 0, product), atol=1e-3)
@@ -462,12 +463,12 @@ def test_grow_range_widens_only_the_channels_that_outgrew_it():
   kernel = np.zeros((3, 3, 2, 3), np.float32)
   kernel[0, 0, 0, :] = [1.5, -0.5, -3.0]  # channel 0 grew past 1, channel 2 past -2 (|W|)
   np.testing.assert_array_equal(
-      compression.grow_range(np.array([1.0, 2.0, 2.0], np.float32), kernel, is_min=False),
+      projection.grow_range(np.array([1.0, 2.0, 2.0], np.float32), kernel, is_min=False),
       [1.5, 2.0, 3.0])
   np.testing.assert_array_equal(
-      compression.grow_range(np.array([-1.0, -2.0, -2.0], np.float32), kernel, is_min=True),
+      projection.grow_range(np.array([-1.0, -2.0, -2.0], np.float32), kernel, is_min=True),
       [-1.5, -2.0, -3.0])
-  assert compression.grow_range(np.float32(2.5), kernel, is_min=False) == 3.0  # per tensor
+  assert projection.grow_range(np.float32(2.5), kernel, is_min=False) == 3.0  # per tensor
 
 
 @pytest.mark.parametrize("ranges", ["pinned", "grow"])
@@ -499,7 +500,7 @@ def test_delta_to_base_pins_or_grows_weight_quantizer_ranges(ranges):
   np.testing.assert_array_equal(variables[hi].numpy(), expected)
   np.testing.assert_array_equal(variables[lo].numpy(), -expected)
   if ranges == "pinned":  # each channel's largest weight stays: its range is the base's
-    moved = np.where(compression.range_setters(base[owners[hi]], extent / 127), base[owners[hi]],
+    moved = np.where(projection.range_setters(base[owners[hi]], extent / 127), base[owners[hi]],
                      moved)
   np.testing.assert_array_equal(kernel.numpy(), moved)
 

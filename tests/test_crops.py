@@ -187,7 +187,7 @@ def test_superclass_counts_come_from_metadata_or_one_label_pass(imagenet):
 
 
 def test_cache_decoded_images_within_the_budget_else_encoded_ones(smoke_data_dir):
-  builder = prepare.prepare(SMOKE, data_dir=smoke_data_dir)
+  builder = prepare.prepare_dataset(SMOKE, data_dir=smoke_data_dir)
   decoded = 168 * 64 * 64 * 3  # the smoke train split resized to 64 px
   encoded = builder.info.splits["train"].num_bytes  # its 16-px PNGs and labels
   assert encoded < decoded

@@ -21,12 +21,12 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def builder(data_dir):
-  return data.prepare("superclassed_synthetic", data_dir=data_dir)
+  return data.prepare_dataset("superclassed_synthetic", data_dir=data_dir)
 
 
 def test_summary_counts(builder):
   h = synthetic.load_hierarchy()
-  summaries = {s.name: s for s in data.summarize(builder)}
+  summaries = {s.name: s for s in data.summarize_dataset(builder)}
   assert sorted(summaries) == ["train", "validation"]
   for split, per_class in PER_CLASS.items():
     s = summaries[split]
@@ -37,7 +37,7 @@ def test_summary_counts(builder):
 
 
 def test_summary_table(builder):
-  text = data.format_summary(builder, data.summarize(builder))
+  text = data.format_summary(builder, data.summarize_dataset(builder))
   assert "splits: train=3150, validation=1050" in text
   assert "dots                5         750         250  two_dots" in text
 

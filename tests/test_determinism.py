@@ -68,7 +68,7 @@ def test_two_deterministic_runs_and_a_resumed_one_give_identical_weights(tmp_pat
 
 @pytest.mark.parametrize("dustbin", [0.0, 0.5])
 def test_training_epochs_depend_on_the_seed_and_the_epoch_only(smoke_data_dir, dustbin):
-  builder = prepare.prepare(SMOKE, smoke_data_dir)
+  builder = prepare.prepare_dataset(SMOKE, smoke_data_dir)
   if dustbin:  # superclass 4's specialist, with other superclasses' images drawn each epoch
     spec = pipeline.InputSpec(role="specialist", superclass=4, batch_size=8, image_size=16,
                               augment="crop", seed=3, dustbin=dustbin)

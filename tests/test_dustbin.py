@@ -20,7 +20,7 @@ DOTS = 4  # smoke data: 5 subclasses x 8 training images; the other 4 superclass
 
 @pytest.fixture(scope="module")
 def builder(smoke_data_dir):
-  return prepare.prepare(SMOKE, data_dir=smoke_data_dir)
+  return prepare.prepare_dataset(SMOKE, data_dir=smoke_data_dir)
 
 
 def test_training_data_mixes_other_superclasses_as_not_mine(builder):

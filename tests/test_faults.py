@@ -193,7 +193,7 @@ def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path, s
   0.03). Validation top-1 is not compared: 8 images a class do not generalise in 3 epochs
   (0.05-0.08 over 15 smoke epochs, chance 0.048), so any bound on it would check nothing.
   """
-  prepare.prepare(SMOKE, smoke_data_dir)  # built once here, not by two processes at once
+  prepare.prepare_dataset(SMOKE, smoke_data_dir)  # built once here, not by two processes at once
   killed, clean = tmp_path / "killed", tmp_path / "clean"
   reference = subprocess.Popen(_command(clean, smoke_data_dir), env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -138,7 +138,7 @@ def test_a_run_whose_hierarchy_is_not_shipped(tmp_path):
   folder = _run(tmp_path / "mine", 0, 0.90, 0.92)
   eval_path = os.path.join(folder, "eval.json")
   result = json.loads(open(eval_path, encoding="utf-8").read())
-  shipped = hierarchy_lib.load("fashion_mnist").to_dict()
+  shipped = hierarchy_lib.load_hierarchy("fashion_mnist").to_dict()
   result["hierarchy"] = shipped["name"] = "my_photos"
   files.write_json(eval_path, result)
   with pytest.raises(findings.FindingsError,

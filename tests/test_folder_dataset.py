@@ -83,7 +83,7 @@ def superclass_build(tmp_path_factory):
   (root / "train/animals/cat/.DS_Store").write_bytes(b"\0junk")  # hidden: ignored
   before = snapshot(root)
   data_dir = tmp_path_factory.mktemp("tfds")
-  builder = prepare.prepare(f"folder:{root}", data_dir=str(data_dir))
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=str(data_dir))
   return builder, root, before
 
 
@@ -130,9 +130,9 @@ def test_held_out_validation_is_seeded_and_said(superclass_build, tmp_path):
   builder, root, _ = superclass_build
   notes = builder.info.metadata["notes"]
   assert any("no validation folder" in n and "seed 0" in n for n in notes)
-  summary = prepare.format_summary(builder, prepare.summarize(builder))
+  summary = prepare.format_summary(builder, prepare.summarize_dataset(builder))
   assert "note: no validation folder" in summary
-  again = prepare.prepare(f"folder:{root}", data_dir=str(tmp_path))
+  again = prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path))
   names = lambda b: [ex["file_name"] for ex in examples(b, "validation")]  # noqa: E731
   assert names(again) == names(builder)
   assert len(names(builder)) == 3  # one of each class's 5-7 train images
@@ -153,24 +153,24 @@ def test_read_without_super_sub_code(superclass_build):
 def test_changed_folder_is_refused_not_silently_reused(tmp_path):
   root = make_tree(tmp_path / "imgs", {"a": None, "b": None})
   data_dir = str(tmp_path / "tfds")
-  builder = prepare.prepare(f"folder:{root}", data_dir=data_dir)
-  prepare.prepare(f"folder:{root}", data_dir=data_dir)  # unchanged: reused
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=data_dir)
+  prepare.prepare_dataset(f"folder:{root}", data_dir=data_dir)  # unchanged: reused
   write_image(root / "train" / "a" / "new.png")
   with pytest.raises(folders.FolderError, match=r"has changed since it was prepared into .*; "
                                                 r"delete that folder"):
-    prepare.prepare(f"folder:{root}", data_dir=data_dir)
+    prepare.prepare_dataset(f"folder:{root}", data_dir=data_dir)
   (root / "train" / "a" / "new.png").unlink()
   (root / "notes.txt").write_text("not a split")  # outside the split folders: no change
-  prepare.prepare(f"folder:{root}", data_dir=data_dir)
+  prepare.prepare_dataset(f"folder:{root}", data_dir=data_dir)
   os.rename(root, tmp_path / "elsewhere")  # gone: the prepared data still serves
-  assert prepare.prepare(f"folder:{root}", data_dir=data_dir).data_path == builder.data_path
+  assert prepare.prepare_dataset(f"folder:{root}", data_dir=data_dir).data_path == builder.data_path
 
 
 def test_non_image_files_are_left_out_and_counted(tmp_path):
   root = make_tree(tmp_path / "imgs", {"a": None, "b": None})
   (root / "train" / "a" / "labels.csv").write_text("x")
   (root / "test" / "b" / "README").write_text("x")
-  builder = prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
   assert builder.info.splits["test"].num_examples == 8
   assert any(n.startswith("ignored 2 files that are not images by their suffix") and
              "test/b/README, train/a/labels.csv" in n for n in builder.info.metadata["notes"])
@@ -185,8 +185,8 @@ def test_flat_layout_with_hierarchy_by_name_and_wnid(tmp_path):
                                       {"name": "Egyptian cat", "wnid": "n02124075",
                                        "source_label": 1}]},
       {"name": "cars", "subclasses": [{"name": "car", "source_label": 2}]}]}))
-  builder = prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"),
-                            hierarchy=str(hierarchy))
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path / "tfds"),
+                                    hierarchy=str(hierarchy))
   assert set(builder.info.splits) == {"train", "validation"}  # val/ is the validation split
   h = builder.hierarchy
   for ex in examples(builder, "validation"):
@@ -209,7 +209,7 @@ def test_run_reopens_a_folder_dataset_with_its_hierarchy(tmp_path):
   try:  # relative paths, as typed on a command line
     config = config_lib.TrainConfig(model_dir="run", dataset="folder:flat", hierarchy="h.json",
                                     data_dir=str(tmp_path / "tfds"))
-    builder = prepare.prepare(config.dataset, config.data_dir, **config.dataset_options())
+    builder = prepare.prepare_dataset(config.dataset, config.data_dir, **config.dataset_options())
     run_lib.Run.create(config_lib.resolve(config, builder), builder)
   finally:
     os.chdir(cwd)
@@ -228,14 +228,15 @@ def test_unmapped_class_folders_refused_by_name_or_skipped_and_counted(tmp_path)
                                           {"name": "truck", "source_label": 1}]}]}))
   data_dir = tmp_path / "tfds"
   with pytest.raises(folders.FolderError, match=r"not subclasses .* zebra; .*--unmapped_labels=skip"):
-    prepare.prepare(f"folder:{root}", data_dir=str(data_dir), hierarchy=str(hierarchy))
+    prepare.prepare_dataset(f"folder:{root}", data_dir=str(data_dir),
+                            hierarchy=str(hierarchy))
   assert prepared(data_dir) == []
-  builder = prepare.prepare(f"folder:{root}", data_dir=str(data_dir), hierarchy=str(hierarchy),
-                            unmapped_labels="skip")
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=str(data_dir),
+                                    hierarchy=str(hierarchy), unmapped_labels="skip")
   assert builder.info.splits["test"].num_examples == 8
   assert builder.info.metadata["skipped"] == {"zebra": 8}
   assert "skipped 8 images of 1 class folders" in prepare.format_summary(
-      builder, prepare.summarize(builder))
+      builder, prepare.summarize_dataset(builder))
 
 
 def test_two_folders_of_one_subclass_refused(tmp_path):
@@ -246,7 +247,8 @@ def test_two_folders_of_one_subclass_refused(tmp_path):
       {"name": "Egyptian cat", "wnid": "n02124075", "source_label": 0}]}]}))
   with pytest.raises(folders.FolderError, match=r"Egyptian cat and n02124075 are the same "
                                                 r"subclass"):
-    prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"), hierarchy=str(hierarchy))
+    prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path / "tfds"),
+                            hierarchy=str(hierarchy))
   assert prepared(tmp_path / "tfds") == []
 
 
@@ -315,7 +317,7 @@ def test_large_or_varying_images_are_jpeg_with_imagenet_crops(tmp_path):
     write_image(root / split / "a" / "0.jpg", size=(40, 30))
     write_image(root / split / "a" / "1.png", size=(24, 36))
     write_image(root / split / "b" / "0.jpg", size=(20, 20))
-  builder = prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
   feature = builder.info.features["image"]
   assert feature.shape == (None, None, 3) and feature.encoding_format == "jpeg"
   assert config_lib.default_augmentation(builder) == "random_resized_crop"
@@ -334,7 +336,7 @@ def test_grayscale_folders_store_one_channel(tmp_path):
     for c in ("a", "b"):
       for i in range(2):
         write_image(root / split / c / f"{i}.png", mode="L")
-  builder = prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
+  builder = prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path / "tfds"))
   assert builder.info.features["image"].shape == (12, 12, 1)
 
 
@@ -380,14 +382,15 @@ def test_bad_trees_refused_with_one_clear_error_and_nothing_prepared(tmp_path):
   data_dir = tmp_path / "tfds"
   for name, (root, pattern) in _bad_trees(tmp_path).items():
     with pytest.raises(folders.FolderError, match=pattern):
-      prepare.prepare(f"folder:{root}", data_dir=str(data_dir))
+      prepare.prepare_dataset(f"folder:{root}", data_dir=str(data_dir))
     assert prepared(data_dir) == [], name
 
 
 def test_hierarchy_for_the_superclass_layout_is_refused(tmp_path):
   root = make_tree(tmp_path / "sup", SUPER)
   with pytest.raises(folders.FolderError, match=r"superclass layout .* drop --hierarchy"):
-    prepare.prepare(f"folder:{root}", data_dir=str(tmp_path / "tfds"), hierarchy="fashion_mnist")
+    prepare.prepare_dataset(f"folder:{root}", data_dir=str(tmp_path / "tfds"),
+                            hierarchy="fashion_mnist")
 
 
 @pytest.mark.parametrize("name", ["0.jpg", "1.png"])  # re-encoded, and kept byte for byte
@@ -398,7 +401,7 @@ def test_truncated_image_fails_the_build_naming_it_and_prepares_nothing(tmp_path
   data_dir = tmp_path / "tfds"
   with pytest.raises(encoding.UndecodableFileError,
                      match=rf"cannot decode image .*train/a/{name}"):
-    prepare.prepare(f"folder:{root}", data_dir=str(data_dir))
+    prepare.prepare_dataset(f"folder:{root}", data_dir=str(data_dir))
   assert prepared(data_dir) == []
 
 

@@ -429,7 +429,7 @@ def test_hierarchy_file(raw, workdir):
   path = os.path.join(workdir, "hierarchy.json")
   with open(path, "wb") as f:
     f.write(raw)
-  _only(HierarchyError, hierarchy_lib.load, path, names=path)
+  _only(HierarchyError, hierarchy_lib.load_hierarchy, path, names=path)
   _only(HierarchyError, Hierarchy.from_json, path, names=path)
 
 
@@ -446,7 +446,7 @@ def test_hierarchy_load_by_name_or_path(name, workdir):
   here = os.getcwd()
   os.chdir(workdir)  # relative paths resolve in a folder of fuzz files only
   try:
-    _only(HierarchyError, hierarchy_lib.load, name)
+    _only(HierarchyError, hierarchy_lib.load_hierarchy, name)
   finally:
     os.chdir(here)
 

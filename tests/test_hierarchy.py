@@ -71,7 +71,7 @@ def test_json_round_trip(small, tmp_path):
   path = tmp_path / "small.json"
   small.to_json(path)
   assert json.loads(path.read_text()) == SMALL
-  assert hierarchy_lib.load(path) == small
+  assert hierarchy_lib.load_hierarchy(path) == small
   assert [p.name for p in tmp_path.iterdir()] == ["small.json"]  # no temporary left behind
 
 
@@ -129,19 +129,19 @@ def test_from_json_reports_bad_json(tmp_path):
 
 def test_load_unknown_name_lists_shipped():
   with pytest.raises(HierarchyError, match="shipped: .*fashion_mnist"):
-    hierarchy_lib.load("no_such_hierarchy")
+    hierarchy_lib.load_hierarchy("no_such_hierarchy")
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "superclassed_synthetic",
                                   "superclassed_imagenet"])
 def test_shipped_hierarchies_validate(name):
-  h = hierarchy_lib.load(name)
+  h = hierarchy_lib.load_hierarchy(name)
   assert h.name == name
   assert name in hierarchy_lib.shipped_hierarchies()
 
 
 def test_fashion_mnist_hierarchy():
-  h = hierarchy_lib.load("fashion_mnist")
+  h = hierarchy_lib.load_hierarchy("fashion_mnist")
   assert h.superclass_names == ["tops", "footwear", "trouser", "dress", "bag"]
   tops = [h.subclasses[i] for i in h.subclass_range(0)]
   assert [(s.name, s.source_label) for s in tops] == [
@@ -162,7 +162,7 @@ def test_synthetic_hierarchy_matches_generator():
 def test_load_by_name_ignores_folder_of_that_name(tmp_path, monkeypatch):
   (tmp_path / "fashion_mnist").mkdir()
   monkeypatch.chdir(tmp_path)
-  assert hierarchy_lib.load("fashion_mnist").num_subclasses == 10
+  assert hierarchy_lib.load_hierarchy("fashion_mnist").num_subclasses == 10
 
 
 def test_to_json_gives_usual_permissions(small, tmp_path):

@@ -56,7 +56,7 @@ def test_recovers_the_planted_groups():
   labels, preds = planted_predictions()
   confusion = learned.confusion_matrix(labels, preds, 12)
   names = [f"c{i}" for i in range(12)]
-  result = learned.learn(confusion, 3, names, "planted")
+  result = learned.learn_hierarchy(confusion, 3, names, "planted")
   got = sorted(sorted(np.flatnonzero(result.groups == g).tolist()) for g in range(3))
   assert got == sorted(PLANTED)
   assert result.within > 0.85 and result.chance < 0.35
@@ -66,7 +66,7 @@ def test_recovers_the_planted_groups():
     assert sub.name == f"c{sub.source_label}"
   assert "confusion inside the groups" in learned.format_learned(result)
   wnids = [f"n{i:08d}" for i in range(12)]  # kept, so folders named by WordNet id still match
-  kept = learned.learn(confusion, 3, names, "planted", wnids=wnids).hierarchy
+  kept = learned.learn_hierarchy(confusion, 3, names, "planted", wnids=wnids).hierarchy
   assert [kept.lookup(w) for w in wnids] == [kept.lookup(n) for n in names]
 
 
@@ -104,8 +104,8 @@ def test_impossible_counts_refused(k, min_size, pattern):
 def test_no_mistakes_refused():
   labels = np.arange(12).repeat(3)
   with pytest.raises(learned.LearnError, match="no mistakes"):
-    learned.learn(learned.confusion_matrix(labels, labels, 12), 3, [str(i) for i in range(12)],
-                  "x")
+    learned.learn_hierarchy(learned.confusion_matrix(labels, labels, 12), 3,
+                            [str(i) for i in range(12)], "x")
 
 
 def _command(*args):
@@ -124,7 +124,7 @@ def test_command_from_a_predictions_csv(tmp_path):
   done = _command(f"--from_predictions={csv}", f"--class_names={names}", "--superclasses=3",
                   f"--output={out}")
   assert done.returncode == 0, done.stderr[-2000:]
-  h = hierarchy_lib.load(str(out))
+  h = hierarchy_lib.load_hierarchy(str(out))
   got = sorted(sorted(s.source_label for s in sup.subclasses) for sup in h.superclasses)
   assert got == sorted(PLANTED) and h.subclasses[0].name == "class 0"
   assert "confusion inside the groups" in done.stdout
@@ -147,7 +147,7 @@ def test_command_from_an_evaluated_run(tmp_path, smoke_config):
   if done.returncode == 2 and "no mistakes" in done.stderr:
     pytest.skip("the smoke network made no mistakes on the held-out split")
   assert done.returncode == 0, done.stderr[-2000:]
-  h = hierarchy_lib.load(str(out))
+  h = hierarchy_lib.load_hierarchy(str(out))
   assert sorted(h.subclass_names) == ["w", "x", "y", "z"] and h.num_superclasses == 2
   missing = _command(f"--from_run={tmp_path}", "--superclasses=2", f"--output={out}")
   assert missing.returncode == 2 and "super-sub-eval" in missing.stderr

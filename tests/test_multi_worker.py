@@ -57,7 +57,7 @@ def _finish(processes, timeout=400):
 
 @pytest.fixture
 def data_dir(smoke_data_dir):
-  prepare.prepare(SMOKE, data_dir=smoke_data_dir)  # workers read prepared data
+  prepare.prepare_dataset(SMOKE, data_dir=smoke_data_dir)  # workers read prepared data
   return smoke_data_dir
 
 

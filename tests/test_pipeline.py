@@ -22,7 +22,7 @@ TRAIN_PER_CLASS, VALIDATION_PER_CLASS = 8, 4
 
 @pytest.fixture(scope="module")
 def builder(smoke_data_dir):
-  return prepare.prepare(SMOKE, data_dir=smoke_data_dir)
+  return prepare.prepare_dataset(SMOKE, data_dir=smoke_data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ and inside Keras's train step (every step, whatever steps_per_execution)."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from super_sub._internal.compat import keras
 from super_sub.formats import encodings
 from super_sub.models import classifiers
 from super_sub.training import deltas
+from super_sub.training import projection
 from super_sub.training import qat as qat_lib
 
 # Tolerance of the parity: the graph reduces in another order than numpy (a channel's mean
@@ -51,8 +51,9 @@ def _twins(qat: bool, size: int, frozen):
   a, b = _model(qat, size, frozen), _model(qat, size, frozen)
   variables = deltas.backbone_variables(a)
   for r, k in deltas.range_owners(a).items():
-    extent = np.abs(variables[k].numpy()).max(axis=deltas._per_channel(  # pylint: disable=protected-access
-        variables[k].numpy(), variables[r].numpy())[1])
+    channel = projection._per_channel(  # pylint: disable=protected-access
+        variables[k].numpy(), variables[r].numpy())
+    extent = np.abs(variables[k].numpy()).max(axis=channel[1])
     variables[r].assign(-extent if deltas.short_name(variables[r]).endswith("_min") else extent)
   b.set_weights(a.get_weights())
   return a, b, [v.numpy() for v in variables]
@@ -114,8 +115,8 @@ def test_compiled_projection_matches_the_numpy_reference(name, qat, options, thr
                                           deltas.backbone_variables(tf_model))):
         want, got = want.numpy(), got.numpy()
         if i in steps and compiled.form in ("sign", "lowrank"):
-          n, one_step = _flips(got, want, np.broadcast_to(
-              deltas._per_channel(want, steps[i])[0], want.shape))  # pylint: disable=protected-access
+          step = projection._per_channel(want, steps[i])[0]  # pylint: disable=protected-access
+          n, one_step = _flips(got, want, np.broadcast_to(step, want.shape))
           assert one_step, f"{name}: variable {i} differs by other than one int8 step"
           flipped += n
         else:

@@ -129,7 +129,7 @@ def test_specialists_fine_tune_at_the_specialist_learning_rate(trained):
 
 
 def test_specialist_learning_rate_defaults_to_learning_rate(smoke_data_dir, tmp_path):
-  builder = prepare.prepare(SMOKE, data_dir=smoke_data_dir)
+  builder = prepare.prepare_dataset(SMOKE, data_dir=smoke_data_dir)
   plain = config_lib.TrainConfig(model_dir=str(tmp_path), dataset=SMOKE, learning_rate=3e-3)
   assert plain.specialist_learning_rate is None
   assert config_lib.resolve(plain, builder).specialist_learning_rate == 3e-3

@@ -81,7 +81,7 @@ def test_saved_model_routes_with_the_router_head(tmp_path):
   """Float models with random weights: the SavedModel's routing is the router head's, and its
   answers the Keras two-stage's with the head routing."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  h = hierarchy_lib.load("fashion_mnist")
+  h = hierarchy_lib.load_hierarchy("fashion_mnist")
   rng = np.random.default_rng(4)
   generalist = _generalist((28, 28, 1), h.num_superclasses)
   router = router_head.build_router_head(generalist, 2, 8)

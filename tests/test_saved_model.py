@@ -37,7 +37,7 @@ def models():
   """(hierarchy, generalist, {superclass: specialist}, images): a generalist that routes the
   images evenly (known_routing) and two specialists, one changed in a few weights and one in
   every weight of its stem."""
-  h = hierarchy_lib.load("fashion_mnist")  # specialists for tops and footwear only
+  h = hierarchy_lib.load_hierarchy("fashion_mnist")  # specialists for tops and footwear only
   rng = np.random.default_rng(0)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
                                        "generalist", "generalist")
@@ -103,7 +103,7 @@ def test_deflated_deltas_are_smaller_and_serve_the_same_answers_bit_for_bit(tmp_
   for fine-tuning noise, the same weights after inflating, and the loaded SavedModel answers
   exactly as the one storing them plainly."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  h = hierarchy_lib.load("fashion_mnist")
+  h = hierarchy_lib.load_hierarchy("fashion_mnist")
   rng = np.random.default_rng(5)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
                                             "generalist", "generalist")
@@ -314,7 +314,7 @@ def test_shared_trunk_runs_once_and_matches_keras(tmp_path):
   the specialists start from their output, and the answers are the Keras two-stage's."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
-  h = hierarchy_lib.load("fashion_mnist")
+  h = hierarchy_lib.load_hierarchy("fashion_mnist")
   rng = np.random.default_rng(3)
   generalist = classifiers.build_classifier("small_resnet", (28, 28, 1), h.num_superclasses,
                                             "generalist", "generalist")

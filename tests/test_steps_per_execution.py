@@ -2,9 +2,6 @@
 specialists' projections (and the router head's pinned trunk) still after every step, and the
 NaN guard still stopping a diverged stage."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +12,7 @@ from super_sub.models import classifiers
 from super_sub.models import trunk as trunk_lib
 from super_sub.training import config as config_lib
 from super_sub.training import deltas
+from super_sub.training import projection
 from super_sub.training import determinism
 from super_sub.training import fit
 from super_sub.training import guards
@@ -32,10 +30,10 @@ def _sign_specialist(steps_per_execution: int, attach: bool = True, **options):
   for r, k in deltas.range_owners(model).items():  # ranges as QAT leaves them
     extent = np.abs(variables[k].numpy()).max(axis=(0, 1, 2))
     variables[r].assign(-extent if deltas.short_name(variables[r]).endswith("_min") else extent)
-  projection = deltas.DeltaToBase([v.numpy() for v in variables], 0.0,
+  callback = deltas.DeltaToBase([v.numpy() for v in variables], 0.0,
                                   **(options or dict(form="sign", keep=0.5, epochs=2)))
   if attach:
-    projection.attach(model)
+    callback.attach(model)
   model.compile(optimizer=keras.optimizers.Adam(3e-3),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 steps_per_execution=steps_per_execution)
@@ -53,10 +51,10 @@ def test_projection_runs_after_every_step_whatever_the_steps_per_execution():
   weights = {}
   for every in (1, 3):
     with determinism.deterministic_ops(seed=1):
-      model, projection = _sign_specialist(every)
-      model.fit(_data(), epochs=2, verbose=0, callbacks=[projection])
+      model, callback = _sign_specialist(every)
+      model.fit(_data(), epochs=2, verbose=0, callbacks=[callback])
     # 7 steps an epoch, 2 epochs; an execution of 3 steps is projected 3 times.
-    assert projection.projections == 14
+    assert callback.projections == 14
     weights[every] = model.get_weights()
   for a, b in zip(weights[1], weights[3]):
     np.testing.assert_array_equal(a, b)
@@ -64,10 +62,10 @@ def test_projection_runs_after_every_step_whatever_the_steps_per_execution():
 
 @pytest.mark.slow
 def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_path):
-  model, projection = _sign_specialist(2, form="lowrank", rank=2)
-  base = list(projection.base)
-  model.fit(_data(), epochs=1, verbose=0, callbacks=[projection])
-  projection.save_factors(str(tmp_path / deltas.FACTORS_FILE))
+  model, callback = _sign_specialist(2, form="lowrank", rank=2)
+  base = list(callback.base)
+  model.fit(_data(), epochs=1, verbose=0, callbacks=[callback])
+  callback.save_factors(str(tmp_path / deltas.FACTORS_FILE))
   factors = deltas.load_factors(str(tmp_path / deltas.FACTORS_FILE))
   variables = deltas.backbone_variables(model)
   owners = deltas.range_owners(model)
@@ -76,8 +74,8 @@ def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_p
   moved = 0
   for i, (left, right, scales) in zip(kernels, factors):
     step = np.abs(base[max(r for r, k in owners.items() if k == i)]) / 127
-    levels = deltas.as_rows(variables[i].numpy() - base[i]) / step[:, None]
-    held = deltas.as_rows(deltas.range_setters(base[i], step))
+    levels = projection.as_rows(variables[i].numpy() - base[i]) / step[:, None]
+    held = projection.as_rows(projection.range_setters(base[i], step))
     product = encodings.factored_product(left, right, scales)
     np.testing.assert_allclose(levels, np.where(held, 0, product), atol=1e-3)
     moved += np.count_nonzero(product)
@@ -86,9 +84,9 @@ def test_an_attached_low_rank_projection_saves_the_factors_its_model_holds(tmp_p
 
 @pytest.mark.slow
 def test_an_unattached_projection_refuses_several_steps_per_execution():
-  model, projection = _sign_specialist(3, attach=False)
+  model, callback = _sign_specialist(3, attach=False)
   with pytest.raises(ValueError, match=r"steps_per_execution=3: .* DeltaToBase.attach"):
-    model.fit(_data(), epochs=1, verbose=0, callbacks=[projection])
+    model.fit(_data(), epochs=1, verbose=0, callbacks=[callback])
 
 
 def test_steps_per_execution_must_be_positive(tmp_path):

@@ -64,8 +64,8 @@ def _labels(builder, split):
 
 
 def test_coarse_label_feature_as_hierarchy(tmp_path):
-  builder = prepare.prepare("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path),
-                            hierarchy="from_feature:coarse_label")
+  builder = prepare.prepare_dataset("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path),
+                                    hierarchy="from_feature:coarse_label")
   h = builder.hierarchy
   assert h.superclass_names == COARSE and h.subclass_names == FINE
   source = tfds.builder("tiny_coarse_classes/clean", data_dir=str(tmp_path))
@@ -81,8 +81,8 @@ def test_hierarchy_maps_labels_by_name_or_index_and_holds_out_validation(tmp_pat
   # "apple" by name (source_label agrees); "first" and "second" by index (no such class name).
   path = _hierarchy(tmp_path, {"food": [("apple", 0), ("second", 1)],
                                "rest": [("rose", 2), ("tulip", 3), ("bus", 4), ("train", 5)]})
-  builder = prepare.prepare("tfds:tiny_coarse_classes/train_only", data_dir=str(tmp_path),
-                            hierarchy=path)
+  builder = prepare.prepare_dataset("tfds:tiny_coarse_classes/train_only", data_dir=str(tmp_path),
+                                    hierarchy=path)
   assert set(builder.info.splits) == {"train", "validation"}
   assert builder.info.splits["validation"].num_examples == 6  # one of each class's 4
   assert any("no validation or test split" in n for n in builder.info.metadata["notes"])
@@ -94,9 +94,10 @@ def test_unmapped_labels_refused_by_name_or_skipped(tmp_path):
   path = _hierarchy(tmp_path, {"food": [("apple", 0), ("pear", 1)]})
   with pytest.raises(sources.DatasetError, match=r"4 labels .* rose, tulip, bus, train; .*"
                                                  r"--unmapped_labels=skip"):
-    prepare.prepare("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path), hierarchy=path)
-  builder = prepare.prepare("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path),
-                            hierarchy=path, unmapped_labels="skip")
+    prepare.prepare_dataset("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path),
+                            hierarchy=path)
+  builder = prepare.prepare_dataset("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path),
+                                    hierarchy=path, unmapped_labels="skip")
   assert builder.info.splits["test"].num_examples == 4
   assert any("skipped 24 examples" in n for n in builder.info.metadata["notes"])
 
@@ -110,15 +111,15 @@ def test_unmapped_labels_refused_by_name_or_skipped(tmp_path):
 ])
 def test_bad_sources_refused(tmp_path, dataset, hierarchy, pattern):
   with pytest.raises(sources.DatasetError, match=pattern):
-    prepare.prepare(dataset, data_dir=str(tmp_path / "tfds"), hierarchy=hierarchy)
+    prepare.prepare_dataset(dataset, data_dir=str(tmp_path / "tfds"), hierarchy=hierarchy)
   assert not list((tmp_path / "tfds").glob("superclassed_tfds/*/*/dataset_info.json"))
 
 
 def test_source_label_disagreeing_with_the_class_name_is_refused(tmp_path):
   path = _hierarchy(tmp_path, {"food": [("apple", 1), ("pear", 0)]})
   with pytest.raises(sources.DatasetError, match=r"'apple' has source_label 1.*fix"):
-    prepare.prepare("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path), hierarchy=path,
-                    unmapped_labels="skip")
+    prepare.prepare_dataset("tfds:tiny_coarse_classes/clean", data_dir=str(tmp_path),
+                            hierarchy=path, unmapped_labels="skip")
 
 
 def test_run_reopens_a_tfds_dataset_from_its_config(tmp_path):
@@ -129,7 +130,7 @@ def test_run_reopens_a_tfds_dataset_from_its_config(tmp_path):
   config = config_lib.TrainConfig(model_dir=str(tmp_path / "run"), data_dir=str(tmp_path),
                                   dataset="tfds:tiny_coarse_classes/clean",
                                   hierarchy="from_feature:coarse_label")
-  builder = prepare.prepare(config.dataset, config.data_dir, **config.dataset_options())
+  builder = prepare.prepare_dataset(config.dataset, config.data_dir, **config.dataset_options())
   run_lib.Run.create(config_lib.resolve(config, builder), builder)
   reopened = run_lib.Run.open(str(tmp_path / "run"))
   assert reopened.config.hierarchy == "from_feature:coarse_label"

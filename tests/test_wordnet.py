@@ -49,7 +49,7 @@ VEHICLE, CAR, CAB, TRUCK, VAN, MINIVAN, FIRE_ENGINE = (
 
 @pytest.fixture(scope="module")
 def wn():
-  return wordnet.read(TESTDATA)
+  return wordnet.read_wordnet(TESTDATA)
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +94,13 @@ def test_name_is_first_lemma_with_spaces(wn):
 def test_read_accepts_dict_subfolder_and_file_path(tmp_path, wn):
   (tmp_path / "dict").mkdir()
   shutil.copy(TESTDATA / "data.noun", tmp_path / "dict" / "data.noun")
-  assert len(wordnet.read(tmp_path)) == len(wn)  # Princeton's WordNet-3.0/dict layout
-  assert len(wordnet.read(TESTDATA / "data.noun")) == len(wn)
+  assert len(wordnet.read_wordnet(tmp_path)) == len(wn)  # Princeton's WordNet-3.0/dict layout
+  assert len(wordnet.read_wordnet(TESTDATA / "data.noun")) == len(wn)
 
 
 def test_read_missing_data_noun_names_the_paths(tmp_path):
   with pytest.raises(wordnet.WordNetError) as e:
-    wordnet.read(tmp_path)
+    wordnet.read_wordnet(tmp_path)
   assert str(tmp_path / "data.noun") in str(e.value)
   assert str(tmp_path / "dict" / "data.noun") in str(e.value)
 
@@ -110,7 +110,7 @@ def test_read_bad_line_names_file_and_line(tmp_path):
   text[7] = "00000708 03 n 06 animal 0 | truncated\n"
   (tmp_path / "data.noun").write_text("".join(text))
   with pytest.raises(wordnet.WordNetError, match=r"data\.noun:8: not a WordNet data line"):
-    wordnet.read(tmp_path)
+    wordnet.read_wordnet(tmp_path)
 
 
 def test_unknown_wnid(wn):
@@ -160,7 +160,7 @@ def test_lca_height(wn, classes):
 
 # --- derivation -------------------------------------------------------------------------
 def test_derive(wn, classes):
-  h = wordnet.derive([BIRD, ("doggies", DOG), FUNGUS], classes, wn, "tiny")
+  h = wordnet.derive_hierarchy([BIRD, ("doggies", DOG), FUNGUS], classes, wn, "tiny")
   assert groups(h) == {
       "bird": [("brambling", 0), ("goldfinch", 1), ("crane", 2)],  # one crane: no suffix
       "doggies": [("beagle", 3), ("Maltese dog", 4), ("Laika", 10)],
@@ -173,7 +173,7 @@ def test_derive(wn, classes):
 
 
 def test_duplicate_names_get_their_wnid_only_when_needed(wn, classes):
-  h = wordnet.derive([BIRD, DEVICE], classes, wn, "cranes")
+  h = wordnet.derive_hierarchy([BIRD, DEVICE], classes, wn, "cranes")
   assert groups(h) == {
       "bird": [("brambling", 0), ("goldfinch", 1), (f"crane ({CRANE_BIRD})", 2)],
       "device": [(f"crane ({CRANE_MACHINE})", 5)],
@@ -181,13 +181,13 @@ def test_duplicate_names_get_their_wnid_only_when_needed(wn, classes):
 
 
 def test_subclass_named_like_a_superclass_is_disambiguated(wn):
-  h = wordnet.derive([("beagle", DOG)], [BEAGLE, MALTESE], wn, "clash")
+  h = wordnet.derive_hierarchy([("beagle", DOG)], [BEAGLE, MALTESE], wn, "clash")
   assert groups(h) == {"beagle": [(f"beagle ({BEAGLE})", 0), ("Maltese dog", 1)]}
 
 
 def test_overlap_is_refused_with_every_class_listed(wn, classes):
   with pytest.raises(wordnet.WordNetError) as e:
-    wordnet.derive([CAR, TRUCK, VEHICLE], classes, wn, "vehicles")
+    wordnet.derive_hierarchy([CAR, TRUCK, VEHICLE], classes, wn, "vehicles")
   message = str(e.value)
   assert "3 class(es) lie under more than one superclass" in message
   assert (f"{MINIVAN} 'minivan' (label 8) is under car ({CAR}), truck ({TRUCK}), "
@@ -209,23 +209,23 @@ def test_overlap_is_refused_with_every_class_listed(wn, classes):
                                                           "truck": [("fire engine", 9)]}),
 ])
 def test_overlap_resolution(wn, classes, resolve, expected):
-  assert groups(wordnet.derive([CAR, TRUCK], classes, wn, "v", resolve)) == expected
+  assert groups(wordnet.derive_hierarchy([CAR, TRUCK], classes, wn, "v", resolve)) == expected
 
 
 def test_first_rule_follows_superclass_order(wn, classes):
-  h = wordnet.derive([TRUCK, CAR], classes, wn, "v", wordnet.Resolution("first"))
+  h = wordnet.derive_hierarchy([TRUCK, CAR], classes, wn, "v", wordnet.Resolution("first"))
   assert groups(h) == {"truck": [("minivan", 8), ("fire engine", 9)], "car": [("cab", 7)]}
 
 
 def test_nearest_picks_the_most_specific_of_nested_superclasses(wn, classes):
-  h = wordnet.derive([VEHICLE, CAR], classes, wn, "v", wordnet.Resolution("nearest"))
+  h = wordnet.derive_hierarchy([VEHICLE, CAR], classes, wn, "v", wordnet.Resolution("nearest"))
   assert groups(h) == {"vehicle": [("fire engine", 9)], "car": [("cab", 7), ("minivan", 8)]}
 
 
 def test_nearest_tie_is_still_an_error(wn, classes):
   # minivan is one step below both van and car.
   with pytest.raises(wordnet.WordNetError, match=r"(?s)with a tie for nearest.*'minivan'"):
-    wordnet.derive([CAR, VAN], classes, wn, "v", wordnet.Resolution("nearest"))
+    wordnet.derive_hierarchy([CAR, VAN], classes, wn, "v", wordnet.Resolution("nearest"))
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -235,7 +235,8 @@ def test_nearest_tie_is_still_an_error(wn, classes):
 ])
 def test_bad_overrides(wn, classes, overrides, match):
   with pytest.raises(wordnet.WordNetError, match=match):
-    wordnet.derive([CAR, TRUCK], classes, wn, "v", wordnet.Resolution(overrides=overrides))
+    wordnet.derive_hierarchy([CAR, TRUCK], classes, wn, "v",
+                             wordnet.Resolution(overrides=overrides))
 
 
 def test_resolution_parse():
@@ -257,7 +258,7 @@ def test_resolution_parse():
 ])
 def test_derive_errors(wn, classes, supers, class_list, match):
   with pytest.raises(wordnet.WordNetError, match=match):
-    wordnet.derive(supers, class_list or classes, wn, "bad")
+    wordnet.derive_hierarchy(supers, class_list or classes, wn, "bad")
 
 
 # --- the super-sub-hierarchy entry point ------------------------------------------------
@@ -272,7 +273,7 @@ def test_cli_writes_a_hierarchy_that_loads(tmp_path):
                    f"--superclasses={BIRD},pups={DOG},{CAR},{TRUCK}",
                    f"--resolve={MINIVAN}={TRUCK}", f"--output={out}")
   assert result.returncode == 0, result.stderr
-  h = hierarchy.load(out)
+  h = hierarchy.load_hierarchy(out)
   assert h.name == "tiny"  # from the file name
   assert groups(h)["truck"] == [("minivan", 8), ("fire engine", 9)]
   assert re.search(rf"pups\s+{DOG}\s+3\n", result.stdout)
@@ -311,7 +312,7 @@ SHIPPED_FLAGS = [
 
 
 def test_shipped_superclassed_imagenet():
-  h = hierarchy.load("superclassed_imagenet")
+  h = hierarchy.load_hierarchy("superclassed_imagenet")
   assert h.name == "superclassed_imagenet" and h.num_source_labels == 1000
   assert {s.name: (s.wnid, len(s.subclasses)) for s in h.superclasses} == SHIPPED_COUNTS
   assert all(7 <= len(s.subclasses) <= 118 for s in h.superclasses)

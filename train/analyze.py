@@ -71,7 +71,7 @@ def main(argv):
   if bool(_IMAGES_DATASET.value) != bool(_IMAGES_SPLIT.value):
     raise cli.UsageError("--images_dataset and --images_split go together")
   # Bad files and names raise the library's errors, which cli.run prints as one line.
-  hierarchy = hierarchy_lib.load(_HIERARCHY.value)
+  hierarchy = hierarchy_lib.load_hierarchy(_HIERARCHY.value)
   predictions = analysis.read_predictions(_PREDICTIONS.value, _LABEL_SPACE.value)
   images = None
   if _IMAGES_DATASET.value:
@@ -83,7 +83,7 @@ def main(argv):
       _OUT.value, predictions, hierarchy, images=images,
       multilabels=(analysis.read_multilabels(_MULTILABEL.value, predictions)
                    if _MULTILABEL.value else None),
-      wordnet=wordnet_lib.read(_WORDNET_DIR.value) if _WORDNET_DIR.value else None,
+      wordnet=wordnet_lib.read_wordnet(_WORDNET_DIR.value) if _WORDNET_DIR.value else None,
       top_confusions=_TOP_CONFUSIONS.value, unmapped_labels=_UNMAPPED_LABELS.value,
       title=_TITLE.value, overwrite=_OVERWRITE.value)
   print(analysis.summary(report))

@@ -43,10 +43,11 @@ def main(argv):
   from super_sub.data import prepare as data  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   # A bad folder or hierarchy (sources.DatasetError, HierarchyError) ends as one line: cli.run.
-  builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                         hierarchy=_HIERARCHY.value, unmapped_labels=_UNMAPPED_LABELS.value)
+  builder = data.prepare_dataset(_DATASET.value, data_dir=_DATA_DIR.value,
+                                 manual_dir=_MANUAL_DIR.value, hierarchy=_HIERARCHY.value,
+                                 unmapped_labels=_UNMAPPED_LABELS.value)
   prepared = time.perf_counter()
-  print(data.format_summary(builder, data.summarize(builder)))
+  print(data.format_summary(builder, data.summarize_dataset(builder)))
   print(f"\nprepared in {prepared - start:.1f} s, summarised in "
         f"{time.perf_counter() - prepared:.1f} s")
 

@@ -107,7 +107,7 @@ def main(argv):
     given = [f"--{f.name}" for f in (_WORDNET_DIR, _CLASS_LIST, _SUPERCLASSES, _OUTPUT) if f.value]
     if given:
       raise app.UsageError(f"--show prints a hierarchy and derives none: drop {', '.join(given)}")
-    print(tree.format_tree(tree.load(_SHOW.value), shutil.get_terminal_size().columns))
+    print(tree.format_tree(tree.load_hierarchy(_SHOW.value), shutil.get_terminal_size().columns))
     return
   if _FROM_PREDICTIONS.value or _FROM_RUN.value:
     return learn_main()
@@ -118,9 +118,9 @@ def main(argv):
   class_list = _CLASS_LIST.value or default_class_list()
   name = _NAME.value or os.path.splitext(os.path.basename(_OUTPUT.value))[0]
   # A WordNetError (overlaps, unknown wnids) or a missing file is reported by cli.run.
-  hierarchy = wordnet.derive(
+  hierarchy = wordnet.derive_hierarchy(
       parse_superclasses(_SUPERCLASSES.value), wordnet.read_class_list(class_list),
-      wordnet.read(_WORDNET_DIR.value), name, wordnet.Resolution.parse(_RESOLVE.value))
+      wordnet.read_wordnet(_WORDNET_DIR.value), name, wordnet.Resolution.parse(_RESOLVE.value))
   hierarchy.to_json(_OUTPUT.value)
 
   width = max(len(s.name) for s in hierarchy.superclasses)

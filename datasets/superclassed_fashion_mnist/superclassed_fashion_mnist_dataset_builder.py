@@ -44,16 +44,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   @property
   def hierarchy(self) -> hierarchy_lib.Hierarchy:
     """The hierarchy that `label` and `superclass` follow."""
-    return hierarchy_lib.load("fashion_mnist")
+    return hierarchy_lib.load_hierarchy("fashion_mnist")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    h = self.hierarchy
-    return self.dataset_info_from_configs(
-        features=features.features(h, tfds.features.Image(shape=(28, 28, 1))),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        metadata=tfds.core.MetadataDict(),  # superclass_counts, recorded while preparing
-    )
+    # metadata: superclass_counts, recorded while preparing.
+    return features.dataset_info(self, self.hierarchy, tfds.features.Image(shape=(28, 28, 1)),
+                                 homepage="https://github.com/zalandoresearch/fashion-mnist")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     paths = _manual_files(dl_manager)

@@ -39,7 +39,7 @@ class ContentTest(tfds.testing.TestCase):
 
   def test_labels_map_through_hierarchy(self):
     builder = self._prepare(DUMMY / "manual")
-    h = hierarchy_lib.load("fashion_mnist")
+    h = hierarchy_lib.load_hierarchy("fashion_mnist")
     source = fmnist.read_idx(DUMMY / "manual" / "train-labels-idx1-ubyte.gz", ndim=1)
     images = fmnist.read_idx(DUMMY / "manual" / "train-images-idx3-ubyte.gz", ndim=3)
     examples = sorted(tfds.as_numpy(builder.as_dataset(split="train")),

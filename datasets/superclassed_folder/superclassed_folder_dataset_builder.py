@@ -95,24 +95,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     # Prepared data is read without the folder (it may be gone): shape and encoding are in
     # its metadata.
-    prepared = self._prepared
-    if prepared:
-      shape, image_encoding = tuple(prepared["image_shape"]), prepared["encoding"]
-      metadata = prepared
-    else:
+    metadata = self._prepared
+    if not metadata:
       plan = self.plan
-      shape, image_encoding = plan.shape, plan.encoding
-      metadata = {"hierarchy": plan.hierarchy.to_dict(), "image_shape": list(shape),
-                  "encoding": image_encoding, "source": os.fspath(plan.root),
+      metadata = {"hierarchy": plan.hierarchy.to_dict(), "image_shape": list(plan.shape),
+                  "encoding": plan.encoding, "source": os.fspath(plan.root),
                   "fingerprint": folders.fingerprint(plan.root),
                   "skipped": plan.skipped, "notes": list(plan.notes)}
-    return self.dataset_info_from_configs(
-        features=features.features(
-            self.hierarchy, tfds.features.Image(shape=shape, encoding_format=image_encoding)),
-        supervised_keys=("image", "label"),
-        homepage="https://arxiv.org/abs/2201.08098",
-        metadata=tfds.core.MetadataDict(metadata),
-    )
+    return features.dataset_info(self, self.hierarchy, features.image_from_metadata(metadata),
+                                 metadata)
 
   def check_unchanged(self) -> None:
     """Refuses prepared data whose folder has changed since (images added, removed or

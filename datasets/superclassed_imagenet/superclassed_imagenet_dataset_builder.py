@@ -95,16 +95,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     h = self.hierarchy
     size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-        features=features.features(
-            h, tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3),
-                                   encoding_format="jpeg"),
-            wnid=tfds.features.Text()),  # file_name e.g. n01530575_10018.JPEG, wnid n01530575
-        supervised_keys=("image", "label"),
-        homepage="https://arxiv.org/abs/2201.08098",
-        # Saved with the data, so a prepared dataset carries its own hierarchy.
-        metadata=tfds.core.MetadataDict(hierarchy=h.to_dict()),
-    )
+    image = tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3),
+                                encoding_format="jpeg")
+    # The hierarchy is saved with the data, so a prepared dataset carries its own.
+    return features.dataset_info(
+        self, h, image, {"hierarchy": h.to_dict()},
+        wnid=tfds.features.Text())  # file_name e.g. n01530575_10018.JPEG, wnid n01530575
 
   def _check_prepared_hierarchy(self) -> None:
     """Refuses data prepared under this config name with a different hierarchy."""
@@ -179,7 +175,7 @@ def load_hierarchy(name_or_path: str) -> hierarchy_lib.Hierarchy:
     hierarchy_lib.HierarchyError: naming the subclass whose wnid is missing, is not an
       ImageNet-1k class, or whose source_label is not that class's ImageNet-1k label.
   """
-  h = hierarchy_lib.load(name_or_path)
+  h = hierarchy_lib.load_hierarchy(name_or_path)
   labels = {wnid: i for i, wnid in enumerate(_imagenet_wnids())}
   for sub in h.subclasses:
     if labels.get(sub.wnid) != sub.source_label:

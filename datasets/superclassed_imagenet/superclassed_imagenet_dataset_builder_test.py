@@ -67,7 +67,7 @@ class ContentTest(parameterized.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp()
     cls.builders = {layout: prepare(f"{cls.tmp}/{layout}", DUMMY / layout) for layout in LAYOUTS}
-    cls.hierarchy = hierarchy_lib.load("superclassed_imagenet")
+    cls.hierarchy = hierarchy_lib.load_hierarchy("superclassed_imagenet")
     path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
     cls.val_labels = path.read_text().split()
 
@@ -143,7 +143,7 @@ class HierarchySwapTest(parameterized.TestCase):
 
   def test_custom_hierarchy_selects_and_groups_classes(self):
     path = DUMMY / "custom_hierarchy.json"
-    h = hierarchy_lib.load(str(path))
+    h = hierarchy_lib.load_hierarchy(str(path))
     config = sib.SuperclassedImagenetConfig(name="custom", hierarchy=str(path), image_size=32)
     builder = prepare(tmpdir(self), DUMMY / "extracted", config=config)
     self.assertEqual(builder.info.features["label"].names, h.subclass_names)

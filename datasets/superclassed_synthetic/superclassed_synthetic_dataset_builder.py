@@ -47,14 +47,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return synthetic.load_hierarchy()
 
   def _info(self) -> tfds.core.DatasetInfo:
-    h = self.hierarchy
     size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-        features=features.features(h, tfds.features.Image(shape=(size, size, 3))),
-        supervised_keys=("image", "label"),
-        homepage="https://arxiv.org/abs/2201.08098",
-        metadata=tfds.core.MetadataDict(),  # superclass_counts, recorded while preparing
-    )
+    # metadata: superclass_counts, recorded while preparing.
+    return features.dataset_info(self, self.hierarchy, tfds.features.Image(shape=(size, size, 3)))
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download: every image is drawn on the fly.

@@ -111,7 +111,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if c.hierarchy.startswith(sources.FROM_FEATURE):
       h = self._from_feature(c.hierarchy[len(sources.FROM_FEATURE):])
       return h, h.source_to_global
-    h = hierarchy_lib.load(c.hierarchy)
+    h = hierarchy_lib.load_hierarchy(c.hierarchy)
     index = {n: i for i, n in enumerate(names)}
     to_global = np.full(len(names), -1, np.int64)
     for g, sub in enumerate(h.subclasses):
@@ -165,23 +165,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise sources.DatasetError(f"{name}: {feature} does not make a hierarchy ({e})") from None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    prepared = self._prepared
-    if prepared:
-      shape, image_encoding, metadata = (tuple(prepared["image_shape"]), prepared["encoding"],
-                                         prepared)
-    else:
+    metadata = self._prepared
+    if not metadata:
       shape = tuple(self.source.info.features["image"].shape)
-      image_encoding = "jpeg" if images.is_large(*shape[:2]) else "png"
       metadata = {"hierarchy": self.hierarchy.to_dict(), "image_shape": list(shape),
-                  "encoding": image_encoding, "source": self.builder_config.source,
-                  "notes": []}
-    return self.dataset_info_from_configs(
-        features=features.features(
-            self.hierarchy, tfds.features.Image(shape=shape, encoding_format=image_encoding)),
-        supervised_keys=("image", "label"),
-        homepage="https://arxiv.org/abs/2201.08098",
-        metadata=tfds.core.MetadataDict(metadata),
-    )
+                  "encoding": "jpeg" if images.is_large(*shape[:2]) else "png",
+                  "source": self.builder_config.source, "notes": []}
+    return features.dataset_info(self, self.hierarchy, features.image_from_metadata(metadata),
+                                 metadata)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager

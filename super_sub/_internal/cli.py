@@ -17,9 +17,10 @@ from absl import flags
 from absl import logging
 
 from super_sub._internal import native_logs
+from super_sub.errors import SuperSubError
 
 
-class UsageError(ValueError):
+class UsageError(SuperSubError, ValueError):
   """A user mistake (a bad path, flag value or input file): the command prints its message as
   one line, with no traceback, and exits with status 2. The message names the problem and
   the fix."""
@@ -29,30 +30,13 @@ class UsageError(ValueError):
 # An old spelling is rewritten where a command defines the new name and not the old one.
 RENAMED = {"out": "output", "export_dir": "output", "k": "soft_k"}
 
-# The library's errors that mean "your input or command line is wrong", by class (module and
-# name, so that listing them imports no TensorFlow): the command prints the message and exits
-# with the status given (2: a usage error; 1: the command could not finish).
+# Errors from outside super-sub that mean "your input or command line is wrong", by class
+# (module and name, so that listing them imports nothing): the command prints the message and
+# exits with the status given (2: a usage error; 1: the command could not finish). super-sub's
+# own are the SuperSubErrors, which carry their status (`exit_status`).
 USER_ERRORS = {
-    "super_sub._internal.cli.UsageError": 2,
-    "super_sub._internal.cli.MissingExtraError": 1,
     "absl.app.UsageError": 2,
     "absl.flags._exceptions.Error": 2,
-    "super_sub.hierarchy.tree.HierarchyError": 2,
-    "super_sub.hierarchy.wordnet.WordNetError": 2,
-    "super_sub.hierarchy.learned.LearnError": 2,
-    "super_sub.formats.errors.BundleError": 2,
-    "super_sub.formats.errors.DeltaError": 2,
-    "super_sub.data.images.ImageError": 2,
-    "super_sub.training.config.ConfigError": 2,
-    "super_sub.training.run.RunMismatchError": 2,
-    "super_sub.configs.UnknownConfigError": 2,
-    "super_sub.errors.OutputDirError": 2,
-    "super_sub.analysis.predictions.AnalysisError": 2,
-    "super_sub.analysis.findings.FindingsError": 2,
-    "super_sub.data.sources.DatasetError": 2,
-    "super_sub.data.pipeline.UndecodableImageError": 2,
-    "super_sub.errors.FolderLockedError": 1,
-    "super_sub.training.guards.NonFiniteError": 1,
     # TFDS: an unknown dataset name, a manual download that is missing.
     "tensorflow_datasets.core.registered.DatasetNotFoundError": 2,
     "tensorflow_datasets.core.download.download_manager.NonMatchingChecksumError": 1,
@@ -77,8 +61,10 @@ def prog() -> str:
 
 
 def user_error_status(error: BaseException) -> int | None:
-  """The exit status for an error that is the user's to fix (USER_ERRORS), else None: an
-  internal error, which keeps its traceback."""
+  """The exit status for an error that is the user's to fix (a SuperSubError, or a foreign
+  class in USER_ERRORS), else None: an internal error, which keeps its traceback."""
+  if isinstance(error, SuperSubError):
+    return error.exit_status
   for cls in type(error).__mro__:
     status = USER_ERRORS.get(f"{cls.__module__}.{cls.__qualname__}")
     if status is not None:
@@ -157,9 +143,10 @@ def _parse(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(SuperSubError, ImportError):
   """A training-side command run where only the edge runtime is installed: its message says
   which extra to install."""
+  exit_status = 1
 
 
 def run(main, needs_training_extra: bool = False) -> None:

@@ -11,8 +11,7 @@ the rest (and the commands' --help) works where only the edge runtime is install
 TensorFlow only for images from a TFDS dataset.
 """
 
-from super_sub.analysis.images import from_folder as images_from_folder
-from super_sub.analysis.images import from_tfds as images_from_tfds
+from super_sub.analysis.images import images_from_folder, images_from_tfds
 from super_sub.analysis.loading import MultiLabels, read_multilabels, read_predictions
 from super_sub.analysis.predictions import AnalysisError, LABEL_SPACES, Predictions
 from super_sub.analysis.report import analyze, error_counts, summary

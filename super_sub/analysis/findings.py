@@ -42,11 +42,12 @@ from super_sub.analysis import loading
 from super_sub.analysis import report as report_lib
 from super_sub.analysis import stats as stats_lib
 from super_sub.analysis import tables
+from super_sub.errors import SuperSubError
 
 MARKER = "findings.json"
 
 
-class FindingsError(ValueError):
+class FindingsError(SuperSubError, ValueError):
   """No runs to report, or a findings.json that cannot be read back; the message says which."""
 
 
@@ -128,7 +129,7 @@ def _hierarchy(result: dict[str, Any], where: str) -> hierarchy_lib.Hierarchy:
   if "hierarchy_definition" in result:
     return hierarchy_lib.Hierarchy.from_dict(result["hierarchy_definition"], where=where)
   try:
-    return hierarchy_lib.load(result["hierarchy"])
+    return hierarchy_lib.load_hierarchy(result["hierarchy"])
   except hierarchy_lib.HierarchyError:
     raise FindingsError(
         f"{where} names hierarchy {result['hierarchy']!r}, which is not shipped, and does not "

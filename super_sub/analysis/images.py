@@ -30,7 +30,7 @@ def _decode(data: bytes | str, what: str) -> np.ndarray:
     raise predictions_lib.AnalysisError(f"{what}: not a readable image ({e})") from None
 
 
-def from_folder(folder: str | os.PathLike) -> ImageSource:
+def images_from_folder(folder: str | os.PathLike) -> ImageSource:
   """File names resolved against `folder` (absolute file names are taken as they are)."""
   folder = os.fspath(folder)
   if not os.path.isdir(folder):
@@ -48,19 +48,19 @@ def from_folder(folder: str | os.PathLike) -> ImageSource:
   return load
 
 
-def from_tfds(name: str, split: str, data_dir: str | None = None,
-              hierarchy: str | None = None) -> ImageSource:
+def images_from_tfds(name: str, split: str, data_dir: str | None = None,
+                     hierarchy: str | None = None) -> ImageSource:
   """Images of a prepared dataset split, matched by its `file_name` feature.
 
   `name` is any dataset name a run takes (super_sub.data.sources): a registered TFDS name,
   `tfds:<name>` (opened with `hierarchy`, the one the run was trained with), or
   `folder:<PATH>`, whose file names are paths relative to PATH, so its images are read from
-  the folder itself (`from_folder`). super-sub's own datasets are registered by importing
+  the folder itself (`images_from_folder`). super-sub's own datasets are registered by importing
   `super_sub.datasets`. Images are read undecoded and only the wanted ones are decoded.
   """
   from super_sub.data import sources  # pylint: disable=import-outside-toplevel
   if sources.kind(name) == "folder":
-    return from_folder(sources.canonical(name)[len(sources.FOLDER):])
+    return images_from_folder(sources.canonical(name)[len(sources.FOLDER):])
 
   def load(wanted: Mapping[str, str]) -> dict[str, np.ndarray]:
     # pylint: disable=import-outside-toplevel

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.errors import SuperSubError
 
 # "subclass": the hierarchy's global subclass index (what super-sub's models predict);
 # "source": the source dataset's label ids (e.g. ImageNet-1k's 0..999), mapped through
@@ -22,7 +23,7 @@ OUTSIDE = -1  # a prediction outside the hierarchy, after mapping
 PROBABILITY_SLACK = 1e-3
 
 
-class AnalysisError(ValueError):
+class AnalysisError(SuperSubError, ValueError):
   """Input that cannot be analysed; the message names the file and the row or field."""
 
 
@@ -177,7 +178,7 @@ def _check_label_space(p: Predictions, hierarchy: hierarchy_lib.Hierarchy) -> No
       fits = []
       for name in hierarchy_lib.shipped_hierarchies():
         spaces = [space for space in (p.label_space, other)
-                  if space_size(hierarchy_lib.load(name), space) == c]
+                  if space_size(hierarchy_lib.load_hierarchy(name), space) == c]
         if spaces:  # the label space asked for where it fits, else the other one
           fits.append(f"--hierarchy={name}" + ("" if spaces[0] == p.label_space
                                                else f" --label_space={spaces[0]}"))

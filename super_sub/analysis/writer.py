@@ -44,7 +44,8 @@ def write_report(out_dir: str | os.PathLike, predictions: predictions_lib.Predic
   Args:
     out_dir: the report folder; replaced if it holds an earlier report, or anything at all
       with `overwrite`.
-    images: from `images.from_folder` or `images.from_tfds`, or None for no image grids.
+    images: from `images.images_from_folder` or `images.images_from_tfds`, or None for no
+      image grids.
     Other arguments: as for `report.build`.
   Returns:
     The report.json content.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from super_sub.configs import fashion_mnist
 from super_sub.configs import imagenet
 from super_sub.configs import synthetic
+from super_sub.errors import SuperSubError
 
 SMOKE = ".smoke"
 RECIPES: dict[str, Callable[..., dict[str, Any]]] = {
@@ -31,7 +32,7 @@ RECIPES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-class UnknownConfigError(ValueError):
+class UnknownConfigError(SuperSubError, ValueError):
   """A config name that is not a recipe; the message lists the recipes."""
 
 

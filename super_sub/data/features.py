@@ -30,6 +30,32 @@ def features(hierarchy: hierarchy_lib.Hierarchy, image: tfds.features.Image,
   })
 
 
+PAPER = "https://arxiv.org/abs/2201.08098"  # the homepage of super-sub's own datasets
+
+
+def dataset_info(builder: tfds.core.DatasetBuilder, hierarchy: hierarchy_lib.Hierarchy,
+                 image: tfds.features.Image, metadata: dict[str, Any] | None = None,
+                 homepage: str = PAPER,
+                 **extra: tfds.features.FeatureConnector) -> tfds.core.DatasetInfo:
+  """What every super-sub builder's `_info` returns: `features(hierarchy, image, **extra)`,
+  supervised as (image, label), and `metadata` saved with the prepared data (a
+  `tfds.core.MetadataDict`, which `recording_superclass_counts` adds the counts to)."""
+  return builder.dataset_info_from_configs(
+      features=features(hierarchy, image, **extra),
+      supervised_keys=("image", "label"),
+      homepage=homepage,
+      metadata=tfds.core.MetadataDict(metadata or {}),
+  )
+
+
+def image_from_metadata(metadata: dict[str, Any]) -> tfds.features.Image:
+  """The image feature of a dataset whose shape and encoding are in its metadata
+  (`image_shape`, `encoding`: the folder and TFDS-copy builders, whose prepared data is read
+  without their source)."""
+  return tfds.features.Image(shape=tuple(metadata["image_shape"]),
+                             encoding_format=metadata["encoding"])
+
+
 def labels(hierarchy: hierarchy_lib.Hierarchy, label: int) -> dict[str, int]:
   """The three label fields of an example whose global subclass index is `label`."""
   return {"label": int(label), "superclass": int(hierarchy.superclass_of[label]),

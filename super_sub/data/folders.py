@@ -278,7 +278,7 @@ def _map_classes(root, classes, hierarchy, unmapped_labels):
     h = hierarchy_lib.from_groups(_name(root), [(sup, [(n, i) for i, n in enumerate(names)])],
                                   num_source_labels=len(names))
     return h, {(None, n): i for i, n in enumerate(names)}, {}
-  h = hierarchy_lib.load(hierarchy)
+  h = hierarchy_lib.load_hierarchy(hierarchy)
   label_of, outside = {}, []
   for name in names:
     try:

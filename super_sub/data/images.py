@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from super_sub.errors import SuperSubError
+
 DTYPE = np.float32
 RANGE = (0.0, 1.0)
 RESIZE_METHOD = "bilinear"  # the `method` of tf.image.resize
@@ -39,7 +41,7 @@ _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR}
 _MODES = {1: "L", 3: "RGB"}
 
 
-class ImageError(ValueError):
+class ImageError(SuperSubError, ValueError):
   """An image file that cannot be read or decoded; the message names the file.
 
   Attributes:

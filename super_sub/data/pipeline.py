@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from super_sub import hierarchy as hierarchy_lib
 from super_sub.data import crops
 from super_sub.data import images as images_lib
+from super_sub.errors import SuperSubError
 
 ROLES = ("flat", "generalist", "specialist")
 AUGMENTATIONS = ("none", "crop", "flip_crop", "random_resized_crop")
@@ -375,7 +376,7 @@ def check_hierarchy_matches(builder: tfds.core.DatasetBuilder,
         "labels")
 
 
-class UndecodableImageError(ValueError):
+class UndecodableImageError(SuperSubError, ValueError):
   """An image of a dataset that does not decode; the message names its file."""
 
 

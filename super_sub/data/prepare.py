@@ -57,9 +57,9 @@ def open_builder(name: str, data_dir: str | None = None, hierarchy: str | None =
   return tfds.builder(name, data_dir=data_dir)
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-            hierarchy: str | None = None, unmapped_labels: str = "error"
-            ) -> tfds.core.DatasetBuilder:
+def prepare_dataset(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+                    hierarchy: str | None = None, unmapped_labels: str = "error"
+                    ) -> tfds.core.DatasetBuilder:
   """Builds dataset `name` (e.g. "superclassed_synthetic/32px", "folder:/data/pets") if needed
   and returns its builder (`open_builder` says what the arguments are).
 
@@ -88,7 +88,7 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   return builder
 
 
-def summarize(builder: tfds.core.DatasetBuilder) -> list[SplitSummary]:
+def summarize_dataset(builder: tfds.core.DatasetBuilder) -> list[SplitSummary]:
   """Counts every split by label and superclass.
 
   Raises:

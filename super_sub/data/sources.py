@@ -15,12 +15,14 @@ import hashlib
 import json
 import os
 
+from super_sub.errors import SuperSubError
+
 FOLDER = "folder:"
 TFDS = "tfds:"
 FROM_FEATURE = "from_feature:"
 
 
-class DatasetError(ValueError):
+class DatasetError(SuperSubError, ValueError):
   """A dataset that cannot be read as asked; the message names the problem and the fix."""
 
 

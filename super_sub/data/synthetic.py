@@ -99,7 +99,7 @@ RENDERERS: dict[str, Renderer] = {
 
 def load_hierarchy() -> hierarchy_lib.Hierarchy:
   """The synthetic dataset's shipped hierarchy, checked against the renderers."""
-  h = hierarchy_lib.load(HIERARCHY_NAME)
+  h = hierarchy_lib.load_hierarchy(HIERARCHY_NAME)
   missing = sorted(set(h.subclass_names) - set(RENDERERS))
   if missing:
     raise hierarchy_lib.HierarchyError(

@@ -8,7 +8,7 @@ Needs only numpy: the edge runtime reads hierarchies too.
 """
 
 from super_sub.hierarchy.tree import (Hierarchy, HierarchyError, Subclass, Superclass, format_tree,
-                                      from_groups, load, shipped_hierarchies)
+                                      from_groups, load_hierarchy, shipped_hierarchies)
 
 __all__ = ["Hierarchy", "HierarchyError", "Subclass", "Superclass", "format_tree", "from_groups",
-           "load", "shipped_hierarchies"]
+           "load_hierarchy", "shipped_hierarchies"]

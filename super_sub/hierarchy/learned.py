@@ -27,10 +27,11 @@ from typing import Sequence
 import numpy as np
 
 from super_sub import runs
+from super_sub.errors import SuperSubError
 from super_sub.hierarchy import tree
 
 
-class LearnError(ValueError):
+class LearnError(SuperSubError, ValueError):
   """Confusions a hierarchy cannot be learned from, or impossible group counts or sizes."""
 
 
@@ -145,8 +146,8 @@ def within_share(confusion: np.ndarray, groups: np.ndarray) -> tuple[float, floa
   return within, chance, errors
 
 
-def learn(confusion: np.ndarray, k: int, class_names: Sequence[str], name: str,
-          min_size: int = 1, wnids: Sequence[str | None] | None = None) -> Learned:
+def learn_hierarchy(confusion: np.ndarray, k: int, class_names: Sequence[str], name: str,
+                    min_size: int = 1, wnids: Sequence[str | None] | None = None) -> Learned:
   """The hierarchy of `k` groups of the classes a network confuses (module docstring).
 
   Args:
@@ -207,17 +208,17 @@ def format_learned(result: Learned) -> str:
 def from_predictions(path: str, k: int, class_names: Sequence[str] | None = None,
                      name: str = "learned", min_size: int = 1,
                      wnids: Sequence[str | None] | None = None) -> Learned:
-  """`learn` from a predictions file in the report's input format (.csv or .npz,
+  """`learn_hierarchy` from a predictions file in the report's input format (.csv or .npz,
   super_sub.analysis.loading), e.g. an evaluated run's predictions/flat.npz.
 
   Args:
     path: the predictions file (subclass or source label space).
-    k, name, min_size, wnids: as for `learn`.
+    k, name, min_size, wnids: as for `learn_hierarchy`.
     class_names: name of each class id; default: the ids as names ("class_<id>").
 
   Raises:
     analysis.AnalysisError: a file that does not read (named, with the line).
-    LearnError: as for `learn`.
+    LearnError: as for `learn_hierarchy`.
   """
   from super_sub.analysis import loading  # pylint: disable=import-outside-toplevel
   preds = loading.read_predictions(path)
@@ -227,16 +228,16 @@ def from_predictions(path: str, k: int, class_names: Sequence[str] | None = None
       n = max(n, preds.probs.shape[1])
     class_names = [f"class_{i}" for i in range(n)]
   confusion = confusion_matrix(preds.labels, preds.predictions, len(class_names))
-  return learn(confusion, k, list(class_names), name, min_size, wnids)
+  return learn_hierarchy(confusion, k, list(class_names), name, min_size, wnids)
 
 
 def from_run(model_dir: str, k: int, name: str = "learned", min_size: int = 1) -> Learned:
-  """`learn` from an evaluated run: its flat network's held-out predictions
+  """`learn_hierarchy` from an evaluated run: its flat network's held-out predictions
   (model_dir/predictions/flat.npz, written by super-sub-eval), classes named by the run's
   hierarchy. Loads TensorFlow (the run's dataset names its classes).
 
   Raises:
-    LearnError: the run has no evaluated flat network; as for `learn`.
+    LearnError: the run has no evaluated flat network; as for `learn_hierarchy`.
     FileNotFoundError: model_dir is not a run.
   """
   from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from super_sub._internal import files
+from super_sub.errors import SuperSubError
 
 _TOP_KEYS = {"name", "superclasses", "num_source_labels"}
 _SUPER_KEYS = {"name", "wnid", "subclasses"}
@@ -27,7 +28,7 @@ _SUB_KEYS = {"name", "wnid", "source_label"}
 MAX_SOURCE_LABELS = 2**24
 
 
-class HierarchyError(ValueError):
+class HierarchyError(SuperSubError, ValueError):
   """A hierarchy description that does not validate; the message names the entry."""
 
 
@@ -252,7 +253,7 @@ def shipped_hierarchies() -> list[str]:
   return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load(name_or_path: str | os.PathLike) -> Hierarchy:
+def load_hierarchy(name_or_path: str | os.PathLike) -> Hierarchy:
   """Loads a shipped hierarchy by name (e.g. "superclassed_imagenet") or a JSON file by path.
 
   Anything that ends in ".json" or contains a path separator is a path; a bare word is

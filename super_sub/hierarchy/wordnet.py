@@ -1,6 +1,6 @@
 """WordNet 3.0 noun hypernyms, read offline from `data.noun`, and superclass derivation.
 
-`derive` turns a few WordNet synsets (e.g. bird, dog, fungus) into a `Hierarchy` over a
+`derive_hierarchy` turns a few WordNet synsets (e.g. bird, dog, fungus) into a `Hierarchy` over a
 class list such as ImageNet-1k's, by asking which classes have each synset among their
 hypernyms. Only the standard library and `super_sub.hierarchy` are needed, so no NLTK
 download and no TensorFlow: any directory holding WordNet's `data.noun` will do.
@@ -15,6 +15,7 @@ import os
 from typing import Iterable, Mapping, Sequence
 
 from super_sub import hierarchy as hierarchy_lib
+from super_sub.errors import SuperSubError
 
 # Pointer symbols followed upward (`man 5 wninput`): hypernym and instance hypernym.
 _HYPERNYM_POINTERS = ("@", "@i")
@@ -25,7 +26,7 @@ _DATA_NOUN_PLACES = ("data.noun", os.path.join("dict", "data.noun"))
 RULES = ("nearest", "first", "drop")
 
 
-class WordNetError(ValueError):
+class WordNetError(SuperSubError, ValueError):
   """A WordNet file, synset id or derivation request that cannot be used; names the culprit."""
 
 
@@ -125,7 +126,7 @@ class WordNet:
     return self._up[wnid]
 
 
-def read(wordnet_dir: str | os.PathLike) -> WordNet:
+def read_wordnet(wordnet_dir: str | os.PathLike) -> WordNet:
   """Reads the noun synsets of a local WordNet 3.0 database (format: `man 5 wndb`).
 
   Args:
@@ -230,7 +231,7 @@ def source_label_names(hierarchy: hierarchy_lib.Hierarchy,
 
 @dataclasses.dataclass(frozen=True)
 class Resolution:
-  """How `derive` settles a class that lies under two or more of the chosen superclasses.
+  """How `derive_hierarchy` settles a class that lies under two or more of the chosen superclasses.
 
   Attributes:
     rule: applied to every overlapping class without an override:
@@ -269,9 +270,9 @@ class Resolution:
     return cls(rule, overrides)
 
 
-def derive(superclasses: Sequence[str | tuple[str, str]], class_wnids: Sequence[str],
-           wordnet: WordNet, name: str,
-           resolve: Resolution | None = None) -> hierarchy_lib.Hierarchy:
+def derive_hierarchy(superclasses: Sequence[str | tuple[str, str]], class_wnids: Sequence[str],
+                     wordnet: WordNet, name: str,
+                     resolve: Resolution | None = None) -> hierarchy_lib.Hierarchy:
   """Groups the classes of a class list under WordNet superclasses.
 
   A class joins a superclass when the superclass is in its hypernym closure (the class
@@ -283,7 +284,7 @@ def derive(superclasses: Sequence[str | tuple[str, str]], class_wnids: Sequence[
     superclasses: in superclass order, each a wnid (named by its first lemma) or a
       (name, wnid) pair.
     class_wnids: the source dataset's classes; index k is source label k.
-    wordnet: from `read`.
+    wordnet: from `read_wordnet`.
     name: the hierarchy's name.
     resolve: how to settle classes under several superclasses; None refuses them.
   Returns:

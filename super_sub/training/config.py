@@ -14,6 +14,7 @@ from typing import Any
 from super_sub import runs
 from super_sub._internal import files
 from super_sub.data import sources
+from super_sub.errors import SuperSubError
 from super_sub.formats import encodings
 from super_sub.models import BACKBONES
 
@@ -30,7 +31,7 @@ UNMAPPED = ("error", "skip")
 IDENTITY_KEYS = ("dataset", "backbone", "image_size", "hierarchy", "qat")
 
 
-class ConfigError(ValueError):
+class ConfigError(SuperSubError, ValueError):
   """A run's config.json that does not describe a TrainConfig; the message names the file."""
 
 

@@ -16,17 +16,17 @@ Four things make a specialist's delta small (measured in BENCHMARKS.md):
     channels, at the price of their whole channel's int8 values.
 The head is free and stored whole.
 
-A sign specialist (`--specialist_form=sign`, `sign_delta`; BitDelta, Liu et al. 2024) changes every
-weight of a kernel channel by the same amount, up or down: W = W_base + k x step x sign, with k a
+A sign specialist (`--specialist_form=sign`, `projection.sign_delta`; BitDelta, Liu et al.
+2024) changes every weight of a kernel channel by the same amount, up or down: W = W_base + k x step x sign, with k a
 whole number of the channel's int8 steps. With the base's pinned quantizer ranges its int8 weights
 are the base's +-k, which the bundle stores in about one bit per weight (the signed encoding of
 `super_sub.formats.encodings`). Training keeps a free-moving latent delta that each step's
 update goes to and projects it onto that form for the next forward pass (a straight-through estimator).
 With a budget (`--delta_keep`), only the output channels that would move most, in int8 steps, may
-move (`sign_channel_masks`). Channels that do not move store no sign bits.
+move (`projection.sign_channel_masks`). Channels that do not move store no sign bits.
 
-A low-rank specialist (`--specialist_form=lowrank`, `low_rank_factors`; LoRA, Hu et al. 2021,
-applied to each kernel as a [C_out, kernel size] matrix) changes each kernel's int8 weights by
+A low-rank specialist (`--specialist_form=lowrank`, `projection.low_rank_factors`; LoRA, Hu et
+al. 2021, applied to each kernel as a [C_out, kernel size] matrix) changes each kernel's int8 weights by
 the product of two int8 factors of rank `--delta_rank` and a scale per output channel, the same
 integer product (`super_sub.formats.encodings.factored_product`) that the bundle's runtime
 computes, so the specialist's int8 weights are rebuilt exactly from r (C_out + kernel size) bytes.
@@ -50,6 +50,7 @@ import tensorflow as tf
 from super_sub._internal.compat import keras
 from super_sub.formats import encodings
 from super_sub.training import config as config_lib
+from super_sub.training import projection
 
 FACTORS_FILE = "factors.npz"  # a low-rank specialist's factors, in its stage folder
 
@@ -144,119 +145,6 @@ def budget_masks(variables: list[tf.Variable], base: list[np.ndarray],
   return {i: s > threshold for i, s in sizes.items()}
 
 
-def _steps_moved(latent: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(mean |latent| / step per channel, step), both shaped to broadcast against `latent`: how
-  many int8 steps each channel's latent delta would move it (`sign_delta`'s k before rounding).
-
-  `step`: the int8 step of each channel (a scalar for per-tensor quantization, one channel); the
-  channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
-  channels come before its multiplier; `_per_channel`).
-  """
-  step, others = _per_channel(latent, step)
-  return np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12), step
-
-
-def _per_channel(kernel: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-  """(`step` shaped to broadcast against `kernel`, the axes that are not the channel axis): the
-  channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
-  channels come before its multiplier); a scalar step is one channel of every axis."""
-  step = np.asarray(step, np.float32)
-  if step.ndim == 0:
-    return step, tuple(range(kernel.ndim))
-  axis = max(a for a in range(kernel.ndim) if kernel.shape[a] == step.shape[0])
-  shape = [1] * kernel.ndim
-  shape[axis] = step.shape[0]
-  return step.reshape(shape), tuple(a for a in range(kernel.ndim) if a != axis)
-
-
-def range_setters(base: np.ndarray, step: np.ndarray) -> np.ndarray:
-  """Where each channel of a quantized kernel holds its largest |int8| value (bool, `base`'s
-  shape; `step`: the channel's int8 step, as in `_steps_moved`).
-
-  The TFLite converter folds BatchNorm into the convolution before it and quantizes the folded
-  kernel per output channel from that kernel's own largest |value|: the weight quantizer's range
-  does not survive the fold. A channel whose largest weight moved inward is rescaled, and most
-  of its int8 weights change by rounding; a sign specialist (+-k per weight in QAT) then stored
-  30-60% of such a channel's bytes again as exceptions. Moves outward are clipped by the pinned
-  range. So specialists with pinned ranges keep these weights at the base's value.
-  """
-  step, others = _per_channel(base, step)
-  levels = np.minimum(np.abs(np.round(base / np.maximum(step, 1e-12))), 127)
-  return levels == levels.max(axis=others, keepdims=True)
-
-
-def sign_channel_masks(latents: dict[int, np.ndarray], steps: dict[int, np.ndarray],
-                       keep: float) -> dict[int, np.ndarray]:
-  """Per kernel (by index), which output channels a sign specialist may move under a budget.
-
-  Every channel of every kernel is ranked by how far its latent delta would move it, in its
-  own int8 steps (`_steps_moved`). Channels are taken in that order (ties: kernel index, then
-  channel) as long as their weights fit in `keep` of all kernel weights: a moved channel costs
-  a sign bit per weight. A kernel quantized per tensor counts as one channel.
-
-  Returns: kernel index -> bool [C] (a scalar array for a per-tensor kernel).
-  """
-  scores, sizes, owners = [], [], []
-  for i in sorted(latents):
-    score = np.ravel(_steps_moved(latents[i], steps[i])[0])
-    scores.append(score)
-    sizes.append(np.full(score.shape, latents[i].size // score.size))
-    owners.append(np.full(score.shape, i))
-  if not scores:
-    return {}
-  score, size, owner = (np.concatenate(a) for a in (scores, sizes, owners))
-  order = np.argsort(-score, kind="stable")
-  taken = np.zeros(len(score), bool)
-  taken[order[np.cumsum(size[order]) <= keep * size.sum()]] = True
-  masks = {}
-  for i in sorted(latents):
-    mask = taken[owner == i]
-    masks[i] = mask if np.ndim(steps[i]) else mask.reshape(())
-  return masks
-
-
-def sign_delta(latent: np.ndarray, step: np.ndarray,
-               channels: np.ndarray | None = None) -> np.ndarray:
-  """The sign form closest to `latent`: per channel, k x step x sign(latent) (0 counts as +),
-  with k = round(mean |latent| / step) (BitDelta's L2-optimal scale, in whole int8 steps).
-
-  `step`: the int8 step of each channel, or a scalar (`_steps_moved`).
-  `channels`: which channels may move (`sign_channel_masks`); the others get k = 0.
-  """
-  moved, step = _steps_moved(latent, step)
-  k = np.round(moved)
-  if channels is not None:
-    k = k * np.reshape(channels, np.shape(k))
-  return (k * step * np.where(latent >= 0, 1.0, -1.0)).astype(latent.dtype)
-
-
-def as_rows(kernel: np.ndarray) -> np.ndarray:
-  """A Keras kernel ([..., C_out]) as TFLite lays it out, [C_out, ...], flattened to C_out rows
-  (conv [H, W, C_in, C_out] -> [C_out, H W C_in]; dense [in, out] -> [out, in])."""
-  return np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
-
-
-def from_rows(rows: np.ndarray, shape) -> np.ndarray:
-  """`as_rows` undone: [C_out, ...] rows back to the Keras kernel shape."""
-  return np.moveaxis(rows.reshape(shape[-1], *shape[:-1]), 0, -1)
-
-
-def low_rank_factors(rows: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """int8 factors and row scales (`factored_product`'s arguments) of the best rank-`rank`
-  approximation of `rows` ([m, n], in int8 steps): a truncated SVD U S V^T, left = U S and
-  right = V^T quantized to int8, left per row and right as a whole. The rank is capped at
-  min(m, n)."""
-  u, s, vt = np.linalg.svd(rows.astype(np.float64), full_matrices=False)
-  r = min(rank, s.size)
-  left, right = u[:, :r] * s[:r], vt[:r]
-  right_max = float(np.abs(right).max()) or 1.0
-  left_max = np.abs(left).max(axis=1)
-  left_max[left_max == 0] = 1.0
-  return (np.round(left * 127 / left_max[:, None]).astype(np.int8),
-          np.round(right * 127 / right_max).astype(np.int8),
-          (left_max / 127 * right_max / 127).astype(np.float32))
-
-
 # tfmot's weight quantizer range variables (QuantizeWrapperV2 over Conv2D, DepthwiseConv2D).
 _RANGE_NAMES = ("kernel_min", "kernel_max", "depthwise_kernel_min", "depthwise_kernel_max")
 
@@ -273,21 +161,6 @@ def range_owners(model: keras.Model) -> dict[int, int]:
       owners.update({start + j: kernel for j, n in enumerate(names) if n in _RANGE_NAMES})
     start += len(names)
   return owners
-
-
-def grow_range(base: np.ndarray, kernel: np.ndarray, is_min: bool) -> np.ndarray:
-  """A weight quantizer bound widened where `kernel` outgrew it, per quantization axis.
-
-  tfmot quantizes per output channel symmetrically (narrow range: int8 = round(W * 127 / r),
-  r = max(|min|, |max|)); where a channel's largest |W| exceeds the base's r, the base range
-  would clip it, so the bound moves to +-max|W| there (that channel's int8 scale, and so all its
-  int8 weights, change). Elsewhere the base's bound stays, so unchanged channels keep their int8
-  values. The channel axis is the kernel axis as long as the range (`_per_channel`).
-  """
-  base = np.asarray(base)
-  extent = np.abs(kernel).max(axis=_per_channel(kernel, base)[1])
-  grown = np.minimum(base, -extent) if is_min else np.maximum(base, extent)
-  return grown.astype(base.dtype)
 
 
 def after_every_step(model: keras.Model, function: Callable[[], None]) -> None:
@@ -321,14 +194,14 @@ class DeltaToBase(keras.callbacks.Callback):
   run gets the same mask) are reset to the base as well.
   BatchNorm parameters and statistics: pinned to the base when `pin_batchnorm`. Weight
   quantizer ranges: the base's (so an unchanged weight keeps its int8 value), with the
-  weights that set each channel's range held at the base's too (`range_setters`: otherwise
-  TFLite requantizes the channel), or with `ranges="grow"` widened per output channel where the
-  changed kernel outgrew them (`grow_range`).
+  weights that set each channel's range held at the base's too (`projection.range_setters`:
+  otherwise TFLite requantizes the channel), or with `ranges="grow"` widened per output channel where the
+  changed kernel outgrew them (`projection.grow_range`).
   The input range, step counters and every variable of a frozen layer (`--freeze_stages`):
   always pinned. With `form` "sign" or "lowrank", each quantized kernel instead holds the
-  projection of a latent delta (`sign_delta`, `low_rank_factors`) after every step; a sign
-  budget picks the channels that may move (`sign_channel_masks` at the `keep_schedule`
-  fraction) again at every step, from all latent deltas.
+  projection of a latent delta (`projection.sign_delta`, `projection.low_rank_factors`)
+  after every step; a sign budget picks the channels that may move
+  (`projection.sign_channel_masks` at the `keep_schedule` fraction) again at every step, from all latent deltas.
   Activation quantizer ranges follow the specialist's activations. tfmot's QuantizeWrapperV2 lists its
   layer's weights as trainable even when the layer is frozen
   (tensorflow/model-optimization#1067), so pinning,
@@ -341,7 +214,7 @@ class DeltaToBase(keras.callbacks.Callback):
   `compile(steps_per_execution=N)`, where callbacks only see every N-th step. Unattached, the
   callback projects after each batch Keras reports (and refuses steps_per_execution > 1).
   `project_reference` is the same projection in numpy on the host, the specification that the
-  tests hold `project` to.
+  tests hold `project` to. Both live in `super_sub.training.projection`.
   """
 
   def __init__(self, base: list[np.ndarray], l1: float, pin_batchnorm: bool = True,
@@ -351,7 +224,7 @@ class DeltaToBase(keras.callbacks.Callback):
     `keep`: the budget (fraction of kernel weights that may differ), None for no budget;
     `epochs`: the length of the training, which `keep_schedule` spreads the pruning over;
     `ranges`: weight quantizer ranges "pinned" to the base's or allowed to "grow";
-    `form`: "sign" keeps each quantized kernel `sign_delta` of a latent delta (a `keep`
+    `form`: "sign" keeps each quantized kernel `projection.sign_delta` of a latent delta (a `keep`
     budget counts whole channels), "lowrank" its rank-`rank` `low_rank_factors` (both: pinned
     ranges and no L1; low rank: no budget), "delta" (or "affine", whose kernels are frozen)
     as above."""
@@ -378,8 +251,8 @@ class DeltaToBase(keras.callbacks.Callback):
     self.epochs = epochs
     self.masks: dict[int, np.ndarray] | None = None
     self._keep_now: float | None = None
-    self._graph: _GraphState | None = None  # `project`'s variables and function, per model
-    self._reference: _Plan | None = None  # `project_reference`'s state, per model
+    self._graph: projection.Compiled | None = None  # `project`'s variables and function, per model
+    self._reference: projection.Plan | None = None  # `project_reference`'s state, per model
     self._target: keras.Model | None = None  # the model `attach` projects
     self._last: str | None = None  # which of the two projected last ("graph", "reference")
 
@@ -442,13 +315,14 @@ class DeltaToBase(keras.callbacks.Callback):
     return variables
 
   # --- what both implementations share -------------------------------------------------------
-  def _plan(self, model: keras.Model) -> "_Plan":
-    """What each backbone variable of `model` gets (`_Plan`), computed once per model."""
+  def _plan(self, model: keras.Model) -> projection.Plan:
+    """What each backbone variable of `model` gets (`projection.Plan`), computed once per
+    model."""
     variables = self._variables(model)
     frozen = frozen_variables(model)
     owners = range_owners(model)
     steps = self._int8_steps(owners)
-    held = ({i: range_setters(self.base[i], step) for i, step in steps.items()}
+    held = ({i: projection.range_setters(self.base[i], step) for i, step in steps.items()}
             if self.ranges == "pinned" else {})
     if self.form == "lowrank":
       self._check_rank(variables, steps)
@@ -473,7 +347,8 @@ class DeltaToBase(keras.callbacks.Callback):
           actions[i] = "base"
       elif not var.trainable and not short.startswith(_ACTIVATION_RANGES):
         actions[i] = "base"  # the input range and step counters
-    return _Plan(model, variables, owners, steps, held, actions)
+    is_min = {i: short_name(variables[i]).endswith("_min") for i in owners}
+    return projection.Plan(model, variables, frozen, owners, steps, held, actions, is_min)
 
   # --- the compiled projection ---------------------------------------------------------------
   def project(self, model: keras.Model, threshold: float) -> None:
@@ -495,58 +370,24 @@ class DeltaToBase(keras.callbacks.Callback):
     """How many times `project` has run (in train steps or not) since its model was set."""
     return int(self._graph.calls.numpy()) if self._graph is not None else 0
 
-  def _graph_state(self, model: keras.Model) -> "_GraphState":
+  def _graph_state(self, model: keras.Model) -> projection.Compiled:
     """`project`'s variables and compiled function for `model`, made at its first use."""
     if self._graph is not None and self._graph.plan.model is model:
       return self._graph
     plan = self._plan(model)
     with tf.init_scope():  # eager variables, even when first called from a traced function
-      state = _GraphState(plan, self)
+      state = projection.Compiled(plan, self)
     self._graph = state
     return state
 
   # --- the reference: numpy on the host ------------------------------------------------------
   def project_reference(self, model: keras.Model, threshold: float) -> None:
-    """`project` in numpy, kernel by kernel on the host: the specification its tests compare
-    the compiled projection with (the same state kept apart, so one callback can run both)."""
+    """`project` in numpy, kernel by kernel on the host (`projection.reference`): the
+    specification its tests compare the compiled projection with (the same state kept apart,
+    so one callback can run both)."""
     if self._reference is None or self._reference.model is not model:  # once, not every step
       self._reference = self._plan(model)
-    plan = self._reference
-    variables, owners, steps, frozen = plan.variables, plan.owners, plan.steps, plan.frozen
-    channels = None
-    if self.form == "sign":
-      latents = {i: self._update_latent(i, variables[i].numpy() - self.base[i])
-                 for i, action in plan.actions.items() if action == "sign"}
-      if self.keep_now is not None and self.keep_now < 1.0:
-        channels = sign_channel_masks(latents, steps, self.keep_now)
-    for i, (var, base) in enumerate(zip(variables, self.base)):
-      action = plan.actions.get(i)
-      if action == "base":
-        var.assign(base)
-      elif action == "sign":
-        var.assign(base + self._projected_sign(
-            i, steps[i], channels[i] if channels is not None else None))
-      elif action == "lowrank":
-        var.assign(base + self._projected_step(i, var.numpy() - base, steps[i]))
-      elif action == "delta":
-        mask = self.masks.get(i) if self.masks is not None else None
-        held = plan.held.get(i)
-        if threshold > 0 or mask is not None:
-          delta = var.numpy() - base
-          if threshold > 0:
-            delta = np.sign(delta) * np.maximum(np.abs(delta) - threshold, 0.0)
-          if mask is not None:
-            delta = np.where(mask, delta, 0.0)
-          if held is not None:
-            delta = np.where(held, 0.0, delta)
-          var.assign(base + delta.astype(base.dtype))
-        elif held is not None:  # only the held weights (a few a channel): no full copy a step
-          var.scatter_nd_update(np.argwhere(held), base[held])
-    for i, kernel in owners.items():
-      if not frozen[i]:
-        variables[i].assign(self.base[i] if self.ranges == "pinned" else
-                            grow_range(self.base[i], variables[kernel].numpy(),
-                                       is_min=short_name(variables[i]).endswith("_min")))
+    projection.reference(self, self._reference, threshold)
     self._last = "reference"
 
   @property
@@ -566,44 +407,10 @@ class DeltaToBase(keras.callbacks.Callback):
       extent[kernel] = np.maximum(extent.get(kernel, 0.0), np.abs(self.base[r]))
     return {kernel: e / 127.0 for kernel, e in extent.items()}
 
-  def _update_latent(self, i: int, delta: np.ndarray) -> np.ndarray:
-    """The straight-through update of kernel i's latent delta: it takes the optimizer's change
-    since the last projection (a resumed or first call starts it from the weights)."""
-    state = self._reference.latent
-    latent, applied = state.get(i, (delta, delta))
-    latent = latent + (delta - applied)
-    state[i] = (latent, applied)
-    return latent
-
-  def _projected_sign(self, i: int, step: np.ndarray, channels: np.ndarray | None) -> np.ndarray:
-    """Kernel i's latent delta (updated by `_update_latent`) projected by `sign_delta`; that
-    projection is what the model holds until the next step."""
-    latent, _ = self._reference.latent[i]
-    projected = self._hold(i, sign_delta(latent, step, channels))
-    self._reference.latent[i] = (latent, projected)
-    return projected
-
-  def _projected_step(self, i: int, delta: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Kernel i's latent delta, updated, projected onto the low-rank product in whole int8
-    steps: what the model then holds."""
-    latent = self._update_latent(i, delta)
-    step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else step
-    factors = low_rank_factors(as_rows(latent) / np.maximum(step_rows, 1e-12), self.rank)
-    self._reference.factors[i] = factors
-    projected = self._hold(i, (from_rows(encodings.factored_product(*factors).astype(np.float32)
-                                         * step_rows, latent.shape)).astype(latent.dtype))
-    self._reference.latent[i] = (latent, projected)
-    return projected
-
-  def _hold(self, i: int, delta: np.ndarray) -> np.ndarray:
-    """Kernel i's delta, zero where `range_setters` holds it at the base (pinned ranges)."""
-    held = self._reference.held.get(i)
-    return delta if held is None else np.where(held, 0.0, delta).astype(delta.dtype)
-
   def _check_rank(self, variables, steps) -> None:
     """Refuses a rank that no factored kernel allows (rank <= min(C_out, kernel size) for
     some); layers that allow less get their full rank."""
-    sides = [min(as_rows(variables[i].numpy()).shape) for i in steps
+    sides = [min(projection.as_rows(variables[i].numpy()).shape) for i in steps
              if short_name(variables[i]) != "depthwise_kernel"]
     if sides and self.rank > max(sides):
       raise ValueError(f"delta_rank={self.rank} is larger than any kernel allows: the largest "
@@ -632,182 +439,6 @@ def project_once(model: keras.Model, base: list[np.ndarray], form: str = "sign",
     pin_batchnorm: also put BatchNorm parameters and statistics back to the base's.
   """
   DeltaToBase(base, 0.0, pin_batchnorm=pin_batchnorm, form=form).project(model, threshold=0.0)
-
-
-class _Plan:
-  """What `DeltaToBase` does to each backbone variable of one model, and the numpy reference's
-  state. `actions[i]`: "base" (pinned), "delta" (soft threshold, budget mask, held weights),
-  "sign" or "lowrank" (projected latent), "range" (a weight quantizer range, last); absent:
-  left alone (activation ranges, free BatchNorm)."""
-
-  def __init__(self, model, variables, owners, steps, held, actions):
-    self.model, self.variables, self.owners, self.steps = model, variables, owners, steps
-    self.held, self.actions = held, actions
-    self.frozen = frozen_variables(model)
-    # The reference's sign and low-rank state, per kernel index: (latent, last projection),
-    # and the low-rank factors of the last projection.
-    self.latent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    self.factors: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
-class _GraphState:
-  """`DeltaToBase.project`'s variables for one model and its compiled function.
-
-  Per variable index: the base (every variable an action touches), latent and last projection
-  (sign and low-rank kernels), the budget's mask (delta kernels with a budget), the low-rank
-  factors (as float32 holding whole numbers: int8 variables lack kernels on some devices), and
-  the held weights (`range_setters`) as 0/1 floats. Latents and projections start at zero, so
-  the first call takes the latent from the weights (as a resumed training must). Scalars:
-  whether a budget mask applies, and the sign budget of this epoch.
-  """
-
-  def __init__(self, plan: _Plan, owner: DeltaToBase):
-    self.plan, self.form, self.rank = plan, owner.form, owner.rank
-    self.ranges, self.sign_budget = owner.ranges, owner.form == "sign" and owner.keep is not None
-    base, actions = owner.base, plan.actions
-    variable = lambda value, name: tf.Variable(value, trainable=False, name=name)  # noqa: E731
-    self.base = {i: variable(base[i], f"delta_base_{i}") for i in actions}
-    self.latent = {i: (variable(np.zeros_like(base[i]), f"delta_latent_{i}"),
-                       variable(np.zeros_like(base[i]), f"delta_applied_{i}"))
-                   for i, a in actions.items() if a in ("sign", "lowrank")}
-    self.held = {i: variable(h.astype(np.float32), f"delta_held_{i}")
-                 for i, h in plan.held.items() if actions.get(i) in ("delta", "sign", "lowrank")}
-    budget = owner.keep is not None and owner.form != "sign"
-    self.masks = {i: variable(np.ones(base[i].shape, np.float32), f"delta_mask_{i}")
-                  for i, a in actions.items() if a == "delta" and budget}
-    self.masks_from: dict | None = None  # the `DeltaToBase.masks` the variables hold
-    self.masked = variable(False, "delta_masked")
-    self.calls = variable(np.int64(0), "delta_projections")  # how many projections ran
-    self.keep_now = variable(np.float64(1.0 if owner.keep_now is None else owner.keep_now),
-                             "delta_keep_now")
-    # Static shapes: each quantized kernel's step, broadcast against it, and its other axes.
-    self.steps = {i: _per_channel(base[i], plan.steps[i]) for i in self.latent}
-    self.factors = {}
-    for i, a in actions.items():
-      if a == "lowrank":
-        m = base[i].shape[-1]
-        n = base[i].size // m
-        r = min(self.rank, m, n)
-        self.factors[i] = (variable(np.zeros((m, r), np.float32), f"delta_left_{i}"),
-                           variable(np.zeros((r, n), np.float32), f"delta_right_{i}"),
-                           variable(np.zeros(m, np.float32), f"delta_scales_{i}"))
-    self.function = tf.function(self._project)
-
-  def _project(self, threshold: tf.Tensor) -> None:
-    """The projection of `DeltaToBase.project_reference`, on the variables, in one graph."""
-    plan, variables = self.plan, self.plan.variables
-    latents = {}
-    for i, (latent, applied) in self.latent.items():
-      delta = variables[i].read_value() - self.base[i]
-      latents[i] = latent + (delta - applied)
-      latent.assign(latents[i])
-    moved = {i: _steps_moved_tf(latents[i], *self.steps[i]) for i in latents}
-    channels = self._sign_channels(moved) if self.sign_budget else {}
-    for i in sorted(plan.actions):
-      action, var = plan.actions[i], variables[i]
-      base = self.base.get(i)
-      if action == "base":
-        var.assign(base)
-      elif action in ("sign", "lowrank"):
-        if action == "sign":
-          k = tf.round(moved[i])
-          if i in channels:
-            k = k * channels[i]
-          projected = k * self.steps[i][0] * tf.where(latents[i] >= 0, 1.0, -1.0)
-        else:
-          projected = self._low_rank(i, latents[i], plan.steps[i])
-        projected = self._hold(i, projected)
-        self.latent[i][1].assign(projected)
-        var.assign(base + projected)
-      elif action == "delta":
-        value = var.read_value()
-        delta = value - base
-        cut = tf.sign(delta) * tf.maximum(tf.abs(delta) - threshold, 0.0)
-        delta = tf.where(threshold > 0, cut, delta)
-        full = threshold > 0
-        if i in self.masks:
-          delta = tf.where(tf.logical_and(self.masked, self.masks[i] == 0), 0.0, delta)
-          full = tf.logical_or(full, self.masked)
-        delta = self._hold(i, delta)
-        kept = value if i not in self.held else tf.where(self.held[i] > 0, base, value)
-        var.assign(tf.where(full, base + delta, kept))
-    self.calls.assign_add(1)
-    for i, kernel in plan.owners.items():
-      if plan.actions.get(i) != "range":
-        continue
-      if self.ranges == "pinned":
-        variables[i].assign(self.base[i])
-      else:
-        variables[i].assign(_grow_range_tf(self.base[i], variables[kernel].read_value(),
-                                           short_name(variables[i]).endswith("_min")))
-
-  def _hold(self, i, delta):
-    return delta if i not in self.held else tf.where(self.held[i] > 0, 0.0, delta)
-
-  def _sign_channels(self, moved: dict) -> dict:
-    """`sign_channel_masks` in TensorFlow: per kernel, 1.0 where a channel may move."""
-    order_keys = sorted(moved)
-    score = tf.concat([tf.reshape(moved[i], [-1]) for i in order_keys], axis=0)
-    counts = [int(np.prod(moved[i].shape)) for i in order_keys]
-    size = np.concatenate([np.full(c, self.base[i].shape.num_elements() // c, np.int64)
-                           for i, c in zip(order_keys, counts)])
-    order = tf.argsort(-score, stable=True)
-    taken = (tf.cast(tf.cumsum(tf.gather(size, order)), tf.float64)
-             <= self.keep_now * float(size.sum()))
-    taken = tf.gather(taken, tf.math.invert_permutation(order)) | (self.keep_now >= 1.0)
-    parts = tf.split(tf.cast(taken, tf.float32), counts)
-    return {i: tf.reshape(p, moved[i].shape) for i, p in zip(order_keys, parts)}
-
-  def _low_rank(self, i, latent, step):
-    """Kernel i's latent delta as the integer product of its rank-r int8 factors, in steps."""
-    shape = latent.shape
-    step_rows = np.reshape(step, (-1, 1)) if np.ndim(step) else np.float32(step)
-    rows = _as_rows_tf(latent) / tf.maximum(step_rows, 1e-12)
-    s, u, v = tf.linalg.svd(tf.cast(rows, tf.float64), full_matrices=False)
-    left_var, right_var, scales_var = self.factors[i]
-    r = left_var.shape[1]
-    left, right = u[:, :r] * s[:r], tf.transpose(v[:, :r])
-    right_max = tf.reduce_max(tf.abs(right))
-    right_max = tf.where(right_max == 0, tf.constant(1.0, tf.float64), right_max)
-    left_max = tf.reduce_max(tf.abs(left), axis=1)
-    left_max = tf.where(left_max == 0, tf.constant(1.0, tf.float64), left_max)
-    left = tf.round(left * 127 / left_max[:, None])
-    right = tf.round(right * 127 / right_max)
-    scales = tf.cast(left_max / 127 * right_max / 127, tf.float32)
-    left_var.assign(tf.cast(left, tf.float32))
-    right_var.assign(tf.cast(right, tf.float32))
-    scales_var.assign(scales)
-    # `encodings.factored_product`: the sums are whole numbers below 2**24, exact in float64
-    # and float32, then one correctly rounded float32 product per weight.
-    product = tf.round(tf.cast(tf.matmul(left, right), tf.float32) * scales[:, None])
-    return _from_rows_tf(product * step_rows, shape)
-
-
-def _steps_moved_tf(latent, step, others):
-  """`_steps_moved`'s first part in TensorFlow: mean |latent| / step per channel (keepdims)."""
-  return (tf.reduce_mean(tf.abs(latent), axis=others, keepdims=True)
-          / tf.maximum(tf.constant(step), 1e-12))
-
-
-def _as_rows_tf(kernel):
-  """`as_rows` in TensorFlow."""
-  rank = kernel.shape.rank
-  moved = tf.transpose(kernel, [rank - 1] + list(range(rank - 1)))
-  return tf.reshape(moved, [kernel.shape[-1], -1])
-
-
-def _from_rows_tf(rows, shape):
-  """`from_rows` in TensorFlow."""
-  rank = len(shape)
-  rows = tf.reshape(rows, [shape[-1], *shape[:-1]])
-  return tf.transpose(rows, list(range(1, rank)) + [0])
-
-
-def _grow_range_tf(base, kernel, is_min: bool):
-  """`grow_range` in TensorFlow."""
-  others = _per_channel(np.empty(kernel.shape, np.float32), np.empty(base.shape, np.float32))[1]
-  extent = tf.reduce_max(tf.abs(kernel), axis=others)
-  return tf.minimum(base, -extent) if is_min else tf.maximum(base, extent)
 
 
 def load_factors(path: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -19,9 +19,10 @@ import math
 import tensorflow as tf
 
 from super_sub._internal.compat import keras
+from super_sub.errors import SuperSubError
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(SuperSubError, RuntimeError):
   """Training produced a NaN or infinite loss or weight.
 
   Attributes:
@@ -29,6 +30,7 @@ class NonFiniteError(RuntimeError):
     epoch: the epoch, 1-based as Keras prints it.
     step: the training step within the epoch, 1-based; None for the epoch-end weight check.
   """
+  exit_status = 1
 
   def __init__(self, stage: str, epoch: int, step: int | None, message: str):
     self.stage, self.epoch, self.step = stage, epoch, step

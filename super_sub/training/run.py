@@ -15,6 +15,7 @@ from super_sub import hierarchy as hierarchy_lib
 from super_sub import runs
 from super_sub._internal import files
 from super_sub._internal.compat import keras
+from super_sub.errors import SuperSubError
 from super_sub.models import backbones
 from super_sub.models import classifiers
 from super_sub.models import router_head
@@ -31,7 +32,7 @@ FLAT, ROUTER_HEAD, GENERALIST, GENERALIST_QAT = (runs.FLAT, runs.ROUTER_HEAD, ru
 specialist = runs.specialist
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(SuperSubError, ValueError):
   """A model_dir that holds another run (dataset, backbone, image size, hierarchy or QAT)."""
 
 
