@@ -176,7 +176,7 @@ def make_models(backbone: str, h, frozen_stages: int, keep: float, form: str = "
   as `finetune` simulates (`form` "sign" or "sign_nobn": `sign_models`); the same for the same
   arguments."""
   # pylint: disable=import-outside-toplevel
-  from super_sub._internal.compat import keras
+  from super_sub import keras
   from super_sub.models import classifiers
   # pylint: enable=import-outside-toplevel
   keras.utils.set_random_seed(1)
@@ -266,7 +266,7 @@ def build(work: str, backbone: str, log=print) -> dict:
   """Builds the flat int8 network and every setting's export under `work` (skips what exists)."""
   # pylint: disable=import-outside-toplevel
   from super_sub import hierarchy as hierarchy_lib
-  from super_sub._internal.compat import keras
+  from super_sub import keras
   from super_sub.bundles import export as export_lib
   from super_sub.bundles import tflite
   from super_sub.models import classifiers

@@ -28,7 +28,7 @@ from super_sub import configs
 from super_sub import evaluation
 from super_sub import runs
 from super_sub import runtime
-from super_sub._internal.compat import keras
+from super_sub import keras
 from super_sub.analysis.tables import markdown_table
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite

@@ -49,6 +49,8 @@ _SUPERCLASSES = flags.DEFINE_list("superclasses", [], "Superclass indices whose 
                                   "train; default: the three smallest with a specialist.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of every stage.")
 _DETERMINISTIC = flags.DEFINE_boolean("deterministic", True, "Bit-reproducible stages.")
+_MIXED = flags.DEFINE_boolean("mixed_precision", False, "Every stage in mixed precision.")
+_JIT = flags.DEFINE_boolean("jit_compile", False, "Every stage's step XLA-compiled.")
 _OUT = flags.DEFINE_string("out", "bench/results/qat_stability", "Results path, no suffix.")
 
 TRUNKS = {"frozen": 3, "trainable": 0}
@@ -67,7 +69,8 @@ def config(model_dir: str, trunk: str, seed: int, **overrides) -> config_lib.Tra
       model_dir=model_dir, dataset="superclassed_imagenet",
       manual_dir=os.path.join(root, "ILSVRC2012"), data_dir=os.path.join(root, "tfds"),
       backbone="mobilenet_v2", image_size=224, epochs=1, batch_size=_BATCH.value, qat=True,
-      freeze_stages=TRUNKS[trunk], seed=seed, deterministic=_DETERMINISTIC.value, **overrides)
+      freeze_stages=TRUNKS[trunk], seed=seed, deterministic=_DETERMINISTIC.value,
+      mixed_precision=_MIXED.value, jit_compile=_JIT.value, **overrides)
 
 
 def smallest_superclasses(builder, count: int = 3) -> list[int]:
@@ -101,7 +104,8 @@ def markdown(result: dict) -> str:
   lines = ["# QAT sign specialists at 224 px: divergences over seeded runs", "",
            f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
            f"MobileNetV2 from random weights, 1 epoch per stage, batch {result['batch_size']}, "
-           f"deterministic {result['deterministic']}; specialists of superclasses "
+           f"deterministic {result['deterministic']}, mixed precision "
+           f"{result['mixed_precision']}, XLA {result['jit_compile']}; specialists of superclasses "
            f"{result['superclasses']} (images: {result['superclass_images']}).", ""]
   rows = []
   for trunk, r in result["trunks"].items():
@@ -131,6 +135,7 @@ def main(argv):
   result = {"command": "python bench/qat_stability.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
             "batch_size": _BATCH.value, "deterministic": _DETERMINISTIC.value,
+            "mixed_precision": _MIXED.value, "jit_compile": _JIT.value,
             "superclasses": superclasses,
             "superclass_images": [int(images[k]) for k in superclasses], "trunks": {}}
   for trunk in _TRUNKS.value:

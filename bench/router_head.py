@@ -36,7 +36,7 @@ import numpy as np
 
 from _common import median_ms
 from _common import write_results
-from super_sub._internal.compat import keras
+from super_sub import keras
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 from super_sub.analysis.tables import markdown_table

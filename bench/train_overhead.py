@@ -7,10 +7,11 @@ batch and tf.data pipeline with none of those.
 
 Settings: flat, generalist, a dense specialist, a sign specialist (QAT) and a QAT delta
 specialist (pinned ranges), small_resnet at 28 px on superclassed_synthetic/32px (resized;
-superclass 4's specialist). Each throughput is the median over the epochs after the first
+superclass 4's specialist; --superclass picks another). Each throughput is the median over the epochs after the first
 (tracing, cache filling) of the training part of an epoch (validation excluded), both sides
 timed by the same callback. Ratios compare runs within one invocation only: the CPU may be
-shared. MobileNetV2 at 224 px is left for a GPU session.
+shared. MobileNetV2 at 224 px (superclassed_imagenet on an ImageNet-shaped tree, with
+--mixed_precision --jit_compile) is a GPU's job: bench/gpu.sh runs it.
 """
 
 import os
@@ -36,11 +37,14 @@ flags.DEFINE_string("dataset", "superclassed_synthetic/32px", "TFDS dataset; its
                     "must have a specialist.")
 flags.DEFINE_string("manual_dir", None, "Manually downloaded source files (ImageNet).")
 flags.DEFINE_string("note", "", "What else shared the machine (written into the result).")
+flags.DEFINE_integer("superclass", 4, "The superclass whose specialists are measured.")
+flags.DEFINE_boolean("mixed_precision", False, "Train every stage in mixed precision.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile every stage's step.")
 FLAGS = flags.FLAGS
 
 
 def _timer():
-  from super_sub._internal.compat import keras  # pylint: disable=import-outside-toplevel
+  from super_sub import keras  # pylint: disable=import-outside-toplevel
 
   class EpochTimer(keras.callbacks.Callback):
     """Seconds of the training part of each epoch (first batch start to last batch end), per
@@ -61,36 +65,48 @@ def _timer():
   return EpochTimer()
 
 
+def _accelerator() -> str:
+  """The GPUs TensorFlow sees, by name, or "no GPU"."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  gpus = tf.config.list_physical_devices("GPU")
+  names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+  return ", ".join(names) if names else "no GPU"
+
+
 def _bare_keras(run, stage, images: int) -> float:
   """Images per second of a plain `fit` of `stage`'s model on its pipeline and optimizer."""
-  from super_sub._internal.compat import keras  # pylint: disable=import-outside-toplevel
+  from super_sub import keras  # pylint: disable=import-outside-toplevel
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
   from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
   from super_sub.training import deltas  # pylint: disable=import-outside-toplevel
   from super_sub.training import fit  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   config = run.config
-  model = run.build_model(stage)
-  if stage.role == "specialist":
-    classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-    if config.freeze_bn:
-      deltas.freeze_batchnorm(model)
-  spec = pipeline.InputSpec(role=stage.role, batch_size=config.batch_size,
-                            image_size=config.image_size, superclass=stage.superclass,
-                            augment=config.augment, framing=config.framing, seed=config.seed,
-                            cache_budget=int(config.cache_budget_gb * 2**30))
-  train_ds = pipeline.make_dataset(run.builder, "train", spec, training=True)
-  epochs, lr = fit.schedule(config, stage, config.batch_size)
-  steps = int(train_ds.cardinality())
-  warmup = int(config.warmup_epochs * steps)
-  model.compile(
-      optimizer=keras.optimizers.AdamW(
-          learning_rate=keras.optimizers.schedules.CosineDecay(
-              lr / 10, max(1, epochs * steps - warmup), warmup_target=lr, warmup_steps=warmup),
-          weight_decay=config.weight_decay),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
-      + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
-         if model.output_shape[-1] > 5 else []))
+  # Built and compiled under the precision policy the stage was trained with.
+  with fit.precision(config, tf.distribute.get_strategy()):
+    model = run.build_model(stage)
+    if stage.role == "specialist":
+      classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
+      if config.freeze_bn:
+        deltas.freeze_batchnorm(model)
+    spec = pipeline.InputSpec(role=stage.role, batch_size=config.batch_size,
+                              image_size=config.image_size, superclass=stage.superclass,
+                              augment=config.augment, framing=config.framing, seed=config.seed,
+                              cache_budget=int(config.cache_budget_gb * 2**30))
+    train_ds = pipeline.make_dataset(run.builder, "train", spec, training=True)
+    epochs, lr = fit.schedule(config, stage, config.batch_size)
+    steps = int(train_ds.cardinality())
+    warmup = int(config.warmup_epochs * steps)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=keras.optimizers.schedules.CosineDecay(
+                lr / 10, max(1, epochs * steps - warmup), warmup_target=lr, warmup_steps=warmup),
+            weight_decay=config.weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
+        + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
+           if model.output_shape[-1] > 5 else []),
+        jit_compile=config.jit_compile)
   timer = _timer()
   model.fit(train_ds, epochs=epochs, verbose=0, callbacks=[timer])
   return images / statistics.median(timer.seconds[model.name][1:])
@@ -108,16 +124,18 @@ def main(argv):
   root = tempfile.mkdtemp(prefix="train_overhead_")
   common = dict(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
                 backbone=FLAGS.backbone, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
-                specialist_epochs=FLAGS.epochs, qat_epochs=2, specialists=(4,), seed=0)
+                specialist_epochs=FLAGS.epochs, qat_epochs=2, specialists=(FLAGS.superclass,),
+                mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=0)
+  k = FLAGS.superclass
   # (setting, run folder, extra options, stages measured there: (run's stage name, Stage))
   settings = [
       ("float", dict(specialist_form="delta"),
        [("flat", run_lib.FLAT), ("generalist", run_lib.GENERALIST),
-        ("dense specialist", run_lib.specialist(4))]),
+        ("dense specialist", run_lib.specialist(k))]),
       ("qat_sign", dict(qat=True, specialist_form="sign"),
-       [("sign specialist (QAT)", run_lib.specialist(4))]),
+       [("sign specialist (QAT)", run_lib.specialist(k))]),
       ("qat_delta", dict(qat=True, specialist_form="delta", freeze_bn=True),
-       [("QAT delta specialist, pinned ranges", run_lib.specialist(4))]),
+       [("QAT delta specialist, pinned ranges", run_lib.specialist(k))]),
   ]
   rows = []
   for folder, options, measured in settings:
@@ -146,11 +164,12 @@ def main(argv):
       print(rows[-1], flush=True)
   result = {
       "command": " ".join(["python", "bench/train_overhead.py"] + sys.argv[1:]),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU; {FLAGS.note}",
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {_accelerator()}; "
+                 f"{FLAGS.note}",
+      "mixed_precision": FLAGS.mixed_precision, "jit_compile": FLAGS.jit_compile,
       "dataset": common["dataset"], "epochs": FLAGS.epochs,
       "timing": "median over epochs 2.. of the training part of an epoch (validation excluded)",
       "rows": rows,
-      "not_measured": "MobileNetV2 at 224 px (left for a GPU session)",
   }
   keys = ("setting", "backbone", "image_size", "batch_size", "super_sub_images_per_s",
           "keras_images_per_s", "ratio")

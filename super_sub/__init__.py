@@ -6,6 +6,8 @@ first used.
 
   errors      SuperSubError (the base of every error below: a user's mistake, one line and
               exit status 2, or 1 where the command could not finish)
+  keras       keras: the Keras every super-sub model is built with (tf_keras, Keras 2, which
+              tfmot needs); use it for models you pass to super-sub
   hierarchy   Hierarchy, HierarchyError, Subclass, Superclass, load_hierarchy,
               shipped_hierarchies, derive_hierarchy (WordNet), read_wordnet, WordNetError,
               learn_hierarchy (from confusions), LearnError
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 _API = {
     # errors
     "SuperSubError": ("super_sub.errors", "SuperSubError"),
+    "keras": ("super_sub._internal.compat", "keras"),
     # hierarchy
     "Hierarchy": ("super_sub.hierarchy.tree", "Hierarchy"),
     "HierarchyError": ("super_sub.hierarchy.tree", "HierarchyError"),

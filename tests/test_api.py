@@ -86,10 +86,6 @@ def test_training_and_export_never_import_the_runtime(package):
     assert not bad, f"{path} imports {bad}"
 
 
-# The one Keras choice (lesson 9 of STYLE.md): a benchmark that builds models must take the
-# same tf_keras as the library, so it may import it from there.
-_BENCH_ALLOWED = {"super_sub._internal.compat", "super_sub._internal.compat.keras"}
-
 
 def _private_uses(tree: ast.AST) -> list[str]:
   """Names with a leading underscore that a script takes from super_sub: in what it imports,
@@ -100,9 +96,7 @@ def _private_uses(tree: ast.AST) -> list[str]:
       module = node.module if isinstance(node, ast.ImportFrom) else None
       for alias in node.names:
         full = f"{module}.{alias.name}" if module else alias.name
-        if full.split(".")[0] != "super_sub" or full in _BENCH_ALLOWED:
-          if full.split(".")[0] == "super_sub":
-            bound.add(alias.asname or alias.name)
+        if full.split(".")[0] != "super_sub":
           continue
         out += [full] if any(p.startswith("_") for p in full.split(".")) else []
         bound.add(alias.asname or alias.name.split(".")[0])

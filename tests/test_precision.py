@@ -22,7 +22,7 @@ from conftest import softmax
 
 def test_mixed_precision_holds_while_a_stage_is_built(tmp_path):
   config = config_lib.TrainConfig(model_dir=str(tmp_path), mixed_precision=True)
-  with fit._precision(config, tf.distribute.get_strategy()):  # pylint: disable=protected-access
+  with fit.precision(config, tf.distribute.get_strategy()):
     # No GPU here: bfloat16, as on TPUs.
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     model = classifiers.build_classifier("small_resnet", (16, 16, 3), 4, "flat", "flat")

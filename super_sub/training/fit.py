@@ -222,7 +222,7 @@ def _naming_undecodable_images(run: run_lib.Run, stage: run_lib.Stage):
 
 
 @contextlib.contextmanager
-def _precision(config: TrainConfig, strategy: tf.distribute.Strategy):
+def precision(config: TrainConfig, strategy: tf.distribute.Strategy):
   """Builds and compiles a stage's model under the mixed-precision policy --mixed_precision
   asks for (float16 on GPUs, bfloat16 elsewhere), then restores the global policy: the
   layers keep theirs, and models loaded later for evaluation or export compute in float32."""
@@ -322,7 +322,7 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   callbacks = list(callbacks)
   base = None
   trained = None
-  with strategy.scope(), _precision(config, strategy):
+  with strategy.scope(), precision(config, strategy):
     if stage.role == "specialist":
       # Starts from the trained generalist and stays a sparse delta over it.
       model = run.build_model(stage)
