@@ -23,12 +23,13 @@ Writes <out>.json and <out>.md.
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 
+from _report import in_worker
 from _report import memory_kib
+from _report import serve_worker
 from absl import app
 from absl import flags
 import numpy as np
@@ -40,15 +41,17 @@ _OUT = flags.DEFINE_string("out", "bench/results/bundle", "Output path without s
 _IMAGES = flags.DEFINE_integer("latency_images", 320, "Images per latency measurement.")
 _THREADS = flags.DEFINE_integer("num_threads", 2, "LiteRT threads per interpreter.")
 # Internal: the runtime measurement of one configuration, in a fresh process.
-_WORKER = flags.DEFINE_enum("worker", None, ["flat", "two_stage", "two_stage_cache_all"],
-                            "(internal) measure one runtime and print JSON.")
-_WORKER_MODEL = flags.DEFINE_string("worker_model", None, "(internal) .tflite or bundle dir.")
-_WORKER_IMAGES = flags.DEFINE_string("worker_images", None, "(internal) .npy images.")
+_WORKER = flags.DEFINE_string("worker", None, "(internal) JSON spec of one runtime to measure "
+                              "(_report.in_worker).")
 
 
-def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
-  """One runtime's memory and latency; runs in its own process (no TensorFlow imported)."""
+def worker(spec: dict) -> dict:
+  """One runtime's memory and latency (spec: kind flat / two_stage / two_stage_cache_all,
+  model .tflite or bundle dir, images .npy, num_threads); runs in its own process (no
+  TensorFlow imported)."""
   from super_sub.runtime import predictor  # pylint: disable=import-outside-toplevel
+  kind, model, images_path, num_threads = (spec["kind"], spec["model"], spec["images"],
+                                           spec["num_threads"])
   images = np.load(images_path, allow_pickle=False)
   rss_before = memory_kib("VmRSS")
   if kind == "flat":
@@ -78,9 +81,7 @@ def worker(kind: str, model: str, images_path: str, num_threads: int) -> dict:
 
 def main(argv):
   del argv
-  if _WORKER.value:
-    print(json.dumps(worker(_WORKER.value, _WORKER_MODEL.value, _WORKER_IMAGES.value,
-                            _THREADS.value)))
+  if serve_worker(_WORKER.value, worker):
     return
   if not _MODEL_DIR.value:
     raise app.UsageError("--model_dir is required")
@@ -144,12 +145,8 @@ def main(argv):
     for kind, model in (("flat", flat_path), ("two_stage", os.path.join(export_dir, "tflite")),
                         ("two_stage_cache_all", os.path.join(export_dir, "tflite"))):
       print(f"runtime: {kind}")
-      out = subprocess.run(
-          [sys.executable, os.path.abspath(__file__), f"--worker={kind}",
-           f"--worker_model={model}", f"--worker_images={images_path}",
-           f"--num_threads={_THREADS.value}"],
-          check=True, capture_output=True, text=True)
-      result["runtime"][kind] = json.loads(out.stdout.strip().splitlines()[-1])
+      result["runtime"][kind] = in_worker(__file__, {
+          "kind": kind, "model": model, "images": images_path, "num_threads": _THREADS.value})
   result["runtime"]["flat_int8_bytes"] = len(flat_tflite)
   flat_rt = result["runtime"]["flat"]
   for kind in ("two_stage", "two_stage_cache_all"):

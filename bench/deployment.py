@@ -62,7 +62,9 @@ import sys
 import tempfile
 import time
 
+from _report import in_worker
 from _report import memory_kib
+from _report import serve_worker
 from absl import app
 from absl import flags
 import numpy as np
@@ -512,20 +514,10 @@ def _bytes(folder: str) -> int:
              for n in names)
 
 
-def _worker(spec: dict) -> dict:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  out = subprocess.run([sys.executable, os.path.abspath(__file__),
-                        f"--worker={json.dumps(spec)}"], check=True, capture_output=True,
-                       text=True, env=env)
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 # --- the whole bench -----------------------------------------------------------------------------
 def main(argv):
   del argv
-  if _WORKER.value:
-    spec = json.loads(_WORKER.value)
-    print(json.dumps(measure_runtime(spec)))
+  if serve_worker(_WORKER.value, measure_runtime):
     return
   backbone = _BACKBONE.value
   if _SAVED_MODEL_ONLY.value:
@@ -553,7 +545,7 @@ def main(argv):
             "images_batch32": _IMAGES_B32.value}
   flat_spec = {**common, "kind": "flat", "model": os.path.join(work, "flat_int8.tflite")}
   print("runtime: flat int8")
-  flat_runs = [_worker(flat_spec)]
+  flat_runs = [in_worker(__file__, flat_spec)]
   for name, _ in settings():
     if _ONLY.value and name not in _ONLY.value:
       continue
@@ -571,8 +563,8 @@ def main(argv):
       runs = [r for r in runs if r[0] == "cache1_random"]
     for label, cache, grouped, disk in runs:
       print(f"{name}: {label}")
-      entry[label] = _worker({**common, "kind": "two_stage", "model": bundle, "cache": cache,
-                              "grouped": grouped, "disk": disk})
+      entry[label] = in_worker(__file__, {**common, "kind": "two_stage", "model": bundle,
+                                          "cache": cache, "grouped": grouped, "disk": disk})
     result["settings"][name] = entry
     if name.startswith("dense"):
       stored = stored_copy(bundle)
@@ -587,13 +579,13 @@ def main(argv):
         if label not in ("cache1_random", "cache1_grouped"):  # no switch reads a delta there
           continue
         print(f"{name}, deltas stored: {label}")
-        entry[label] = _worker({**common, "kind": "two_stage", "model": stored, "cache": cache,
-                                "grouped": grouped, "disk": disk})
+        entry[label] = in_worker(__file__, {**common, "kind": "two_stage", "model": stored,
+                                            "cache": cache, "grouped": grouped, "disk": disk})
       result["settings"][name + "_stored"] = entry
   # The flat network again at the end: this machine's speed drifts by 10-30% over a run, so
   # the two-stage runtimes are compared with the mean of a measurement before and after them.
   print("runtime: flat int8, again")
-  flat_runs.append(_worker(flat_spec))
+  flat_runs.append(in_worker(__file__, flat_spec))
   result["flat"] = {"runs": flat_runs, "peak_rss_mb": max(r["peak_rss_mb"] for r in flat_runs),
                     "model_rss_mb": max(r["model_rss_mb"] for r in flat_runs)}
   for batch in ("batch_1", "batch_32"):
