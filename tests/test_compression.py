@@ -55,6 +55,43 @@ def test_keep_schedule_ramps_down_then_holds():
   assert compression.keep_schedule(0, 1, 0.1) == 0.1  # one epoch: the budget at once
 
 
+def test_one_epoch_budget_is_taken_from_the_first_third_of_the_epoch():
+  """A one-epoch --delta_keep training: at its start nothing has moved, so the budget's masks
+  wait until a third of the epoch's steps, then keep the largest changes (before, masks taken
+  from the unchanged weights kept none and the specialist's backbone stayed the generalist's)."""
+  model = classifiers.build_classifier("small_resnet", (8, 8, 1), 3, "specialist", "specialist_0")
+  model.compile(optimizer="sgd")
+  variables = compression.backbone_variables(model)
+  base = [v.numpy() for v in variables]
+  kernels = [i for i, v in enumerate(variables) if compression.is_kernel(v)]
+  callback = compression.DeltaToBase(base, 0.0, pin_batchnorm=False, keep=0.1, epochs=1)
+  callback.set_model(model)
+  callback.set_params({"steps": 6})
+  callback.on_epoch_begin(0)
+  rng = np.random.default_rng(0)
+
+  def optimizer_step():
+    for i in kernels:
+      variables[i].assign(variables[i].numpy() + rng.normal(0, 0.01, base[i].shape))
+
+  optimizer_step()
+  callback.on_train_batch_end(0)  # step 1 of 6: every weight may move
+  assert callback.masks is None
+  assert all(np.all(variables[i].numpy() != base[i]) for i in kernels)
+  optimizer_step()
+  steps = {i: compression.quantization_steps(variables[i].numpy() - base[i], base[i])
+           for i in kernels}
+  callback.on_train_batch_end(1)  # step 2 of 6, a third: the budget from these changes
+  assert callback.masks is not None
+  changed = {i: variables[i].numpy() != base[i] for i in kernels}
+  total = sum(c.size for c in changed.values())
+  kept = sum(int(c.sum()) for c in changed.values())
+  assert kept == int(0.1 * total)  # the budget, spent
+  smallest_kept = min(float(steps[i][changed[i]].min()) for i in kernels if changed[i].any())
+  largest_reset = max(float(steps[i][~changed[i]].max()) for i in kernels)
+  assert smallest_kept >= largest_reset  # on the largest changes, in int8 steps
+
+
 def test_budget_keeps_the_largest_changes_in_quantization_steps():
   base = [np.array([[1.0, 2.0], [-1.0, 4.0]], np.float32), np.array([[2.0, 2.0]], np.float32)]
   moved = [base[0] + np.array([[0.02, 0.04], [0.0, 0.01]], np.float32),

@@ -110,7 +110,8 @@ def keep_schedule(epoch: int, epochs: int, keep: float) -> float:
   All of them in the first epoch (the delta first learns where it matters), then a cubic
   ramp down to `keep` by two thirds of the epochs (Zhu & Gupta's gradual pruning), then
   `keep` while the remaining epochs recover from the pruning (a one-epoch training has
-  the budget from the start: the last epoch always ends within it).
+  the budget in its only epoch: the last epoch always ends within it; `DeltaToBase` lets
+  every weight move for its first third, so that there are changes to rank).
   """
   end = min(epochs - 1, max(1, round(epochs * 2 / 3)))
   if epoch >= end:
@@ -250,6 +251,7 @@ class DeltaToBase(keras.callbacks.Callback):
     self.keep = keep
     self.epochs = epochs
     self.masks: dict[int, np.ndarray] | None = None
+    self._masks_due: int | None = None  # the step after which this epoch's masks are taken
     self._keep_now: float | None = None
     self._graph: projection.Compiled | None = None  # `project`'s variables and function, per model
     self._reference: projection.Plan | None = None  # `project_reference`'s state, per model
@@ -298,14 +300,28 @@ class DeltaToBase(keras.callbacks.Callback):
     if self.keep is not None:
       self.keep_now = keep_schedule(epoch, self.epochs, self.keep)
     if self.keep is not None and self.form != "sign":  # sign: channels chosen at every step
-      self.masks = budget_masks(self._variables(model), self.base,
-                                keep_schedule(epoch, self.epochs, self.keep))
+      keep = keep_schedule(epoch, self.epochs, self.keep)
+      variables = self._variables(model)
+      if keep < 1.0 and not any(np.any(variables[i].numpy() != self.base[i])
+                                for i, v in enumerate(variables) if is_kernel(v)):
+        # Nothing has moved yet (a one-epoch training): ranking now would keep arbitrary
+        # weights. Every weight moves for the first third of the epoch; the budget is then
+        # taken from the changes that were largest.
+        self.masks = None
+        self._masks_due = max(1, int((self.params or {}).get("steps") or 1) // 3)
+      else:
+        self.masks, self._masks_due = budget_masks(variables, self.base, keep), None
       self.project(model, threshold=0.0)
 
   def on_train_batch_end(self, batch, logs=None):
-    del batch, logs
+    del logs
     if self._target is None:  # attached: the train step has projected already
       self.project(self.model, self.l1 * float(self.model.optimizer.learning_rate))
+    if self._masks_due is not None and batch + 1 >= self._masks_due:
+      model = self._target or self.model
+      self.masks = budget_masks(self._variables(model), self.base, self.keep_now)
+      self._masks_due = None
+      self.project(model, threshold=0.0)
 
   def _variables(self, model: keras.Model) -> list[tf.Variable]:
     variables = backbone_variables(model)
