@@ -280,13 +280,22 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                               # always scores the whole split.
                               drop_remainder=replicas > 1,
                               dustbin=config.dustbin if stage.role == "specialist" else 0.0)
-  train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
   val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
   # A dustbin specialist's data is endless (fresh other-superclass images every pass).
-  endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
-  steps = config.steps_per_epoch or (
-      math.ceil(pipeline.epoch_examples(builder, "train", spec(True)) / global_batch)
-      if endless else int(train_ds.cardinality()))
+  examples = pipeline.epoch_examples(builder, "train", spec(True))
+  if config.deterministic:
+    # Its inputs come from `make_training_epochs` alone: the stateful pipeline is not even
+    # built, since under op determinism its random-resized crop refuses to trace
+    # (tf.image.sample_distorted_bounding_box needs a nonzero seed there).
+    train_ds = None
+    endless = spec(True).dustbin > 0
+    passes = math.floor if spec(True).drop_remainder and not endless else math.ceil
+    pass_steps = passes(examples / global_batch)
+  else:
+    train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
+    endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    pass_steps = math.ceil(examples / global_batch) if endless else int(train_ds.cardinality())
+  steps = config.steps_per_epoch or pass_steps
   if steps <= 0:
     raise ValueError(f"stage {stage.key!r} has no training examples in the train split")
   first_epoch = None
