@@ -66,14 +66,12 @@ def _bare_keras(run, stage, images: int) -> float:
   from super_sub._internal.compat import keras  # pylint: disable=import-outside-toplevel
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
   from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
-  from super_sub.training import deltas  # pylint: disable=import-outside-toplevel
   from super_sub.training import fit  # pylint: disable=import-outside-toplevel
   config = run.config
   model = run.build_model(stage)
   if stage.role == "specialist":
     classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-    if config.freeze_bn:
-      deltas.freeze_batchnorm(model)
+    fit.prepare_specialist(model, config)
   spec = pipeline.InputSpec(role=stage.role, batch_size=config.batch_size,
                             image_size=config.image_size, superclass=stage.superclass,
                             augment=config.augment, framing=config.framing, seed=config.seed,
@@ -100,7 +98,6 @@ def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
-  from super_sub.training import config as config_lib  # pylint: disable=import-outside-toplevel
   from super_sub.training import fit  # pylint: disable=import-outside-toplevel
   from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
 

@@ -47,6 +47,7 @@ from super_sub.training import guards
 from super_sub.training import qat as qat_lib
 from super_sub.training import router_head as router_training
 from super_sub.training import run as run_lib
+from super_sub.training import config as config_lib
 from super_sub.training.config import TrainConfig, resolve
 
 
@@ -184,6 +185,22 @@ def schedule(config: TrainConfig, stage: run_lib.Stage, global_batch: int) -> tu
   return epochs, lr
 
 
+def prepare_specialist(model: keras.Model, config: TrainConfig) -> bool:
+  """Freezes what a specialist, just copied from the generalist, keeps of it: BatchNorm where
+  `config.specialist_batchnorm_frozen` says so (inference mode, the generalist's statistics;
+  `DeltaToBase` then pins its parameters), and every kernel for the affine form.
+
+  Returns:
+    Whether BatchNorm is frozen (`DeltaToBase`'s pin_batchnorm).
+  """
+  frozen_bn = config_lib.specialist_batchnorm_frozen(config)
+  if frozen_bn:
+    deltas.freeze_batchnorm(model)
+  if config.specialist_form == "affine":
+    deltas.freeze_kernels(model)
+  return frozen_bn
+
+
 @contextlib.contextmanager
 def _naming_undecodable_images(run: run_lib.Run, stage: run_lib.Stage):
   """An image that does not decode stops `fit` with a bare op error from inside tf.data;
@@ -315,12 +332,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       # Starts from the trained generalist and stays a sparse delta over it.
       model = run.build_model(stage)
       classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-      if config.freeze_bn:
-        deltas.freeze_batchnorm(model)
-      if config.specialist_form == "affine":
-        deltas.freeze_kernels(model)
+      frozen_bn = prepare_specialist(model, config)
       base = [v.numpy() for v in deltas.backbone_variables(model)]
-      delta_callback = deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
+      delta_callback = deltas.DeltaToBase(base, config.delta_l1, frozen_bn,
                                           keep=config.delta_keep, epochs=epochs,
                                           ranges=config.delta_ranges,
                                           form=config.specialist_form, rank=config.delta_rank)
