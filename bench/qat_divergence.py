@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 
 from absl import app
@@ -132,6 +133,7 @@ class Recorder(keras.callbacks.Callback):
     slots = [v for v in self.model.optimizer.variables()
              if v.dtype.is_floating and not np.isfinite(v.numpy()).all()]
     row["nonfinite_optimizer_slots"] = [v.name for v in slots][:20]
+    row["nonfinite_optimizer_slot_count"] = len(slots)
     self.rows.append(row)
     print(json.dumps(row))
     if not math.isfinite(mean):
@@ -256,29 +258,109 @@ def main(argv):
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value + ".json", "w", encoding="utf-8") as f:
     json.dump({"overrides": _EXTRA.value, "results": results}, f, indent=1)
-  lines = [f"# QAT sign specialist divergence (overrides: {_EXTRA.value or 'none'})", ""]
+  _write_markdown(_OUT.value, _EXTRA.value, results)
+
+
+def _write_markdown(out: str, overrides: list, results: list) -> None:
+  """<out>.md: per seed, one row a step, and the replayed bad step's trace."""
+  lines = [f"# QAT sign specialists, step by step (overrides: {overrides or 'none'})", "",
+           "Written by bench/qat_divergence.py. k: a channel's sign move in int8 steps; "
+           "latent: the largest |latent delta| in int8 steps; past range: kernel weights past "
+           "their pinned quantizer range; |grad|: the largest finite gradient of the step; "
+           "bad grads / Adam slots / weights: how many are not finite after the step.", ""]
   for r in results:
     lines += [f"## seed {r['seed']}: {r['outcome']} ({r['wall_s']} s)", "",
-              "| stage | step | lr | batch loss | max k | max latent (steps) | past range "
-              "| BN var min | BN |mean| max | act range max | non-finite weights |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| stage | step | lr | batch loss | max k | max latent | past range "
+              "| BN var min | act range max | max abs grad | bad grads | bad Adam slots "
+              "| bad weights |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
+      grads = row.get("largest_grads") or {"": float("nan")}
+      slots = len(row.get("nonfinite_optimizer_slots", []))  # older results: the first 20 only
+      slots = f">= {slots}" if slots == 20 else slots
       lines.append(f"| {row['stage']} | {row['step']} | {row['lr']:.3g} | "
                    f"{row['batch_loss']:.4g} | {row['max_k_steps']:.0f} | "
                    f"{row['max_latent_steps']:.3g} | {row['weights_past_range']} | "
-                   f"{row['bn_moving_var_min']:.3g} | {row['bn_moving_mean_absmax']:.3g} | "
-                   f"{row['act_range_max']:.3g} | {row['nonfinite_weights']} |")
+                   f"{row['bn_moving_var_min']:.3g} | {row['act_range_max']:.3g} | "
+                   f"{max(grads.values()):.3g} | {len(row.get('nonfinite_grads', []))} | "
+                   f"{row.get('nonfinite_optimizer_slot_count', slots)} | "
+                   f"{row['nonfinite_weights']} |")
     for p in r["probes"]:
       lines += ["", f"First non-finite output at {p['stage']} step {p['step']}: "
                 f"`{p['first_nonfinite_layer']}`; non-finite weights before the step: "
                 f"{p['nonfinite_weights_before_step'] or 'none'}", ""]
       lines += [f"- {t['layer']}: max |out| {t['absmax']:.4g}" for t in p["trace_up_to_first"][-8:]]
     lines.append("")
-  with open(_OUT.value + ".md", "w", encoding="utf-8") as f:
+  with open(out + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   print("\n".join(lines))
 
 
+def layers(argv):
+  """`qat_divergence.py layers <model_dir> <out>`: the first step of specialist 0 of a run whose
+  generalist is trained, layer by layer (one batch, center crops): each output's largest |value|,
+  a BatchNorm output's smallest per-channel batch variance, and the largest |dL/d output|, with
+  the specialist's BatchNorm as before the fix (training mode below the frozen trunk) and as
+  `fit.prepare_specialist` leaves it. Writes <out>.md."""
+  from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
+  from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
+  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
+  run = run_lib.Run.open(argv[2])
+  stage = run_lib.specialist(0)
+  spec = pipeline.InputSpec(role="specialist", batch_size=run.config.batch_size,
+                            image_size=run.config.image_size, superclass=0, augment="none",
+                            framing=run.config.framing, seed=0)
+  x, y = next(iter(pipeline.make_dataset(run.builder, "train", spec, training=False)))
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  traces = {}
+  for name, prepare in (("before", False), ("fixed", True)):
+    model = run.build_model(stage)
+    classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
+    if prepare:
+      fit.prepare_specialist(model, run.config)
+    probe = keras.Model(model.inputs, [layer.output for layer in model.layers[1:]])
+    with tf.GradientTape() as tape:
+      outs = probe(x, training=True)
+      loss = loss_fn(y, outs[-1])
+    grads = tape.gradient(loss, outs)
+    rows = []
+    for layer, out, grad in zip(model.layers[1:], outs, grads):
+      out = out.numpy()
+      inner = getattr(layer, "layer", layer)
+      is_bn = isinstance(inner, keras.layers.BatchNormalization)
+      rows.append((layer.name, ("train" if inner.trainable else "infer") if is_bn else "",
+                   float(np.abs(out).max()),
+                   float(out.var(axis=tuple(range(out.ndim - 1))).min()) if is_bn else None,
+                   0.0 if grad is None else float(np.abs(grad.numpy()).max())))
+    traces[name] = (float(loss), rows)
+  lines = [f"# Specialist 0's first step, layer by layer ({argv[2]})", "",
+           "Written by `bench/qat_divergence.py layers`. BN: the BatchNorm's mode; var: a "
+           "BatchNorm output's smallest per-channel batch variance; |dL/dout|: the largest "
+           "gradient reaching the layer's output (the backward pass runs bottom to top).", "",
+           f"Loss: {traces['before'][0]:.4g} before the fix, {traces['fixed'][0]:.4g} with it.",
+           "", "| layer | BN before | max abs out | var | max abs dL/dout | BN fixed | max abs out "
+           "| var | max abs dL/dout |", "|---|---|---|---|---|---|---|---|---|"]
+  fmt = lambda v: "" if v is None else f"{v:.3g}"  # noqa: E731
+  for a, b in zip(traces["before"][1], traces["fixed"][1]):
+    lines.append(f"| {a[0]} | {a[1]} | {fmt(a[2])} | {fmt(a[3])} | {fmt(a[4])} | {b[1]} | "
+                 f"{fmt(b[2])} | {fmt(b[3])} | {fmt(b[4])} |")
+  with open(argv[3] + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+def render(argv):
+  """`qat_divergence.py render <out>`: <out>.md again from <out>.json."""
+  with open(argv[2] + ".json", encoding="utf-8") as f:
+    saved = json.load(f)
+  _write_markdown(argv[2], saved["overrides"], saved["results"])
+
+
 if __name__ == "__main__":
-  flags.mark_flag_as_required("base_run")
-  app.run(main)
+  if len(sys.argv) == 3 and sys.argv[1] == "render":
+    render(sys.argv)
+  elif len(sys.argv) == 4 and sys.argv[1] == "layers":
+    layers(sys.argv)
+  else:
+    flags.mark_flag_as_required("base_run")
+    app.run(main)
