@@ -349,8 +349,8 @@ def specialist_batchnorm_frozen(config: TrainConfig) -> bool:
   but affine.
 
   A frozen trunk runs its BatchNorm in inference mode, on the generalist's moving statistics.
-  Where those do not describe its activations (a short stage: MobileNetV2's momentum 0.999 keeps
-  94% of the initial variance after 57 steps), its output barely varies across a batch, and a
+  Where those do not describe its activations (short stages: at MobileNetV2's momentum 0.999 they
+  kept 93% of their initial variance after 76 steps), its output barely varies across a batch, and a
   BatchNorm after it in training mode divides by sqrt(batch variance + epsilon) ~ sqrt(epsilon):
   each one multiplied the backward gradient by up to gamma / sqrt(epsilon) (31.6 at 1e-3).
   At 224 px that reached 1e27 at the trunk's edge; Adam's second moment (its square) overflowed

@@ -39,6 +39,7 @@ from super_sub.data import prepare
 from super_sub.models import backbones
 from super_sub.models import classifiers
 from super_sub.models import router_head
+from super_sub.training import config as config_lib
 from super_sub.training import deltas
 from super_sub.training import determinism
 from super_sub.training import distill
@@ -47,7 +48,6 @@ from super_sub.training import guards
 from super_sub.training import qat as qat_lib
 from super_sub.training import router_head as router_training
 from super_sub.training import run as run_lib
-from super_sub.training import config as config_lib
 from super_sub.training.config import TrainConfig, resolve
 
 
