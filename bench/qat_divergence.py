@@ -185,7 +185,8 @@ class Recorder(keras.callbacks.Callback):
         yield (i, latent.numpy(), *state.steps[i])
     else:  # the numpy projection of older versions (b5c066d)
       latents = getattr(delta, "_latent", {}) or {}
-      steps = delta._owners[2] if getattr(delta, "_owners", None) else {}  # pylint: disable=protected-access
+      owners = getattr(delta, "_owners", None)  # (model, range owners, int8 steps)
+      steps = owners[2] if owners else {}
       for i, (latent, _) in latents.items():
         yield (i, latent, *_per_channel(latent, steps[i]))
 
