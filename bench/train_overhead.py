@@ -78,7 +78,6 @@ def _bare_keras(run, stage, images: int) -> float:
   from super_sub import keras  # pylint: disable=import-outside-toplevel
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
   from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
-  from super_sub.training import deltas  # pylint: disable=import-outside-toplevel
   from super_sub.training import fit  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   config = run.config
@@ -87,8 +86,7 @@ def _bare_keras(run, stage, images: int) -> float:
     model = run.build_model(stage)
     if stage.role == "specialist":
       classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-      if config.freeze_bn:
-        deltas.freeze_batchnorm(model)
+      fit.prepare_specialist(model, config)
     spec = pipeline.InputSpec(role=stage.role, batch_size=config.batch_size,
                               image_size=config.image_size, superclass=stage.superclass,
                               augment=config.augment, framing=config.framing, seed=config.seed,
@@ -123,7 +121,8 @@ def main(argv):
 
   root = tempfile.mkdtemp(prefix="train_overhead_")
   common = dict(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
-                backbone=FLAGS.backbone, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+                backbone=FLAGS.backbone, image_size=FLAGS.image_size,
+                batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
                 specialist_epochs=FLAGS.epochs, qat_epochs=2, specialists=(FLAGS.superclass,),
                 mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, seed=0)
   k = FLAGS.superclass

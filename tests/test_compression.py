@@ -7,6 +7,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from super_sub import runtime
 from super_sub._internal import files
+from super_sub._internal.compat import keras
 from super_sub.bundles import export as export_lib
 from super_sub.bundles import tflite
 from super_sub.models import classifiers
@@ -311,6 +312,42 @@ def _model_with_steps_of_a_hundredth():
   variables[lo].assign(-extent)
   variables[hi].assign(extent)
   return model, variables, owners, hi, extent, [v.numpy() for v in variables]
+
+
+def test_specialists_below_a_frozen_trunk_keep_batchnorm_out_of_training_mode(tmp_path):
+  """The 224-px divergence (bench/results/qat_divergence.md) on MobileNetV2 at 32 px: a frozen
+  trunk whose BatchNorm statistics do not describe its activations (forced here: moving
+  variance 1e6) gives nearly the same output for every image. The specialist's own stages, in
+  training mode, divide that by sqrt(batch variance + epsilon) ~ sqrt(epsilon): the first
+  step's gradient grows up to 31.6x a BatchNorm, to ~1e8 here and ~1e27 at 224 px, where Adam's
+  second moment overflowed float32. `fit.prepare_specialist` keeps their BatchNorm in inference
+  mode, as the trunk's."""
+  config = config_lib.TrainConfig(model_dir=str(tmp_path), qat=True, freeze_stages=3)
+  assert config.specialist_form == "sign"
+  generalist = classifiers.build_classifier("mobilenet_v2", (32, 32, 3), 4, "generalist",
+                                            "generalist")
+  model = qat_lib.quantize(classifiers.make_specialist(generalist, 3, "specialist_0",
+                                                       freeze_stages=3))
+  for layer in model.layers:
+    bn = getattr(layer, "layer", layer)
+    if isinstance(bn, keras.layers.BatchNormalization):
+      # Trained shifts are not all 0 (at 0 a constant input dies at the next ReLU).
+      bn.beta.assign(tf.fill(bn.beta.shape, 0.1))
+      if not bn.trainable:
+        bn.moving_variance.assign(tf.fill(bn.moving_variance.shape, 1e6))
+  x = tf.random.stateless_uniform((16, 32, 32, 3), seed=(0, 1))
+  y = np.arange(16) % 3
+
+  def largest_gradient():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+          y, model(x, training=True), from_logits=True))
+    return max(float(tf.reduce_max(tf.abs(g)))
+               for g in tape.gradient(loss, model.trainable_variables) if g is not None)
+
+  assert largest_gradient() > 1e6  # the condition: training-mode BatchNorm below the trunk
+  assert fit.prepare_specialist(model, config)
+  assert largest_gradient() < 1.0
 
 
 def test_sign_form_accumulates_updates_below_half_a_step():

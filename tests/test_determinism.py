@@ -98,3 +98,12 @@ def test_training_epochs_depend_on_the_seed_and_the_epoch_only(smoke_data_dir, d
   # Every example once an epoch (the last batch partial), in another order each epoch.
   np.testing.assert_array_equal(np.sort(labels[0]), np.sort(labels[1]))
   assert len(labels[0]) == builder.info.splits["train"].num_examples
+
+
+def test_deterministic_training_takes_random_resized_crops(tmp_path, smoke_config):
+  """ImageNet's default augmentation under --deterministic: its stateless crops come from
+  `make_training_epochs` alone. The stateful pipeline's crop (sample_distorted_bounding_box,
+  seed 0) refuses to trace under op determinism, and building it stopped every such run."""
+  fit.train(smoke_config(tmp_path, stage="flat", deterministic=True,
+                         augment="random_resized_crop"), log=lambda _: None)
+  assert _metrics(tmp_path)["steps_per_epoch"] >= 1

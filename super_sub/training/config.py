@@ -97,7 +97,9 @@ class TrainConfig:
   warmup_epochs: float = _field(1.0, "Epochs of linear learning-rate warm-up.")
   weight_decay: float = _field(1e-4, "AdamW decoupled weight decay.")
   freeze_stages: int = _field(0, "Specialists keep the first K stages of the generalist frozen "
-                              "(0: fine-tune everything).")
+                              "(0: fine-tune everything). Their BatchNorm then stays the "
+                              "generalist's everywhere, in inference mode, as with --freeze_bn "
+                              "(except the affine form, which trains BatchNorm).")
   router_head: int = _field(
       0, "Route with a router head of this width instead of the generalist's tail: a strided "
       "3x3 convolution of W channels, BatchNorm, ReLU, a global average and a linear layer on "
@@ -351,6 +353,22 @@ def default_specialist_form(config: TrainConfig) -> str:
   wants_delta = (config.delta_keep is not None or config.delta_l1 != 0.0
                  or config.delta_ranges == "grow")
   return "sign" if config.qat and not wants_delta else "delta"
+
+
+def specialist_batchnorm_frozen(config: TrainConfig) -> bool:
+  """Whether specialists keep the generalist's BatchNorm (parameters and statistics) and run it
+  in inference mode: with --freeze_bn, and below a frozen trunk (--freeze_stages) for every form
+  but affine.
+
+  A frozen trunk runs its BatchNorm in inference mode, on the generalist's moving statistics.
+  Where those do not describe its activations (short stages: at MobileNetV2's momentum 0.999 they
+  kept 93% of their initial variance after 76 steps), its output barely varies across a batch, and a
+  BatchNorm after it in training mode divides by sqrt(batch variance + epsilon) ~ sqrt(epsilon):
+  each one multiplied the backward gradient by up to gamma / sqrt(epsilon) (31.6 at 1e-3).
+  At 224 px that reached 1e27 at the trunk's edge; Adam's second moment (its square) overflowed
+  float32 in the first step and turned NaN in the second (bench/qat_divergence.py).
+  """
+  return config.freeze_bn or (config.freeze_stages > 0 and config.specialist_form != "affine")
 
 
 def load_config(model_dir: str, data_dir: str | None = None) -> TrainConfig:

@@ -39,6 +39,7 @@ from super_sub.data import prepare
 from super_sub.models import backbones
 from super_sub.models import classifiers
 from super_sub.models import router_head
+from super_sub.training import config as config_lib
 from super_sub.training import deltas
 from super_sub.training import determinism
 from super_sub.training import distill
@@ -205,6 +206,22 @@ def schedule(config: TrainConfig, stage: run_lib.Stage, global_batch: int) -> tu
   return epochs, lr
 
 
+def prepare_specialist(model: keras.Model, config: TrainConfig) -> bool:
+  """Freezes what a specialist, just copied from the generalist, keeps of it: BatchNorm where
+  `config.specialist_batchnorm_frozen` says so (inference mode, the generalist's statistics;
+  `DeltaToBase` then pins its parameters), and every kernel for the affine form.
+
+  Returns:
+    Whether BatchNorm is frozen (`DeltaToBase`'s pin_batchnorm).
+  """
+  frozen_bn = config_lib.specialist_batchnorm_frozen(config)
+  if frozen_bn:
+    deltas.freeze_batchnorm(model)
+  if config.specialist_form == "affine":
+    deltas.freeze_kernels(model)
+  return frozen_bn
+
+
 @contextlib.contextmanager
 def _naming_undecodable_images(run: run_lib.Run, stage: run_lib.Stage):
   """An image that does not decode stops `fit` with a bare op error from inside tf.data;
@@ -301,13 +318,22 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
                               # always scores the whole split.
                               drop_remainder=replicas > 1,
                               dustbin=config.dustbin if stage.role == "specialist" else 0.0)
-  train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
   val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
   # A dustbin specialist's data is endless (fresh other-superclass images every pass).
-  endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
-  steps = config.steps_per_epoch or (
-      math.ceil(pipeline.epoch_examples(builder, "train", spec(True)) / global_batch)
-      if endless else int(train_ds.cardinality()))
+  examples = pipeline.epoch_examples(builder, "train", spec(True))
+  if config.deterministic:
+    # Its inputs come from `make_training_epochs` alone: the stateful pipeline is not even
+    # built, since under op determinism its random-resized crop refuses to trace
+    # (tf.image.sample_distorted_bounding_box needs a nonzero seed there).
+    train_ds = None
+    endless = spec(True).dustbin > 0
+    passes = math.floor if spec(True).drop_remainder and not endless else math.ceil
+    pass_steps = passes(examples / global_batch)
+  else:
+    train_ds = pipeline.make_dataset(builder, "train", spec(True), training=True)
+    endless = int(train_ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    pass_steps = math.ceil(examples / global_batch) if endless else int(train_ds.cardinality())
+  steps = config.steps_per_epoch or pass_steps
   if steps <= 0:
     raise ValueError(f"stage {stage.key!r} has no training examples in the train split")
   first_epoch = None
@@ -327,12 +353,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       # Starts from the trained generalist and stays a sparse delta over it.
       model = run.build_model(stage)
       classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-      if config.freeze_bn:
-        deltas.freeze_batchnorm(model)
-      if config.specialist_form == "affine":
-        deltas.freeze_kernels(model)
+      frozen_bn = prepare_specialist(model, config)
       base = [v.numpy() for v in deltas.backbone_variables(model)]
-      delta_callback = deltas.DeltaToBase(base, config.delta_l1, config.freeze_bn,
+      delta_callback = deltas.DeltaToBase(base, config.delta_l1, frozen_bn,
                                           keep=config.delta_keep, epochs=epochs,
                                           ranges=config.delta_ranges,
                                           form=config.specialist_form, rank=config.delta_rank)
