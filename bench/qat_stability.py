@@ -11,8 +11,8 @@ hierarchy, built by the real builder), per trunk setting
   frozen     --freeze_stages=3 (stem and stages 1-3 shared with the generalist)
   trainable  --freeze_stages=0
 the flat network, generalist and QAT generalist are trained once (seed 0), then for every seed
-the sign specialists (--qat's default form) of the smallest superclasses (--superclasses,
-default the three smallest with a specialist: 4-8 steps each) are trained from them, each
+the sign specialists (--qat's default form) of small superclasses (--superclasses, default
+the three smallest with a specialist and at least 3 steps an epoch) are trained from them, each
 seed in its own run folder. A run whose specialist stops with NonFiniteError counts as a
 divergence (its stage, step and message are kept); every other specialist's final loss is
 reported. --deterministic runs every stage bit-reproducibly, so a divergence can be replayed
@@ -73,12 +73,14 @@ def config(model_dir: str, trunk: str, seed: int, **overrides) -> config_lib.Tra
       mixed_precision=_MIXED.value, jit_compile=_JIT.value, **overrides)
 
 
-def smallest_superclasses(builder, count: int = 3) -> list[int]:
-  """The `count` superclasses with a specialist (>= 2 subclasses) and the fewest images."""
+def smallest_superclasses(builder, batch_size: int, count: int = 3) -> list[int]:
+  """The `count` superclasses with a specialist (>= 2 subclasses) and the fewest images among
+  those of at least 3 steps an epoch: the divergence needs two Adam updates before a third
+  step (bench/results/qat_divergence.md)."""
   h = builder.hierarchy
   images = pipeline.superclass_counts(builder, "train")
-  ranked = sorted(h.specialist_superclasses(), key=lambda k: (images[k], k))
-  return ranked[:count]
+  long_enough = [k for k in h.specialist_superclasses() if images[k] > 2 * batch_size]
+  return sorted(long_enough, key=lambda k: (images[k], k))[:count]
 
 
 def one_seed(base_dir: str, trunk: str, seed: int, superclasses: list[int]) -> dict:
@@ -130,7 +132,7 @@ def main(argv):
   builder = prepare.prepare_dataset("superclassed_imagenet", data_dir=os.path.join(root, "tfds"),
                             manual_dir=os.path.join(root, "ILSVRC2012"))
   superclasses = ([int(k) for k in _SUPERCLASSES.value] if _SUPERCLASSES.value
-                  else smallest_superclasses(builder))
+                  else smallest_superclasses(builder, _BATCH.value))
   images = pipeline.superclass_counts(builder, "train")
   result = {"command": "python bench/qat_stability.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
