@@ -29,7 +29,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from super_sub._internal.compat import keras
+from super_sub import keras
 from super_sub.training import config as config_lib
 from super_sub.training import deltas
 from super_sub.training import fit
