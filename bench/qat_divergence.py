@@ -34,6 +34,7 @@ from super_sub.training import config as config_lib
 from super_sub.training import deltas
 from super_sub.training import fit
 from super_sub.training import guards
+from super_sub.training import projection
 
 _BASE_RUN = flags.DEFINE_string("base_run", None, "A run whose generalist_qat is trained.")
 _WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/qat_divergence", "Where the copies go.")
@@ -53,18 +54,6 @@ def _registering_init(self, *args, **kwargs):
 
 
 deltas.DeltaToBase.__init__ = _registering_init
-
-
-def _per_channel(kernel: np.ndarray, step: np.ndarray):
-  """(step shaped to broadcast against kernel, the other axes), as the projection reads a
-  kernel's channels: the axis as long as `step` (the last one on ties), or the whole tensor."""
-  step = np.asarray(step, np.float32)
-  if step.ndim == 0:
-    return step, tuple(range(kernel.ndim))
-  axis = max(a for a in range(kernel.ndim) if kernel.shape[a] == step.shape[0])
-  shape = [1] * kernel.ndim
-  shape[axis] = step.shape[0]
-  return step.reshape(shape), tuple(a for a in range(kernel.ndim) if a != axis)
 
 
 class Recorder(keras.callbacks.Callback):
@@ -179,16 +168,14 @@ class Recorder(keras.callbacks.Callback):
   def _latents(self):
     """(kernel index, latent delta, int8 step, other axes) of each sign kernel."""
     delta = self.delta
-    if getattr(delta, "_graph", None) is not None:  # the compiled projection
-      state = delta._graph  # pylint: disable=protected-access
-      for i, (latent, _) in state.latent.items():
-        yield (i, latent.numpy(), *state.steps[i])
-    else:  # the numpy projection of older versions (b5c066d)
+    if hasattr(delta, "sign_latents"):  # the compiled projection
+      yield from delta.sign_latents()
+    else:  # replaying an older version (b5c066d): its numpy projection's state
       latents = getattr(delta, "_latent", {}) or {}
       owners = getattr(delta, "_owners", None)  # (model, range owners, int8 steps)
       steps = owners[2] if owners else {}
       for i, (latent, _) in latents.items():
-        yield (i, latent, *_per_channel(latent, steps[i]))
+        yield (i, latent, *projection.per_channel(latent, steps[i]))
 
   def _probe(self, t: int) -> dict:
     """Replays step t's forward pass (training mode) from the weights before it."""

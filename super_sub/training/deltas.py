@@ -381,6 +381,15 @@ class DeltaToBase(keras.callbacks.Callback):
     state.function(tf.constant(threshold, tf.float32))
     self._last = "graph"
 
+  def sign_latents(self) -> list[tuple[int, np.ndarray, np.ndarray, tuple[int, ...]]]:
+    """(kernel index, latent delta, int8 step shaped to broadcast per channel, the other axes)
+    of each sign kernel of the model the compiled projection serves: what diagnostics of the
+    sign form read (bench/qat_divergence.py). Empty before the first projection."""
+    if self._graph is None:
+      return []
+    return [(i, latent.numpy(), *self._graph.steps[i])
+            for i, (latent, _) in self._graph.latent.items()]
+
   @property
   def projections(self) -> int:
     """How many times `project` has run (in train steps or not) since its model was set."""

@@ -21,13 +21,13 @@ def _steps_moved(latent: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.n
 
   `step`: the int8 step of each channel (a scalar for per-tensor quantization, one channel); the
   channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
-  channels come before its multiplier; `_per_channel`).
+  channels come before its multiplier; `per_channel`).
   """
-  step, others = _per_channel(latent, step)
+  step, others = per_channel(latent, step)
   return np.abs(latent).mean(axis=others, keepdims=True) / np.maximum(step, 1e-12), step
 
 
-def _per_channel(kernel: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+def per_channel(kernel: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
   """(`step` shaped to broadcast against `kernel`, the axes that are not the channel axis): the
   channel axis is the kernel axis as long as `step`, the last one on ties (a depthwise kernel's
   channels come before its multiplier); a scalar step is one channel of every axis."""
@@ -51,7 +51,7 @@ def range_setters(base: np.ndarray, step: np.ndarray) -> np.ndarray:
   30-60% of such a channel's bytes again as exceptions. Moves outward are clipped by the pinned
   range. So specialists with pinned ranges keep these weights at the base's value.
   """
-  step, others = _per_channel(base, step)
+  step, others = per_channel(base, step)
   levels = np.minimum(np.abs(np.round(base / np.maximum(step, 1e-12))), 127)
   return levels == levels.max(axis=others, keepdims=True)
 
@@ -135,10 +135,10 @@ def grow_range(base: np.ndarray, kernel: np.ndarray, is_min: bool) -> np.ndarray
   r = max(|min|, |max|)); where a channel's largest |W| exceeds the base's r, the base range
   would clip it, so the bound moves to +-max|W| there (that channel's int8 scale, and so all its
   int8 weights, change). Elsewhere the base's bound stays, so unchanged channels keep their int8
-  values. The channel axis is the kernel axis as long as the range (`_per_channel`).
+  values. The channel axis is the kernel axis as long as the range (`per_channel`).
   """
   base = np.asarray(base)
-  extent = np.abs(kernel).max(axis=_per_channel(kernel, base)[1])
+  extent = np.abs(kernel).max(axis=per_channel(kernel, base)[1])
   grown = np.minimum(base, -extent) if is_min else np.maximum(base, extent)
   return grown.astype(base.dtype)
 
@@ -273,7 +273,7 @@ class Compiled:
     self.keep_now = variable(np.float64(1.0 if owner.keep_now is None else owner.keep_now),
                              "delta_keep_now")
     # Static shapes: each quantized kernel's step, broadcast against it, and its other axes.
-    self.steps = {i: _per_channel(base[i], plan.steps[i]) for i in self.latent}
+    self.steps = {i: per_channel(base[i], plan.steps[i]) for i in self.latent}
     self.factors = {}
     for i, a in actions.items():
       if a == "lowrank":
@@ -397,6 +397,6 @@ def _from_rows_tf(rows, shape):
 
 def _grow_range_tf(base, kernel, is_min: bool):
   """`grow_range` in TensorFlow."""
-  others = _per_channel(np.empty(kernel.shape, np.float32), np.empty(base.shape, np.float32))[1]
+  others = per_channel(np.empty(kernel.shape, np.float32), np.empty(base.shape, np.float32))[1]
   extent = tf.reduce_max(tf.abs(kernel), axis=others)
   return tf.minimum(base, -extent) if is_min else tf.maximum(base, extent)
