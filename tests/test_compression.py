@@ -362,6 +362,8 @@ def test_sign_form_accumulates_updates_below_half_a_step():
   kernel.assign(base[owners[hi]] + nudge)  # as an optimizer step would
   callback.project(model, threshold=0.0)
   np.testing.assert_array_equal(kernel.numpy(), base[owners[hi]])  # k = round(0.4) = 0
+  latents = {i: latent for i, latent, _, _ in callback.sign_latents()}
+  np.testing.assert_allclose(latents[owners[hi]], nudge, atol=1e-7)  # kept, not applied
   kernel.assign(kernel.numpy() + nudge)  # the next step: latent 0.8 steps -> k = 1
   callback.project(model, threshold=0.0)
   expected = np.zeros_like(nudge)
