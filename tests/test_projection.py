@@ -51,7 +51,7 @@ def _twins(qat: bool, size: int, frozen):
   a, b = _model(qat, size, frozen), _model(qat, size, frozen)
   variables = deltas.backbone_variables(a)
   for r, k in deltas.range_owners(a).items():
-    channel = projection._per_channel(  # pylint: disable=protected-access
+    channel = projection.per_channel(
         variables[k].numpy(), variables[r].numpy())
     extent = np.abs(variables[k].numpy()).max(axis=channel[1])
     variables[r].assign(-extent if deltas.short_name(variables[r]).endswith("_min") else extent)
@@ -115,7 +115,7 @@ def test_compiled_projection_matches_the_numpy_reference(name, qat, options, thr
                                           deltas.backbone_variables(tf_model))):
         want, got = want.numpy(), got.numpy()
         if i in steps and compiled.form in ("sign", "lowrank"):
-          step = projection._per_channel(want, steps[i])[0]  # pylint: disable=protected-access
+          step = projection.per_channel(want, steps[i])[0]
           n, one_step = _flips(got, want, np.broadcast_to(step, want.shape))
           assert one_step, f"{name}: variable {i} differs by other than one int8 step"
           flipped += n

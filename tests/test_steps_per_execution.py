@@ -37,7 +37,7 @@ def _sign_specialist(steps_per_execution: int, attach: bool = True, **options):
   model.compile(optimizer=keras.optimizers.Adam(3e-3),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 steps_per_execution=steps_per_execution)
-  return model, projection
+  return model, callback
 
 
 def _data():
