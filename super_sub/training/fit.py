@@ -122,6 +122,8 @@ def _train_locked(config, log, callbacks, strategy, chief_model_dir=None) -> Tra
   """`train` while it holds the model_dir's lock; `chief_model_dir`: the run's model_dir
   when this process is a multi-worker run's non-chief worker training in a private one."""
   run_lib.check_identity(config)  # before preparing: a refused run downloads nothing
+  if config.flat_from:
+    reuse_flat.check_source(config.flat_from)  # likewise, and writes nothing
   builder = prepare.prepare_dataset(config.dataset, config.data_dir, config.manual_dir,
                                     **config.dataset_options())
   config = resolve(config, builder)

@@ -17,6 +17,22 @@ from super_sub.models import classifiers
 from super_sub.training import run as run_lib
 
 
+def check_source(source_dir: str) -> run_lib.Run:
+  """The run `source_dir`, if its flat stage is finished: checked before anything is prepared
+  or written.
+
+  Raises:
+    FileNotFoundError: source_dir is not a run.
+    run_lib.RunMismatchError: its flat stage is unfinished.
+  """
+  source = run_lib.Run.open(source_dir)
+  if not source.is_done(run_lib.FLAT):
+    raise run_lib.RunMismatchError(
+        f"--flat_from={source_dir}: {source.stage_dir(run_lib.FLAT)} holds no finished flat "
+        "network; train it first (super-sub-train --stage=flat)")
+  return source
+
+
 def reordered_flat(source_dir: str, run: run_lib.Run) -> tuple[keras.Model, dict]:
   """(the flat model of `run` holding `source_dir`'s flat network, the source's metrics).
 
@@ -25,12 +41,8 @@ def reordered_flat(source_dir: str, run: run_lib.Run) -> tuple[keras.Model, dict
     run_lib.RunMismatchError: its flat stage is unfinished, or it is not a run of the same
       dataset, backbone and image size with the same class names; nothing is written.
   """
-  source = run_lib.Run.open(source_dir)
+  source = check_source(source_dir)
   where = f"--flat_from={source_dir}"
-  if not source.is_done(run_lib.FLAT):
-    raise run_lib.RunMismatchError(
-        f"{where}: {source.stage_dir(run_lib.FLAT)} holds no finished flat network; train it "
-        "first (super-sub-train --stage=flat)")
   differ = [f"{key} {getattr(source.config, key)!r} there, {getattr(run.config, key)!r} here"
             for key in ("dataset", "backbone", "image_size", "framing")
             if getattr(source.config, key) != getattr(run.config, key)]
