@@ -6,6 +6,9 @@ import shutil
 import statistics
 import time
 
+from PIL import Image
+
+from super_sub import load_hierarchy
 from super_sub import runs
 from super_sub.analysis.tables import markdown_table
 from super_sub.bundles import storage as storage_lib
@@ -88,3 +91,34 @@ def tradeoff_table(rows: list[dict]) -> str:
        "per superclass (oracle)", "b (x fp32 net)", "bundle, N here", "a + 10 b"],
       [cells(r) for r in rows])) + "\n"
 
+
+
+FASHION_MNIST_SPLITS = {"train": "train", "test": "t10k"}  # split -> IDX file prefix
+
+
+def folder_name(name: str) -> str:
+  """A class name as a folder name ("T-shirt/top" -> "T-shirt_top")."""
+  return name.replace("/", "_")
+
+
+def write_fashion_mnist_pngs(manual_dir: str, image_dir: str, superclass_folders: bool) -> int:
+  """Fashion-MNIST's IDX images as <image_dir>/<split>/[<superclass>/]<class>/<index>.png
+  (superclasses of the shipped fashion_mnist hierarchy); existing files are kept. Returns how
+  many were written."""
+  # pylint: disable-next=import-outside-toplevel
+  from super_sub.datasets.superclassed_fashion_mnist import (
+      superclassed_fashion_mnist_dataset_builder as fmnist)
+  h = load_hierarchy("fashion_mnist")
+  written = 0
+  for split, prefix in FASHION_MNIST_SPLITS.items():
+    images = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-images-idx3-ubyte.gz"), ndim=3)
+    labels = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-labels-idx1-ubyte.gz"), ndim=1)
+    for i, (image, g) in enumerate(zip(images, h.source_to_global[labels])):
+      parts = [h.superclasses[h.superclass_of[g]].name] if superclass_folders else []
+      path = os.path.join(image_dir, split, *parts, folder_name(h.subclass_names[g]),
+                          f"{i:05d}.png")
+      if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(image, "L").save(path)
+        written += 1
+  return written

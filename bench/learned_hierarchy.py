@@ -36,15 +36,15 @@ import time
 
 from absl import app
 from absl import flags
-from PIL import Image
 
+from _common import folder_name
+from _common import write_fashion_mnist_pngs
 from _common import write_results
 import super_sub
 from super_sub import evaluation
 from super_sub.analysis.stats import pct
 from super_sub.analysis.stats import seed_stats
 from super_sub.analysis.tables import markdown_table
-from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
 from super_sub.hierarchy import learned
 from super_sub.hierarchy import tree
 from super_sub.training import config as config_lib
@@ -63,30 +63,7 @@ _KS = flags.DEFINE_list("ks", ["3", "4", "5"], "Superclass counts of the learned
 _OUT = flags.DEFINE_string("out", "bench/results/learned_hierarchy",
                            "Results: <out>.json and <out>.md.")
 
-_SPLITS = {"train": "train", "test": "t10k"}
 HAND_MADE = "hand-made"
-
-
-def folder_name(name: str) -> str:
-  return name.replace("/", "_")
-
-
-def write_class_folders(manual_dir: str, image_dir: str) -> int:
-  """The IDX images as <image_dir>/<split>/<class>/<index>.png; returns how many were written
-  (existing files are kept)."""
-  names = super_sub.load_hierarchy("fashion_mnist")
-  by_source = {sub.source_label: folder_name(sub.name) for sub in names.subclasses}
-  written = 0
-  for split, prefix in _SPLITS.items():
-    images = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-images-idx3-ubyte.gz"), ndim=3)
-    labels = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-labels-idx1-ubyte.gz"), ndim=1)
-    for i, (image, label) in enumerate(zip(images, labels)):
-      path = os.path.join(image_dir, split, by_source[int(label)], f"{i:05d}.png")
-      if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.fromarray(image, "L").save(path)
-        written += 1
-  return written
 
 
 def store_hierarchy(h: super_sub.Hierarchy, folder: str, stem: str) -> str:
@@ -193,7 +170,7 @@ def markdown(result: dict) -> str:
 def main(argv):
   del argv
   start = time.perf_counter()
-  written = write_class_folders(_MANUAL_DIR.value, _IMAGE_DIR.value)
+  written = write_fashion_mnist_pngs(_MANUAL_DIR.value, _IMAGE_DIR.value, superclass_folders=False)
   hierarchies = os.path.join(_WORK_DIR.value, "hierarchies")
   seed_runs = [run_seed(int(s), hierarchies) for s in _SEEDS.value]
   result = {"command": "python bench/learned_hierarchy.py " + " ".join(sys.argv[1:]),

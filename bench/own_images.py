@@ -26,15 +26,14 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from _common import FASHION_MNIST_SPLITS
+from _common import write_fashion_mnist_pngs
 from _common import write_results
-from super_sub import hierarchy as hierarchy_lib
 from super_sub.analysis.stats import seed_stats
 from super_sub.analysis.tables import markdown_table
 from super_sub.data import prepare
-from super_sub.datasets.superclassed_fashion_mnist import superclassed_fashion_mnist_dataset_builder as fmnist
 from super_sub.training import config as config_lib
 from super_sub.training import fit
 from super_sub.training import run as run_lib
@@ -48,29 +47,7 @@ _EPOCHS = flags.DEFINE_integer("epochs", 0, "Epochs per network; 0: no training.
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the trainings.")
 _OUT = flags.DEFINE_string("out", "bench/results/own_images", "Results: <out>.json, <out>.md.")
 
-_SPLITS = {"train": "train", "test": "t10k"}
-
-
-def folder_name(name: str) -> str:
-  return name.replace("/", "_")
-
-
-def write_folders(manual_dir: str, image_dir: str) -> int:
-  """The IDX images as PNG files in the superclass layout; returns how many were written."""
-  h = hierarchy_lib.load_hierarchy("fashion_mnist")
-  written = 0
-  for split, prefix in _SPLITS.items():
-    images = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-images-idx3-ubyte.gz"), ndim=3)
-    labels = fmnist.read_idx(os.path.join(manual_dir, f"{prefix}-labels-idx1-ubyte.gz"), ndim=1)
-    glob = h.source_to_global[labels]
-    for i, (image, g) in enumerate(zip(images, glob)):
-      sup = h.superclasses[h.superclass_of[g]].name
-      path = os.path.join(image_dir, split, sup, folder_name(h.subclass_names[g]), f"{i:05d}.png")
-      if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.fromarray(image, "L").save(path)
-        written += 1
-  return written
+_SPLITS = FASHION_MNIST_SPLITS
 
 
 def check_same_pixels(folder_builder, idx_builder) -> dict:
@@ -101,7 +78,7 @@ def train_and_score(dataset: str, model_dir: str, seed: int) -> dict:
 def main(argv):
   del argv
   start = time.perf_counter()
-  written = write_folders(_MANUAL_DIR.value, _IMAGE_DIR.value)
+  written = write_fashion_mnist_pngs(_MANUAL_DIR.value, _IMAGE_DIR.value, superclass_folders=True)
   wrote_s = time.perf_counter() - start
   start = time.perf_counter()
   folder = prepare.prepare_dataset(f"folder:{_IMAGE_DIR.value}", data_dir=_DATA_DIR.value)
