@@ -16,9 +16,9 @@ cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/super_sub_gpu}
 PY=${PYTHON:-.venv/bin/python}
 if [ "${SMOKE:-0}" = 1 ]; then
-  TRAIN=300; VAL=60; BATCH=8; EPOCHS=2; SEEDS=0-1; OUT=${OUT:-$WORK/results}; TRUNKS=frozen
+  TRAIN=300; VAL=60; BATCH=8; EPOCHS=3; REPEATS=1; SEEDS=0-1; OUT=${OUT:-$WORK/results}; TRUNKS=frozen
 else
-  TRAIN=4000; VAL=400; BATCH=64; EPOCHS=3; SEEDS=0-9; OUT=${OUT:-bench/results}; TRUNKS=frozen,trainable
+  TRAIN=4000; VAL=400; BATCH=64; EPOCHS=4; REPEATS=3; SEEDS=0-9; OUT=${OUT:-bench/results}; TRUNKS=frozen,trainable
 fi
 mkdir -p "$WORK" "$OUT"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
@@ -29,7 +29,7 @@ cat "$OUT/gpu_device.txt"
 $PY bench/imagenet_shaped.py "$WORK/ILSVRC2012" "$TRAIN" "$VAL"
 $PY bench/train_overhead.py --dataset=superclassed_imagenet --manual_dir="$WORK/ILSVRC2012" \
   --data_dir="$WORK/tfds" --backbone=mobilenet_v2 --image_size=224 --batch_size="$BATCH" \
-  --epochs="$EPOCHS" --superclass=4 --mixed_precision --jit_compile \
+  --epochs="$EPOCHS" --repeats="$REPEATS" --superclass=3 --mixed_precision --jit_compile \
   --note="bench/gpu.sh" --out="$OUT/train_overhead_gpu_mobilenet_v2_224"
 $PY bench/qat_stability.py --work_dir="$WORK/stability" --seeds="$SEEDS" --trunks="$TRUNKS" \
   --batch_size=16 --mixed_precision --jit_compile --out="$OUT/qat_stability_gpu"

@@ -45,6 +45,7 @@ from super_sub.training import determinism
 from super_sub.training import distill
 from super_sub.training import distribute
 from super_sub.training import guards
+from super_sub.training import logs
 from super_sub.training import qat as qat_lib
 from super_sub.training import reuse_flat
 from super_sub.training import router_head as router_training
@@ -422,13 +423,14 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
         validation_data=val_ds,
         verbose=2,
         callbacks=[
+            logs.EpochProgbar(),  # first, where Keras puts its own: the line before an error
             # Before BackupAndRestore: a diverged epoch must fail before it is backed up.
             guards.FiniteGuard(stage.key, backup_dir),
             keras.callbacks.BackupAndRestore(backup_dir),
             # After BackupAndRestore: the epoch it restores is where the inputs start.
             *([determinism.FirstEpoch(first_epoch, steps)] if first_epoch is not None else []),
             keras.callbacks.CSVLogger(history_path, append=True),
-            keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs")),
+            logs.EpochTensorBoard(os.path.join(stage_dir, "logs")),
             *callbacks,
         ])
   wall = time.perf_counter() - start
