@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from _common import FASHION_MNIST_SPLITS
 from _common import write_fashion_mnist_pngs
 from _common import write_results
+from super_sub.analysis.stats import pct
 from super_sub.analysis.stats import seed_stats
 from super_sub.analysis.tables import markdown_table
 from super_sub.data import prepare
@@ -104,7 +105,8 @@ def train_and_score(dataset: str, model_dir: str, seed: int) -> dict:
   from super_sub import evaluation  # pylint: disable=import-outside-toplevel
   # Both on the test split: the folder route holds 10% of train out as its validation split.
   result = evaluation.evaluate(run_lib.Run.open(model_dir), split="test")
-  return {"flat": result["flat"]["top1"], "two_stage": result["two_stage"]["hard"]["top1"]}
+  flat, two_stage = result["flat"]["top1"], result["two_stage"]["hard"]["top1"]
+  return {"flat": flat, "two_stage": two_stage, "gain": two_stage - flat}
 
 
 def main(argv):
@@ -149,10 +151,10 @@ def main(argv):
       scores = [train_and_score(dataset, os.path.join(_WORK_DIR.value, f"seed{s}", name), int(s))
                 for s in _SEEDS.value]
       result["runs"][name] = {k: seed_stats([r[k] for r in scores]) for k in scores[0]}
-    lines += [""] + markdown_table(
-        ["route", "flat top-1",
-         f"two-stage top-1 ({_EPOCHS.value} epochs, seeds {','.join(_SEEDS.value)})"],
-        [[name, f"{100 * r['flat']['mean']:.2f}", f"{100 * r['two_stage']['mean']:.2f}"]
+    lines += ["", f"{_EPOCHS.value} epochs per network, seeds {','.join(_SEEDS.value)} (mean ± "
+              "standard deviation), test split, hard routing:", ""] + markdown_table(
+        ["route", "flat top-1", "two-stage top-1", "gain over flat"],
+        [[name, pct(r["flat"]), pct(r["two_stage"]), pct(r["gain"], signed=True)]
          for name, r in result["runs"].items()])
   write_results(_OUT.value, result, "\n".join(lines) + "\n")
 
