@@ -149,43 +149,20 @@ def _accelerator() -> str:
 
 
 def _bare_keras(run, stage, images: int) -> tuple[float, dict]:
-  """(images per second, step profile) of a plain `fit` of `stage`'s model, prepared as
-  super-sub prepares it (weights copied, layers frozen), on its pipeline and optimizer."""
-  from super_sub import keras  # pylint: disable=import-outside-toplevel
+  """(images per second, step profile) of a plain `fit` of `stage`'s model, prepared and
+  compiled by the functions super-sub's training uses, on its pipeline."""
   from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
-  from super_sub.models import backbones  # pylint: disable=import-outside-toplevel
-  from super_sub.models import classifiers  # pylint: disable=import-outside-toplevel
   from super_sub.training import fit  # pylint: disable=import-outside-toplevel
-  from super_sub.training import run as run_lib  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   config = run.config
+  train_ds = pipeline.make_dataset(
+      run.builder, "train", fit.input_spec(config, stage, config.batch_size, training=True),
+      training=True)
+  epochs, lr = fit.schedule(config, stage, config.batch_size)
   # Built and compiled under the precision policy the stage was trained with.
   with fit.precision(config, tf.distribute.get_strategy()):
-    model = run.build_model(stage)
-    if stage.role == "specialist":
-      classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-      fit.prepare_specialist(model, config)
-    elif stage.role == "generalist" and config.generalist_init == "flat":
-      classifiers.copy_backbone_weights(run.load_model(run_lib.FLAT), model)
-      backbones.freeze_stages(model, config.generalist_freeze_stages)
-    spec = pipeline.InputSpec(role=stage.role, batch_size=config.batch_size,
-                              image_size=config.image_size, superclass=stage.superclass,
-                              augment=config.augment, framing=config.framing, seed=config.seed,
-                              cache_budget=int(config.cache_budget_gb * 2**30))
-    train_ds = pipeline.make_dataset(run.builder, "train", spec, training=True)
-    epochs, lr = fit.schedule(config, stage, config.batch_size)
-    steps = int(train_ds.cardinality())
-    warmup = int(config.warmup_epochs * steps)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=keras.optimizers.schedules.CosineDecay(
-                lr / 10, max(1, epochs * steps - warmup), warmup_target=lr, warmup_steps=warmup),
-            weight_decay=config.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
-        + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
-           if model.output_shape[-1] > 5 else []),
-        jit_compile=config.jit_compile)
+    model = fit.initial_model(run, stage)
+    fit.compile_for_training(model, config, epochs, lr, int(train_ds.cardinality()))
   clock = _clock()
   model.fit(train_ds, epochs=epochs, verbose=0, callbacks=[clock])
   return images / statistics.median(clock.seconds[model.name][1:-1]), clock.profiles[model.name]
@@ -253,9 +230,8 @@ def main(argv):
       run = run_lib.Run(config)
       stage = {"flat": run_lib.FLAT, "generalist": run_lib.GENERALIST}.get(
           stage_flag, run_lib.specialist(k))
-      spec = pipeline.InputSpec(role=stage.role, batch_size=config.batch_size,
-                                image_size=config.image_size, superclass=stage.superclass)
-      images = pipeline.epoch_examples(run.builder, "train", spec)
+      images = pipeline.epoch_examples(
+          run.builder, "train", fit.input_spec(config, stage, config.batch_size, training=True))
       ours = images / statistics.median(clock.seconds[stage.key][1:-1])
       theirs, their_profile = _bare_keras(run, stage, images)
       pairs[name].append({"images_per_epoch": images, "super_sub_images_per_s": ours, "keras_images_per_s": theirs,

@@ -299,6 +299,73 @@ def _teacher(run: run_lib.Run, source: str, superclass: int, load: bool = True
   return (other.load_model(stage) if load else None), columns
 
 
+def input_spec(config: TrainConfig, stage: run_lib.Stage, global_batch: int, training: bool,
+               replicas: int = 1) -> pipeline.InputSpec:
+  """How `stage` reads its training (`training`) or epoch-end validation images."""
+  # The router head learns the generalist's targets: superclasses.
+  return pipeline.InputSpec(role="generalist" if stage.role == "router_head" else stage.role,
+                            batch_size=global_batch,
+                            image_size=config.image_size, superclass=stage.superclass,
+                            augment=config.augment if training else "none",
+                            framing=config.framing, seed=config.seed,
+                            cache_budget=int(config.cache_budget_gb * 2**30),
+                            # With several replicas a partial batch can leave one empty,
+                            # which oneDNN's Conv2D cannot take. The epoch-end validation
+                            # then skips < 1 global batch; super-sub-eval always scores the
+                            # whole split.
+                            drop_remainder=replicas > 1,
+                            dustbin=config.dustbin if stage.role == "specialist" else 0.0)
+
+
+def initial_model(run: run_lib.Run, stage: run_lib.Stage) -> keras.Model:
+  """`stage`'s model as its training starts: a specialist from the trained generalist, with
+  what it keeps of it frozen (`prepare_specialist`); the QAT generalist quantized from the
+  float one; a router head on the generalist's trunk; a generalist from the flat network with
+  its first stages frozen (--generalist_init=flat); else freshly built (--weights)."""
+  config = run.config
+  if stage.role == "specialist":
+    # Starts from the trained generalist and stays a sparse delta over it.
+    model = run.build_model(stage)
+    classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
+    prepare_specialist(model, config)
+  elif stage.qat:
+    model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
+  elif stage.role == "router_head":
+    model = run.build_model(stage)
+    router_head.copy_trunk(run.load_model(run.generalist), model, config.freeze_stages)
+  else:
+    model = run.build_model(stage, weights=config.weights)
+    if stage.role == "generalist" and config.generalist_init == "flat":
+      # Fine labels teach features that superclass labels alone learn slowly.
+      classifiers.copy_backbone_weights(run.load_model(run_lib.FLAT), model)
+      # Frozen flat features keep what tells subclasses apart, so the specialists, which
+      # start from the generalist, need smaller deltas.
+      backbones.freeze_stages(model, config.generalist_freeze_stages)
+  return model
+
+
+def compile_for_training(model: keras.Model, config: TrainConfig, epochs: int, lr: float,
+                         steps: int) -> None:
+  """Compiles `model` as every stage trains: AdamW (config.weight_decay) whose rate warms up
+  linearly from lr/10 to `lr` over config.warmup_epochs and then follows a cosine to 0 at the
+  end of `epochs` epochs of `steps` steps; cross-entropy on logits; top-1, and top-5 over
+  more than five classes."""
+  warmup_steps = int(config.warmup_epochs * steps)
+  # Keras decays over `decay_steps` steps *after* the warm-up: the rest of the training, so
+  # the rate reaches 0 as the last epoch ends (epochs x steps would stop it half-way down).
+  lr_schedule = keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps - warmup_steps),
+      warmup_target=lr, warmup_steps=warmup_steps)
+  model.compile(
+      optimizer=keras.optimizers.AdamW(learning_rate=lr_schedule,
+                                       weight_decay=config.weight_decay),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
+      + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
+         if model.output_shape[-1] > 5 else []),
+      jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
+
+
 def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callbacks,
                  chief_model_dir: str | None = None) -> None:
   config, h, builder = run.config, run.hierarchy, run.builder
@@ -308,19 +375,8 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   epochs, lr = schedule(config, stage, global_batch)
 
   def spec(training):
-    # The router head learns the generalist's targets: superclasses.
-    return pipeline.InputSpec(role="generalist" if stage.role == "router_head" else stage.role,
-                              batch_size=global_batch,
-                              image_size=config.image_size, superclass=stage.superclass,
-                              augment=config.augment if training else "none",
-                              framing=config.framing, seed=config.seed,
-                              cache_budget=int(config.cache_budget_gb * 2**30),
-                              # With several replicas a partial batch can leave one
-                              # empty, which oneDNN's Conv2D cannot take. The epoch-end
-                              # validation then skips < 1 global batch; super-sub-eval
-                              # always scores the whole split.
-                              drop_remainder=replicas > 1,
-                              dustbin=config.dustbin if stage.role == "specialist" else 0.0)
+    return input_spec(config, stage, global_batch, training, replicas)
+
   val_ds = pipeline.make_dataset(builder, run.evaluation_split, spec(False), training=False)
   # A dustbin specialist's data is endless (fresh other-superclass images every pass).
   examples = pipeline.epoch_examples(builder, "train", spec(True))
@@ -352,11 +408,9 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
   base = None
   trained = None
   with strategy.scope(), precision(config, strategy):
+    model = initial_model(run, stage)
     if stage.role == "specialist":
-      # Starts from the trained generalist and stays a sparse delta over it.
-      model = run.build_model(stage)
-      classifiers.copy_backbone_weights(run.load_model(run.generalist), model)
-      frozen_bn = prepare_specialist(model, config)
+      frozen_bn = config_lib.specialist_batchnorm_frozen(config)
       base = [v.numpy() for v in deltas.backbone_variables(model)]
       delta_callback = deltas.DeltaToBase(base, config.delta_l1, frozen_bn,
                                           keep=config.delta_keep, epochs=epochs,
@@ -374,37 +428,11 @@ def _train_stage(run: run_lib.Run, stage: run_lib.Stage, strategy, log, callback
       # after each step as a callback instead (and refuses --steps_per_execution > 1).
       if not (config.jit_compile and config.specialist_form == "lowrank"):
         delta_callback.attach(model, target=trained if trained is not None else model)
-    elif stage.qat:
-      model = qat_lib.quantize(run.load_model(run_lib.GENERALIST))
     elif stage.role == "router_head":
-      model = run.build_model(stage)
-      router_head.copy_trunk(run.load_model(run.generalist), model, config.freeze_stages)
       pinned = router_training.PinnedTrunk(model, config.freeze_stages)
       pinned.attach(model)  # inside every step, also with --steps_per_execution
       callbacks.append(pinned)
-    else:
-      model = run.build_model(stage, weights=config.weights)
-      if stage.role == "generalist" and config.generalist_init == "flat":
-        # Fine labels teach features that superclass labels alone learn slowly.
-        classifiers.copy_backbone_weights(run.load_model(run_lib.FLAT), model)
-        # Frozen flat features keep what tells subclasses apart, so the specialists, which
-        # start from the generalist, need smaller deltas.
-        backbones.freeze_stages(model, config.generalist_freeze_stages)
-    num_classes = model.output_shape[-1]
-    warmup_steps = int(config.warmup_epochs * steps)
-    # Keras decays over `decay_steps` steps *after* the warm-up: the rest of the training, so
-    # the rate reaches 0 as the last epoch ends (epochs x steps would stop it half-way down).
-    lr_schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=lr / 10, decay_steps=max(1, epochs * steps - warmup_steps),
-        warmup_target=lr, warmup_steps=warmup_steps)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=lr_schedule,
-                                         weight_decay=config.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")]
-        + ([keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
-           if num_classes > 5 else []),
-        jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
+    compile_for_training(model, config, epochs, lr, steps)
 
   os.makedirs(stage_dir, exist_ok=True)
   log(f"[{stage}] training {epochs} epochs of {steps} steps (global batch {global_batch}, "
