@@ -138,6 +138,28 @@ def test_held_out_validation_is_seeded_and_said(superclass_build, tmp_path):
   assert len(names(builder)) == 3  # one of each class's 5-7 train images
 
 
+def test_held_out_images_do_not_depend_on_the_hierarchy(tmp_path):
+  """A flat-only run and a Super-Sub run of one folder (--flat_from reuses the first's network)
+  must hold out the same images: read with no hierarchy, with one that numbers the classes in
+  another order, and with one that skips a class, each class keeps its validation images."""
+  root = make_tree(tmp_path / "flat", {"bird": None, "car": None, "cat": None, "truck": None},
+                   splits=("train",), per_class=20)
+  hierarchy = tmp_path / "h.json"
+  hierarchy.write_text(json.dumps({"name": "h", "superclasses": [  # truck, car, bird: 0, 1, 2
+      {"name": "vehicles", "subclasses": [{"name": "truck", "source_label": 0},
+                                          {"name": "car", "source_label": 1}]},
+      {"name": "animals", "subclasses": [{"name": "bird", "source_label": 2}]}]}))
+  held = lambda plan: {f for f, _ in plan.splits["validation"]}  # noqa: E731
+  flat = folders.scan(root)
+  assert flat.hierarchy.subclass_names == ["bird", "car", "cat", "truck"]
+  assert len(held(flat)) == 8  # 10% of each class's 20
+  assert {f.split("/")[1] for f in held(flat)} == {"bird", "car", "cat", "truck"}
+  grouped = folders.scan(root, str(hierarchy), unmapped_labels="skip")
+  assert grouped.hierarchy.subclass_names == ["truck", "car", "bird"]
+  assert held(grouped) == {f for f in held(flat) if not f.startswith("train/cat/")}
+  assert held(folders.scan(root, seed=1)) != held(flat)  # seeded
+
+
 def test_read_without_super_sub_code(superclass_build):
   builder, _, _ = superclass_build
   counts = builder.info.metadata["superclass_counts"]

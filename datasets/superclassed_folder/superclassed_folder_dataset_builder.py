@@ -59,8 +59,12 @@ def folder_config(path: str, hierarchy: str | None = None, unmapped_labels: str 
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for superclassed_folder (needs a `folder_config`)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "The held-out validation split depends on the seed and each image's key "
+               "alone, no longer on the label numbers: the same images whatever the hierarchy.",
+  }
 
   def __init__(self, *, config: FolderConfig | None = None, **kwargs):
     if not isinstance(config, FolderConfig):

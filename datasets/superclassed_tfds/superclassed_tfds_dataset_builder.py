@@ -63,8 +63,12 @@ def tfds_config(source: str, hierarchy: str | None, unmapped_labels: str = "erro
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for superclassed_tfds (needs a `tfds_config`)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "The held-out validation split depends on the seed and each image's key "
+               "alone, no longer on the label numbers: the same images whatever the hierarchy.",
+  }
 
   def __init__(self, *, config: TfdsConfig | None = None, **kwargs):
     if not isinstance(config, TfdsConfig):

@@ -21,7 +21,6 @@ import hashlib
 import re
 
 from etils import epath
-import numpy as np
 from PIL import Image
 
 from super_sub import hierarchy as hierarchy_lib
@@ -307,22 +306,29 @@ def _map_classes(root, classes, hierarchy, unmapped_labels):
   return h, label_of, skipped
 
 
-def hold_out(train: list[tuple[str, int]], share: float, seed: int):
-  """(train, validation): `share` of each label's (key, label) items (at least one of a label
-  with two or more), drawn with `seed`, both sorted."""
+def hold_out(train: list[tuple[str | int, int]], share: float, seed: int):
+  """(train, validation): `share` of each label's (key, label) items, at least one of a label
+  with two or more; both sorted. A key is a file's path or a source dataset's index.
+
+  An item is held out when the digest of (seed, its key) is among the lowest of its label's,
+  so the draw depends on the seed and the label's own keys alone, not on the label numbers
+  (which follow the hierarchy) or the other labels. A folder read with no hierarchy, with a
+  hierarchy, or with some classes skipped gives its classes the same validation images: a
+  Super-Sub run that reuses a flat-only run's network (--flat_from) never validates on images
+  that network trained on.
+  """
   if not 0.0 < share < 1.0:
     raise ValueError(f"validation_share must lie in (0, 1); got {share}")
-  rng = np.random.default_rng(seed)
   by_label = collections.defaultdict(list)
   for item in train:
     by_label[item[1]].append(item)
   keep, held = [], []
-  for label in sorted(by_label):
-    items = by_label[label]
+  for items in by_label.values():
     n = max(1, round(share * len(items))) if len(items) > 1 else 0
-    chosen = set(rng.choice(len(items), size=n, replace=False).tolist())
-    for i, item in enumerate(items):
-      (held if i in chosen else keep).append(item)
+    ranked = sorted(items,
+                    key=lambda item: hashlib.sha256(f"{seed}\0{item[0]}".encode()).digest())
+    held += ranked[:n]
+    keep += ranked[n:]
   return sorted(keep), sorted(held)
 
 
