@@ -17,7 +17,8 @@ The "your own images" route a user without a taxonomy takes, on Fashion-MNIST:
    made folder-safe: "T-shirt/top" -> "T-shirt_top"). Every Super-Sub run of a seed starts from
    that seed's one flat network (--flat_from: the same network, its outputs reordered to the
    run's class order), so the gains are paired on one flat network and differ only by the
-   hierarchy (checked: each run's flat test top-1 is equal).
+   hierarchy (checked: each run's flat test top-1 is equal, and each run's validation images
+   are the flat network's: the folder's hold-out does not depend on the hierarchy).
 4. Each run evaluated on the test split: flat and two-stage (hard, generalist router) top-1,
    Super-Sub's gain over flat, the routing loss (oracle specialists - hard) and the share of
    the flat network's test errors that stay inside the true superclass of that hierarchy.
@@ -106,6 +107,19 @@ def score(model_dir: str) -> dict:
           "errors_within_superclass": errors["within_superclass"] / errors["total"]}
 
 
+def run_dir(work: str, name: str) -> str:
+  """The model_dir of the Super-Sub run under hierarchy `name`."""
+  return os.path.join(work, name.replace(" ", "_").replace("=", ""))
+
+
+def validation_files(model_dir: str) -> list[bytes]:
+  """The file names of a run's validation split, sorted."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = run_lib.Run.open(model_dir).builder
+  ds = builder.as_dataset(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
+  return sorted(name for name in tfds.as_numpy(ds.map(lambda ex: ex["file_name"])))
+
+
 def run_seed(seed: int, hierarchies: str) -> dict:
   """The flat network of `seed`, the hierarchies learned from it, and every Super-Sub run."""
   work = os.path.join(_WORK_DIR.value, f"seed{seed}", f"e{_EPOCHS.value}")
@@ -123,7 +137,7 @@ def run_seed(seed: int, hierarchies: str) -> dict:
         "validation_confusion_within": found.within, "chance": found.chance,
         "validation_errors": found.errors, "hierarchy": paths[f"learned K={k}"]}
   for name, path in paths.items():
-    model_dir = os.path.join(work, name.replace(" ", "_").replace("=", ""))
+    model_dir = run_dir(work, name)
     cfg = config(model_dir, seed, hierarchy=path, flat_from=flat_dir)
     start = time.perf_counter()
     fit.train(cfg)
@@ -132,6 +146,12 @@ def run_seed(seed: int, hierarchies: str) -> dict:
   flats = {round(r["flat_top1"], 6) for r in out["runs"].values()}
   if len(flats) != 1:
     raise RuntimeError(f"seed {seed}: the copied flat networks disagree on test: {flats}")
+  held = validation_files(flat_dir)
+  for name in paths:
+    if validation_files(run_dir(work, name)) != held:
+      raise RuntimeError(f"seed {seed}, {name}: its validation images are not the flat "
+                         "network's")
+  out["validation_images_shared"] = len(held)
   return out
 
 
