@@ -358,6 +358,10 @@ def test_images_from_a_tfds_dataset(tmp_path):
   with pytest.raises(AnalysisError, match=r"p.npz, example 4: image 'nope.png' not found in "
                                           r"TFDS dataset .*split 'validation'"):
     load({"validation/000003.png": "p.npz, example 0", "nope.png": "p.npz, example 4"})
+  elsewhere = tmp_path / "elsewhere"
+  with pytest.raises(AnalysisError, match=rf"{name}/.* is not prepared in {elsewhere}: pass "
+                                          r"--data_dir="):
+    analysis.images_from_tfds(name, "validation", str(elsewhere))({"a.png": "p.npz"})
 
 
 def test_images_from_a_folder_dataset_read_from_the_folder(tmp_path):

@@ -138,6 +138,8 @@ def test_filter_passes_partial_lines_and_progress_at_once():
   assert not native_logs.is_noise(b"E0000 00:00:17.3   1 other.cc:1] a real error\n", 2)
   assert native_logs.is_noise(b"E0000 00:00:17.3   1 other.cc:1] a real error\n", 3)
   assert not native_logs.is_noise(b"Epoch 1/3\n", 3)
+  quantizer = b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n"
+  assert native_logs.is_noise(quantizer, 1) and not native_logs.is_noise(quantizer, 0)
   source, sink = os.pipe(), os.pipe()
   os.write(source[1], b"50%|#####     |\r60%|######    |\rInfo: no newline yet")
   os.close(source[1])

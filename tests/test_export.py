@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,21 @@ def test_parity_with_keras_two_stage(run, exported):
   # quantization noise, and its answer wherever noise cannot flip it, on every specialist.
   checked = assert_bundle_matches_keras(run, os.path.join(exported[0], "tflite"), atol=0.05)
   assert sorted(checked["per_specialist"]) == [0, 1, 2, 3, 4]
+
+
+def test_qat_conversion_says_nothing_of_input_statistics():
+  """The converter's "Statistics for quantized inputs were expected" UserWarning is printed
+  for every QAT model with float inputs, super-sub's way: to_tflite keeps it from users."""
+  import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
+  from super_sub._internal.compat import keras  # pylint: disable=import-outside-toplevel
+  model = tfmot.quantization.keras.quantize_model(keras.Sequential(
+      [keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
+       keras.layers.Dense(3)]))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert tflite.to_tflite(model, None)[4:8] == b"TFL3"
+  assert not [w for w in caught if "Statistics for quantized inputs" in str(w.message)], [
+      str(w.message) for w in caught]
 
 
 @pytest.mark.slow

@@ -344,6 +344,27 @@ def test_eval_command_reads_the_saved_config(trained, data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_eval_and_export_in_a_shell_without_the_data_name_the_folder_and_the_fix(trained,
+                                                                                 tmp_path):
+  """A later shell without the TFDS_DATA_DIR a run was trained under: one line each, not
+  TFDS's traceback from deep in a pipeline (export) or "it has []" splits (eval)."""
+  empty = tmp_path / "no_data"
+  empty.mkdir()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  for module, args in (("super_sub.train.evaluate", []),
+                       ("super_sub.export.export", [f"--output={tmp_path / 'bundle'}"])):
+    out = subprocess.run([sys.executable, "-m", module, f"--model_dir={trained.model_dir}",
+                          f"--data_dir={empty}", *args],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 2, (module, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, (module, out.stderr[-3000:])
+    error = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and f"is not prepared in {empty}: pass --data_dir=" in error[0], (
+        module, out.stderr[-3000:])
+  assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
 def test_a_moved_run_reads_its_stages_where_it_now_lives(trained, tmp_path):
   first, moved = tmp_path / "first", tmp_path / "moved"
   shutil.copytree(trained.model_dir, first)

@@ -1,5 +1,6 @@
 """Hides TensorFlow's and LiteRT's C++ start-up lines on a command's stderr (oneDNN, CUDA,
-cpu_feature_guard, "Created TensorFlow Lite XNNPACK delegate for CPU").
+cpu_feature_guard, "Created TensorFlow Lite XNNPACK delegate for CPU"), and the TFLite
+quantizer's settings line.
 
 TF_CPP_MIN_LOG_LEVEL is not enough: TensorFlow >= 2.20 prints its first lines through absl's
 C++ logging before anything reads that variable, and LiteRT's XNNPACK line ignores it. So
@@ -22,12 +23,14 @@ from typing import Iterator
 # absl's logging is initialised the seconds field holds the whole epoch time).
 _LOG_LINE = re.compile(rb"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
 _SEVERITIES = b"IWEF"
-# Start-up lines that are not in that form (LiteRT's INFO lines: the XNNPACK delegate, a
+# Lines that are not in that form (LiteRT's INFO lines: the XNNPACK delegate, a
 # CompiledModel's accelerators; the banner absl prints before its logging is initialised;
-# cpu_feature_guard's second line).
+# cpu_feature_guard's second line; the TFLite quantizer's settings, printed once per int8
+# conversion, tensorflow/tensorflow#58119).
 _NOISE_PREFIXES = (b"WARNING: All log messages before absl::InitializeLog() is called",
                    b"INFO: ",
-                   b"To enable the following instructions:")
+                   b"To enable the following instructions:",
+                   b"fully_quantize: ")
 # ERROR lines a CPU-only machine prints at start-up for the CUDA it does not have.
 _NOISE_ERRORS = (b"failed call to cuInit", b"Unable to register cuDNN factory",
                  b"Unable to register cuFFT factory", b"Unable to register cuBLAS factory",

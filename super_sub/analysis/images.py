@@ -66,6 +66,7 @@ def images_from_tfds(name: str, split: str, data_dir: str | None = None,
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
     import tensorflow_datasets as tfds
+    from super_sub.data import pipeline
     from super_sub.data import prepare
     try:
       builder = prepare.open_builder(name, data_dir, hierarchy)
@@ -74,9 +75,8 @@ def images_from_tfds(name: str, split: str, data_dir: str | None = None,
         raise predictions_lib.AnalysisError(
             f"TFDS dataset {name!r} has no 'file_name' and 'image' features to match "
             f"predictions by; give the image folder instead (--images_dir)")
-      ds = builder.as_dataset(split=split, shuffle_files=False,
-                              decoders={"image": tfds.decode.SkipDecoding()})
-    except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError) as e:
+      ds = pipeline.read_split(builder, split, shuffle_files=False)
+    except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
       if isinstance(e, predictions_lib.AnalysisError):
         raise
       raise predictions_lib.AnalysisError(

@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from super_sub import hierarchy as hierarchy_lib
 from super_sub.data import crops
 from super_sub.data import images as images_lib
+from super_sub.data import sources
 from super_sub.errors import SuperSubError
 
 ROLES = ("flat", "generalist", "specialist")
@@ -95,6 +96,26 @@ class InputSpec:
       raise ValueError(f"dustbin must be >= 0; got {self.dustbin}")
 
 
+def require_prepared(builder: tfds.core.DatasetBuilder) -> None:
+  """Raises sources.DatasetError, naming the data folder and the fix, unless the dataset is
+  prepared there. Without it TFDS fails deep in a pipeline (an AssertionError, or no splits),
+  typically when a later shell lacks the TFDS_DATA_DIR a run was trained under."""
+  if not builder.is_prepared():
+    raise sources.DatasetError(
+        f"{builder.info.full_name} is not prepared in {builder.data_dir_root}: pass "
+        "--data_dir=<the TFDS folder it was prepared in> (or set TFDS_DATA_DIR), or prepare "
+        "it there with super-sub-build")
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str, **as_dataset_args
+               ) -> tf.data.Dataset:
+  """`builder.as_dataset(split=split, **as_dataset_args)` of prepared data (else
+  `require_prepared`'s error), images still encoded."""
+  require_prepared(builder)
+  return builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
+                            **as_dataset_args)
+
+
 def num_examples(builder: tfds.core.DatasetBuilder, split: str,
                  superclass: int | None = None) -> int:
   """Examples in `split`, or in its `superclass` part (`superclass_counts`)."""
@@ -112,7 +133,7 @@ def superclass_counts(builder: tfds.core.DatasetBuilder, split: str) -> tuple[in
     return tuple(int(n) for n in recorded)
   key = (os.fspath(builder.data_dir), split)
   if key not in _COUNTED:
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = read_split(builder, split)
     ds = ds.map(lambda ex: ex["superclass"], num_parallel_calls=tf.data.AUTOTUNE)
     num_superclasses = builder.info.features["superclass"].num_classes
     counts = np.zeros(num_superclasses, np.int64)
@@ -210,8 +231,7 @@ def _stages(builder, split: str, spec: InputSpec, training: bool, with_metadata:
   # superclasses' images.
   read_config = tfds.ReadConfig(shuffle_seed=spec.seed,
                                 shuffle_reshuffle_each_iteration=False if by_epoch else None)
-  ds = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config,
-                          decoders={"image": tfds.decode.SkipDecoding()})
+  ds = read_split(builder, split, shuffle_files=training, read_config=read_config)
   size = num_examples(builder, split, spec.superclass)
   dustbin = spec.dustbin if training else 0.0  # evaluation: the specialist's own images
   if spec.superclass is not None and not dustbin:
@@ -384,7 +404,7 @@ def find_undecodable(builder: tfds.core.DatasetBuilder, split: str,
                      superclass: int | None = None) -> UndecodableImageError | None:
   """The first image of `split` (of `superclass`, if given) that TensorFlow cannot decode, as
   an error naming its file, or None. A full pass over the split: for after a pipeline failed."""
-  ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  ds = read_split(builder, split)
   channels = builder.info.features["image"].shape[-1]
   for ex in ds:
     if superclass is not None and int(ex["superclass"]) != superclass:

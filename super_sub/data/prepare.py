@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from super_sub.data import pipeline
 from super_sub.data import sources
 import super_sub.datasets  # pylint: disable=unused-import  (registers the builders)
 from super_sub.datasets.superclassed_folder import superclassed_folder_dataset_builder as folder_builder
@@ -97,7 +98,7 @@ def summarize_dataset(builder: tfds.core.DatasetBuilder) -> list[SplitSummary]:
   h = builder.hierarchy
   summaries = []
   for split in sorted(builder.info.splits):
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = pipeline.read_split(builder, split)
     ds = ds.map(lambda ex: (ex["label"], ex["superclass"]), num_parallel_calls=tf.data.AUTOTUNE)
     labels = np.zeros(0, np.int64)
     supers = np.zeros(0, np.int64)

@@ -123,7 +123,10 @@ class Run:
 
     Raises:
       ValueError: the dataset lacks a train split or both evaluation splits.
+      sources.DatasetError: the dataset is not prepared in the run's data folder.
     """
+    from super_sub.data import pipeline  # pylint: disable=import-outside-toplevel
+    pipeline.require_prepared(self.builder)
     splits = set(self.builder.info.splits)
     split = "validation" if "validation" in splits else "test"
     if "train" not in splits or split not in splits:
