@@ -2,6 +2,7 @@
 hierarchy or by its own coarse label, on a tiny dataset built here from dummy data (nothing
 downloads)."""
 
+import importlib
 import json
 
 from etils import epath
@@ -137,3 +138,16 @@ def test_run_reopens_a_tfds_dataset_from_its_config(tmp_path):
   assert reopened.builder.data_path == builder.data_path
   assert reopened.hierarchy.superclass_names == COARSE
   assert reopened.config.augment == "flip_crop" and reopened.config.image_size == 8
+
+
+@pytest.mark.parametrize("module,pattern", [
+    ("superclassed_folder", r"config=folder_config\(path.*builder_from_directory"),
+    ("superclassed_tfds", r"config=tfds_config\(name, hierarchy\).*builder_from_directory"),
+])
+def test_user_source_builders_without_their_config_say_how_to_make_one(tmp_path, module,
+                                                                       pattern):
+  builder_module = importlib.import_module(
+      f"super_sub.datasets.{module}.{module}_dataset_builder")
+  with pytest.raises(ValueError, match=pattern):
+    builder_module.Builder(data_dir=str(tmp_path))
+  assert not list(tmp_path.iterdir())

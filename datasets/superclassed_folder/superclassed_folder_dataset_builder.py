@@ -56,7 +56,7 @@ def folder_config(path: str, hierarchy: str | None = None, unmapped_labels: str 
                       description=f"Images of {path}.", **fields)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(sources.ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for superclassed_folder (needs a `folder_config`)."""
 
   VERSION = tfds.core.Version("1.1.0")
@@ -65,18 +65,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       "1.1.0": "The held-out validation split depends on the seed and each image's key "
                "alone, no longer on the label numbers: the same images whatever the hierarchy.",
   }
-
-  def __init__(self, *, config: FolderConfig | None = None, **kwargs):
-    if not isinstance(config, FolderConfig):
-      raise ValueError("superclassed_folder reads the folder its config names: pass "
-                       "config=folder_config(path, ...) (super-sub-build "
-                       "--dataset=folder:<PATH>), or read prepared data with "
-                       "tfds.builder_from_directory")
-    super().__init__(config=config, **kwargs)
-
-  @property
-  def _prepared(self) -> dict | None:
-    return sources.prepared_metadata(self)
+  CONFIG_TYPE = FolderConfig
+  NEEDS_CONFIG = ("superclassed_folder reads the folder its config names: pass "
+                  "config=folder_config(path, ...) (super-sub-build --dataset=folder:<PATH>), "
+                  "or read prepared data with tfds.builder_from_directory")
 
   @property
   def plan(self) -> folders.Plan:
@@ -87,19 +79,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                 c.seed)
     return self._plan
 
-  @property
-  def hierarchy(self) -> hierarchy_lib.Hierarchy:
-    """The dataset's hierarchy: the prepared data's, else the folder's."""
-    if not hasattr(self, "_hierarchy"):
-      prepared = self._prepared
-      self._hierarchy = (hierarchy_lib.Hierarchy.from_dict(prepared["hierarchy"]) if prepared
-                         else self.plan.hierarchy)
-    return self._hierarchy
+  def _source_hierarchy(self) -> hierarchy_lib.Hierarchy:
+    return self.plan.hierarchy
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Prepared data is read without the folder (it may be gone): shape and encoding are in
     # its metadata.
-    metadata = self._prepared
+    metadata = self.prepared_metadata
     if not metadata:
       plan = self.plan
       metadata = {"hierarchy": plan.hierarchy.to_dict(), "image_shape": list(plan.shape),
@@ -117,7 +103,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     Raises:
       folders.FolderError: naming the folder and the prepared data to delete.
     """
-    prepared, path = self._prepared, epath.Path(self.builder_config.path)
+    prepared, path = self.prepared_metadata, epath.Path(self.builder_config.path)
     if prepared and path.is_dir() and prepared.get("fingerprint") != folders.fingerprint(path):
       raise folders.FolderError(
           f"{path} has changed since it was prepared into {self.data_path}; delete that "

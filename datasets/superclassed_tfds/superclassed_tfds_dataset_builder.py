@@ -60,7 +60,7 @@ def tfds_config(source: str, hierarchy: str | None, unmapped_labels: str = "erro
                     **fields)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(sources.ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for superclassed_tfds (needs a `tfds_config`)."""
 
   VERSION = tfds.core.Version("1.1.0")
@@ -69,18 +69,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       "1.1.0": "The held-out validation split depends on the seed and each image's key "
                "alone, no longer on the label numbers: the same images whatever the hierarchy.",
   }
-
-  def __init__(self, *, config: TfdsConfig | None = None, **kwargs):
-    if not isinstance(config, TfdsConfig):
-      raise ValueError("superclassed_tfds copies the dataset its config names: pass "
-                       "config=tfds_config(name, hierarchy) (super-sub-build "
-                       "--dataset=tfds:<name>), or read prepared data with "
-                       "tfds.builder_from_directory")
-    super().__init__(config=config, **kwargs)
-
-  @property
-  def _prepared(self) -> dict | None:
-    return sources.prepared_metadata(self)
+  CONFIG_TYPE = TfdsConfig
+  NEEDS_CONFIG = ("superclassed_tfds copies the dataset its config names: pass "
+                  "config=tfds_config(name, hierarchy) (super-sub-build --dataset=tfds:<name>), "
+                  "or read prepared data with tfds.builder_from_directory")
 
   @property
   def source(self) -> tfds.core.DatasetBuilder:
@@ -98,16 +90,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                    "dataset: it needs an `image` and a ClassLabel `label`")
     return self._source
 
-  @property
-  def hierarchy(self) -> hierarchy_lib.Hierarchy:
-    """The prepared data's hierarchy, else the config's mapped onto the source's labels."""
-    if not hasattr(self, "_hierarchy"):
-      prepared = self._prepared
-      if prepared:
-        self._hierarchy = hierarchy_lib.Hierarchy.from_dict(prepared["hierarchy"])
-      else:
-        self._hierarchy, self._global = self._map()
-    return self._hierarchy
+  def _source_hierarchy(self) -> hierarchy_lib.Hierarchy:
+    """The config's hierarchy mapped onto the source's labels (and that map, `_global`)."""
+    h, self._global = self._map()
+    return h
 
   def _map(self):
     """(hierarchy, source label -> global subclass index or -1)."""
@@ -169,7 +155,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise sources.DatasetError(f"{name}: {feature} does not make a hierarchy ({e})") from None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    metadata = self._prepared
+    metadata = self.prepared_metadata
     if not metadata:
       shape = tuple(self.source.info.features["image"].shape)
       metadata = {"hierarchy": self.hierarchy.to_dict(), "image_shape": list(shape),

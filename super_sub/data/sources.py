@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 
+from super_sub import hierarchy as hierarchy_lib
 from super_sub.errors import SuperSubError
 
 FOLDER = "folder:"
@@ -71,7 +72,39 @@ def config_name(label: str, fields: dict) -> str:
   return f"{base or 'dataset'}_{digest}"
 
 
-def prepared_metadata(builder) -> dict | None:
-  """The metadata.json of data `builder` already prepared under its config, else None."""
-  stored = builder.data_path / "metadata.json"
-  return json.loads(stored.read_text()) if stored.exists() else None
+class ConfiguredBuilder:
+  """What the folder: and tfds: builders share, mixed in before tfds's GeneratorBasedBuilder.
+
+  Their config names their source, so they refuse to be made without one (NEEDS_CONFIG says
+  how to make one, or to read prepared data with `tfds.builder_from_directory`). Once
+  prepared, they take their hierarchy and image metadata from their own metadata.json, never
+  from the source, which may since have moved or gone.
+
+  A builder sets CONFIG_TYPE and NEEDS_CONFIG and defines `_source_hierarchy()`.
+  """
+
+  CONFIG_TYPE: type = type(None)
+  NEEDS_CONFIG = ""
+
+  def __init__(self, *, config=None, **kwargs):
+    if not isinstance(config, self.CONFIG_TYPE):
+      raise ValueError(self.NEEDS_CONFIG)
+    super().__init__(config=config, **kwargs)
+
+  @property
+  def prepared_metadata(self) -> dict | None:
+    """The metadata.json of data already prepared under this config, else None."""
+    stored = self.data_path / "metadata.json"
+    return json.loads(stored.read_text()) if stored.exists() else None
+
+  @property
+  def hierarchy(self) -> hierarchy_lib.Hierarchy:
+    """The prepared data's hierarchy, else the one `_source_hierarchy` reads from the source."""
+    if not hasattr(self, "_hierarchy"):
+      prepared = self.prepared_metadata
+      self._hierarchy = (hierarchy_lib.Hierarchy.from_dict(prepared["hierarchy"]) if prepared
+                         else self._source_hierarchy())
+    return self._hierarchy
+
+  def _source_hierarchy(self) -> hierarchy_lib.Hierarchy:
+    raise NotImplementedError
