@@ -101,6 +101,14 @@ def test_impossible_counts_refused(k, min_size, pattern):
     learned.cluster(learned.confusion_matrix(labels, preds, 12), k, min_size)
 
 
+@pytest.mark.parametrize("k", [1, 12, 13])
+def test_hierarchies_that_make_super_sub_the_flat_network_refused(k):
+  labels, preds = planted_predictions()
+  with pytest.raises(learned.LearnError, match=rf"--superclasses={k}: .* 2 to 11 superclasses"):
+    learned.learn_hierarchy(learned.confusion_matrix(labels, preds, 12), k,
+                            [str(i) for i in range(12)], "x")
+
+
 def test_no_mistakes_refused():
   labels = np.arange(12).repeat(3)
   with pytest.raises(learned.LearnError, match="no mistakes"):
@@ -129,7 +137,7 @@ def test_command_from_a_predictions_csv(tmp_path):
   assert got == sorted(PLANTED) and h.subclasses[0].name == "class 0"
   assert "confusion inside the groups" in done.stdout
   bad = _command(f"--from_predictions={csv}", "--superclasses=30", f"--output={out}")
-  assert bad.returncode == 2 and "must lie in [1, 12]" in bad.stderr.strip().splitlines()[-1]
+  assert bad.returncode == 2 and "into 2 to 11 superclasses" in bad.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow

@@ -41,7 +41,8 @@ _CLASS_LIST = flags.DEFINE_string(
     "imagenet2012 labels.txt shipped inside tensorflow_datasets (nothing is downloaded).")
 _SUPERCLASSES = flags.DEFINE_list(
     "superclasses", None, "Superclasses in order, each a wnid (named by its first WordNet "
-    "lemma) or NAME=WNID.")
+    "lemma) or NAME=WNID. With --from_run/--from_predictions: K, the number of groups "
+    "(2 to one fewer than the classes).")
 _RESOLVE = flags.DEFINE_string(
     "resolve", "", "How to settle classes under several superclasses, comma separated: a "
     "rule (nearest | first | drop) and/or CLASS_WNID=SUPERCLASS_WNID or CLASS_WNID=drop. "

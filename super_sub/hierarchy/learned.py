@@ -161,7 +161,7 @@ def learn_hierarchy(confusion: np.ndarray, k: int, class_names: Sequence[str], n
 
   Raises:
     LearnError: no confusion to learn from, names that do not match the classes, or
-      impossible k / min_size.
+      k outside [2, C - 1] (Super-Sub would be the flat network), or impossible min_size.
   """
   confusion = np.asarray(confusion)
   n = confusion.shape[0]
@@ -175,6 +175,11 @@ def learn_hierarchy(confusion: np.ndarray, k: int, class_names: Sequence[str], n
   if off == 0:
     raise LearnError("the predictions hold no mistakes: there is no confusion to group "
                      "classes by (use a held-out split, or a less trained network)")
+  if not 2 <= k < n:
+    raise LearnError(
+        f"--superclasses={k}: group these {n} classes into 2 to {n - 1} superclasses (one "
+        "superclass is the flat network again; one class in each leaves no specialist)"
+        if n > 2 else f"{n} classes are too few to group: a hierarchy needs at least 3")
   groups = cluster(confusion, k, min_size)
   wnids = list(wnids) if wnids is not None else [None] * n
   supers = []
