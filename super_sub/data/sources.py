@@ -6,7 +6,8 @@
                                   hierarchy (datasets/superclassed_tfds)
 
 Only the last two take a `--hierarchy` (and `--unmapped_labels`); `prepare.open_builder`
-turns a name and those options into a TFDS builder.
+turns a name and those options into a TFDS builder. Their two builders name their configs
+with `config_name` and share `ConfiguredBuilder`.
 """
 
 from __future__ import annotations
