@@ -109,6 +109,13 @@ def test_hierarchies_that_make_super_sub_the_flat_network_refused(k):
                             [str(i) for i in range(12)], "x")
 
 
+def test_two_classes_are_too_few_to_group():
+  labels, preds = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 0])
+  with pytest.raises(learned.LearnError, match="2 classes are too few to group: a hierarchy "
+                                               "needs at least 3"):
+    learned.learn_hierarchy(learned.confusion_matrix(labels, preds, 2), 2, ["a", "b"], "x")
+
+
 def test_no_mistakes_refused():
   labels = np.arange(12).repeat(3)
   with pytest.raises(learned.LearnError, match="no mistakes"):
