@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 
 from absl import logging
 import numpy as np
@@ -91,12 +92,13 @@ class Builder(sources.ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
     return self._source
 
   def _source_hierarchy(self) -> hierarchy_lib.Hierarchy:
-    """The config's hierarchy mapped onto the source's labels (and that map, `_global`)."""
-    h, self._global = self._map()
-    return h
+    """The config's hierarchy mapped onto the source's labels."""
+    return self._mapped[0]
 
-  def _map(self):
-    """(hierarchy, source label -> global subclass index or -1)."""
+  @functools.cached_property
+  def _mapped(self) -> tuple[hierarchy_lib.Hierarchy, np.ndarray]:
+    """(hierarchy, source label -> global subclass index or -1), worked out once: a coarse
+    label feature is read off the whole train split."""
     c, names = self.builder_config, self.source.info.features["label"].names
     if c.hierarchy.startswith(sources.FROM_FEATURE):
       h = self._from_feature(c.hierarchy[len(sources.FROM_FEATURE):])
@@ -166,9 +168,8 @@ class Builder(sources.ConfiguredBuilder, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager
-    self.hierarchy  # pylint: disable=pointless-statement  (maps the labels: fails early)
+    c, (_, to_global) = self.builder_config, self._mapped  # maps the labels: fails early
     self.source.download_and_prepare()
-    c, to_global = self.builder_config, self._global
     have = [s for s in _SPLITS if s in self.source.info.splits]
     if "train" not in have:
       raise sources.DatasetError(f"{c.source} has no train split; it has "
