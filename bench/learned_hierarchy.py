@@ -27,7 +27,8 @@ The "your own images" route a user without a taxonomy takes, on Fashion-MNIST:
 
 Learned hierarchies are stored under <work_dir>/hierarchies by content, so seeds that learn the
 same groups share one prepared dataset. A finished stage is never trained again: re-running
-adds seeds or K. Writes <out>.json and <out>.md.
+adds seeds or K. Writes <out>.json and <out>.md. Seeds run in separate invocations (or
+sessions) become one table with --combine=<out1>.json,<out2>.json,... --out=<out>.
 """
 
 import hashlib
@@ -65,6 +66,10 @@ _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; one flat network and its runs
 _KS = flags.DEFINE_list("ks", ["3", "4", "5"], "Superclass counts of the learned hierarchies.")
 _OUT = flags.DEFINE_string("out", "bench/results/learned_hierarchy",
                            "Results: <out>.json and <out>.md.")
+_COMBINE = flags.DEFINE_list(
+    "combine", [], "Results files (<out>.json) of separate invocations with the same epochs and "
+    "hierarchies, one seed or more each: written as one table over all their seeds, without "
+    "evaluating anything again.")
 
 HAND_MADE = "hand-made"
 
@@ -171,6 +176,9 @@ def markdown(result: dict) -> str:
   lines = [f"# A hierarchy learned from confusions against the hand-made one "
            f"(Fashion-MNIST, {result['epochs']} epochs per network)", "",
            f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
+           *[f"- seeds {c['seeds']} from `{c['command']}`"
+             for c in result.get("combined_from", [])],
+           *([""] if "combined_from" in result else []),
            f"Seeds {result['seeds']}; mean ± standard deviation over them, test split "
            "(10,000 images), percent. Every run of a seed starts from the same flat network.",
            ""]
@@ -191,8 +199,37 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def combine(paths: list[str]) -> dict:
+  """One result over the seeds of several results files (e.g. seeds trained in separate
+  sessions): their seed runs side by side, summarized again."""
+  parts = []
+  for path in paths:
+    with open(path, encoding="utf-8") as f:
+      parts.append(json.load(f))
+  if len({p["epochs"] for p in parts}) != 1:
+    raise SystemExit(f"--combine: the files were trained for different epochs: "
+                     f"{[p['epochs'] for p in parts]}")
+  seed_runs = sorted((r for p in parts for r in p["seed_runs"]), key=lambda r: r["seed"])
+  seeds = [r["seed"] for r in seed_runs]
+  if len(set(seeds)) != len(seeds):
+    raise SystemExit(f"--combine: a seed appears twice among the files: {seeds}")
+  names = {tuple(r["runs"]) for r in seed_runs}
+  if len(names) != 1:
+    raise SystemExit(f"--combine: the seeds were run under different hierarchies: {names}")
+  return {"command": "python bench/learned_hierarchy.py " + " ".join(sys.argv[1:]),
+          "machine": "; ".join(sorted({p["machine"] for p in parts})),
+          "epochs": parts[0]["epochs"], "seeds": seeds,
+          "combined_from": [{"file": path, "command": p["command"], "seeds": p["seeds"]}
+                            for path, p in zip(paths, parts)],
+          "summary": summarize(seed_runs), "seed_runs": seed_runs}
+
+
 def main(argv):
   del argv
+  if _COMBINE.value:
+    result = combine(_COMBINE.value)
+    write_results(_OUT.value, result, markdown(result))
+    return
   start = time.perf_counter()
   written = write_fashion_mnist_pngs(_MANUAL_DIR.value, _IMAGE_DIR.value, superclass_folders=False)
   hierarchies = os.path.join(_WORK_DIR.value, "hierarchies")
