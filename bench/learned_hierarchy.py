@@ -4,8 +4,11 @@ r"""Benchmark: a hierarchy learned from a flat network's confusions against the 
   .venv/bin/python bench/learned_hierarchy.py --epochs=2 --seeds=0,1,2 --ks=3,4,5 \
       --image_dir=/work/fmnist_flat_png --work_dir=/work/bench_learned \
       --out=bench/results/learned_hierarchy_e2
-  # the same at --epochs=20 (seed 0 took about 190 minutes on a shared 2-core machine; one
-  # seed at a time resumes: finished stages are skipped), --out=bench/results/learned_hierarchy_e20
+  # the same at --epochs=20, one seed an invocation (about 190 minutes a seed on a shared 2-core
+  # machine; an interrupted one resumes: finished stages are skipped),
+  # --out=/work/e20_results/learned_hierarchy_e20_seed<seed>, copied to bench/results, then
+  .venv/bin/python bench/learned_hierarchy.py --out=bench/results/learned_hierarchy_e20 \
+      --combine=bench/results/learned_hierarchy_e20_seed0.json,...seed1.json,...seed2.json
 
 The "your own images" route a user without a taxonomy takes, on Fashion-MNIST:
 1. The four IDX files written as class folders, <image_dir>/<split>/<class>/<index>.png
