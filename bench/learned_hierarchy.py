@@ -178,13 +178,13 @@ def summarize(seed_runs: list[dict]) -> dict:
 def markdown(result: dict) -> str:
   lines = [f"# A hierarchy learned from confusions against the hand-made one "
            f"(Fashion-MNIST, {result['epochs']} epochs per network)", "",
-           f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
-           *[f"- seeds {c['seeds']} from `{c['command']}`"
-             for c in result.get("combined_from", [])],
-           *([""] if "combined_from" in result else []),
-           f"Seeds {result['seeds']}; mean ± standard deviation over them, test split "
-           "(10,000 images), percent. Every run of a seed starts from the same flat network.",
-           ""]
+           f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", ""]
+  if "combined_from" in result:
+    lines += [f"- seeds {c['seeds']} from `{c['command']}`" for c in result["combined_from"]]
+    lines.append("")
+  lines += [f"Seeds {result['seeds']}; mean ± standard deviation over them, test split "
+            "(10,000 images), percent. Every run of a seed starts from the same flat network.",
+            ""]
   lines += markdown_table(
       ["hierarchy", "flat top-1", "Super-Sub top-1 (hard)", "gain over flat",
        "superclass top-1", "routing loss (oracle - hard)", "flat errors inside the superclass"],
@@ -207,8 +207,16 @@ def combine(paths: list[str]) -> dict:
   sessions): their seed runs side by side, summarized again."""
   parts = []
   for path in paths:
-    with open(path, encoding="utf-8") as f:
-      parts.append(json.load(f))
+    try:
+      with open(path, encoding="utf-8") as f:
+        part = json.load(f)
+    except (OSError, ValueError) as e:
+      raise SystemExit(f"--combine: cannot read {path} ({e}); give the .json files this script "
+                       "wrote") from None
+    if not isinstance(part, dict) or not {"epochs", "seeds", "seed_runs"} <= part.keys():
+      raise SystemExit(f"--combine: {path} is not a results file of this script (it needs "
+                       "epochs, seeds and seed_runs)")
+    parts.append(part)
   if len({p["epochs"] for p in parts}) != 1:
     raise SystemExit(f"--combine: the files were trained for different epochs: "
                      f"{[p['epochs'] for p in parts]}")
